@@ -1,0 +1,63 @@
+# Two commands on a fresh clone:
+#   make demo   bake the default project into .cache/demo and run its smoke pipeline
+#   make test   install everything and run the whole template test suite (includes `mkdocs build --strict`)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build, and 2.13.0 CPU is what the
+# template is tested with. The generated project itself keeps a range (torch>=2.4).
+TORCH ?= torch==2.13.0
+DEMO_DIR := .cache/demo
+export HF_HUB_OFFLINE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast docs docs-serve lint clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when a requirements source changes.
+$(VENV)/.installed: $(BIN)/python requirements-dev.txt {{cookiecutter.project_slug}}/pyproject.toml scripts/project_requirements.py
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python scripts/project_requirements.py dev | $(BIN)/python -m pip install --quiet -r /dev/stdin
+	touch $@
+
+install: $(VENV)/.installed  ## Create .venv with the template tools and the generated project's dependencies
+
+demo: install  ## Bake the default project into .cache/demo and run its smoke pipeline there
+	rm -rf $(DEMO_DIR)
+	$(BIN)/cookiecutter --no-input --output-dir $(DEMO_DIR) .
+	project=$$(ls -d $(DEMO_DIR)/*/) && \
+	$(BIN)/python scripts/overlay_venv.py $$project/.venv && \
+	$$project/.venv/bin/python -m pip install --quiet --no-deps -e $$project && \
+	$(MAKE) --no-print-directory -C $$project data train evaluate && \
+	echo "Demo project in $$project: see reports/eval.md there; cd into it and run 'make help' for more."
+
+test:  ## Install, run the whole template test suite and the strict docs build; prints the time taken
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory install && \
+	$(BIN)/python -m pytest tests && \
+	$(BIN)/mkdocs build --strict --quiet --site-dir .cache/site && \
+	echo "make test: passed in $$(( $$(date +%s) - start )) s, install included"
+
+test-fast:  install  ## Template tests without running the baked projects' suites
+	$(BIN)/python -m pytest tests -m "not bake_suite"
+
+docs: install  ## Build the docs site into site/
+	$(BIN)/mkdocs build --strict
+
+docs-serve: install  ## Serve the docs on http://127.0.0.1:8001
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+lint: install  ## ruff on the hooks, tests and scripts (the project's sources are linted through bakes)
+	$(BIN)/ruff check hooks tests scripts
+	$(BIN)/ruff format --check hooks tests scripts
+
+clean:  ## Remove the virtual environment and caches
+	rm -rf $(VENV) .cache site .pytest_cache .ruff_cache

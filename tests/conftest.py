@@ -1,0 +1,80 @@
+"""Shared helpers for baking the template: answers, expected files, and running commands on a bake."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+CHOICES = {
+    key: value
+    for key, value in json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8")).items()
+    if isinstance(value, list) and not key.startswith("_")
+}
+
+# Files of every bake, relative to the project root; {pkg} is the package name.
+COMMON_FILES = """
+.env.example
+.github/workflows/ci.yml
+.gitignore
+.pre-commit-config.yaml
+LICENSE
+Makefile
+README.md
+configs/default.yaml
+configs/gpu.yaml
+configs/smoke.yaml
+pyproject.toml
+src/{pkg}/__init__.py
+src/{pkg}/__main__.py
+src/{pkg}/chat_template.jinja
+src/{pkg}/cli.py
+src/{pkg}/config.py
+src/{pkg}/data.py
+src/{pkg}/evaluate.py
+src/{pkg}/model.py
+src/{pkg}/task.py
+src/{pkg}/train.py
+tests/conftest.py
+tests/test_cli.py
+tests/test_config.py
+tests/test_configs.py
+tests/test_data.py
+tests/test_evaluate.py
+tests/test_model.py
+tests/test_task.py
+tests/test_train.py
+""".split()
+
+
+def expected_files(package: str) -> set[str]:
+    return {path.format(pkg=package) for path in COMMON_FILES}
+
+
+def generated_files(project: Path) -> set[str]:
+    return {str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()}
+
+
+def run(command: list[str], cwd: Path, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+    """Run a command on a bake with the template's interpreter first on PATH; never raise on failure."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+@pytest.fixture
+def bake(cookies):
+    """Bake with the given answers; assert success and return the project path."""
+
+    def _bake(**answers: str) -> Path:
+        result = cookies.bake(extra_context=answers)
+        assert result.exception is None, f"bake failed for {answers}: {result.exception!r}"
+        assert result.exit_code == 0
+        return Path(result.project_path)
+
+    return _bake

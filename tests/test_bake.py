@@ -1,0 +1,131 @@
+"""Bake the template with every option value and odd names; check files, rendering, lint and the bake's own tests."""
+
+from __future__ import annotations
+
+import py_compile
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CHOICES, TEMPLATE, expected_files, generated_files, run
+
+# Every value of every choice option appears in at least one bake; odd but valid names ride along.
+MATRIX = [
+    pytest.param({}, id="defaults"),
+    pytest.param(
+        {"license": "Apache-2.0", "python_version": "3.12", "project_name": "Ünïcödé Façade Modèle"}, id="unicode"
+    ),
+    pytest.param({"license": "BSD-3-Clause", "python_version": "3.13", "project_name": "2024 Bot 9000"}, id="digits"),
+    pytest.param({"license": "GPL-3.0-only", "project_name": "A " + "very long project name " * 6}, id="long"),
+    pytest.param(
+        {"license": "Proprietary", "project_name": 'Quote "It\'s" \\ back', "author_name": 'O\'Brien "Ace" \\'},
+        id="quotes",
+    ),
+]
+# Left over in a file, these mean a template expression was not rendered; GitHub's ${{ }} is legitimate.
+LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|cookiecutter\.")
+
+
+def test_matrix_covers_every_choice():
+    for key, values in CHOICES.items():
+        chosen = {params.values[0].get(key, values[0]) for params in MATRIX}
+        assert chosen == set(values), f"{key}: no bake uses {set(values) - chosen}"
+
+
+@pytest.mark.parametrize("answers", MATRIX)
+def test_bake_renders_cleanly(bake, answers):
+    project = bake(**answers)
+    package = next((project / "src").iterdir()).name
+
+    assert generated_files(project) == expected_files(package)
+    for path in project.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            assert not LEFTOVER.search(text), f"unrendered template syntax in {path.relative_to(project)}"
+    for path in project.rglob("*.py"):
+        py_compile.compile(str(path), doraise=True)
+
+    for command in (["ruff", "check", "."], ["ruff", "format", "--check", "."]):
+        result = run(command, cwd=project)
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"
+
+
+def test_answers_land_in_the_project(bake):
+    project = bake(project_name="Return Desk", author_name="Ada Lovelace", license="Apache-2.0", python_version="3.12")
+    pyproject = (project / "pyproject.toml").read_text()
+    assert project.name == "return-desk"
+    assert 'name = "return-desk"' in pyproject
+    assert 'requires-python = ">=3.12"' in pyproject
+    assert 'license = "Apache-2.0"' in pyproject
+    assert 'return-desk = "return_desk.cli:app"' in pyproject
+    assert "Apache License" in (project / "LICENSE").read_text()
+    assert 'python-version: "3.12"' in (project / ".github/workflows/ci.yml").read_text()
+    assert "project: return-desk" in (project / "configs/smoke.yaml").read_text()
+
+
+def test_quotes_in_answers_keep_files_parseable(bake):
+    import tomllib
+
+    project = bake(project_name='Q "x" \\ y', description='Say "hi" \\ bye', author_name='O\'Brien "A"')
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["description"] == 'Say "hi" \\ bye'
+    assert pyproject["project"]["authors"][0]["name"] == 'O\'Brien "A"'
+
+
+def bake_command(out: Path, answer: str) -> list[str]:
+    return [sys.executable, "-m", "cookiecutter", "--no-input", "--output-dir", str(out), str(TEMPLATE), answer]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ("project_slug=My Project!", "project_slug='My Project!' must be lower-case letters"),
+        ("package_name=import", "package_name='import' is a Python keyword"),
+        ("package_name=torch", "package_name='torch' would shadow the module 'torch'"),
+        ("base_model=not a model", "base_model='not a model' must be a Hugging Face hub id"),
+        ("author_email=nobody", "author_email='nobody' must look like name@example.com"),
+    ],
+)
+def test_bad_answer_fails_with_one_message_and_writes_nothing(tmp_path, answer, message):
+    out = tmp_path / "out"
+    result = run(bake_command(out, answer), tmp_path)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ") and "=" in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"ERROR: {message}")
+    assert not out.exists() or not any(out.iterdir()), f"left behind: {list(out.iterdir())}"
+
+
+def test_out_of_range_python_version_rejected(tmp_path):
+    out = tmp_path / "out"
+    result = run(bake_command(out, "python_version=3.8"), tmp_path)
+    assert result.returncode != 0
+    assert "3.8" in result.stderr + result.stdout
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_pip_install_and_console_script(bake, tmp_path):
+    sys.path.insert(0, str(TEMPLATE / "scripts"))
+    from overlay_venv import overlay_venv
+
+    project = bake()
+    python = overlay_venv(tmp_path / "venv")
+    install = run([str(python), "-m", "pip", "install", "--quiet", "-e", str(project)], cwd=project)
+    assert install.returncode == 0, install.stderr[-2000:]
+    result = run([str(python.parent / project.name), "--help"], cwd=project)
+    assert result.returncode == 0, result.stderr
+    for command in ("train", "evaluate", "data", "config", "merge"):
+        assert re.search(rf"│ {command}\s", result.stdout), f"'{command}' missing from --help:\n{result.stdout}"
+
+
+@pytest.mark.bake_suite
+@pytest.mark.parametrize("answers", MATRIX)
+def test_bake_own_test_suite_passes(bake, answers):
+    project = bake(**answers)
+    # The default bake runs everything, including the end-to-end smoke training; the others differ
+    # only in names, licence and Python target, so their fast tests prove the rendering works.
+    selection = [] if not answers else ["-m", "not e2e and not slow"]
+    result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection], cwd=project)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout

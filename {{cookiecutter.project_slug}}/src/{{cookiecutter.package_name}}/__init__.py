@@ -1,0 +1,1 @@
+"""LoRA fine-tuning, evaluation, tracking and serving of a small LLM (see the project README)."""

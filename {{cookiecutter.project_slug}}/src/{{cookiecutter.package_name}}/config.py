@@ -1,0 +1,313 @@
+"""Typed configuration: one YAML file, then `key.sub=value` overrides from the command line.
+
+Every setting is documented once, here, by the docstring under it; `config show --help-keys`
+prints those texts. Unknown keys and wrong types are rejected all at once, each problem naming
+the key, the file and line it came from, the type expected and, for a typo, the key meant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message lists every problem found."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key must fail loudly instead of being silently ignored.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class DataConfig(_Section):
+    path: str = "data/shop_extraction"
+    """Training data: a folder holding train/validation/test files (.jsonl, .csv or .parquet),
+    a single such file (split automatically), or a Hugging Face hub dataset id."""
+    format: Literal["auto", "messages", "prompt_completion", "instruction"] = "auto"
+    """Row layout: chat `messages`, `prompt`/`completion`, or `instruction`/`input`/`output`.
+    `auto` detects it from the columns."""
+    task: Literal["extraction", "generic"] = "extraction"
+    """`extraction` scores JSON fields (the shipped example); `generic` scores exact match and ROUGE-L."""
+    system_prompt: str | None = None
+    """System message prepended to prompt/completion and instruction rows (not to `messages` rows)."""
+    max_seq_length: int = Field(512, gt=0)
+    """Longest tokenized example, in tokens. Longer examples are reported by `data validate`."""
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    """Share of rows held out for validation when the data has no validation split."""
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    """Share of rows held out for the final test when the data has no test split."""
+    max_train_samples: int | None = Field(None, gt=0)
+    """Use only the first N training rows (quick experiments); null uses all."""
+
+
+class ModelConfig(_Section):
+    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    """Model to fine-tune: a hub id (`org/name`) or a local folder saved with `save_pretrained`."""
+    build_tiny: bool = False
+    """Build a tiny randomly initialised model at `base_model` when that folder does not exist yet.
+    Only for offline smoke runs and tests: it has no language knowledge."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin; null takes the default branch."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype. `auto`: bfloat16 on GPUs that support it, float16 on other GPUs, float32 on CPU."""
+    load_in_4bit: bool = False
+    """QLoRA: load the base model in 4-bit NF4 with bitsandbytes. CUDA only."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub repository to run. Keep false unless the model needs it."""
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, gt=0)
+    """LoRA rank: the size of the low-rank update. 8-64 is usual; higher learns more, costs more."""
+    alpha: int = Field(32, gt=0)
+    """LoRA scaling numerator (update scaled by alpha/r); usually 2*r."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA input; 0.05-0.1 regularises small datasets."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt (e.g. [q_proj, v_proj]), or `all-linear` for every linear layer but the head."""
+
+
+class TrainConfig(_Section):
+    run_name: str | None = None
+    """Name of the run folder under `output_dir`; null makes `<config name>-<YYYYmmdd-HHMMSS>`."""
+    output_dir: str = "outputs"
+    """Where run folders go; each run writes `<output_dir>/<run_name>/adapter/` and `config.yaml`."""
+    seed: int = 42
+    """Seed for data shuffling, LoRA initialisation and dropout, so a rerun gives the same numbers."""
+    num_epochs: float = Field(1.0, gt=0)
+    """Passes over the training data (ignored when `max_steps` > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 trains for `num_epochs`."""
+    batch_size: int = Field(8, gt=0)
+    """Examples per device per forward pass."""
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    """Forward passes per optimizer step: effective batch = batch_size * this."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak learning rate. LoRA tolerates ~10x the full fine-tuning rate; 1e-4 to 3e-4 is usual."""
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    """Share of steps spent ramping the learning rate up from 0."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay on the LoRA weights."""
+    eval_steps: int = Field(50, gt=0)
+    """Evaluate on the validation split every N optimizer steps."""
+    save_steps: int = Field(50, gt=0)
+    """Write a checkpoint (for `--resume`) every N optimizer steps."""
+    save_total_limit: int = Field(2, gt=0)
+    """Checkpoints kept on disk; older ones are deleted."""
+    logging_steps: int = Field(10, gt=0)
+    """Log training loss and learning rate every N optimizer steps."""
+    early_stopping_patience: int | None = Field(None, gt=0)
+    """Stop when validation loss has not improved for N evaluations; null never stops early."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """Where to train. `auto` picks CUDA, then Apple MPS, then CPU."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision. `auto`: bf16 on GPUs that support it, fp16 on older GPUs, fp32 elsewhere."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    packing: bool = False
+    """Pack several short examples into one sequence: faster on GPUs for short data."""
+
+
+class EvalConfig(_Section):
+    split: Literal["validation", "test"] = "test"
+    """Held-out split to score base and fine-tuned models on."""
+    max_samples: int | None = Field(None, gt=0)
+    """Score only the first N rows of the split; null scores all."""
+    batch_size: int = Field(16, gt=0)
+    """Prompts per batched greedy generation."""
+    max_new_tokens: int = Field(128, gt=0)
+    """Longest generated answer, in tokens."""
+    num_examples: int = Field(5, ge=0)
+    """Examples shown side by side (input, expected, base, fine-tuned) in reports/eval.md."""
+    report_dir: str = "reports"
+    """Where eval.json and eval.md are written."""
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    """Log runs to MLflow (`mlflow.db` in the project root unless MLFLOW_TRACKING_URI is set)."""
+    register_model: bool = True
+    """Register the fine-tuned adapter as a new model version, aliased `candidate`."""
+    promote: bool = True
+    """After evaluation, make the candidate `champion` when it beats the current champion."""
+    promotion_metric: str = "finetuned.field_accuracy"
+    """Metric the promotion gate compares, as `<model>.<metric>` from reports/eval.json."""
+    promotion_direction: Literal["maximize", "minimize"] = "maximize"
+    """Whether a higher (`maximize`) or lower (`minimize`) promotion metric wins."""
+
+
+class Config(_Section):
+    project: str
+    """Project slug: the MLflow experiment and registered model name."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        if self.model.load_in_4bit and self.train.device in ("cpu", "mps"):
+            raise ValueError("model.load_in_4bit needs CUDA; set train.device=auto or cuda, or load_in_4bit=false")
+        if self.eval.split == "validation" and self.train.early_stopping_patience:
+            # Early stopping selects on validation, so scoring on it would overstate the result.
+            raise ValueError("eval.split=validation with early stopping leaks; use eval.split=test")
+        return self
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read `path`, apply `key.sub=value` overrides, validate; raise ConfigError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: config file not found (shipped configs are in configs/: smoke.yaml, default.yaml, gpu.yaml)"
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: the config must be a mapping of sections (data, model, lora, train, ...)")
+
+    sources = {key: f"{path}:{line}" for key, line in lines.items()}
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_dotted(raw, key, value)
+        sources[key] = f"command line ({override})"
+
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, sources, default_source=str(path))) from None
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML, so a run folder records exactly what trained it."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+def describe_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help text) for every setting: the source of `config keys`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += describe_keys(annotation, f"{prefix}{name}.")
+            continue
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append((f"{prefix}{name}", default, " ".join((field.description or "").split())))
+    return rows
+
+
+def _parse_override(override: str) -> tuple[str, Any]:
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"command line: '{override}' is not an override; write key.sub=value, e.g. train.max_steps=20"
+        )
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        return key.strip(), value  # not YAML: take it as a plain string
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"command line: cannot set '{key}': '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """Map each dotted key of a YAML mapping to its 1-based line number."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, f"{key}."))
+    return lines
+
+
+def _describe(err: ValidationError, sources: dict[str, str], default_source: str) -> str:
+    problems: dict[str, str] = {}  # one message per key: a union type reports each member
+    for error in err.errors():
+        loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
+        # Union types add the tried member type to loc (e.g. 'list[str]'); keep only real keys.
+        loc = [part for part in loc if not any(ch in part for ch in "[]'\"")]
+        key = ".".join(loc) or "(top level)"
+        source = _nearest_source(key, sources, default_source)
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key{_suggest(loc)}"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = f"{error['msg']} (got {error.get('input')!r}){_expected(loc)}"
+        problems.setdefault(key, f"{source}: {key}: {message}")
+    header = f"invalid config ({len(problems)} problem{'s' if len(problems) > 1 else ''}):"
+    return "\n".join([header, *(f"  {p}" for p in problems.values())])
+
+
+def _nearest_source(key: str, sources: dict[str, str], default: str) -> str:
+    while key:
+        if key in sources:
+            return sources[key]
+        key = key.rpartition(".")[0]
+    return default
+
+
+def _section_for(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _suggest(loc: list[str]) -> str:
+    model = _section_for(loc) if loc else None
+    if model is None:
+        return ""
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f" (known keys here: {', '.join(known)}){hint}"
+
+
+def _expected(loc: list[str]) -> str:
+    model = _section_for(loc) if loc else None
+    field = model.model_fields.get(loc[-1]) if model else None
+    if field is None:
+        return ""
+    return f"; expected {_type_name(field.annotation)}"
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(arg) for arg in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in get_args(annotation))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(arg) for arg in get_args(annotation))}]"
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
