@@ -43,7 +43,7 @@ test:  ## Install, run the whole template test suite and the strict docs build; 
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory install && \
 	$(BIN)/python -m pytest tests && \
-	$(BIN)/mkdocs build --strict --quiet --site-dir .cache/site && \
+	$(BIN)/mkdocs build --strict --site-dir .cache/site && \
 	echo "make test: passed in $$(( $$(date +%s) - start )) s, install included"
 
 test-fast:  install  ## Template tests without running the baked projects' suites

@@ -23,8 +23,11 @@ MATRIX = [
         id="quotes",
     ),
 ]
-# Left over in a file, these mean a template expression was not rendered; GitHub's ${{ }} is legitimate.
+# Left over in a rendered file, these mean a template expression was not rendered; GitHub's ${{ }} is
+# legitimate. src/ is copied verbatim (its chat template is Jinja on purpose), so there only a stray
+# `cookiecutter.` reference would be a mistake.
 LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|cookiecutter\.")
+VERBATIM_LEFTOVER = re.compile(r"cookiecutter\.")
 
 
 def test_matrix_covers_every_choice():
@@ -41,8 +44,9 @@ def test_bake_renders_cleanly(bake, answers):
     assert generated_files(project) == expected_files(package)
     for path in project.rglob("*"):
         if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            assert not LEFTOVER.search(text), f"unrendered template syntax in {path.relative_to(project)}"
+            relative = path.relative_to(project)
+            pattern = VERBATIM_LEFTOVER if relative.parts[0] == "src" else LEFTOVER
+            assert not pattern.search(path.read_text(encoding="utf-8")), f"unrendered template syntax in {relative}"
     for path in project.rglob("*.py"):
         py_compile.compile(str(path), doraise=True)
 
