@@ -145,6 +145,25 @@ class TrackingConfig(_Section):
     """Whether a higher (`maximize`) or lower (`minimize`) promotion metric wins."""
 
 
+class MonitorConfig(_Section):
+    drift_threshold: float = Field(0.5, gt=0, le=1)
+    """Share of the compared prompt features (length, token count, out-of-vocabulary rate) that must drift
+    for the verdict `drift` (exit code 1). 0.5 with three features means two of them."""
+    stattest: str | None = "ks"
+    """Per-feature drift test, by its evidently name (`ks`, `wasserstein`, `psi`, `jensenshannon`, `anderson`...).
+    Kolmogorov-Smirnov weighs the size of both samples, so it suits windows of a few hundred requests. null lets
+    evidently choose by reference size alone: normed Wasserstein above 1,000 training prompts, whose noise stays
+    above its 0.1 cut-off until about 500 requests (false alarms on small windows)."""
+    stattest_threshold: float | None = Field(None, gt=0)
+    """Cut-off of that test: a p-value below it (tests) or a distance at or above it (distances) is drift.
+    null uses the test's default (0.05 for K-S, 0.1 for normed Wasserstein)."""
+    min_requests: int = Field(50, gt=0)
+    """Fewest logged requests that get a verdict; with fewer, `monitor drift` exits 2 (on a handful of
+    prompts a test can neither show nor rule out drift)."""
+    max_requests: int | None = Field(1000, gt=0)
+    """Compare only the newest N requests of the log (recent traffic); null compares the whole log."""
+
+
 class Config(_Section):
     project: str
     """Project slug: the MLflow experiment and registered model name."""
@@ -154,6 +173,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
@@ -162,6 +182,12 @@ class Config(_Section):
         if self.eval.split == "validation" and self.train.early_stopping_patience:
             # Early stopping selects on validation, so scoring on it would overstate the result.
             raise ValueError("eval.split=validation with early stopping leaks; use eval.split=test")
+        if self.train.early_stopping_patience and self.train.save_steps % self.train.eval_steps:
+            # Early stopping restores the best checkpoint, so every evaluation must fall on a saved step.
+            raise ValueError(
+                f"early stopping needs train.save_steps ({self.train.save_steps}) to be a multiple of "
+                f"train.eval_steps ({self.train.eval_steps})"
+            )
         return self
 
 

@@ -1,0 +1,288 @@
+"""Score the base model and the fine-tuned adapter on held-out data, side by side.
+
+    <project> evaluate --config configs/smoke.yaml                            # newest outputs/*/adapter
+    <project> evaluate --config configs/smoke.yaml --adapter outputs/<run>/adapter
+
+Both models see identical prompts: the same base weights (the adapter switched off for `base`) and the
+tokenizer + chat template saved with the adapter. Writes reports/eval.json and reports/eval.md.
+
+Metrics, per model:
+- eval_loss: mean cross-entropy per answer token (prompt tokens excluded), teacher-forced;
+  perplexity = exp(eval_loss).
+- extraction task: json_valid_rate (answers holding a JSON object), field_accuracy (mean over fields)
+  and field_accuracy_<field>, exact_match (every field right). Fields are the keys of the expected answers.
+- generic task: exact_match (after trimming whitespace) and rouge_l (ROUGE-L F1, `rouge-score`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import Config, EvalConfig
+from .model import Device, check_adapter_dir, load_finetuned, load_tokenizer, newest_adapter, resolve_device
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+Conversation = list[dict[str, str]]
+
+
+@dataclass
+class Scored:
+    """One model's results: the metrics and the generated answer for each held-out example."""
+
+    metrics: dict[str, float]
+    answers: list[str]
+
+
+def evaluate(config: Config, *, adapter_dir: Path | None = None) -> dict[str, Any]:
+    """Score base and fine-tuned on `config.eval.split`; write eval.json + eval.md; return the report."""
+    from .data import load_splits
+
+    adapter_dir = Path(adapter_dir) if adapter_dir else newest_adapter(config.train.output_dir)
+    check_adapter_dir(adapter_dir)
+    rows = list(load_splits(config.data)[config.eval.split]["messages"])[: config.eval.max_samples]
+    device = resolve_device(config.train.device)
+    tokenizer = load_tokenizer(adapter_dir)  # carries the chat template training used
+    model = load_finetuned(config.model, adapter_dir=adapter_dir, device=device)
+    with model.disable_adapter():
+        base = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.data.task, device=device)
+    finetuned = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.data.task, device=device)
+    report = {
+        "base": base.metrics,
+        "finetuned": finetuned.metrics,
+        "run": {
+            "adapter": str(adapter_dir),
+            "base_model": config.model.base_model,
+            "split": config.eval.split,
+            "num_examples": len(rows),
+            "task": config.data.task,
+            "max_new_tokens": config.eval.max_new_tokens,
+        },
+    }
+    write_reports(report, rows=rows, base=base, finetuned=finetuned, eval_cfg=config.eval)
+    return report
+
+
+def score(
+    model: PeftModel,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Conversation],
+    eval_cfg: EvalConfig,
+    task: str,
+    device: Device,
+) -> Scored:
+    """Loss, greedy answers and task metrics of `model` as it is now (adapter on or off)."""
+    loss = answer_loss(model, tokenizer=tokenizer, rows=rows, batch_size=eval_cfg.batch_size, device=device)
+    answers = generate_answers(model, tokenizer=tokenizer, rows=rows, eval_cfg=eval_cfg, device=device)
+    expected = [row[-1]["content"] for row in rows]
+    metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}  # capped: exp overflows past ~709
+    metrics |= extraction_metrics(answers, expected) if task == "extraction" else generic_metrics(answers, expected)
+    return Scored(metrics=metrics, answers=answers)
+
+
+# ---- loss -----------------------------------------------------------------------------------------------
+
+
+def answer_loss(
+    model: PeftModel, *, tokenizer: PreTrainedTokenizerBase, rows: list[Conversation], batch_size: int, device: Device
+) -> float:
+    """Mean cross-entropy per answer token: the final assistant reply and its end-of-turn, not the prompt."""
+    import torch
+
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = _loss_batch(tokenizer, rows[start : start + batch_size])
+        input_ids, attention_mask, labels = (tensor.to(device) for tensor in batch)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        # Token t predicts token t+1; summing (not averaging) per batch weights every answer token equally.
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
+        ).item()
+        count += int((labels[:, 1:] != -100).sum())
+    return total / max(count, 1)
+
+
+def _loss_batch(tokenizer: PreTrainedTokenizerBase, rows: list[Conversation]):
+    """Right-padded input ids, attention mask, and labels that are -100 on prompt and padding tokens."""
+    import torch
+
+    ids, labels = [], []
+    for row in rows:
+        prompt = _chat_ids(tokenizer, row[:-1], add_generation_prompt=True)
+        full = _chat_ids(tokenizer, row, add_generation_prompt=False)
+        # The answer starts where the two tokenizations part (usually right after the prompt).
+        split = next((i for i, (a, b) in enumerate(zip(prompt, full, strict=False)) if a != b), len(prompt))
+        ids.append(full)
+        labels.append([-100] * split + full[split:])
+    width = max(len(seq) for seq in ids)
+    return (
+        torch.tensor([seq + [tokenizer.pad_token_id] * (width - len(seq)) for seq in ids]),
+        torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in ids]),
+        torch.tensor([seq + [-100] * (width - len(seq)) for seq in labels]),
+    )
+
+
+def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: Conversation, *, add_generation_prompt: bool) -> list[int]:
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+# ---- generation -----------------------------------------------------------------------------------------
+
+
+def generate_answers(
+    model: PeftModel,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Conversation],
+    eval_cfg: EvalConfig,
+    device: Device,
+) -> list[str]:
+    """Greedy answers to each conversation minus its final reply, in batches (left-padded, so every
+    prompt ends where generation starts)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    stop_ids = _stop_token_ids(model, tokenizer)
+    answers: list[str] = []
+    batches = range(0, len(rows), eval_cfg.batch_size)
+    for start in tqdm(batches, desc="generating", unit="batch", leave=False):
+        prompts = [
+            tokenizer.apply_chat_template(row[:-1], tokenize=False, add_generation_prompt=True)
+            for row in rows[start : start + eval_cfg.batch_size]
+        ]
+        # The template already holds any special tokens, so the tokenizer must not add a second BOS.
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.no_grad():
+            output = model.generate(
+                **batch,
+                max_new_tokens=eval_cfg.max_new_tokens,
+                do_sample=False,
+                # Plain greedy decoding: neutralise sampling settings and any repetition penalty that the
+                # model's generation_config ships (Qwen's 1.05 would otherwise bend both models' answers).
+                temperature=1.0,
+                top_p=1.0,
+                top_k=50,
+                repetition_penalty=1.0,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return answers
+
+
+def _stop_token_ids(model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's eos plus the model's own end-of-turn ids (chat models often list several)."""
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    return sorted({tokenizer.eos_token_id, *configured} - {None})
+
+
+# ---- task metrics ---------------------------------------------------------------------------------------
+
+
+def extraction_metrics(answers: list[str], expected: list[str]) -> dict[str, float]:
+    """JSON validity, per-field and mean accuracy, and exact match of the extracted objects."""
+    from .task import parse_prediction
+
+    predicted = [parse_prediction(answer) for answer in answers]
+    targets = [parse_prediction(text) or {} for text in expected]
+    fields = list(dict.fromkeys(key for target in targets for key in target))  # in first-seen order
+    n = max(len(answers), 1)
+    metrics = {"json_valid_rate": sum(p is not None for p in predicted) / n}
+    for field in fields:
+        metrics[f"field_accuracy_{field}"] = (
+            sum(_right(p, t, field) for p, t in zip(predicted, targets, strict=True)) / n
+        )
+    metrics["field_accuracy"] = sum(metrics[f"field_accuracy_{f}"] for f in fields) / max(len(fields), 1)
+    metrics["exact_match"] = (
+        sum(all(_right(p, t, f) for f in fields) for p, t in zip(predicted, targets, strict=True)) / n
+    )
+    return metrics
+
+
+def _right(predicted: dict | None, target: dict, field: str) -> bool:
+    """A field is right when the answer has the key with the expected value (a missing key is wrong, even
+    where null is expected: the schema asks for every key)."""
+    return predicted is not None and field in predicted and predicted[field] == target.get(field)
+
+
+def generic_metrics(answers: list[str], expected: list[str]) -> dict[str, float]:
+    """Exact match after trimming whitespace, and mean ROUGE-L F1 (longest common subsequence of words)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    n = max(len(answers), 1)
+    return {
+        "exact_match": sum(a.strip() == e.strip() for a, e in zip(answers, expected, strict=True)) / n,
+        "rouge_l": sum(scorer.score(e, a)["rougeL"].fmeasure for a, e in zip(answers, expected, strict=True)) / n,
+    }
+
+
+# ---- reports --------------------------------------------------------------------------------------------
+
+
+def write_reports(
+    report: dict[str, Any], *, rows: list[Conversation], base: Scored, finetuned: Scored, eval_cfg: EvalConfig
+) -> Path:
+    """reports/eval.json (machine-readable) and reports/eval.md (a table and examples side by side)."""
+    out = Path(eval_cfg.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    lines = [*_metrics_table(report), *_examples(rows, base=base, finetuned=finetuned, n=eval_cfg.num_examples)]
+    (out / "eval.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    log.info("wrote %s and %s", out / "eval.json", out / "eval.md")
+    return out
+
+
+def _metrics_table(report: dict[str, Any]) -> list[str]:
+    run = report["run"]
+    lines = [
+        "# Evaluation: base vs fine-tuned",
+        "",
+        f"Adapter `{run['adapter']}` on `{run['base_model']}`; {run['num_examples']} examples of the "
+        f"`{run['split']}` split, greedy decoding (at most {run['max_new_tokens']} new tokens).",
+        "",
+        "| metric | base | fine-tuned | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, base_value in report["base"].items():
+        tuned = report["finetuned"][name]
+        lines.append(f"| {name} | {base_value:.4f} | {tuned:.4f} | {tuned - base_value:+.4f} |")
+    return lines
+
+
+def _examples(rows: list[Conversation], *, base: Scored, finetuned: Scored, n: int) -> list[str]:
+    lines = ["", "## Examples", ""]
+    for i, row in enumerate(rows[:n], start=1):
+        lines += [
+            f"### Example {i}",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| input | {_cell(row[-2]['content'])} |",
+            f"| expected | {_cell(row[-1]['content'])} |",
+            f"| base | {_cell(base.answers[i - 1])} |",
+            f"| fine-tuned | {_cell(finetuned.answers[i - 1])} |",
+            "",
+        ]
+    return lines
+
+
+def _cell(text: str) -> str:
+    """Markdown table cell: pipes escaped, line breaks as <br>, empty answers visible."""
+    return text.replace("|", "\\|").replace("\n", "<br>") if text.strip() else "*(empty)*"

@@ -1,0 +1,286 @@
+"""LoRA supervised fine-tuning with TRL's SFTTrainer: loss on the assistant's tokens only.
+
+    <project> train --config configs/smoke.yaml                 # tiny offline model, ~1 min on a CPU
+    <project> train --config configs/default.yaml train.max_steps=50 lora.r=8
+    <project> train --config configs/smoke.yaml --resume        # continue the newest smoke run
+
+Reads top to bottom: pick the run folder, load data, model and tokenizer (every check runs before any
+output is written), build the trainer, train, save `outputs/<run>/adapter/` and `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from .config import Config, ModelConfig, TrainConfig, dump_config
+from .model import (
+    Device,
+    LossMode,
+    build_tiny_model,
+    check_model_source,
+    load_base_model,
+    load_tokenizer,
+    lora_config,
+    prepare_chat_template,
+    resolve_device,
+)
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+log = logging.getLogger(__name__)
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class TrainError(ValueError):
+    """A training run cannot start (its folder exists, nothing to resume, bad settings); nothing was written."""
+
+
+def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
+    """Fine-tune `config.model.base_model` with LoRA; return the run folder holding adapter/ and config.yaml."""
+    from .data import load_splits
+
+    run_dir = _run_dir(config.train, config_name=config_name, resume=resume)
+    splits = load_splits(config.data)
+    device = resolve_device(config.train.device)
+    precision = _precision(config.train.precision, device=device)
+    model, tokenizer, loss_mode = _load_model(config, splits=splits, device=device)
+    with _removed_on_failure(run_dir):  # the Trainer creates run_dir; a failure here leaves nothing behind
+        trainer = build_trainer(
+            config,
+            model=model,
+            tokenizer=tokenizer,
+            splits=splits,
+            loss_mode=loss_mode,
+            run_dir=run_dir,
+            device=device,
+            precision=precision,
+        )
+    resolved = config.model_copy(update={"train": config.train.model_copy(update={"run_name": run_dir.name})})
+    dump_config(resolved, run_dir / "config.yaml")
+    log.info(
+        "%s %s on %s (%s), loss on %s tokens",
+        "resuming" if resume else "training",
+        run_dir,
+        device,
+        precision,
+        loss_mode.split("_")[0],
+    )
+    # MLflow (tracking.py) hooks in here: open a run, pass its callback to the trainer, log config.yaml.
+    trainer.train(resume_from_checkpoint=_last_checkpoint(run_dir) if resume else None)
+    _save_adapter(trainer, tokenizer=tokenizer, adapter_dir=run_dir / "adapter")
+    (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; it names no base for local models
+    log.info("saved %s", run_dir / "adapter")
+    return run_dir
+
+
+def _load_model(
+    config: Config, *, splits: DatasetDict, device: Device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossMode]:
+    """Base model and tokenizer, the chat template ready for masked loss, and every example checked to fit."""
+    _ensure_base_model(config.model, splits=splits, seed=config.train.seed)
+    model_cfg = config.model
+    tokenizer = load_tokenizer(
+        model_cfg.base_model, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    loss_mode = prepare_chat_template(tokenizer)
+    _check_lengths(splits, tokenizer=tokenizer, max_seq_length=config.data.max_seq_length)
+    return load_base_model(model_cfg, device=device), tokenizer, loss_mode
+
+
+@contextmanager
+def _removed_on_failure(run_dir: Path) -> Iterator[None]:
+    """Delete `run_dir` if the block fails and the folder did not exist before it (never an earlier run)."""
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run_dir(train_cfg: TrainConfig, *, config_name: str, resume: bool) -> Path:
+    """The run folder: never one that exists, unless resuming it (then it must hold a checkpoint)."""
+    root = Path(train_cfg.output_dir)
+    if resume:
+        run_dir = root / train_cfg.run_name if train_cfg.run_name else _newest_run(root, config_name=config_name)
+        if _last_checkpoint(run_dir) is None:
+            raise TrainError(f"{run_dir}: no checkpoint-* folder to resume from; train without --resume")
+        return run_dir
+    if train_cfg.run_name:
+        run_dir = root / train_cfg.run_name
+        if run_dir.exists():
+            raise TrainError(
+                f"{run_dir} already exists (train.run_name={train_cfg.run_name!r}); nothing was overwritten. "
+                "Choose another train.run_name, pass --resume to continue it, or delete the folder"
+            )
+        return run_dir
+    stamp = f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir, n = root / stamp, 1
+    while run_dir.exists():  # two runs in the same second: number the second one
+        n += 1
+        run_dir = root / f"{stamp}-{n}"
+    return run_dir
+
+
+def _newest_run(root: Path, *, config_name: str) -> Path:
+    runs = [p for p in root.glob(f"{config_name}-*") if _last_checkpoint(p) is not None]
+    if not runs:
+        raise TrainError(f"--resume: no run of '{config_name}' with a checkpoint under {root}/; set train.run_name")
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def _last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+
+
+def _ensure_base_model(model_cfg: ModelConfig, *, splits: DatasetDict, seed: int) -> None:
+    """Check the base model exists; with `model.build_tiny`, build the tiny model once from the training data."""
+    if model_cfg.build_tiny and not Path(model_cfg.base_model).exists():
+        log.info("building the tiny offline model at %s", model_cfg.base_model)
+        build_tiny_model(model_cfg.base_model, corpus_texts=_texts(splits["train"]), seed=seed)
+    check_model_source(model_cfg.base_model, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+
+
+def _texts(rows: Dataset) -> list[str]:
+    return [message["content"] for messages in rows["messages"] for message in messages]
+
+
+def _check_lengths(splits: DatasetDict, *, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> None:
+    """Refuse examples longer than max_seq_length: training would silently cut off their answers."""
+    for name in ("train", "validation"):
+        texts = tokenizer.apply_chat_template(list(splits[name]["messages"]), tokenize=False)
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        too_long = [row for row, length in enumerate(lengths, start=1) if length > max_seq_length]
+        if too_long:
+            raise TrainError(
+                f"{len(too_long)} {name} example(s) exceed data.max_seq_length={max_seq_length} tokens "
+                f"(longest {max(lengths)}, first at row {too_long[0]}); raise data.max_seq_length or shorten them. "
+                "`data validate` lists each one with its file and line"
+            )
+
+
+def build_trainer(
+    config: Config,
+    *,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: DatasetDict,
+    loss_mode: LossMode,
+    run_dir: Path,
+    device: Device,
+    precision: Precision,
+) -> SFTTrainer:
+    """An SFTTrainer that trains a fresh LoRA adapter on `splits["train"]` and evaluates on "validation"."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=sft_config(config, output_dir=run_dir, loss_mode=loss_mode, device=device, precision=precision),
+        train_dataset=_for_loss_mode(splits["train"], loss_mode),
+        eval_dataset=_for_loss_mode(splits["validation"], loss_mode),
+        processing_class=tokenizer,
+        peft_config=lora_config(config.lora),
+        callbacks=_callbacks(config.train),
+    )
+
+
+def _for_loss_mode(rows: Dataset, loss_mode: LossMode) -> Dataset:
+    """`completion_only`: split each conversation into prompt (all but the last message) and completion
+    (the final assistant reply), so that TRL masks the prompt without needing generation markers."""
+    if loss_mode == "assistant_only":
+        return rows
+    return rows.map(
+        lambda row: {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}, remove_columns=["messages"]
+    )
+
+
+def sft_config(
+    config: Config, *, output_dir: Path, loss_mode: LossMode, device: Device, precision: Precision
+) -> SFTConfig:
+    """Our settings as TRL's SFTConfig (which extends transformers' TrainingArguments)."""
+    from trl import SFTConfig
+
+    t = config.train
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
+    names = {field.name for field in dataclasses.fields(SFTConfig)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return SFTConfig(
+        output_dir=str(output_dir),  # checkpoint-<step>/ folders go here, next to adapter/
+        seed=t.seed,
+        data_seed=t.seed,
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a share of the total steps
+        weight_decay=t.weight_decay,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        load_best_model_at_end=t.early_stopping_patience is not None,  # early stopping keeps the best checkpoint
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        **{checkpointing: t.gradient_checkpointing},  # TRL defaults it on; ours is off unless asked
+        max_length=config.data.max_seq_length,
+        packing=t.packing,
+        assistant_only_loss=loss_mode == "assistant_only",
+        completion_only_loss=loss_mode == "completion_only",
+        report_to="none",  # MLflow comes through tracking.py's callback, not the built-in reporter
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
+def _precision(requested: str, *, device: Device) -> Precision:
+    """Mixed precision: `auto` is bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU and MPS."""
+    import torch
+
+    if requested == "auto":
+        if device != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "fp16" and device == "cpu":
+        raise TrainError("train.precision=fp16 needs a GPU; use auto, fp32 or bf16 on a CPU")
+    return requested
+
+
+def _callbacks(train_cfg: TrainConfig) -> list[TrainerCallback]:
+    from transformers import EarlyStoppingCallback
+
+    if train_cfg.early_stopping_patience is None:
+        return []
+    return [EarlyStoppingCallback(early_stopping_patience=train_cfg.early_stopping_patience)]
+
+
+def _save_adapter(trainer: SFTTrainer, *, tokenizer: PreTrainedTokenizerBase, adapter_dir: Path) -> None:
+    """Write exactly the LoRA weights + config and the tokenizer with its chat template, so evaluation and
+    serving format prompts as training did. Staged and renamed, so a crash leaves the previous adapter."""
+    staging = adapter_dir.with_name("adapter.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.model.save_pretrained(str(staging))  # with load_best_model_at_end: the best checkpoint's weights
+    tokenizer.save_pretrained(str(staging))
+    (staging / "README.md").unlink(missing_ok=True)  # peft's empty model-card stub
+    if adapter_dir.exists():  # only when resuming: the run's own earlier adapter
+        shutil.rmtree(adapter_dir)
+    staging.rename(adapter_dir)

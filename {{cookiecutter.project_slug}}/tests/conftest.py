@@ -1,0 +1,109 @@
+"""Shared fixtures: the example data, a tiny model, and one smoke training run shared by all tests.
+
+Training once per session (not once per test) keeps the whole suite at about two minutes on 2 CPU cores.
+"""
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# No test may reach the Hugging Face Hub: set before transformers / huggingface_hub are imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from {{ cookiecutter.package_name }}.config import Config, load_config
+from {{ cookiecutter.package_name }}.task import synthesize
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    """A scratch project folder holding the shipped example data (1,200 rows, as `data synth` writes it)."""
+    root = tmp_path_factory.mktemp("project")
+    synthesize(root / "data" / "shop_extraction", n=1200, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_config(workdir) -> Callable[..., Config]:
+    """configs/smoke.yaml with every path inside `workdir`; call it with extra key=value overrides."""
+
+    def make(*overrides: str, root: Path = workdir) -> Config:
+        paths = [
+            f"data.path={workdir / 'data' / 'shop_extraction'}",
+            f"model.base_model={workdir / 'models' / 'tiny-chat'}",
+            f"train.output_dir={root / 'outputs'}",
+            f"eval.report_dir={root / 'reports'}",
+        ]
+        return load_config(CONFIGS / "smoke.yaml", [*paths, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def plain_chat_template() -> str:
+    """The project's ChatML template without its generation markers, like most hub models' templates."""
+    from {{ cookiecutter.package_name }}.model import CHAT_TEMPLATE
+
+    # Character classes keep the Jinja tag delimiters out of this (cookiecutter-rendered) file.
+    return re.sub(r"[{]%-?\s*(end)?generation\s*-?%[}]", "", CHAT_TEMPLATE.read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(workdir, smoke_config) -> Path:
+    """The tiny offline model, built once from the training data exactly as `train` builds it."""
+    from {{ cookiecutter.package_name }}.data import load_splits
+    from {{ cookiecutter.package_name }}.model import build_tiny_model
+
+    config = smoke_config()
+    texts = [m["content"] for row in load_splits(config.data)["train"]["messages"] for m in row]
+    return build_tiny_model(config.model.base_model, corpus_texts=texts, seed=config.train.seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_digest(tiny_model) -> str:
+    """SHA-256 of the tiny model's weights file before any training touched anything."""
+    return hashlib.sha256((tiny_model / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_config, tiny_model_digest) -> Path:
+    """One smoke training run (configs/smoke.yaml); returns its folder outputs/smoke-<time>/."""
+    from {{ cookiecutter.package_name }}.train import train
+
+    return train(smoke_config(), config_name="smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_report(smoke_config, smoke_run) -> dict:
+    """reports/eval.json of the smoke run, as `evaluate` returns it."""
+    from {{ cookiecutter.package_name }}.evaluate import evaluate
+
+    return evaluate(smoke_config(), adapter_dir=smoke_run / "adapter")
+
+
+@pytest.fixture(scope="session")
+def served_adapter(workdir, smoke_config, tiny_model) -> Path:
+    """An untrained LoRA adapter on the tiny model, saved like a run (adapter/ + config.yaml beside it):
+    what the serving tests need, in a second instead of a training run. Its LoRA B weights are random,
+    not zero, so merging changes the model's outputs as a trained adapter's would."""
+    import torch
+    from peft import get_peft_model
+
+    from {{ cookiecutter.package_name }}.config import dump_config
+    from {{ cookiecutter.package_name }}.model import load_base_model, load_tokenizer, lora_config
+
+    config = smoke_config()
+    run_dir = workdir / "serving" / "untrained"
+    peft_config = lora_config(config.lora)
+    peft_config.init_lora_weights = False
+    torch.manual_seed(0)
+    model = get_peft_model(load_base_model(config.model, device="cpu"), peft_config)
+    model.save_pretrained(run_dir / "adapter")
+    load_tokenizer(tiny_model).save_pretrained(run_dir / "adapter")
+    dump_config(config, run_dir / "config.yaml")
+    return run_dir / "adapter"

