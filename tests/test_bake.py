@@ -24,10 +24,11 @@ MATRIX = [
     ),
 ]
 # Left over in a rendered file, these mean a template expression was not rendered; GitHub's ${{ }} is
-# legitimate. src/ is copied verbatim (its chat template is Jinja on purpose), so there only a stray
-# `cookiecutter.` reference would be a mistake.
+# legitimate. src/ and ops/ are copied verbatim (the chat template is Jinja on purpose; Prometheus and
+# Grafana use {{ }} themselves), so there only a stray `cookiecutter.` reference would be a mistake.
 LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|cookiecutter\.")
 VERBATIM_LEFTOVER = re.compile(r"cookiecutter\.")
+VERBATIM_DIRS = {"src", "ops"}  # cookiecutter.json's _copy_without_render
 
 
 def test_matrix_covers_every_choice():
@@ -45,7 +46,7 @@ def test_bake_renders_cleanly(bake, answers):
     for path in project.rglob("*"):
         if path.is_file():
             relative = path.relative_to(project)
-            pattern = VERBATIM_LEFTOVER if relative.parts[0] == "src" else LEFTOVER
+            pattern = VERBATIM_LEFTOVER if relative.parts[0] in VERBATIM_DIRS else LEFTOVER
             assert not pattern.search(path.read_text(encoding="utf-8")), f"unrendered template syntax in {relative}"
     for path in project.rglob("*.py"):
         py_compile.compile(str(path), doraise=True)

@@ -6,6 +6,7 @@ Training once per session (not once per test) keeps the whole suite at about two
 import hashlib
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 
 # No test may reach the Hugging Face Hub: set before transformers / huggingface_hub are imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests track into a scratch SQLite store (artifacts beside it), never the project's own mlflow.db.
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tempfile.mkdtemp(prefix='mlflow-tests-')) / 'mlflow.db'}"
 
 from {{ cookiecutter.package_name }}.config import Config, load_config
 from {{ cookiecutter.package_name }}.task import synthesize
@@ -38,6 +41,7 @@ def smoke_config(workdir) -> Callable[..., Config]:
             f"model.base_model={workdir / 'models' / 'tiny-chat'}",
             f"train.output_dir={root / 'outputs'}",
             f"eval.report_dir={root / 'reports'}",
+            "tracking.enabled=false",  # MLflow logging costs seconds per run; tests that check it turn it on
         ]
         return load_config(CONFIGS / "smoke.yaml", [*paths, *overrides])
 
@@ -75,7 +79,7 @@ def smoke_run(smoke_config, tiny_model_digest) -> Path:
     """One smoke training run (configs/smoke.yaml); returns its folder outputs/smoke-<time>/."""
     from {{ cookiecutter.package_name }}.train import train
 
-    return train(smoke_config(), config_name="smoke")
+    return train(smoke_config("tracking.enabled=true"), config_name="smoke")
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +87,7 @@ def smoke_report(smoke_config, smoke_run) -> dict:
     """reports/eval.json of the smoke run, as `evaluate` returns it."""
     from {{ cookiecutter.package_name }}.evaluate import evaluate
 
-    return evaluate(smoke_config(), adapter_dir=smoke_run / "adapter")
+    return evaluate(smoke_config("tracking.enabled=true"), adapter_dir=smoke_run / "adapter")
 
 
 @pytest.fixture(scope="session")

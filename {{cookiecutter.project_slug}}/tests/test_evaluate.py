@@ -67,7 +67,7 @@ def test_cli_evaluate_with_a_missing_adapter_fails_cleanly(smoke_config, tmp_pat
     dump_config(smoke_config(root=tmp_path), config_file)
     result = CliRunner().invoke(app, ["evaluate", "--config", str(config_file), "--adapter", str(tmp_path / "nope")])
     assert result.exit_code == 1
-    assert "error: " in result.output and "nope: not a LoRA adapter folder" in result.output
+    assert "error: " in result.output and "nope: no such folder" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "reports").exists()
 

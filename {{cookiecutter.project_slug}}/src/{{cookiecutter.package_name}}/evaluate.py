@@ -42,16 +42,23 @@ class Scored:
     answers: list[str]
 
 
-def evaluate(config: Config, *, adapter_dir: Path | None = None) -> dict[str, Any]:
-    """Score base and fine-tuned on `config.eval.split`; write eval.json + eval.md; return the report."""
-    from .data import load_splits
+def evaluate(config: Config, *, adapter_dir: Path | str | None = None) -> dict[str, Any]:
+    """Score base and fine-tuned on `config.eval.split`; write eval.json + eval.md; return the report.
 
-    adapter_dir = Path(adapter_dir) if adapter_dir else newest_adapter(config.train.output_dir)
-    check_adapter_dir(adapter_dir)
+    `adapter_dir` is an adapter folder or an MLflow model URI (models:/<name>@champion, runs:/<id>/model);
+    default: the newest outputs/*/adapter. With tracking on, the metrics go to the model's training run
+    and the promotion gate runs."""
+    from .data import load_splits
+    from .tracking import fetch_model
+
+    source = fetch_model(str(adapter_dir or newest_adapter(config.train.output_dir)))
+    check_adapter_dir(source.adapter_dir)
+    # A registry model names its own base; a local adapter uses the config's (the same path training used).
+    model_cfg = config.model.model_copy(update={"base_model": source.base_model}) if source.run_id else config.model
     rows = list(load_splits(config.data)[config.eval.split]["messages"])[: config.eval.max_samples]
     device = resolve_device(config.train.device)
-    tokenizer = load_tokenizer(adapter_dir)  # carries the chat template training used
-    model = load_finetuned(config.model, adapter_dir=adapter_dir, device=device)
+    tokenizer = load_tokenizer(source.tokenizer_dir)  # carries the chat template training used
+    model = load_finetuned(model_cfg, adapter_dir=source.adapter_dir, device=device)
     with model.disable_adapter():
         base = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.data.task, device=device)
     finetuned = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.data.task, device=device)
@@ -59,16 +66,43 @@ def evaluate(config: Config, *, adapter_dir: Path | None = None) -> dict[str, An
         "base": base.metrics,
         "finetuned": finetuned.metrics,
         "run": {
-            "adapter": str(adapter_dir),
-            "base_model": config.model.base_model,
+            "adapter": str(adapter_dir or source.adapter_dir),
+            "base_model": model_cfg.base_model,
             "split": config.eval.split,
             "num_examples": len(rows),
             "task": config.data.task,
             "max_new_tokens": config.eval.max_new_tokens,
+            "mlflow_run_id": source.run_id,
+            "model_version": source.version,
         },
     }
-    write_reports(report, rows=rows, base=base, finetuned=finetuned, eval_cfg=config.eval)
+    out = write_reports(report, rows=rows, base=base, finetuned=finetuned, eval_cfg=config.eval)
+    if config.tracking.enabled and source.run_id:
+        _track(config, report=report, report_dir=out, examples=_example_rows(rows, base=base, finetuned=finetuned))
     return report
+
+
+def _track(config: Config, *, report: dict[str, Any], report_dir: Path, examples: list[dict[str, str]]) -> None:
+    """Log the held-out metrics to the model's training run, then run the promotion gate on its version."""
+    from .tracking import log_evaluation, promote
+
+    log_evaluation(run_id=report["run"]["mlflow_run_id"], report=report, report_dir=report_dir, examples=examples)
+    version = report["run"]["model_version"]
+    if config.tracking.promote and version:
+        decision = promote(config, version=version, report_dir=report_dir)
+        log.info(
+            "promotion gate: version %s %s (%s)",
+            version,
+            "promoted" if decision.promoted else "kept out",
+            decision.reason,
+        )
+
+
+def _example_rows(rows: list[Conversation], *, base: Scored, finetuned: Scored) -> list[dict[str, str]]:
+    return [
+        {"input": row[-2]["content"], "expected": row[-1]["content"], "base": b, "finetuned": f}
+        for row, b, f in zip(rows, base.answers, finetuned.answers, strict=True)
+    ]
 
 
 def score(

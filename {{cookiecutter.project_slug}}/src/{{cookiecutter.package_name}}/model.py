@@ -179,7 +179,7 @@ def load_finetuned(model_cfg: ModelConfig, *, adapter_dir: Path, device: Device)
 
     check_adapter_dir(adapter_dir)
     trained_on = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if trained_on and Path(trained_on) != Path(model_cfg.base_model):
+    if trained_on and not _same_model(trained_on, model_cfg.base_model):
         raise ModelError(
             f"{adapter_dir} was trained on {trained_on!r} but model.base_model={model_cfg.base_model!r}; "
             f"use the config of that run ({adapter_dir.parent / 'config.yaml'}) or override model.base_model"
@@ -187,6 +187,13 @@ def load_finetuned(model_cfg: ModelConfig, *, adapter_dir: Path, device: Device)
     check_model_source(model_cfg.base_model, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
     base = load_base_model(model_cfg, device=device)
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Hub ids compare as text; local folders by where they are (a relative and an absolute path agree)."""
+    if a == b:
+        return True
+    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
 
 
 def check_adapter_dir(adapter_dir: Path) -> None:

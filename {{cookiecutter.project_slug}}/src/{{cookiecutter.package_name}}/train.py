@@ -31,6 +31,15 @@ from .model import (
     prepare_chat_template,
     resolve_device,
 )
+from .tracking import (
+    check_tracking_server,
+    log_and_register,
+    log_training_inputs,
+    metrics_callback,
+    read_tracking_file,
+    training_run,
+    write_tracking_file,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -49,6 +58,8 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
     """Fine-tune `config.model.base_model` with LoRA; return the run folder holding adapter/ and config.yaml."""
     from .data import load_splits
 
+    if config.tracking.enabled:
+        check_tracking_server()  # an unreachable server must fail now, not after an hour of training
     run_dir = _run_dir(config.train, config_name=config_name, resume=resume)
     splits = load_splits(config.data)
     device = resolve_device(config.train.device)
@@ -75,12 +86,31 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
         precision,
         loss_mode.split("_")[0],
     )
-    # MLflow (tracking.py) hooks in here: open a run, pass its callback to the trainer, log config.yaml.
-    trainer.train(resume_from_checkpoint=_last_checkpoint(run_dir) if resume else None)
-    _save_adapter(trainer, tokenizer=tokenizer, adapter_dir=run_dir / "adapter")
-    (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; it names no base for local models
-    log.info("saved %s", run_dir / "adapter")
+    with _mlflow_run(config, run_dir=run_dir, config_name=config_name, resume=resume) as run_id:
+        if run_id:
+            log_training_inputs(resolved, splits=splits, config_file=run_dir / "config.yaml", device=device)
+            trainer.add_callback(metrics_callback())
+        trainer.train(resume_from_checkpoint=_last_checkpoint(run_dir) if resume else None)
+        _save_adapter(trainer, tokenizer=tokenizer, adapter_dir=run_dir / "adapter")
+        (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; it names no base for local models
+        log.info("saved %s", run_dir / "adapter")
+        if run_id:
+            version = log_and_register(config, run_id=run_id, adapter_dir=run_dir / "adapter")
+            write_tracking_file(run_dir, run_id=run_id, version=version)
     return run_dir
+
+
+@contextmanager
+def _mlflow_run(config: Config, *, run_dir: Path, config_name: str, resume: bool) -> Iterator[str | None]:
+    """The MLflow run of this training (reopened when resuming); yields None when tracking is off."""
+    if not config.tracking.enabled:
+        yield None
+        return
+    previous = read_tracking_file(run_dir) if resume else None
+    with training_run(
+        config, run_name=run_dir.name, config_name=config_name, run_id=previous and previous["run_id"]
+    ) as run_id:
+        yield run_id
 
 
 def _load_model(

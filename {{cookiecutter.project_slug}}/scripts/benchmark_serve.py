@@ -1,0 +1,227 @@
+"""Latency and throughput of the API against calling the model directly, with the same prompts.
+
+    python scripts/benchmark_serve.py --model latest --config configs/smoke.yaml --requests 64 --max-tokens 64
+
+Both sides answer the same held-out prompts (the test split of the config's data) greedily with the same
+max_tokens, at 1 and at 8 concurrent clients:
+- direct: the merged model in this process, one `generate` call per request (8 threads share the model);
+- api: POST /v1/chat/completions over HTTP to `serve`, started here on a free port (or --url of a running
+  server), which batches concurrent requests.
+Prints p50/p95 latency and requests/s per mode and concurrency, the API's overhead at p50 over direct
+generation with one client (target: at most 10%) and its throughput relative to direct at 8 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.data import load_splits
+from {{ cookiecutter.package_name }}.serve.engine import end_token_ids
+from {{ cookiecutter.package_name }}.serve.loader import LoadedModel, load_for_serving
+from {{ cookiecutter.package_name }}.serve.settings import Settings
+
+Conversation = list[dict[str, str]]
+
+
+@dataclass
+class Run:
+    latencies: list[float]
+    """Seconds per request."""
+    tokens: int
+    """Tokens generated in the run."""
+    wall_s: float
+
+
+@dataclass
+class Figures:
+    mode: str
+    clients: int
+    requests: int
+    p50_ms: float
+    p95_ms: float
+    requests_per_s: float
+    tokens_per_s: float
+
+
+def main() -> None:
+    args = _parse_args()
+    config = load_config(args.config)
+    rows = list(load_splits(config.data)["test"]["messages"])
+    prompts = [row[:-1] for row in rows]  # each conversation without its expected answer
+    prompts = (prompts * (args.requests // max(len(prompts), 1) + 1))[: args.requests]
+    loaded = load_for_serving(Settings(_env_file=None, model=args.model, request_log=None))
+    runs: dict[tuple[str, int], list[Run]] = {}
+    with running_server(args.model, url=args.url) as url:
+        # Direct and API runs alternate, so a busy spell of a shared machine hits both alike.
+        for clients in (1, 8):
+            for _ in range(args.rounds):
+                runs.setdefault(("direct", clients), []).append(direct(prompts, clients, args.max_tokens, loaded))
+                runs.setdefault(("api", clients), []).append(api(prompts, clients, args.max_tokens, url))
+    report([summarize(mode, clients, done) for (mode, clients), done in runs.items()], out=args.out)
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="latest", help="Adapter folder or `latest` (as for `serve --model`).")
+    parser.add_argument("--config", type=Path, default=Path("configs/smoke.yaml"), help="Config naming the data.")
+    parser.add_argument("--requests", type=int, default=64, help="Requests per run.")
+    parser.add_argument("--rounds", type=int, default=3, help="Runs per mode and concurrency, alternated.")
+    parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request.")
+    parser.add_argument("--url", help="Benchmark a running server instead of starting one (same model!).")
+    parser.add_argument("--out", type=Path, help="Also write the figures as JSON here.")
+    return parser.parse_args()
+
+
+# ---- the two ways to get an answer ----------------------------------------------------------------------
+
+
+def direct(prompts: list[Conversation], clients: int, max_tokens: int, loaded: LoadedModel) -> Run:
+    """One greedy `generate` per prompt on the merged model (as the server loads it), `clients` threads."""
+    import torch
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    stop_ids = end_token_ids(model, tokenizer)
+
+    def answer(messages: Conversation) -> int:
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.inference_mode():
+            output = model.generate(
+                **inputs.to(model.device),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return output.shape[1] - inputs["input_ids"].shape[1]
+
+    return measure(answer, prompts, clients=clients)
+
+
+def api(prompts: list[Conversation], clients: int, max_tokens: int, url: str) -> Run:
+    """POST /v1/chat/completions per prompt, `clients` concurrent connections."""
+    http = httpx.Client(base_url=url, timeout=300, limits=httpx.Limits(max_connections=clients))
+
+    def answer(messages: Conversation) -> int:
+        body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        response = http.post("/v1/chat/completions", json=body)
+        response.raise_for_status()
+        return response.json()["usage"]["completion_tokens"]
+
+    try:
+        return measure(answer, prompts, clients=clients)
+    finally:
+        http.close()
+
+
+def measure(answer: Callable[[Conversation], int], prompts: list[Conversation], *, clients: int) -> Run:
+    """Each call's latency and the run's wall time, after a warm-up (first calls pay one-time costs)."""
+    for messages in prompts[: min(4, len(prompts))]:
+        answer(messages)
+
+    def timed(messages: Conversation) -> tuple[float, int]:
+        start = time.perf_counter()
+        tokens = answer(messages)
+        return time.perf_counter() - start, tokens
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        done = list(pool.map(timed, prompts))
+    return Run(
+        latencies=[latency for latency, _ in done], tokens=sum(t for _, t in done), wall_s=time.perf_counter() - start
+    )
+
+
+def summarize(mode: str, clients: int, runs: list[Run]) -> Figures:
+    latencies = [latency for run in runs for latency in run.latencies]
+    wall = sum(run.wall_s for run in runs)
+    return Figures(
+        mode=mode,
+        clients=clients,
+        requests=len(latencies),
+        p50_ms=1000 * statistics.median(latencies),
+        p95_ms=1000 * statistics.quantiles(latencies, n=20)[-1],  # the last of 19 cut points: p95
+        requests_per_s=len(latencies) / wall,
+        tokens_per_s=sum(run.tokens for run in runs) / wall,
+    )
+
+
+# ---- the server -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def running_server(model: str, *, url: str | None) -> Iterator[str]:
+    """`serve` in a subprocess on a free port, or the running server at `url`. Its request log goes to a
+    temp folder: benchmark traffic must not reach the drift check."""
+    if url:
+        yield url
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {"LLM_REQUEST_LOG": f"{tempfile.mkdtemp(prefix='benchmark-')}/requests.jsonl"}
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--model", model, "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", server, model=model)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_ready(url: str, server: subprocess.Popen, *, model: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"the server exited with {server.returncode}; run `serve --model {model}` to see why")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # still starting
+        time.sleep(0.25)
+    sys.exit(f"the server was not ready after {timeout_s} s")
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+
+
+def report(results: list[Figures], *, out: Path | None) -> None:
+    print(f"{'mode':<8}{'clients':>8}{'requests':>10}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'tokens/s':>10}")
+    for r in results:
+        print(
+            f"{r.mode:<8}{r.clients:>8}{r.requests:>10}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}"
+            f"{r.requests_per_s:>9.2f}{r.tokens_per_s:>10.1f}"
+        )
+    by = {(r.mode, r.clients): r for r in results}
+    overhead = by["api", 1].p50_ms / by["direct", 1].p50_ms - 1
+    throughput = by["api", 8].requests_per_s / by["direct", 8].requests_per_s
+    print(f"\nAPI overhead at p50, 1 client: {overhead:+.1%} (target: at most +10%)")
+    print(f"API / direct throughput, 8 clients: {throughput:.2f}x")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figures = {"results": [asdict(r) for r in results], "overhead_p50": overhead, "throughput_ratio_8": throughput}
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

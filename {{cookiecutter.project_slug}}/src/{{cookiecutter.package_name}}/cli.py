@@ -1,0 +1,332 @@
+"""Command-line interface: one Typer app, each subcommand a thin call into one pipeline function.
+
+    <project> config show --config configs/smoke.yaml train.max_steps=5
+    <project> config keys
+    <project> train --config configs/smoke.yaml [--resume] [key=value ...]
+    <project> evaluate --config configs/smoke.yaml [--adapter outputs/<run>/adapter]
+    <project> merge --adapter outputs/<run>/adapter --out outputs/<run>/merged
+    <project> serve [--model outputs/<run>/adapter] [--host 127.0.0.1] [--port 8000]
+
+Heavy libraries (torch, transformers, mlflow) are imported inside the commands, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from .config import Config, ConfigError, describe_keys, load_config
+
+app = typer.Typer(
+    help="Fine-tune, evaluate, track and serve a LoRA-adapted LLM.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect configuration files and the settings they can hold.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file (see configs/).")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Config overrides as key.sub=value (e.g. train.max_steps=20 lora.r=8).", show_default=False),
+]
+
+
+def _load(config: Path, overrides: list[str] | None) -> Config:
+    """Load and validate a config; on a problem print every message and exit 2 before any work starts."""
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = Path("configs/smoke.yaml"), overrides: Overrides = None) -> None:
+    """Print the resolved config (file + overrides + defaults) as YAML."""
+    resolved = _load(config, overrides)
+    typer.echo(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+@config_app.command("keys")
+def config_keys() -> None:
+    """List every config key with its default and what it does."""
+    for key, default, text in describe_keys():
+        typer.echo(f"{key} = {default}\n    {text}")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+data_app = typer.Typer(help="Create the example dataset and check any dataset before training.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder for train/validation/test.jsonl.")] = Path("data/shop_extraction"),
+    n: Annotated[int, typer.Option(min=20, help="Unique examples in all, split 80/10/10.")] = 1200,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite the files in a non-empty --out folder.")] = False,
+) -> None:
+    """Generate the shop-message extraction dataset (chat `messages` JSONL)."""
+    from .task import synthesize
+
+    if out.is_dir() and any(out.iterdir()) and not force:
+        typer.secho(f"error: {out} is not empty; pass --force to overwrite it", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    counts = synthesize(out, n=n, seed=seed)
+    typer.echo(f"wrote {out}: " + ", ".join(f"{split} {rows}" for split, rows in counts.items()))
+
+
+@data_app.command("validate")
+def data_validate(config: ConfigOption = Path("configs/smoke.yaml"), overrides: Overrides = None) -> None:
+    """Report every data problem with file and line: schema, empty fields, duplicates, leakage, lengths."""
+    from .data import DataError, validate_data
+
+    resolved = _load(config, overrides)
+    tokenizer = _offline_tokenizer(resolved.model.base_model, resolved.model.revision)
+    if tokenizer is None:
+        note = f"note: tokenizer of {resolved.model.base_model} is not available offline; token lengths not checked"
+        typer.echo(note)
+    try:
+        problems = validate_data(resolved.data, tokenizer=tokenizer)
+    except DataError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        typer.secho(f"{len(problems)} problem(s) in {resolved.data.path}", fg=typer.colors.RED)
+        raise typer.Exit(1)
+    typer.secho(f"{resolved.data.path}: no problems found", fg=typer.colors.GREEN)
+
+
+def _offline_tokenizer(base_model: str, revision: str | None):  # -> PreTrainedTokenizerBase | None
+    """The base model's tokenizer if a local folder or the hub cache has it; never downloads."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(base_model, revision=revision, local_files_only=True)
+    except (OSError, ValueError):  # not downloaded / not a model folder
+        return None
+
+
+# --- train, evaluate, merge ------------------------------------------------------------------
+
+
+@contextmanager
+def _known_errors() -> Iterator[None]:
+    """Turn an expected problem (bad data, model, run folder) into `error: ...` and exit 1, no traceback."""
+    from .data import DataError
+    from .model import ModelError
+    from .tracking import TrackingError
+    from .train import TrainError
+
+    try:
+        yield
+    except (ConfigError, DataError, ModelError, TrainError, TrackingError) as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def _show_progress_messages() -> None:
+    """Print this package's INFO messages (run folder, model built, reports written) on stderr."""
+    logger = logging.getLogger(__package__)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+@app.command()
+def train(
+    config: ConfigOption = Path("configs/smoke.yaml"),
+    overrides: Overrides = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run's last checkpoint (train.run_name, else the newest run).")
+    ] = False,
+) -> None:
+    """Fine-tune the base model with LoRA; writes outputs/<run>/adapter/ and config.yaml."""
+    from .train import train as run_training
+
+    resolved = _load(config, overrides)
+    _show_progress_messages()
+    with _known_errors():
+        run_dir = run_training(resolved, config_name=config.stem, resume=resume)
+    typer.secho(f"adapter: {run_dir / 'adapter'}", fg=typer.colors.GREEN)
+
+
+@app.command()
+def evaluate(
+    config: ConfigOption = Path("configs/smoke.yaml"),
+    overrides: Overrides = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="Adapter folder or MLflow model URI (models:/<name>@champion, runs:/<id>/model); "
+            "default: the newest outputs/*/adapter."
+        ),
+    ] = None,
+) -> None:
+    """Score base vs fine-tuned on the held-out split; writes reports/eval.json and reports/eval.md.
+    With tracking on, logs the metrics to the model's MLflow run and runs the promotion gate."""
+    from .evaluate import evaluate as run_evaluation
+
+    resolved = _load(config, overrides)
+    _show_progress_messages()
+    with _known_errors():
+        report = run_evaluation(resolved, adapter_dir=adapter)
+    for name in ("base", "finetuned"):
+        metrics = ", ".join(f"{key} {value:.3f}" for key, value in report[name].items() if "_accuracy_" not in key)
+        typer.echo(f"{name:>9}: {metrics}")
+
+
+@app.command()
+def promote(
+    config: ConfigOption = Path("configs/smoke.yaml"),
+    overrides: Overrides = None,
+    version: Annotated[str | None, typer.Option(help="Registered version to judge; default: @candidate.")] = None,
+) -> None:
+    """Promotion gate: alias the candidate `champion` if it beats the champion on tracking.promotion_metric."""
+    from .tracking import promote as run_gate
+
+    resolved = _load(config, overrides)
+    with _known_errors():
+        decision = run_gate(resolved, version=version, report_dir=Path(resolved.eval.report_dir))
+    verdict = "promoted to champion" if decision.promoted else "not promoted"
+    color = typer.colors.GREEN if decision.promoted else typer.colors.YELLOW
+    typer.secho(f"{decision.model} version {decision.candidate_version}: {verdict} ({decision.reason})", fg=color)
+
+
+@app.command()
+def merge(
+    adapter: Annotated[Path, typer.Option(help="Trained adapter folder, e.g. outputs/<run>/adapter.")],
+    out: Annotated[Path, typer.Option(help="New folder for the merged model (must not exist or be empty).")],
+) -> None:
+    """Fold the LoRA adapter into its base model: full weights + tokenizer, loadable without peft."""
+    from .model import merge_adapter
+
+    _show_progress_messages()
+    with _known_errors():
+        merged = merge_adapter(adapter, out)
+    typer.secho(f"merged model: {merged}", fg=typer.colors.GREEN)
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(help="Adapter folder, `latest` (newest outputs/*/adapter) or MLflow URI; default: LLM_MODEL."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config with model loading options, for adapters without a config.yaml."),
+    ] = None,
+) -> None:
+    """Serve the model: OpenAI-compatible API, /metrics, demo page at /. Other settings: LLM_* variables."""
+    import uvicorn
+
+    from .serve.app import create_app
+    from .serve.loader import resolve_model_source
+
+    settings = _serve_settings(model=model, config=config)
+    _show_progress_messages()
+    with _known_errors():  # a wrong --model fails here, before the server starts
+        source = resolve_model_source(settings.model, output_dir=settings.output_dir)
+    typer.echo(f"serving {source.adapter_dir} at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
+    uvicorn.run(create_app(settings), host=host, port=port)
+
+
+def _serve_settings(*, model: str | None, config: Path | None):  # -> serve.settings.Settings
+    """LLM_* variables (and .env) with the command's options on top; exit 2 naming each bad variable."""
+    from pydantic import ValidationError
+
+    from .serve.settings import Settings
+
+    try:
+        settings = Settings(**{key: value for key, value in {"model": model, "config": config}.items() if value})
+    except ValidationError as err:
+        for problem in err.errors():
+            name = f"LLM_{'_'.join(str(part) for part in problem['loc']).upper()}"
+            message = f"error: {name}: {problem['msg']} (got {problem.get('input')!r})"
+            typer.secho(message, fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    if settings.config is not None:
+        _load(settings.config, [])  # exits 2 with the problems of a bad config file
+    return settings
+
+
+# --- monitor ---------------------------------------------------------------------------------
+
+monitor_app = typer.Typer(help="Watch the served model: production prompts vs training data.", no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("drift")
+def monitor_drift(
+    current: Annotated[Path, typer.Option(help="Request log written by `serve`.")] = Path("logs/requests.jsonl"),
+    reference: Annotated[
+        str | None, typer.Option(help="Training data (folder, file or hub id); default: data.path.", show_default=False)
+    ] = None,
+    config: ConfigOption = Path("configs/smoke.yaml"),
+    overrides: Overrides = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="Tokenizer the server counts with; default: the newest outputs/*/adapter, else model.base_model.",
+            show_default=False,
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Share of drifted features that is drift (monitor.drift_threshold).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for drift.json and drift.html.")] = Path("reports"),
+) -> None:
+    """Compare production prompts with the training prompts: exit 0 no drift, 1 drift, 2 no verdict possible."""
+    from .data import DataError
+    from .monitor.drift import DriftError, check_drift, log_to_mlflow, served_tokenizer, write_reports
+
+    threshold_override = [] if threshold is None else [f"monitor.drift_threshold={threshold}"]
+    resolved = _load(config, [*(overrides or []), *threshold_override])
+    counter = served_tokenizer(resolved, tokenizer)
+    try:
+        if counter is None and tokenizer is not None:
+            raise DriftError(f"--tokenizer {tokenizer}: no tokenizer there (local folders and the hub cache only)")
+        report, snapshot = check_drift(resolved, current=current, reference=reference, tokenizer=counter)
+    except (DriftError, DataError) as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    files = write_reports(report, snapshot, out)
+    for note in report["notes"]:
+        typer.echo(f"note: {note}")
+    for name, result in report["features"].items():
+        state = "DRIFT" if result["drifted"] else "ok"
+        score = f"{result['method']} = {result['score']:.3g} (threshold {result['threshold']:g})"
+        typer.echo(f"{name:>14}: {score}  {state}")
+    typer.echo(f"wrote {files[0]} and {files[1]}")
+    if resolved.tracking.enabled:
+        try:
+            run_id = log_to_mlflow(report, files, experiment=resolved.project)
+        except Exception as err:  # an unreachable tracking server must not turn the verdict into a crash
+            typer.secho(f"warning: MLflow logging failed: {err}", fg=typer.colors.YELLOW, err=True)
+        else:
+            typer.echo(f"MLflow run {run_id} (experiment {resolved.project})" if run_id else "MLflow: no store set up")
+    drifted = report["verdict"] == "drift"
+    share, limit = report["drift_share"], report["drift_threshold"]
+    message = f"verdict: {report['verdict']} ({share:.0%} of features drifted; threshold {limit:.0%})"
+    typer.secho(message, fg=typer.colors.RED if drifted else typer.colors.GREEN)
+    if drifted:
+        raise typer.Exit(1)

@@ -1,0 +1,8 @@
+"""The HTTP API: an OpenAI-compatible chat endpoint, health and metrics, and a demo page.
+
+    <project> serve --model outputs/<run>/adapter      # http://127.0.0.1:8000
+
+`app.create_app` wires the parts: `settings` (LLM_* environment), `loader` (model source -> merged model),
+`engine` (the micro-batching generator), `routes/` (one router per resource) and `middleware`
+(body size limit, per-request metrics and request log).
+"""

@@ -1,0 +1,89 @@
+"""The FastAPI application: wiring only. Each part lives in its own module (see the package docstring).
+
+    uvicorn --factory <package>.serve.app:create_app       # settings from LLM_* variables
+    <project> serve --model outputs/<run>/adapter           # the same, with CLI options on top
+
+The model loads in a background thread started by the lifespan, so /health answers at once (a big model
+can take minutes to load; a liveness probe must not kill the server meanwhile) and /ready turns 200 when
+the model can answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ..monitor.metrics import ServeMetrics
+from ..monitor.request_log import RequestLog
+from .deps import ServerState
+from .engine import Engine
+from .errors import install_error_handlers
+from .loader import load_for_serving
+from .middleware import BodySizeLimit, RequestAccounting
+from .routes import chat, demo, health, metrics, models
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for `settings` (default: read from the environment). Nothing loads until the app starts."""
+    settings = settings or Settings()
+    state = ServerState(settings=settings, metrics=ServeMetrics(), request_log=None)
+    app = FastAPI(
+        title="LLM API",
+        summary="OpenAI-compatible chat completions of a LoRA fine-tuned model",
+        lifespan=_lifespan,
+    )
+    app.state.server = state
+    install_error_handlers(app)
+    for module in (health, models, chat, metrics, demo):
+        app.include_router(module.router)
+    # Added last = outermost: accounting sees the 413s of the size limit, and every other outcome.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestAccounting, state=state)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServerState = app.state.server
+    if state.settings.request_log is not None:
+        state.request_log = RequestLog(state.settings.request_log, log_texts=state.settings.log_texts)
+    loading = asyncio.create_task(_load(state))
+    try:
+        yield
+    finally:
+        await asyncio.shield(loading)  # a load cannot be interrupted mid-way; let it end before cleanup
+        if state.engine is not None:
+            state.engine.stop()
+        if state.request_log is not None:
+            state.request_log.close()
+
+
+async def _load(state: ServerState) -> None:
+    """Load the model off the event loop; on failure keep serving /health and report it on /ready."""
+    settings = state.settings
+    try:
+        loaded = await asyncio.to_thread(load_for_serving, settings)
+    except Exception as err:  # any failure must reach /ready and the log, not kill the loop silently
+        log.exception("loading the model failed")
+        state.load_error = f"{type(err).__name__}: {err}"
+        return
+    engine = Engine(
+        loaded.model,
+        loaded.tokenizer,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_s=settings.batch_wait_ms / 1000,
+        max_queue=settings.max_queue,
+        on_batch=state.metrics.batch_size.observe,
+    )
+    engine.start()
+    state.metrics.set_model(name=loaded.name, version=loaded.version, base_model=loaded.base_model)
+    state.engine, state.loaded, state.loaded_at = engine, loaded, int(time.time())
+    log.info("ready: %s (version %s) on %s", loaded.name, loaded.version, loaded.device)

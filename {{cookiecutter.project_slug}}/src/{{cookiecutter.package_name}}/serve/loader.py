@@ -1,0 +1,109 @@
+"""From a model source (adapter folder, `latest`, MLflow URI) to a merged model ready to generate.
+
+    source = resolve_model_source("latest")          # -> ModelSource(adapter_dir=outputs/<run>/adapter, ...)
+    loaded = load_for_serving(settings)              # base + adapter, LoRA merged, eval mode
+
+The source is resolved in exactly one place, `resolve_model_source`, so the CLI (which checks it before
+starting the server) and the server agree on what is served.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import Config, ModelConfig, load_config
+from ..model import (
+    Device,
+    ModelError,
+    check_adapter_dir,
+    load_finetuned,
+    load_tokenizer,
+    newest_adapter,
+    resolve_device,
+)
+from ..tracking import ModelSource, TrackingError, fetch_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelSourceError(ModelError):
+    """The model to serve cannot be found; the message names the source and what to pass instead."""
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    """The base model with the LoRA update merged in, in eval mode."""
+    tokenizer: PreTrainedTokenizerBase
+    """The adapter's tokenizer: the chat template training used, left padding for batches."""
+    device: Device
+    name: str
+    version: str
+    base_model: str
+
+
+def resolve_model_source(source: str, *, output_dir: str | Path = "outputs") -> ModelSource:
+    """What to serve, in local folders: `source` is an MLflow model URI (models:/<name>@champion,
+    models:/<name>/<version>, runs:/<id>/model), an adapter folder, a run folder holding `adapter/`, or
+    `latest` (the newest run under `output_dir`)."""
+    if source.startswith(("models:/", "runs:/")):
+        try:
+            return fetch_model(source)
+        except TrackingError as err:
+            raise ModelSourceError(f"--model {source}: {err}") from None
+    return fetch_model(str(_local_adapter(source, output_dir=Path(output_dir))))
+
+
+def _local_adapter(source: str, *, output_dir: Path) -> Path:
+    if source == "latest":
+        try:
+            return newest_adapter(output_dir)
+        except ModelError:
+            raise ModelSourceError(
+                f"no trained adapter under {output_dir}/; run `train` first or pass --model"
+            ) from None
+    adapter_dir = Path(source).expanduser()
+    adapter_dir = adapter_dir / "adapter" if (adapter_dir / "adapter").is_dir() else adapter_dir
+    if not adapter_dir.is_dir():
+        raise ModelSourceError(f"--model {source}: no such folder; pass outputs/<run>/adapter, `latest` or a URI")
+    check_adapter_dir(adapter_dir)
+    return adapter_dir
+
+
+def load_for_serving(settings: Settings) -> LoadedModel:
+    """Base model + adapter from `settings.model`, merged (no LoRA cost per token), in eval mode."""
+    source = resolve_model_source(settings.model, output_dir=settings.output_dir)
+    config = _run_config(source.adapter_dir, fallback=settings.config)
+    # Loading options (revision, dtype, trust_remote_code) from the config, the base model from the source
+    # (the one the adapter fits), and never 4-bit: merging LoRA into quantized weights would lose the update.
+    model_cfg = config.model if config else ModelConfig(base_model=source.base_model)
+    model_cfg = model_cfg.model_copy(update={"base_model": source.base_model, "load_in_4bit": False})
+    device = resolve_device(settings.device)
+    log.info("loading %s on %s (base model %s)", source.adapter_dir, device, model_cfg.base_model)
+    model = load_finetuned(model_cfg, adapter_dir=source.adapter_dir, device=device).merge_and_unload().eval()
+    tokenizer = load_tokenizer(source.tokenizer_dir)
+    tokenizer.padding_side = "left"  # every prompt of a batch then ends where generation starts
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        name=settings.served_model_name or (config.project if config else source.name),
+        version=source.version or source.name,
+        base_model=model_cfg.base_model,
+    )
+
+
+def _run_config(adapter_dir: Path, *, fallback: Path | None) -> Config | None:
+    """The config that trained the adapter (config.yaml beside it), else `fallback`, else none."""
+    beside = adapter_dir.parent / "config.yaml"
+    if beside.is_file():
+        return load_config(beside)
+    return load_config(fallback) if fallback else None

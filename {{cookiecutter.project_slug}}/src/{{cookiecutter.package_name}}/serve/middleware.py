@@ -1,0 +1,138 @@
+"""ASGI middleware: the request body limit, and the accounting of every chat request.
+
+Accounting sits outside everything else, so each chat request (answered, refused with 4xx, failed, or
+abandoned by its client) is counted in /metrics and logged once, with the status the client saw.
+The route fills in what only it knows (tokens, finish reason, texts) on the request's `RequestOutcome`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..monitor.request_log import utc_now_iso
+from .errors import APIError, error_response
+
+if TYPE_CHECKING:
+    from .deps import ServerState
+
+CHAT_PATH = "/v1/chat/completions"
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer was complete"
+
+
+@dataclass
+class RequestOutcome:
+    """What one chat request did; the route sets the fields it learns, the middleware records it."""
+
+    request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    received_at: str = field(default_factory=utc_now_iso)
+    started: float = field(default_factory=time.perf_counter)
+    stream: bool = False
+    status: int | None = None
+    """Set by the route when a streamed answer fails after its 200 was sent (e.g. 504)."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt: str | None = None
+    """The last user message."""
+    response: str | None = None
+    finish_reason: str | None = None
+    first_token_s: float | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class RequestAccounting:
+    """Counts, times and logs each POST /v1/chat/completions; adds an X-Request-ID header to the answer."""
+
+    def __init__(self, app: ASGIApp, *, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != CHAT_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        outcome = RequestOutcome()
+        scope.setdefault("state", {})["outcome"] = outcome
+        sent: dict[str, int | bool] = {"status": 0, "complete": False}
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", outcome.request_id.encode())]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent["complete"] = True
+            await send(message)
+
+        self.state.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            self.state.metrics.in_flight.dec()
+            # No answer started: an exception (500). Started but unfinished: the client went away.
+            status = sent["status"] if sent["complete"] else (CLIENT_CLOSED if sent["status"] else 500)
+            self.state.record(outcome, status=outcome.status or int(status))
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with 413 before any parsing, whether or not the client sent
+    Content-Length. The body is read here (it is small by definition) and replayed to the app."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send, declared=declared)
+            return
+        body = await self._read(receive)
+        if body is None:
+            await self._refuse(scope, receive, send, declared=None)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None when it grows past the limit (or the client disconnects)."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, *, declared: bytes | None) -> None:
+        if declared is not None and not declared.isdigit():
+            error = APIError(400, "invalid Content-Length header", code="invalid_content_length")
+        else:
+            error = APIError(413, f"request body over the {self.max_bytes}-byte limit", code="body_too_large")
+        await error_response(error)(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app the body already read, then defers to the client's (disconnects)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,1 @@
+"""One APIRouter per resource: health (liveness, readiness), models, chat, metrics, and the demo page."""

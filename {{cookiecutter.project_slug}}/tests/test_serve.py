@@ -1,0 +1,481 @@
+"""The API in-process (FastAPI TestClient): every endpoint, every error, metrics and the request log.
+
+The served model is the tiny offline model with an untrained adapter: its answers are gibberish, but
+greedy decoding makes them repeatable, which is all these tests need.
+"""
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from {{ cookiecutter.package_name }}.cli import app as cli_app
+from {{ cookiecutter.package_name }}.model import load_tokenizer
+from {{ cookiecutter.package_name }}.monitor.request_log import RECORD_KEYS
+from {{ cookiecutter.package_name }}.serve.app import create_app
+from {{ cookiecutter.package_name }}.serve.loader import ModelSourceError, load_for_serving, resolve_model_source
+from {{ cookiecutter.package_name }}.serve.settings import Settings
+
+CHAT = "/v1/chat/completions"
+HELLO = [{"role": "user", "content": "Where is my order B11688?"}]
+
+
+def make_settings(adapter: Path, log_dir: Path, **overrides) -> Settings:
+    """Settings for a test server, deaf to the developer's LLM_* variables and .env file."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in [name for name in os.environ if name.startswith("LLM_")]:
+            env.delenv(name)
+        fields = {"model": str(adapter), "device": "cpu", "request_log": log_dir / "requests.jsonl"}
+        return Settings(_env_file=None, **(fields | overrides))
+
+
+@contextmanager
+def serving(adapter: Path, log_dir: Path, **overrides) -> Iterator[TestClient]:
+    """A started app (lifespan run) whose model is loaded."""
+    with TestClient(create_app(make_settings(adapter, log_dir, **overrides))) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.02)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(served_adapter, tmp_path_factory) -> Iterator[TestClient]:
+    """One server shared by the tests that only read (fresh ones are made where counts matter)."""
+    with serving(served_adapter, tmp_path_factory.mktemp("logs")) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def tokenizer(served_adapter):
+    return load_tokenizer(served_adapter)
+
+
+def chat(client: TestClient, messages=HELLO, **params):
+    return client.post(CHAT, json={"messages": messages, "temperature": 0, **params})
+
+
+def answer(client: TestClient, messages=HELLO, **params) -> str:
+    response = chat(client, messages, **params)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+def assert_error(response, status: int, *, code: str | None = None, param: str | None = None) -> dict:
+    """`status` with OpenAI's error body; returns the error object."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if code:
+        assert error["code"] == code
+    if param:
+        assert error["param"] == param
+    return error
+
+
+def sample(client: TestClient, metric: str, /, **labels: str) -> float:
+    """The value of one sample on /metrics (0 when absent)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            if s.name == metric and all(s.labels.get(key) == value for key, value in labels.items()):
+                return s.value
+    return 0.0
+
+
+def sse_events(text: str) -> list[str]:
+    """The `data:` payloads of a server-sent event stream, asserting its framing."""
+    assert text.endswith("\n\n")
+    blocks = text.split("\n\n")[:-1]
+    assert all(block.startswith("data: ") for block in blocks), blocks
+    return [block.removeprefix("data: ") for block in blocks]
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@contextmanager
+def generation_held(client: TestClient, monkeypatch) -> Iterator[threading.Event]:
+    """Every generate call waits until the yielded event is set (at the latest when the block ends)."""
+    model = client.app.state.server.engine.model
+    original, release = model.generate, threading.Event()
+
+    def held(*args, **kwargs):
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", held)
+    try:
+        yield release
+    finally:
+        release.set()
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+# ---- health, readiness, models, demo page ---------------------------------------------------------------
+
+
+def test_health_answers_at_once_and_ready_is_503_until_the_model_is_loaded(served_adapter, tmp_path):
+    app = create_app(make_settings(served_adapter, tmp_path))
+    not_started = TestClient(app)  # no lifespan: the model never loads
+    assert not_started.get("/health").json() == {"status": "ok"}
+    assert not_started.get("/ready").status_code == 503
+    assert not_started.get("/ready").json() == {"status": "loading"}
+    assert_error(not_started.post(CHAT, json={"messages": HELLO}), 503, code="model_not_ready")
+    with serving(served_adapter, tmp_path) as client:
+        ready = client.get("/ready").json()
+    assert ready == {"status": "ready", "model": "{{ cookiecutter.project_slug }}", "version": "untrained"}
+
+
+def test_a_model_that_cannot_load_is_reported_by_ready_while_health_stays_up(tmp_path):
+    app = create_app(make_settings(tmp_path / "no-such-adapter", tmp_path))
+    with TestClient(app) as client:
+        wait_for(lambda: client.get("/ready").json()["status"] == "failed")
+        assert client.get("/health").status_code == 200
+        assert "no-such-adapter: no such folder" in client.get("/ready").json()["error"]
+        assert "failed to load" in assert_error(client.post(CHAT, json={"messages": HELLO}), 503)["message"]
+
+
+def test_models_lists_and_retrieves_the_served_model(client):
+    listed = client.get("/v1/models").json()
+    assert listed["object"] == "list"
+    assert [(m["id"], m["object"]) for m in listed["data"]] == [("{{ cookiecutter.project_slug }}", "model")]
+    assert client.get("/v1/models/{{ cookiecutter.project_slug }}").json()["id"] == "{{ cookiecutter.project_slug }}"
+    assert_error(client.get("/v1/models/gpt-4o"), 404, code="model_not_found", param="model")
+
+
+def test_demo_page_is_html_that_calls_the_api(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/v1/chat/completions" in page.text and "<script>" in page.text
+
+
+# ---- chat completions -----------------------------------------------------------------------------------
+
+
+def test_completion_has_openai_shape_and_usage_counts_tokens_like_the_tokenizer(client, tokenizer):
+    response = chat(client, max_tokens=5)
+    body = response.json()
+    assert response.status_code == 200
+    assert body["id"].startswith("chatcmpl-") and response.headers["x-request-id"] == body["id"]
+    assert body["object"] == "chat.completion" and body["model"] == "{{ cookiecutter.project_slug }}"
+    assert isinstance(body["created"], int)
+    [choice] = body["choices"]
+    assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
+    prompt_ids = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert body["usage"]["prompt_tokens"] == len(prompt_ids)
+    # The untrained tiny model never ends early, so it stops at max_tokens: "length" after exactly 5 tokens.
+    assert choice["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 5
+    assert body["usage"]["total_tokens"] == len(prompt_ids) + 5
+
+
+def test_served_answer_equals_direct_generation_with_the_merged_model(client, served_adapter, tmp_path, tokenizer):
+    loaded = load_for_serving(make_settings(served_adapter, tmp_path))
+    prompt = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    output = loaded.model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    direct = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert answer(client, max_tokens=12) == direct
+
+
+def test_stop_sequence_ends_the_answer_before_it(client):
+    full = answer(client, max_tokens=24)
+    # A stop taken from the middle of the greedy answer (letters only, so no partial characters).
+    start = next(i for i in range(len(full) // 3, len(full) - 2) if full[i : i + 2].isalpha())
+    stop = full[start : start + 2]
+    response = chat(client, max_tokens=24, stop=[stop, "never-generated"]).json()
+    assert response["choices"][0]["message"]["content"] == full[: full.index(stop)]
+    assert response["choices"][0]["finish_reason"] == "stop"
+
+
+def test_stream_is_server_sent_events_ending_with_done(client):
+    whole = answer(client, max_tokens=16, stop="zz-unlikely")
+    response = client.post(
+        CHAT,
+        json={
+            "messages": HELLO,
+            "temperature": 0,
+            "max_tokens": 16,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
+    assert len({chunk["id"] for chunk in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks if chunk["choices"])
+    assert text == whole
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 16
+
+
+def test_streamed_answer_honours_stop_sequences_too(client):
+    full = answer(client, max_tokens=24)
+    start = next(i for i in range(len(full) // 2, len(full) - 3) if full[i : i + 3].isalpha())
+    stop = full[start : start + 3]
+    response = client.post(
+        CHAT, json={"messages": HELLO, "temperature": 0, "max_tokens": 24, "stop": stop, "stream": True}
+    )
+    chunks = [json.loads(event) for event in sse_events(response.text)[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == full[: full.index(stop)]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_sampling_with_a_seed_is_repeatable_and_differs_from_greedy(client):
+    first = answer(client, max_tokens=16, temperature=1.5, top_p=0.9, seed=7)
+    assert answer(client, max_tokens=16, temperature=1.5, top_p=0.9, seed=7) == first
+    assert first != answer(client, max_tokens=16)
+
+
+def test_concurrent_requests_are_batched_and_answered_as_if_alone(served_adapter, tmp_path, monkeypatch):
+    prompts = [[{"role": "user", "content": "x" * n}] for n in (1, 5, 12, 30, 60, 3)]  # different padding
+    with serving(served_adapter, tmp_path, max_batch_size=8, batch_wait_ms=0) as client:
+        alone = [answer(client, p, max_tokens=10 + i) for i, p in enumerate(prompts)]
+        with generation_held(client, monkeypatch) as release, ThreadPoolExecutor(len(prompts) + 1) as pool:
+            blocker = pool.submit(answer, client, HELLO, max_tokens=4)  # holds the worker in its own batch
+            engine = client.app.state.server.engine
+            wait_for(lambda: engine.admitted == 1)
+            together = [pool.submit(answer, client, p, max_tokens=10 + i) for i, p in enumerate(prompts)]
+            wait_for(lambda: engine.admitted == len(prompts) + 1)
+            release.set()
+            assert blocker.result()
+            assert [future.result() for future in together] == alone
+        # 6 requests alone, then the blocker alone, then the 6 queued ones in one batch.
+        assert sample(client, "llm_batch_size_count") == 8
+        assert sample(client, "llm_batch_size_bucket", le="4.0") == 7
+
+
+def test_system_prompt_setting_is_added_when_a_request_has_none(served_adapter, tmp_path, tokenizer):
+    system = {"role": "system", "content": "Reply with JSON only."}
+    with serving(served_adapter, tmp_path, system_prompt=system["content"]) as client:
+        usage = chat(client, max_tokens=1).json()["usage"]
+        explicit = chat(client, [system, *HELLO], max_tokens=1).json()["usage"]
+    expected = tokenizer.apply_chat_template([system, *HELLO], add_generation_prompt=True, return_dict=True)
+    assert usage["prompt_tokens"] == explicit["prompt_tokens"] == len(expected["input_ids"])
+
+
+# ---- limits and errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({"messages": HELLO, "max_tokens": 100_000}, 400, "max_tokens_exceeded", "max_tokens"),
+        ({"messages": HELLO, "max_completion_tokens": 100_000}, 400, "max_tokens_exceeded", "max_tokens"),
+        ({"messages": [{"role": "user", "content": "word " * 2000}]}, 400, "context_length_exceeded", "messages"),
+        ({"messages": HELLO, "model": "gpt-4o"}, 404, "model_not_found", "model"),
+        ({"messages": []}, 422, "invalid_value", "messages"),
+        ({}, 422, "invalid_value", "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, 422, "invalid_value", "messages.0.role"),
+        ({"messages": [{"role": "user", "content": 42}]}, 422, "invalid_value", "messages.0.content"),
+        ({"messages": HELLO, "max_tokens": "many"}, 422, "invalid_value", "max_tokens"),
+        ({"messages": HELLO, "max_tokens": 0}, 422, "invalid_value", "max_tokens"),
+        ({"messages": HELLO, "temperature": 3}, 422, "invalid_value", "temperature"),
+        ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 422, "invalid_value", "stop"),
+        ({"messages": HELLO, "stop": ""}, 422, "invalid_value", "stop"),
+        ({"messages": HELLO, "n": 2}, 422, "invalid_value", "n"),
+        ([1, 2, 3], 422, "invalid_value", None),
+    ],
+    ids=lambda value: None if isinstance(value, dict | list) else str(value),
+)
+def test_invalid_requests_get_openai_errors(client, body, status, code, param):
+    assert_error(client.post(CHAT, json=body), status, code=code, param=param)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b'{"messages": [', b"[" * 5_000 + b"]" * 5_000, b'{"messages": "\xff"}'],
+    ids=["malformed", "truncated", "nested-5000-deep", "invalid-utf8"],
+)
+def test_bad_json_is_400_and_the_server_keeps_serving(client, raw):
+    response = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
+    assert_error(response, 400)
+    assert chat(client, max_tokens=1).status_code == 200
+
+
+def test_body_without_json_content_type_is_400_naming_the_fix(client):
+    error = assert_error(client.post(CHAT, content=json.dumps({"messages": HELLO})), 400, code="invalid_json")
+    assert "Content-Type: application/json" in error["message"]
+
+
+def test_bodies_over_the_limit_are_413_with_or_without_content_length(served_adapter, tmp_path):
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * 5_000}]}).encode()
+    with serving(served_adapter, tmp_path, max_body_bytes=4_096) as client:
+        assert_error(client.post(CHAT, content=big, headers={"content-type": "application/json"}), 413)
+        chunked = client.post(
+            CHAT, content=iter([big[:3000], big[3000:]]), headers={"content-type": "application/json"}
+        )
+        assert_error(chunked, 413, code="body_too_large")
+        assert chat(client, max_tokens=1).status_code == 200
+
+
+def test_unknown_routes_and_methods_get_the_same_error_shape(client):
+    assert_error(client.get("/v1/completions"), 404)
+    assert_error(client.get(CHAT), 405)
+
+
+def test_api_key_is_required_on_v1_when_set(served_adapter, tmp_path):
+    with serving(served_adapter, tmp_path, api_key="s3cret") as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
+            refused = client.post(CHAT, json={"messages": HELLO}, headers=headers)
+            assert_error(refused, 401, code="invalid_api_key")
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert_error(client.get("/v1/models", headers=headers), 401)
+        ok = client.post(CHAT, json={"messages": HELLO, "max_tokens": 1}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        # Probes, metrics and the page stay open: they are scraped and opened without credentials.
+        assert [client.get(path).status_code for path in ("/health", "/ready", "/metrics", "/")] == [200] * 4
+
+
+def test_full_queue_answers_429_with_retry_after(served_adapter, tmp_path, monkeypatch):
+    with serving(served_adapter, tmp_path, max_batch_size=1, max_queue=1) as client:
+        engine = client.app.state.server.engine
+        with generation_held(client, monkeypatch) as release, ThreadPoolExecutor(2) as pool:
+            admitted = [pool.submit(chat, client, max_tokens=2) for _ in range(2)]  # one generating, one queued
+            wait_for(lambda: engine.admitted == 2)
+            refused = chat(client, max_tokens=2)
+            release.set()
+            assert [future.result().status_code for future in admitted] == [200, 200]
+        assert_error(refused, 429, code="queue_full")
+        assert refused.headers["retry-after"] == "1"
+        assert sample(client, "llm_requests_total", status="429", finish_reason="none") == 1
+
+
+def test_generation_timeout_is_504_and_frees_the_server(served_adapter, tmp_path, monkeypatch):
+    with serving(served_adapter, tmp_path, generation_timeout_s=0.3) as client:
+        with generation_held(client, monkeypatch):
+            timed_out = chat(client, max_tokens=4)
+            streamed = client.post(CHAT, json={"messages": HELLO, "max_tokens": 4, "stream": True})
+        assert_error(timed_out, 504, code="timeout")
+        # A stream has sent its 200 before the timeout: the error arrives as an event, as OpenAI sends it.
+        assert streamed.status_code == 200
+        assert json.loads(sse_events(streamed.text)[-1])["error"]["code"] == "timeout"
+        wait_for(lambda: client.app.state.server.engine.admitted == 0)
+        assert chat(client, max_tokens=2).status_code == 200
+        assert sample(client, "llm_requests_total", status="504", finish_reason="none") == 2
+
+
+def test_a_failing_generate_is_500_and_the_next_request_is_served(served_adapter, tmp_path, monkeypatch):
+    with serving(served_adapter, tmp_path) as client:
+        model = client.app.state.server.engine.model
+        original = model.generate
+
+        def out_of_memory(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory")
+
+        monkeypatch.setattr(model, "generate", out_of_memory)
+        error = assert_error(chat(client, max_tokens=2), 500, code="generation_failed")
+        assert "CUDA out of memory" in error["message"]
+        monkeypatch.setattr(model, "generate", original)
+        assert chat(client, max_tokens=2).status_code == 200
+
+
+# ---- metrics and request log ----------------------------------------------------------------------------
+
+
+def test_metrics_count_every_request_with_its_labels(served_adapter, tmp_path):
+    with serving(served_adapter, tmp_path) as client:
+        assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+        for _ in range(3):
+            chat(client, max_tokens=3)
+        client.post(CHAT, json={"messages": HELLO, "temperature": 0, "max_tokens": 3, "stream": True})
+        chat(client, max_tokens=100_000)
+        client.post(CHAT, json={"messages": "not a list"})
+        assert sample(client, "llm_requests_total", status="200", finish_reason="length") == 4
+        assert sample(client, "llm_requests_total", status="400", finish_reason="none") == 1
+        assert sample(client, "llm_requests_total", status="422", finish_reason="none") == 1
+        assert sample(client, "llm_request_duration_seconds_count") == 6
+        assert sample(client, "llm_prompt_tokens_count") == sample(client, "llm_completion_tokens_count") == 4
+        assert sample(client, "llm_completion_tokens_sum") == 12
+        assert sample(client, "llm_time_to_first_token_seconds_count") == 1
+        assert sample(client, "llm_requests_in_flight") == 0
+        info = {"name": "{{ cookiecutter.project_slug }}", "version": "untrained"}
+        assert sample(client, "llm_model_info", **info) == 1
+
+
+def test_request_log_gets_one_record_per_request_without_texts(served_adapter, tmp_path, tokenizer):
+    with serving(served_adapter, tmp_path) as client:
+        chat(client, max_tokens=3)
+        client.post(CHAT, json={"messages": HELLO, "temperature": 0, "max_tokens": 2, "stream": True})
+        chat(client, max_tokens=100_000)
+        client.post(CHAT, json={"messages": []})
+        records = read_log(tmp_path / "requests.jsonl")
+    assert [tuple(record) for record in records] == [RECORD_KEYS] * 4  # exactly these keys, in this order
+    assert [r["status"] for r in records] == [200, 200, 400, 422]
+    assert [r["stream"] for r in records] == [False, True, False, False]
+    assert [r["completion_tokens"] for r in records] == [3, 2, None, None]
+    assert [r["finish_reason"] for r in records] == ["length", "length", None, None]
+    prompt_ids = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert records[0]["prompt_tokens"] == len(prompt_ids)
+    assert records[0]["prompt_chars"] == len(HELLO[0]["content"])
+    assert records[0]["model"] == "{{ cookiecutter.project_slug }}" and records[0]["model_version"] == "untrained"
+    assert records[0]["time"].endswith("+00:00") and records[0]["latency_s"] > 0
+    assert len({r["request_id"] for r in records}) == 4
+
+
+def test_request_log_texts_are_redacted_when_enabled(served_adapter, tmp_path):
+    private = "Mail jane.doe@example.com or call +44 20 7946 0958, card 4111 1111 1111 1111. Order B11688."
+    with serving(served_adapter, tmp_path, log_texts=True) as client:
+        reply = answer(client, [{"role": "user", "content": private}], max_tokens=4)
+    [record] = read_log(tmp_path / "requests.jsonl")
+    assert tuple(record) == (*RECORD_KEYS, "prompt", "response")
+    assert record["prompt"] == "Mail [EMAIL] or call [PHONE], card [CARD]. Order B11688."
+    assert record["response"] == reply
+    assert "jane.doe" not in (tmp_path / "requests.jsonl").read_text()
+
+
+def test_request_log_can_be_switched_off(served_adapter, tmp_path):
+    with serving(served_adapter, tmp_path, request_log="") as client:
+        assert chat(client, max_tokens=1).status_code == 200
+    assert not (tmp_path / "requests.jsonl").exists()
+
+
+# ---- model source and the serve command -----------------------------------------------------------------
+
+
+def test_model_source_resolves_folders_runs_and_latest(served_adapter, tmp_path):
+    assert resolve_model_source(str(served_adapter)).adapter_dir == served_adapter
+    assert resolve_model_source(str(served_adapter.parent)).adapter_dir == served_adapter  # the run folder
+    latest = resolve_model_source("latest", output_dir=served_adapter.parents[1])
+    assert (latest.adapter_dir, latest.name, latest.version) == (served_adapter, "untrained", None)
+    with pytest.raises(ModelSourceError, match="run `train` first"):
+        resolve_model_source("latest", output_dir=tmp_path)
+    with pytest.raises(ModelSourceError, match=r"--model models:/demo@champion: model .* not found"):
+        resolve_model_source("models:/demo@champion")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "exit_code", "message"),
+    [
+        (["--model", "no/such/adapter"], {}, 1, "error: --model no/such/adapter: no such folder"),
+        (["--model", "runs:/abc/adapter"], {}, 1, "error: --model runs:/abc/adapter: model runs:/abc/adapter not found"),
+        ([], {"LLM_MAX_TOKENS": "lots"}, 2, "error: LLM_MAX_TOKENS: Input should be a valid integer"),
+        (["--config", "no-such.yaml"], {}, 2, "no-such.yaml: config file not found"),
+    ],
+)
+def test_serve_command_fails_fast_with_a_clear_error(args, env, exit_code, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no outputs/ and no .env here
+    result = CliRunner().invoke(cli_app, ["serve", *args], env=env)
+    assert result.exit_code == exit_code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output

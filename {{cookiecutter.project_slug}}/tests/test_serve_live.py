@@ -1,0 +1,224 @@
+"""A real server: the `serve` command in a subprocess on 127.0.0.1, called over HTTP by the official
+`openai` client, under load, and (where Chromium is installed) through the demo page in a browser."""
+
+import asyncio
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+MODEL = "{{ cookiecutter.project_slug }}"
+API_KEY = "live-test-key"
+HELLO = [{"role": "user", "content": "Where is my order B11688?"}]
+SRC = Path(__file__).parents[1] / "src"
+CHROMIUM = Path("/usr/bin/chromium")
+# Real servers on real ports: part of the end-to-end run (`make test`), not of `make test-fast`.
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(adapter: Path, workdir: Path, **env: str) -> Iterator[str]:
+    """`<project> serve` in a subprocess; yields its base URL once /ready answers 200, stops it after."""
+    port = free_port()
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("LLM_")}
+    environment |= {"HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "LLM_REQUEST_LOG": str(workdir / "requests.jsonl")}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--model", str(adapter), "--port", str(port)]
+    log = workdir / "server.log"  # a file, not a pipe: a full pipe would block the server mid-test
+    with log.open("w") as output:
+        server = subprocess.Popen(command, cwd=workdir, env=environment | env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_until_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the server exited:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    raise AssertionError(f"not ready after {timeout_s} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(served_adapter, tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    workdir = tmp_path_factory.mktemp("live")
+    with running_server(served_adapter, workdir, LLM_API_KEY=API_KEY) as url:
+        yield url, workdir
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    url, _ = server
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=30)
+
+
+def sample(url: str, metric: str, **labels: str) -> float:
+    """The sum of a metric's samples on /metrics that carry `labels`."""
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+    samples = [s for f in families for s in f.samples if s.name == metric]
+    return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_openai_client_lists_the_model_and_gets_a_completion(client):
+    assert [model.id for model in client.models.list().data] == [MODEL]
+    completion = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0)
+    assert completion.object == "chat.completion" and completion.model == MODEL
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.choices[0].message.role == "assistant" and completion.choices[0].message.content
+    assert completion.usage.completion_tokens == 8
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + 8
+
+
+def test_openai_client_streams_the_same_answer(client):
+    whole = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12, temperature=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_openai_client_raises_its_usual_errors(server, client):
+    url, _ = server
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1_000_000)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=1)
+
+
+def test_load_200_requests_16_at_a_time_no_5xx_and_all_counted(server):
+    url, workdir = server
+    counted_before = sample(url, "llm_requests_total")
+    logged_before = len((workdir / "requests.jsonl").read_text().splitlines())
+    statuses = asyncio.run(_load(url, total=200, concurrency=16, time_cap_s=90))
+    assert not [status for status in statuses if status >= 500], statuses
+    assert len(statuses) == 200
+    assert sample(url, "llm_requests_total") - counted_before == 200
+    assert len((workdir / "requests.jsonl").read_text().splitlines()) - logged_before == 200
+
+
+async def _load(url: str, *, total: int, concurrency: int, time_cap_s: float) -> list[int]:
+    """`total` chat requests, at most `concurrency` in flight (every 4th streamed); their statuses."""
+    gate = asyncio.Semaphore(concurrency)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def one(http: httpx.AsyncClient, i: int) -> int:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"Order {i}?"}], "max_tokens": 8}
+        async with gate:
+            if i % 4:
+                return (await http.post("/v1/chat/completions", json=body, headers=headers)).status_code
+            async with http.stream("POST", "/v1/chat/completions", json=body | {"stream": True}, headers=headers) as r:
+                await r.aread()
+                return r.status_code
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http, asyncio.timeout(time_cap_s):
+        return list(await asyncio.gather(*(one(http, i) for i in range(total))))
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot_and_is_counted_499(server):
+    url, _ = server
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 256, "temperature": 0, "stream": True}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30) as response:
+        assert next(response.iter_lines()).startswith("data: ")  # the stream has started; now hang up
+    deadline = time.monotonic() + 30
+    while sample(url, "llm_requests_total", status="499") < 1:
+        assert time.monotonic() < deadline, "the abandoned stream was never counted"
+        time.sleep(0.1)
+    assert sample(url, "llm_requests_in_flight") == 0
+    assert httpx.get(f"{url}/ready").status_code == 200
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (Debian: apt-get install chromium)")
+def test_demo_page_shows_a_model_reply_in_headless_chromium(served_adapter, tmp_path):
+    with running_server(served_adapter, tmp_path) as url, chromium_page(tmp_path) as call:
+        call("Page.navigate", url=f"{url}/?prompt={urllib.parse.quote('Where is my order B11688?')}")
+        deadline, reply = time.monotonic() + 60, None
+        while reply is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            reply = call("Runtime.evaluate", expression=REPLY_JS, returnByValue=True)["result"]["result"].get("value")
+    assert reply is not None, "no complete model reply appeared on the page"
+    assert reply["user"] == "Where is my order B11688?"
+    assert reply["text"] and not reply["error"]
+
+
+# The first reply on the page once its stream has ended (the page marks it data-done), else null.
+REPLY_JS = """(() => {
+  const reply = document.querySelector(".turn.assistant[data-done]");
+  if (!reply) return null;
+  const user = document.querySelector(".turn.user").textContent;
+  return {user, text: reply.textContent, error: reply.classList.contains("error")};
+})()"""
+
+
+@contextmanager
+def chromium_page(workdir: Path) -> Iterator[Callable[..., dict]]:
+    """Headless Chromium driven over the DevTools protocol (CDP); yields `call(method, **params)` on its page."""
+    from websockets.sync.client import connect  # installed with uvicorn[standard]
+
+    port = free_port()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    flags += [f"--remote-debugging-port={port}", f"--user-data-dir={workdir / 'profile'}", "about:blank"]
+    with (workdir / "chromium.log").open("w") as log:
+        browser = subprocess.Popen([str(CHROMIUM), *flags], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        targets = _devtools_targets(port, browser)
+        page = next(target for target in targets if target["type"] == "page")
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as socket_:
+            ids = itertools.count(1)
+
+            def call(method: str, **params) -> dict:
+                message_id = next(ids)
+                socket_.send(json.dumps({"id": message_id, "method": method, "params": params}))
+                while (message := json.loads(socket_.recv(timeout=30))).get("id") != message_id:
+                    pass  # an event, not our answer
+                return message
+
+            yield call
+    finally:
+        browser.terminate()
+        browser.wait(timeout=30)
+
+
+def _devtools_targets(port: int, browser: subprocess.Popen, timeout_s: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert browser.poll() is None, "Chromium exited at start (see chromium.log in the test's tmp_path)"
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"Chromium's DevTools endpoint did not open in {timeout_s} s")
