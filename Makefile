@@ -1,5 +1,6 @@
 # Two commands on a fresh clone:
-#   make demo   bake the default project into .cache/demo and run its smoke pipeline
+#   make demo   bake the default project into .cache/demo and run its smoke pipeline (train, evaluate,
+#               register, promote, serve one request)
 #   make test   install everything and run the whole template test suite (includes `mkdocs build --strict`)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -37,6 +38,7 @@ demo: install  ## Bake the default project into .cache/demo and run its smoke pi
 	$(BIN)/python scripts/overlay_venv.py $$project/.venv && \
 	$$project/.venv/bin/python -m pip install --quiet --no-deps -e $$project && \
 	$(MAKE) --no-print-directory -C $$project data train evaluate && \
+	$(BIN)/python scripts/demo_request.py $$project && \
 	echo "Demo project in $$project: see reports/eval.md there; cd into it and run 'make help' for more."
 
 test:  ## Install, run the whole template test suite and the strict docs build; prints the time taken

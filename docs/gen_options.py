@@ -52,7 +52,8 @@ RULES: dict[str, Rule] = {
             "Derived from `project_name`: slugified (accents dropped, lower case, dashes), cut to at most 40 "
             "characters at a word boundary, and prefixed with `llm-` when it would not start with a letter "
             "(`2024 Bot` becomes `llm-2024-bot`). It names the project folder, the Python distribution, "
-            "the GitHub repository in the README links, and the command-line program."
+            "the GitHub repository in the README links, the command-line program, the MLflow experiment "
+            "and registered model (`models:/<project_slug>@champion`), and the Docker image."
         ),
     ),
     "package_name": Rule(

@@ -1,14 +1,20 @@
-"""Latency and throughput of the API against calling the model directly, with the same prompts.
+"""Latency and throughput of the API against direct generation and `mlflow models serve`, same prompts.
 
-    python scripts/benchmark_serve.py --model latest --config configs/smoke.yaml --requests 64 --max-tokens 64
+    python scripts/benchmark_serve.py --model latest --config configs/smoke.yaml --requests 32 --max-tokens 64
 
-Both sides answer the same held-out prompts (the test split of the config's data) greedily with the same
-max_tokens, at 1 and at 8 concurrent clients:
+Run it in the project folder after `make train` and `evaluate` (the registered model needs a @champion). All
+three modes answer the same held-out prompts (the test split of the config's data) greedily with the same
+max_tokens, at 1 and at 8 concurrent clients, alternated round by round:
 - direct: the merged model in this process, one `generate` call per request (8 threads share the model);
 - api: POST /v1/chat/completions over HTTP to `serve`, started here on a free port (or --url of a running
-  server), which batches concurrent requests.
+  server), which batches concurrent requests;
+- mlflow: POST /invocations to `mlflow models serve -m <--mlflow-model> --env-manager local --workers 1`,
+  started here on a free port (default model `models:/<project>@champion`, tracking store from
+  MLFLOW_TRACKING_URI or ./mlflow.db), with the llm/v1/chat payload
+  `{"messages": [...], "max_tokens": N, "do_sample": false}`; --skip-mlflow leaves this mode out.
 Prints p50/p95 latency and requests/s per mode and concurrency, the API's overhead at p50 over direct
-generation with one client (target: at most 10%) and its throughput relative to direct at 8 clients.
+generation with one client (target: at most 10%), its throughput relative to direct at 8 clients, and its
+throughput relative to `mlflow models serve` at 8 clients (target: at least 2x).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -24,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +42,7 @@ from {{ cookiecutter.package_name }}.data import load_splits
 from {{ cookiecutter.package_name }}.serve.engine import end_token_ids
 from {{ cookiecutter.package_name }}.serve.loader import LoadedModel, load_for_serving
 from {{ cookiecutter.package_name }}.serve.settings import Settings
+from {{ cookiecutter.package_name }}.tracking import tracking_uri
 
 Conversation = list[dict[str, str]]
 
@@ -66,13 +74,20 @@ def main() -> None:
     prompts = [row[:-1] for row in rows]  # each conversation without its expected answer
     prompts = (prompts * (args.requests // max(len(prompts), 1) + 1))[: args.requests]
     loaded = load_for_serving(Settings(_env_file=None, model=args.model, request_log=None))
+    mlflow_model = args.mlflow_model or f"models:/{config.project}@champion"
     runs: dict[tuple[str, int], list[Run]] = {}
-    with running_server(args.model, url=args.url) as url:
-        # Direct and API runs alternate, so a busy spell of a shared machine hits both alike.
+    mlflow_server: AbstractContextManager[str | None] = (
+        nullcontext(None) if args.skip_mlflow else running_mlflow_server(mlflow_model)
+    )
+    with running_server(args.model, url=args.url) as url, mlflow_server as mlflow_url:
+        # The modes alternate, so a busy spell of a shared machine hits them all alike.
         for clients in (1, 8):
             for _ in range(args.rounds):
                 runs.setdefault(("direct", clients), []).append(direct(prompts, clients, args.max_tokens, loaded))
                 runs.setdefault(("api", clients), []).append(api(prompts, clients, args.max_tokens, url))
+                if mlflow_url:
+                    done = mlflow_serve(prompts, clients, args.max_tokens, mlflow_url)
+                    runs.setdefault(("mlflow", clients), []).append(done)
     report([summarize(mode, clients, done) for (mode, clients), done in runs.items()], out=args.out)
 
 
@@ -84,11 +99,15 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="Runs per mode and concurrency, alternated.")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request.")
     parser.add_argument("--url", help="Benchmark a running server instead of starting one (same model!).")
+    parser.add_argument(
+        "--mlflow-model", metavar="URI", help="Model for `mlflow models serve` (default: models:/<project>@champion)."
+    )
+    parser.add_argument("--skip-mlflow", action="store_true", help="Leave out the `mlflow models serve` mode.")
     parser.add_argument("--out", type=Path, help="Also write the figures as JSON here.")
     return parser.parse_args()
 
 
-# ---- the two ways to get an answer ----------------------------------------------------------------------
+# ---- the three ways to get an answer --------------------------------------------------------------------
 
 
 def direct(prompts: list[Conversation], clients: int, max_tokens: int, loaded: LoadedModel) -> Run:
@@ -124,6 +143,32 @@ def api(prompts: list[Conversation], clients: int, max_tokens: int, url: str) ->
         response = http.post("/v1/chat/completions", json=body)
         response.raise_for_status()
         return response.json()["usage"]["completion_tokens"]
+
+    try:
+        return measure(answer, prompts, clients=clients)
+    finally:
+        http.close()
+
+
+def mlflow_serve(prompts: list[Conversation], clients: int, max_tokens: int, url: str) -> Run:
+    """POST /invocations of `mlflow models serve` per prompt (llm/v1/chat input), `clients` concurrent connections.
+    Completion tokens come from the response's `usage`; an empty answer stops the benchmark."""
+    http = httpx.Client(base_url=url, timeout=300, limits=httpx.Limits(max_connections=clients))
+
+    def answer(messages: Conversation) -> int:
+        # Extra keys become generation params; `temperature: 0` is refused by transformers, greedy is do_sample.
+        body = {"messages": messages, "max_tokens": max_tokens, "do_sample": False}
+        response = http.post("/invocations", json=body)
+        if response.is_error:
+            sys.exit(f"mlflow models serve answered {response.status_code}: {response.text[:500]}")
+        completion = response.json()
+        if isinstance(completion, dict) and "predictions" in completion:
+            completion = completion["predictions"]
+        if isinstance(completion, list):
+            completion = completion[0]
+        if not (completion["choices"][0]["message"]["content"] or "").strip():
+            sys.exit(f"mlflow models serve gave an empty answer: {completion}")
+        return completion["usage"]["completion_tokens"]
 
     try:
         return measure(answer, prompts, clients=clients)
@@ -173,32 +218,74 @@ def running_server(model: str, *, url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     env = os.environ | {"LLM_REQUEST_LOG": f"{tempfile.mkdtemp(prefix='benchmark-')}/requests.jsonl"}
-    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--model", model, "--port", str(port)]
+    package = "{{ cookiecutter.package_name }}"
+    command = [sys.executable, "-m", package, "serve", "--model", model, "--port", str(port)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", server, model=model)
+        why = f"run `serve --model {model}` to see why"
+        _wait_ready(f"http://127.0.0.1:{port}", server, path="/ready", why=why)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def _wait_ready(url: str, server: subprocess.Popen, *, model: str, timeout_s: float = 300) -> None:
+@contextmanager
+def running_mlflow_server(model_uri: str) -> Iterator[str]:
+    """`mlflow models serve` of `model_uri` in its own process group on a free port, one worker, this
+    environment (no conda/virtualenv build). The whole group is stopped on the way out, whatever happens."""
+    port = _free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    # mlflow execs `uvicorn` by name: the interpreter's bin folder goes first on PATH, activated or not.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri(), "PATH": path}
+    with tempfile.NamedTemporaryFile(prefix="benchmark-mlflow-", suffix=".log", delete=False) as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, server, path="/ping", why=f"its log is {log.name}", what="mlflow models serve")
+            yield url
+        finally:
+            _stop_group(server)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group (the server and its workers), SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return  # already gone
+        try:
+            process.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_ready(
+    url: str, server: subprocess.Popen, *, path: str, why: str, what: str = "the server", timeout_s: float = 300
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            sys.exit(f"the server exited with {server.returncode}; run `serve --model {model}` to see why")
+            sys.exit(f"{what} exited with {server.returncode}; {why}")
         try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass  # still starting
         time.sleep(0.25)
-    sys.exit(f"the server was not ready after {timeout_s} s")
+    sys.exit(f"{what} was not ready after {timeout_s} s; {why}")
 
 
 # ---- report ---------------------------------------------------------------------------------------------
@@ -216,9 +303,18 @@ def report(results: list[Figures], *, out: Path | None) -> None:
     throughput = by["api", 8].requests_per_s / by["direct", 8].requests_per_s
     print(f"\nAPI overhead at p50, 1 client: {overhead:+.1%} (target: at most +10%)")
     print(f"API / direct throughput, 8 clients: {throughput:.2f}x")
+    versus_mlflow = None
+    if ("mlflow", 8) in by:
+        versus_mlflow = by["api", 8].requests_per_s / by["mlflow", 8].requests_per_s
+        print(f"API / mlflow models serve throughput, 8 clients: {versus_mlflow:.2f}x (target: at least 2x)")
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        figures = {"results": [asdict(r) for r in results], "overhead_p50": overhead, "throughput_ratio_8": throughput}
+        figures = {
+            "results": [asdict(r) for r in results],
+            "overhead_p50": overhead,
+            "throughput_ratio_8": throughput,
+            "throughput_ratio_vs_mlflow_8": versus_mlflow,
+        }
         out.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"wrote {out}")
 

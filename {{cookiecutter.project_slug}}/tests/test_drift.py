@@ -8,7 +8,12 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.data import load_splits
-from {{ cookiecutter.package_name }}.monitor.drift import DriftError, check_drift, read_request_log, vocabulary_features
+from {{ cookiecutter.package_name }}.monitor.drift import (
+    DriftError,
+    check_drift,
+    read_request_log,
+    vocabulary_features,
+)
 from {{ cookiecutter.package_name }}.monitor.request_log import RequestLog
 
 CONFIGS = Path(__file__).parents[1] / "configs"

@@ -22,11 +22,19 @@ from {{ cookiecutter.package_name }}.cli import app as cli_app
 from {{ cookiecutter.package_name }}.model import load_tokenizer
 from {{ cookiecutter.package_name }}.monitor.request_log import RECORD_KEYS
 from {{ cookiecutter.package_name }}.serve.app import create_app
-from {{ cookiecutter.package_name }}.serve.loader import ModelSourceError, load_for_serving, resolve_model_source
+from {{ cookiecutter.package_name }}.serve.loader import (
+    ModelSourceError,
+    load_for_serving,
+    resolve_model_source,
+)
 from {{ cookiecutter.package_name }}.serve.settings import Settings
+from {{ cookiecutter.package_name }}.task import SYSTEM_PROMPT
 
 CHAT = "/v1/chat/completions"
+MODEL = "{{ cookiecutter.project_slug }}"
 HELLO = [{"role": "user", "content": "Where is my order B11688?"}]
+# What the model sees for HELLO: the run's config says task=extraction, so the training system prompt leads.
+SEEN = [{"role": "system", "content": SYSTEM_PROMPT}, *HELLO]
 
 
 def make_settings(adapter: Path, log_dir: Path, **overrides) -> Settings:
@@ -155,8 +163,8 @@ def test_a_model_that_cannot_load_is_reported_by_ready_while_health_stays_up(tmp
 def test_models_lists_and_retrieves_the_served_model(client):
     listed = client.get("/v1/models").json()
     assert listed["object"] == "list"
-    assert [(m["id"], m["object"]) for m in listed["data"]] == [("{{ cookiecutter.project_slug }}", "model")]
-    assert client.get("/v1/models/{{ cookiecutter.project_slug }}").json()["id"] == "{{ cookiecutter.project_slug }}"
+    assert [(m["id"], m["object"]) for m in listed["data"]] == [(MODEL, "model")]
+    assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
     assert_error(client.get("/v1/models/gpt-4o"), 404, code="model_not_found", param="model")
 
 
@@ -178,7 +186,7 @@ def test_completion_has_openai_shape_and_usage_counts_tokens_like_the_tokenizer(
     assert isinstance(body["created"], int)
     [choice] = body["choices"]
     assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
-    prompt_ids = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, return_dict=True)["input_ids"]
+    prompt_ids = tokenizer.apply_chat_template(SEEN, add_generation_prompt=True, return_dict=True)["input_ids"]
     assert body["usage"]["prompt_tokens"] == len(prompt_ids)
     # The untrained tiny model never ends early, so it stops at max_tokens: "length" after exactly 5 tokens.
     assert choice["finish_reason"] == "length"
@@ -188,7 +196,7 @@ def test_completion_has_openai_shape_and_usage_counts_tokens_like_the_tokenizer(
 
 def test_served_answer_equals_direct_generation_with_the_merged_model(client, served_adapter, tmp_path, tokenizer):
     loaded = load_for_serving(make_settings(served_adapter, tmp_path))
-    prompt = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(SEEN, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     output = loaded.model.generate(**prompt, max_new_tokens=12, do_sample=False)
     direct = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert answer(client, max_tokens=12) == direct
@@ -263,6 +271,14 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(served_adapter
         # 6 requests alone, then the blocker alone, then the 6 queued ones in one batch.
         assert sample(client, "llm_batch_size_count") == 8
         assert sample(client, "llm_batch_size_bucket", le="4.0") == 7
+
+
+def test_training_system_prompt_is_the_default(served_adapter, tmp_path, tokenizer):
+    with serving(served_adapter, tmp_path) as client:
+        usage = chat(client, max_tokens=1).json()["usage"]
+        explicit = chat(client, SEEN, max_tokens=1).json()["usage"]
+    bare = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert usage["prompt_tokens"] == explicit["prompt_tokens"] > len(bare)
 
 
 def test_system_prompt_setting_is_added_when_a_request_has_none(served_adapter, tmp_path, tokenizer):
@@ -425,10 +441,10 @@ def test_request_log_gets_one_record_per_request_without_texts(served_adapter, t
     assert [r["stream"] for r in records] == [False, True, False, False]
     assert [r["completion_tokens"] for r in records] == [3, 2, None, None]
     assert [r["finish_reason"] for r in records] == ["length", "length", None, None]
-    prompt_ids = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, return_dict=True)["input_ids"]
+    prompt_ids = tokenizer.apply_chat_template(SEEN, add_generation_prompt=True, return_dict=True)["input_ids"]
     assert records[0]["prompt_tokens"] == len(prompt_ids)
     assert records[0]["prompt_chars"] == len(HELLO[0]["content"])
-    assert records[0]["model"] == "{{ cookiecutter.project_slug }}" and records[0]["model_version"] == "untrained"
+    assert records[0]["model"] == MODEL and records[0]["model_version"] == "untrained"
     assert records[0]["time"].endswith("+00:00") and records[0]["latency_s"] > 0
     assert len({r["request_id"] for r in records}) == 4
 
@@ -468,7 +484,7 @@ def test_model_source_resolves_folders_runs_and_latest(served_adapter, tmp_path)
     ("args", "env", "exit_code", "message"),
     [
         (["--model", "no/such/adapter"], {}, 1, "error: --model no/such/adapter: no such folder"),
-        (["--model", "runs:/abc/adapter"], {}, 1, "error: --model runs:/abc/adapter: model runs:/abc/adapter not found"),
+        (["--model", "runs:/abc/adapter"], {}, 1, "error: --model runs:/abc/adapter: model runs:/abc/a"),
         ([], {"LLM_MAX_TOKENS": "lots"}, 2, "error: LLM_MAX_TOKENS: Input should be a valid integer"),
         (["--config", "no-such.yaml"], {}, 2, "no-such.yaml: config file not found"),
     ],

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "{{ cookiecutter.project_slug }}"
+PACKAGE = "{{ cookiecutter.package_name }}"
 API_KEY = "live-test-key"
 HELLO = [{"role": "user", "content": "Where is my order B11688?"}]
 SRC = Path(__file__).parents[1] / "src"
@@ -41,7 +42,7 @@ def running_server(adapter: Path, workdir: Path, **env: str) -> Iterator[str]:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("LLM_")}
     environment |= {"HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "LLM_REQUEST_LOG": str(workdir / "requests.jsonl")}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--model", str(adapter), "--port", str(port)]
+    command = [sys.executable, "-m", PACKAGE, "serve", "--model", str(adapter), "--port", str(port)]
     log = workdir / "server.log"  # a file, not a pipe: a full pipe would block the server mid-test
     with log.open("w") as output:
         server = subprocess.Popen(command, cwd=workdir, env=environment | env, stdout=output, stderr=subprocess.STDOUT)

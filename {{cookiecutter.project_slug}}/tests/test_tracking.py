@@ -76,6 +76,10 @@ def test_first_version_is_candidate_and_champion(smoke_run, smoke_report, smoke_
     assert decision["promoted"] is True
     assert decision["reason"] == "no champion yet"
 
+    again = promote(config, report_dir=Path(config.eval.report_dir) / "again")  # re-judging the champion
+    assert again.promoted and again.reason == f"version {version} is already champion"
+    assert client.get_model_version(config.project, version).tags["promotion.reason"] == "no champion yet"
+
 
 def test_champion_loads_with_the_trained_weights(smoke_run, smoke_report, smoke_config):
     source = fetch_model(f"models:/{smoke_config().project}@{CHAMPION}")

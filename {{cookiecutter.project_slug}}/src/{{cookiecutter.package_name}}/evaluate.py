@@ -53,8 +53,10 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None) -> dict[s
 
     source = fetch_model(str(adapter_dir or newest_adapter(config.train.output_dir)))
     check_adapter_dir(source.adapter_dir)
-    # A registry model names its own base; a local adapter uses the config's (the same path training used).
-    model_cfg = config.model.model_copy(update={"base_model": source.base_model}) if source.run_id else config.model
+    # A registry model names its own base; a local adapter uses the config's, and load_finetuned refuses
+    # an adapter trained on another base (the wrong config would otherwise score and log the wrong model).
+    from_registry = str(adapter_dir or "").startswith(("models:/", "runs:/"))
+    model_cfg = config.model.model_copy(update={"base_model": source.base_model}) if from_registry else config.model
     rows = list(load_splits(config.data)[config.eval.split]["messages"])[: config.eval.max_samples]
     device = resolve_device(config.train.device)
     tokenizer = load_tokenizer(source.tokenizer_dir)  # carries the chat template training used

@@ -296,7 +296,7 @@ def promote(config: Config, *, version: str | None = None, report_dir: Path | No
         candidate_value, champion_value, direction=config.tracking.promotion_direction, has_champion=bool(champion)
     )
     if champion is not None and str(champion.version) == str(candidate.version):
-        promoted, reason = False, f"version {candidate.version} is already {CHAMPION}"
+        promoted, reason = True, f"version {candidate.version} is already {CHAMPION}"
     decision = Decision(
         model=name,
         candidate_version=str(candidate.version),
@@ -333,8 +333,9 @@ def _record(mlflow_client: MlflowClient, decision: Decision, *, report_dir: Path
         "promotion.metric": decision.metric,
         "promotion.compared_to": decision.champion_version or "none",
     }
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(decision.model, decision.candidate_version, key, value)
+    if decision.champion_version != decision.candidate_version:  # re-judging the champion keeps its record
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(decision.model, decision.candidate_version, key, value)
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / "promotion.json").write_text(json.dumps(asdict(decision), indent=2) + "\n", encoding="utf-8")
@@ -398,7 +399,7 @@ def _local_source(adapter_dir: Path) -> ModelSource:
         raise TrackingError(f"{adapter_dir}: no such folder; pass outputs/<run>/adapter or a model URI ({uris})")
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
-        raise TrackingError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json) nor a model URI ({uris})")
+        raise TrackingError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json) nor a URI ({uris})")
     base = json.loads(config_file.read_text(encoding="utf-8"))["base_model_name_or_path"]
     tracked = read_tracking_file(adapter_dir.parent) or {}
     return ModelSource(

@@ -88,6 +88,7 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
     )
     with _mlflow_run(config, run_dir=run_dir, config_name=config_name, resume=resume) as run_id:
         if run_id:
+            write_tracking_file(run_dir, run_id=run_id, version=None)  # so --resume finds the run if this stops
             log_training_inputs(resolved, splits=splits, config_file=run_dir / "config.yaml", device=device)
             trainer.add_callback(metrics_callback())
         trainer.train(resume_from_checkpoint=_last_checkpoint(run_dir) if resume else None)

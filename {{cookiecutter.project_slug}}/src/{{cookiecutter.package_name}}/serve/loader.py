@@ -24,6 +24,7 @@ from ..model import (
     newest_adapter,
     resolve_device,
 )
+from ..task import SYSTEM_PROMPT
 from ..tracking import ModelSource, TrackingError, fetch_model
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class LoadedModel:
     name: str
     version: str
     base_model: str
+    system_prompt: str | None
+    """Put first when a request has no system message: LLM_SYSTEM_PROMPT, else the one training used."""
 
 
 def resolve_model_source(source: str, *, output_dir: str | Path = "outputs") -> ModelSource:
@@ -98,7 +101,18 @@ def load_for_serving(settings: Settings) -> LoadedModel:
         name=settings.served_model_name or (config.project if config else source.name),
         version=source.version or source.name,
         base_model=model_cfg.base_model,
+        system_prompt=settings.system_prompt or _training_system_prompt(config),
     )
+
+
+def _training_system_prompt(config: Config | None) -> str | None:
+    """The system message the model saw in training: the config's, or the example task's (whose rows carry
+    it), so a plain user message gets the answer the model learned to give."""
+    if config is None:
+        return None
+    if config.data.system_prompt:
+        return config.data.system_prompt
+    return SYSTEM_PROMPT if config.data.task == "extraction" else None
 
 
 def _run_config(adapter_dir: Path, *, fallback: Path | None) -> Config | None:

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
 
     model: str = "latest"
     """What to serve: a LoRA adapter folder (outputs/<run>/adapter), `latest` (the newest one under
-    `output_dir`), or an MLflow model URI (models:/<name>@champion, runs:/<id>/adapter)."""
+    `output_dir`), or an MLflow model URI (models:/<name>@champion, runs:/<id>/model)."""
     output_dir: Path = Path("outputs")
     """Where `latest` looks for training runs."""
     config: Path | None = None
@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     served_model_name: str | None = None
     """The name clients put in `model` and /v1/models lists; default: the config's project name."""
     system_prompt: str | None = None
-    """System message put first when a request has none, e.g. the one the model was trained with."""
+    """System message put first when a request has none; unset: the one training used (the run config's
+    data.system_prompt, or the example task's SYSTEM_PROMPT for data.task=extraction)."""
 
     max_prompt_tokens: int = Field(1024, gt=0)
     """Longest prompt accepted, in tokens after the chat template; longer prompts get 400."""

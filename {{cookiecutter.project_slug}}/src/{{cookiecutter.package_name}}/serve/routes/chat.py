@@ -73,7 +73,7 @@ def _prepare(
     if body.model is not None and body.model != loaded.name:
         message = f"model {body.model!r} is not served here; use {loaded.name!r} (see GET /v1/models)"
         raise APIError(404, message, param="model", code="model_not_found")
-    prompt_ids = _encode(body, engine=engine, settings=settings, outcome=outcome)
+    prompt_ids = _encode(body, engine=engine, settings=settings, system_prompt=loaded.system_prompt, outcome=outcome)
     max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_tokens
     if max_tokens > settings.max_tokens:
         message = f"max_tokens={max_tokens} is over this server's limit of {settings.max_tokens}"
@@ -88,11 +88,18 @@ def _prepare(
     return prompt_ids, params
 
 
-def _encode(body: ChatCompletionRequest, *, engine: Engine, settings: Settings, outcome: RequestOutcome) -> list[int]:
+def _encode(
+    body: ChatCompletionRequest,
+    *,
+    engine: Engine,
+    settings: Settings,
+    system_prompt: str | None,
+    outcome: RequestOutcome,
+) -> list[int]:
     """Token ids of the prompt (with the default system prompt when the request has none), within the cap."""
     messages = [message.for_template() for message in body.messages]
-    if settings.system_prompt and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": settings.system_prompt})
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
     outcome.prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
     try:
         prompt_ids = engine.encode(messages)
