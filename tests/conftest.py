@@ -33,6 +33,7 @@ configs/gpu.yaml
 configs/smoke.yaml
 docker-compose.yml
 ops/grafana/dashboards/llm.json
+ops/mlflow/Dockerfile
 ops/grafana/provisioning/dashboards/dashboards.yml
 ops/grafana/provisioning/datasources/prometheus.yml
 ops/prometheus/alerts.yml

@@ -250,6 +250,7 @@ def running_mlflow_server(model_uri: str) -> Iterator[str]:
             yield url
         finally:
             _stop_group(server)
+    Path(log.name).unlink()  # kept only when something went wrong
 
 
 def _stop_group(process: subprocess.Popen) -> None:

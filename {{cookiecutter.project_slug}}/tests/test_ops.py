@@ -162,8 +162,11 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_compose_names_the_four_services(compose):
-    assert set(compose["services"]) == {"app", "mlflow", "prometheus", "grafana"}
+def test_compose_names_the_services(compose):
+    assert set(compose["services"]) == {"app", "mlflow", "postgres", "prometheus", "grafana"}
+    mlflow = compose["services"]["mlflow"]
+    assert any(arg.startswith("--backend-store-uri=postgresql://") for arg in mlflow["command"])
+    assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert compose["services"]["app"]["build"] == "."
     mounted = {volume.split(":")[1] for volume in compose["services"]["app"]["volumes"]}
     assert {"/app/outputs", "/app/logs"} <= mounted
