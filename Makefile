@@ -44,7 +44,7 @@ demo: install  ## Bake the default project into .cache/demo and run its smoke pi
 test:  ## Install, run the whole template test suite and the strict docs build; prints the time taken
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory install && \
-	$(BIN)/python -m pytest tests && \
+	$(BIN)/python -m pytest tests --durations=10 && \
 	$(BIN)/mkdocs build --strict --site-dir .cache/site && \
 	echo "make test: passed in $$(( $$(date +%s) - start )) s, install included"
 

@@ -29,6 +29,7 @@ def tracked(run_dir: Path) -> dict:
     return json.loads((run_dir / "tracking.json").read_text())
 
 
+@pytest.mark.e2e
 def test_training_run_holds_params_curves_dataset_and_artifacts(smoke_run, smoke_report, smoke_config):
     config = smoke_config()
     client = MlflowClient()
@@ -63,6 +64,7 @@ def test_training_run_holds_params_curves_dataset_and_artifacts(smoke_run, smoke
     assert evaluation == {"evaluation/eval.json", "evaluation/eval.md", "evaluation/sample_generations.json"}
 
 
+@pytest.mark.e2e
 def test_first_version_is_candidate_and_champion(smoke_run, smoke_report, smoke_config):
     config = smoke_config()
     client = MlflowClient()
@@ -81,6 +83,7 @@ def test_first_version_is_candidate_and_champion(smoke_run, smoke_report, smoke_
     assert client.get_model_version(config.project, version).tags["promotion.reason"] == "no champion yet"
 
 
+@pytest.mark.e2e
 def test_champion_loads_with_the_trained_weights(smoke_run, smoke_report, smoke_config):
     source = fetch_model(f"models:/{smoke_config().project}@{CHAMPION}")
     assert source.version == tracked(smoke_run)["model_version"]
@@ -108,10 +111,10 @@ def test_local_folder_that_is_not_an_adapter_is_a_clear_error(tmp_path):
         fetch_model(str(tmp_path / "missing"))
 
 
-def register_scored_version(client: MlflowClient, name: str, *, source_run: Path, loss: float) -> str:
+def register_scored_version(client: MlflowClient, name: str, *, loss: float) -> str:
     """A registered version whose run scored `loss`: the real registry, with the metric chosen by the test."""
-    experiment = client.get_run(tracked(source_run)["run_id"]).info.experiment_id
-    run = client.create_run(experiment)
+    experiment = client.get_experiment_by_name(name)
+    run = client.create_run(experiment.experiment_id if experiment else client.create_experiment(name))
     client.log_metric(run.info.run_id, "finetuned.eval_loss", loss)
     client.set_terminated(run.info.run_id)
     if not client.search_registered_models(f"name='{name}'"):
@@ -120,13 +123,13 @@ def register_scored_version(client: MlflowClient, name: str, *, source_run: Path
     return str(version.version)
 
 
-def test_gate_keeps_the_champion_against_a_worse_candidate(smoke_run, smoke_config, tmp_path):
+def test_gate_keeps_the_champion_against_a_worse_candidate(smoke_config, tmp_path):
     config = smoke_config("project=gate-test", "tracking.promotion_metric=finetuned.eval_loss")
     client = MlflowClient()
-    first = register_scored_version(client, "gate-test", source_run=smoke_run, loss=1.0)
+    first = register_scored_version(client, "gate-test", loss=1.0)
     assert promote(config, version=first, report_dir=tmp_path).promoted
 
-    worse = register_scored_version(client, "gate-test", source_run=smoke_run, loss=2.0)
+    worse = register_scored_version(client, "gate-test", loss=2.0)
     decision = promote(config, version=worse, report_dir=tmp_path)
     assert not decision.promoted
     assert decision.reason == "candidate 2 does not beat champion 1 (minimize)"
@@ -134,7 +137,7 @@ def test_gate_keeps_the_champion_against_a_worse_candidate(smoke_run, smoke_conf
     assert client.get_model_version("gate-test", worse).tags["promotion.decision"] == "rejected"
     assert json.loads((tmp_path / "promotion.json").read_text())["champion_version"] == first
 
-    better = register_scored_version(client, "gate-test", source_run=smoke_run, loss=0.5)
+    better = register_scored_version(client, "gate-test", loss=0.5)
     assert promote(config, version=better, report_dir=tmp_path).promoted
     assert str(client.get_model_version_by_alias("gate-test", CHAMPION).version) == better
 
