@@ -42,7 +42,8 @@ def wait_ready(url: str, server: subprocess.Popen, timeout_s: float = 120) -> No
 def main(project: Path) -> None:
     import openai
 
-    slug = project.resolve().name
+    project = project.resolve()  # the server runs inside the project, so every path must be absolute
+    slug = project.name
     python = project / ".venv" / "bin" / "python"
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -229,3 +229,15 @@ def test_pipeline_against_a_tracking_server_over_http(mlflow_server, smoke_confi
     assert (source.adapter_dir / "adapter_model.safetensors").is_file()
     with urllib.request.urlopen(f"{mlflow_server}/health") as response:
         assert response.status == 200
+
+
+@pytest.mark.e2e
+def test_serving_the_champion_uses_its_logged_config(smoke_run, smoke_report, smoke_config):
+    from {{ cookiecutter.package_name }}.serve.loader import load_for_serving
+    from {{ cookiecutter.package_name }}.serve.settings import Settings
+    from {{ cookiecutter.package_name }}.task import SYSTEM_PROMPT
+
+    project = smoke_config().project
+    loaded = load_for_serving(Settings(model=f"models:/{project}@{CHAMPION}", device="cpu"))
+    assert (loaded.name, loaded.version) == (project, tracked(smoke_run)["model_version"])
+    assert loaded.system_prompt == SYSTEM_PROMPT  # from the config.yaml logged to the training run

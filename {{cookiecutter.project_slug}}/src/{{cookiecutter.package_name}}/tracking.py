@@ -393,6 +393,18 @@ def fetch_model(source: str, *, download_dir: Path | None = None) -> ModelSource
     return _local_source(Path(source))
 
 
+def run_config_file(run_id: str) -> Path | None:
+    """The resolved config.yaml that training logged to run `run_id` (downloaded), or None if absent."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml"))
+    except (MlflowException, OSError):
+        return None
+
+
 def _local_source(adapter_dir: Path) -> ModelSource:
     uris = "models:/<name>@champion, models:/<name>/<version> or runs:/<id>/model"
     if not adapter_dir.exists():

@@ -25,7 +25,7 @@ from ..model import (
     resolve_device,
 )
 from ..task import SYSTEM_PROMPT
-from ..tracking import ModelSource, TrackingError, fetch_model
+from ..tracking import ModelSource, TrackingError, fetch_model, run_config_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -84,7 +84,7 @@ def _local_adapter(source: str, *, output_dir: Path) -> Path:
 def load_for_serving(settings: Settings) -> LoadedModel:
     """Base model + adapter from `settings.model`, merged (no LoRA cost per token), in eval mode."""
     source = resolve_model_source(settings.model, output_dir=settings.output_dir)
-    config = _run_config(source.adapter_dir, fallback=settings.config)
+    config = _run_config(source, fallback=settings.config)
     # Loading options (revision, dtype, trust_remote_code) from the config, the base model from the source
     # (the one the adapter fits), and never 4-bit: merging LoRA into quantized weights would lose the update.
     model_cfg = config.model if config else ModelConfig(base_model=source.base_model)
@@ -115,9 +115,13 @@ def _training_system_prompt(config: Config | None) -> str | None:
     return SYSTEM_PROMPT if config.data.task == "extraction" else None
 
 
-def _run_config(adapter_dir: Path, *, fallback: Path | None) -> Config | None:
-    """The config that trained the adapter (config.yaml beside it), else `fallback`, else none."""
-    beside = adapter_dir.parent / "config.yaml"
+def _run_config(source: ModelSource, *, fallback: Path | None) -> Config | None:
+    """The config that trained the model: config.yaml beside a local adapter, or the one logged to the
+    model's MLflow run; else `fallback`; else none."""
+    beside = source.adapter_dir.parent / "config.yaml"
     if beside.is_file():
         return load_config(beside)
+    logged = run_config_file(source.run_id) if source.run_id else None
+    if logged is not None:
+        return load_config(logged)
     return load_config(fallback) if fallback else None
