@@ -268,9 +268,10 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(served_adapter
             release.set()
             assert blocker.result()
             assert [future.result() for future in together] == alone
-        # 6 requests alone, then the blocker alone, then the 6 queued ones in one batch.
-        assert sample(client, "llm_batch_size_count") == 8
-        assert sample(client, "llm_batch_size_bucket", le="4.0") == 7
+        # 6 requests alone, then the blocker alone, then the 6 queued ones batched: usually all in one batch,
+        # but on a loaded machine the worker may wake before the last arrivals, so allow a split, not 6 batches.
+        assert sample(client, "llm_batch_size_sum") == 13
+        assert 8 <= sample(client, "llm_batch_size_count") <= 10
 
 
 def test_training_system_prompt_is_the_default(served_adapter, tmp_path, tokenizer):
