@@ -6,6 +6,7 @@ Training once per session (not once per test) keeps the whole suite at about two
 import hashlib
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,19 @@ def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("project")
     synthesize(root / "data" / "shop_extraction", n=1200, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def synth_dir(workdir) -> Path:
+    """The example dataset inside `workdir` (train/validation/test.jsonl). Read it; never write to it."""
+    return workdir / "data" / "shop_extraction"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for servers the tests start."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

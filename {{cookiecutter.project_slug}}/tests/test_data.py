@@ -16,7 +16,6 @@ from {{ cookiecutter.package_name }}.data import (
     load_splits,
     validate_data,
 )
-from {{ cookiecutter.package_name }}.task import synthesize
 
 
 def chat(user, answer="ok", system=None):
@@ -42,13 +41,6 @@ class WordTokenizer:
 
     def apply_chat_template(self, messages, tokenize=True):
         return {"input_ids": [0] * sum(len(message["content"].split()) for message in messages)}
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shop")
-    synthesize(out, n=1200, seed=0)
-    return out
 
 
 def problems_at(problems, path, line):

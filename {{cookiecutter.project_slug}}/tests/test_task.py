@@ -17,20 +17,12 @@ from {{ cookiecutter.package_name }}.task import (
 SPLIT_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl")
 
 
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    counts = synthesize(out, n=1200, seed=0)
-    assert counts == {"train": 960, "validation": 120, "test": 120}
-    return out
-
-
 def _rows(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(synth_dir, tmp_path):
-    synthesize(tmp_path / "again", n=1200, seed=0)
+    assert synthesize(tmp_path / "again", n=1200, seed=0) == {"train": 960, "validation": 120, "test": 120}
     synthesize(tmp_path / "other", n=1200, seed=1)
     for name in SPLIT_FILES:
         assert (tmp_path / "again" / name).read_bytes() == (synth_dir / name).read_bytes()

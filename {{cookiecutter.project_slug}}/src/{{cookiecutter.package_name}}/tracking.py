@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from datasets import DatasetDict
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
-    from transformers import TrainerCallback
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +185,13 @@ def metrics_callback() -> TrainerCallback:
 # ---- models and the registry ----------------------------------------------------------------------------
 
 
-def log_and_register(config: Config, *, run_id: str, adapter_dir: Path) -> ModelVersion | None:
-    """Log the adapter as an MLflow transformers model, register it, and alias the new version `candidate`."""
+def log_and_register(
+    config: Config, *, run_id: str, model: PeftModel, tokenizer: PreTrainedTokenizerBase
+) -> ModelVersion | None:
+    """Log the trained adapter (the in-memory PeftModel training just saved, so the base model is not
+    loaded a second time) as an MLflow transformers model, register it, alias the new version `candidate`."""
     import mlflow
 
-    from .model import load_finetuned, load_tokenizer
-
-    model = load_finetuned(config.model, adapter_dir=adapter_dir, device="cpu")
-    tokenizer = load_tokenizer(adapter_dir)
     base = Path(config.model.base_model)
     with _inside_run(run_id):
         info = mlflow.transformers.log_model(

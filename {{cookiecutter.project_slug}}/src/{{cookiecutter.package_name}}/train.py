@@ -96,7 +96,7 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
         (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; it names no base for local models
         log.info("saved %s", run_dir / "adapter")
         if run_id:
-            version = log_and_register(config, run_id=run_id, adapter_dir=run_dir / "adapter")
+            version = log_and_register(config, run_id=run_id, model=trainer.model, tokenizer=tokenizer)
             write_tracking_file(run_dir, run_id=run_id, version=version)
     return run_dir
 
