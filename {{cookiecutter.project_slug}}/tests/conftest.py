@@ -6,7 +6,6 @@ Training once per session (not once per test) keeps the whole suite at about two
 import hashlib
 import os
 import re
-import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +35,6 @@ def workdir(tmp_path_factory) -> Path:
 def synth_dir(workdir) -> Path:
     """The example dataset inside `workdir` (train/validation/test.jsonl). Read it; never write to it."""
     return workdir / "data" / "shop_extraction"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now, for servers the tests start."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

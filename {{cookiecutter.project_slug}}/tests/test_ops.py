@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import free_port
 from {{ cookiecutter.package_name }}.monitor.metrics import ServeMetrics
 
 ROOT = Path(__file__).parents[1]
@@ -193,6 +193,12 @@ def exec_form(instruction: str, arguments: str) -> list[str]:
     command = json.loads(arguments[arguments.index("[") :])
     assert isinstance(command, list), f"{instruction} must use the JSON (exec) form"
     return command
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def get(url: str) -> int:

@@ -5,6 +5,7 @@ import asyncio
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,8 +19,6 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port
-
 MODEL = "{{ cookiecutter.project_slug }}"
 PACKAGE = "{{ cookiecutter.package_name }}"
 API_KEY = "live-test-key"
@@ -28,6 +27,12 @@ SRC = Path(__file__).parents[1] / "src"
 CHROMIUM = Path("/usr/bin/chromium")
 # Real servers on real ports: part of the end-to-end run (`make test`), not of `make test-fast`.
 pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @contextmanager

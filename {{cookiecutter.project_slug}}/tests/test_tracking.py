@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,6 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from conftest import free_port
 from {{ cookiecutter.package_name }}.tracking import (
     CANDIDATE,
     CHAMPION,
@@ -167,6 +167,12 @@ def test_interrupted_training_ends_killed_not_running(smoke_config, tiny_model, 
 
 def test_flatten_makes_dotted_keys():
     assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": None}) == {"a.b": 1, "a.c.d": "x", "e": None}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
