@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from ..deps import EngineDep, LoadedDep, OutcomeDep, SettingsDep, require_api_key
 from ..engine import Completion, Engine, EngineBusy, GenerationFailed, GenerationParams, Job, PromptError
@@ -35,10 +35,10 @@ from ..settings import Settings
 router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require_api_key)])
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses={200: {"model": ChatCompletion}})
 async def chat_completions(
     body: ChatCompletionRequest, engine: EngineDep, loaded: LoadedDep, settings: SettingsDep, outcome: OutcomeDep
-) -> ChatCompletion | StreamingResponse:
+) -> Response:
     """Generate the assistant's reply to `messages`; `stream: true` sends it piece by piece."""
     outcome.stream = body.stream
     prompt_ids, params = _prepare(body, engine=engine, loaded=loaded, settings=settings, outcome=outcome)
@@ -57,13 +57,15 @@ async def chat_completions(
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     completion = await _result(job, deadline=deadline, settings=settings)
     _record(outcome, completion)
-    return ChatCompletion(
+    answer = ChatCompletion(
         id=outcome.request_id,
         created=int(time.time()),
         model=loaded.name,
         choices=[Choice(message=AssistantMessage(content=completion.text), finish_reason=completion.finish_reason)],
         usage=_usage(outcome),
     )
+    # Serialized by pydantic in one call: FastAPI's jsonable_encoder walk + json.dumps costs ~1 ms a request.
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def _prepare(
