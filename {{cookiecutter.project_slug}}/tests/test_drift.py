@@ -154,6 +154,19 @@ def test_shifted_traffic_is_drift_exits_1_and_is_logged_to_mlflow(
     }
 
 
+def test_an_unreachable_tracking_server_keeps_the_verdict_and_the_reports(
+    tmp_path, monkeypatch, prompts, tokenizer, workdir, tiny_model
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the discard port: nothing answers
+    log = write_log(tmp_path / "requests.jsonl", prompts["shifted"], tokenizer)
+    result = run_drift(log, workdir, tiny_model)
+    assert result.exit_code == 1, result.output  # still the drift verdict, not a crash
+    assert "warning: MLflow logging failed: MLflow tracking server http://127.0.0.1:9 is unreachable" in result.output
+    assert "The drift reports were written; nothing was logged to MLflow." in result.output
+    assert "Nothing was trained" not in result.output
+    assert json.loads(Path("reports/drift.json").read_text(encoding="utf-8"))["verdict"] == "drift"
+
+
 @pytest.mark.parametrize(("traffic", "verdict"), [("held_out", "no_drift"), ("shifted", "drift")])
 def test_numbers_only_logs_compare_lengths_and_tokens(tmp_path, prompts, tokenizer, smoke_config, traffic, verdict):
     log = write_log(tmp_path / "requests.jsonl", prompts[traffic], tokenizer, log_texts=False)

@@ -51,8 +51,11 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def check_tracking_server(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
-    """Fail before training, not after: an HTTP tracking server must answer its /health endpoint."""
+def check_tracking_server(
+    uri: str | None = None, *, timeout_s: float = 5.0, consequence: str = "Nothing was trained."
+) -> None:
+    """Fail before the work, not after: an HTTP tracking server must answer its /health endpoint.
+    `consequence` ends the message: what the failure left undone."""
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
@@ -63,7 +66,7 @@ def check_tracking_server(uri: str | None = None, *, timeout_s: float = 5.0) -> 
         reason = getattr(err, "reason", err)
         raise TrackingError(
             f"MLflow tracking server {uri} is unreachable ({reason}). Start it, fix MLFLOW_TRACKING_URI, or "
-            "unset it to track into ./mlflow.db. Nothing was trained."
+            f"unset it to track into ./mlflow.db. {consequence}"
         ) from None
 
 

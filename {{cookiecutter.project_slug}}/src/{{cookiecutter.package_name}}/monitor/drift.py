@@ -371,7 +371,8 @@ def log_to_mlflow(report: dict[str, Any], files: list[Path], *, experiment: str)
     uri = tracking_uri()
     if uri == DEFAULT_TRACKING_URI and not Path("mlflow.db").is_file():
         return None
-    check_tracking_server(uri)  # an unreachable server fails in seconds, not after MLflow's retries
+    # An unreachable server fails in seconds, not after MLflow's retries.
+    check_tracking_server(uri, consequence="The drift reports were written; nothing was logged to MLflow.")
     import mlflow
 
     mlflow.set_tracking_uri(uri)
