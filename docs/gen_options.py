@@ -113,6 +113,18 @@ RULES: dict[str, Rule] = {
             "then `python3`)."
         ),
     ),
+    "cloud": Rule(
+        allowed="One of the choices. cookiecutter itself refuses any other value before the hook runs.",
+        note=(
+            "Where `make deploy` puts the served model, with its image: `aws` (ECR + a SageMaker real-time "
+            "endpoint), `gcp` (Artifact Registry + Cloud Run), `azure` (Azure Container Registry + an Azure ML "
+            "managed online endpoint), `hf-spaces` (a Docker Space), or `none` (Docker and docker compose only). "
+            "The project keeps only the chosen target's `deploy/<cloud>/` folder, its module "
+            "`src/<package_name>/deploy/<cloud>.py`, its tests and `.github/workflows/deploy.yml` (none of these "
+            "with `none`); the README's Deployment section and `.env.example` describe that target. "
+            "See [Deployment](deployment.md)."
+        ),
+    ),
 }
 
 HEADER = """\

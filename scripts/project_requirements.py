@@ -9,6 +9,7 @@ pyproject.toml.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import tomllib
@@ -20,12 +21,26 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 
 
 def project_requirements(extras: tuple[str, ...] = ("dev",)) -> list[str]:
+    """Runtime requirements plus `extras`, united over every `cloud` answer: each cloud's bake adds its
+    own deploy SDK (boto3 + moto, azure-ai-ml) to the dev extra, and every bake's tests run here."""
+    clouds = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))["cloud"]
+    requirements: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
-        project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=scratch, accept_hooks=False))
-        pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    requirements = list(pyproject["dependencies"])
-    for extra in extras:
-        requirements += pyproject["optional-dependencies"][extra]
+        for cloud in clouds:
+            project = Path(
+                cookiecutter(
+                    str(TEMPLATE),
+                    no_input=True,
+                    output_dir=f"{scratch}/{cloud}",
+                    accept_hooks=False,
+                    extra_context={"cloud": cloud},
+                )
+            )
+            pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+            found = list(pyproject["dependencies"])
+            for extra in extras:
+                found += pyproject["optional-dependencies"].get(extra, [])
+            requirements += [requirement for requirement in found if requirement not in requirements]
     return requirements
 
 

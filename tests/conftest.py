@@ -22,6 +22,7 @@ COMMON_FILES = """
 .dockerignore
 .env.example
 .github/workflows/ci.yml
+.github/workflows/drift.yml
 .gitignore
 .pre-commit-config.yaml
 Dockerfile
@@ -40,12 +41,16 @@ ops/prometheus/alerts.yml
 ops/prometheus/prometheus.yml
 pyproject.toml
 scripts/benchmark_serve.py
+scripts/serve.sh
 src/{pkg}/__init__.py
 src/{pkg}/__main__.py
 src/{pkg}/chat_template.jinja
 src/{pkg}/cli.py
 src/{pkg}/config.py
 src/{pkg}/data.py
+src/{pkg}/deploy/__init__.py
+src/{pkg}/deploy/bundle.py
+src/{pkg}/deploy/settings.py
 src/{pkg}/evaluate.py
 src/{pkg}/model.py
 src/{pkg}/monitor/__init__.py
@@ -65,9 +70,12 @@ src/{pkg}/serve/routes/demo.py
 src/{pkg}/serve/routes/health.py
 src/{pkg}/serve/routes/metrics.py
 src/{pkg}/serve/routes/models.py
+src/{pkg}/serve/routes/sagemaker.py
 src/{pkg}/serve/schemas.py
 src/{pkg}/serve/settings.py
 src/{pkg}/serve/static/index.html
+src/{pkg}/publish.py
+src/{pkg}/report.py
 src/{pkg}/task.py
 src/{pkg}/tracking.py
 src/{pkg}/train.py
@@ -76,21 +84,39 @@ tests/test_cli.py
 tests/test_config.py
 tests/test_configs.py
 tests/test_data.py
+tests/test_deploy.py
 tests/test_drift.py
 tests/test_evaluate.py
 tests/test_model.py
 tests/test_ops.py
+tests/test_publish.py
+tests/test_report.py
 tests/test_request_log.py
 tests/test_serve.py
 tests/test_serve_live.py
 tests/test_task.py
 tests/test_tracking.py
 tests/test_train.py
+tests/test_workflows.py
 """.split()
 
 
-def expected_files(package: str) -> set[str]:
-    return {path.format(pkg=package) for path in COMMON_FILES}
+# Files of the chosen cloud only (the post-gen hook deletes the others'); `none` adds nothing.
+CLOUD_FILES = {
+    cloud: [
+        ".github/workflows/deploy.yml",
+        f"deploy/{cloud}/README.md",
+        f"deploy/{cloud}/deploy.sh",
+        f"deploy/{cloud}/teardown.sh",
+        f"src/{{pkg}}/deploy/{cloud.replace('-', '_')}.py",
+        f"tests/test_deploy_{cloud.replace('-', '_')}.py",
+    ]
+    for cloud in ("aws", "gcp", "azure", "hf-spaces")
+}
+
+
+def expected_files(package: str, cloud: str = "aws") -> set[str]:
+    return {path.format(pkg=package) for path in [*COMMON_FILES, *CLOUD_FILES.get(cloud, [])]}
 
 
 def generated_files(project: Path) -> set[str]:

@@ -12,14 +12,26 @@ from conftest import CHOICES, TEMPLATE, expected_files, generated_files, run
 
 # Every value of every choice option appears in at least one bake; odd but valid names ride along.
 MATRIX = [
-    pytest.param({}, id="defaults"),
+    pytest.param({}, id="defaults"),  # cloud=aws
     pytest.param(
-        {"license": "Apache-2.0", "python_version": "3.12", "project_name": "Ünïcödé Façade Modèle"}, id="unicode"
+        {"license": "Apache-2.0", "python_version": "3.12", "cloud": "gcp", "project_name": "Ünïcödé Façade Modèle"},
+        id="unicode",
     ),
-    pytest.param({"license": "BSD-3-Clause", "python_version": "3.13", "project_name": "2024 Bot 9000"}, id="digits"),
-    pytest.param({"license": "GPL-3.0-only", "project_name": "A " + "very long project name " * 6}, id="long"),
     pytest.param(
-        {"license": "Proprietary", "project_name": 'Quote "It\'s" \\ back', "author_name": 'O\'Brien "Ace" \\'},
+        {"license": "BSD-3-Clause", "python_version": "3.13", "cloud": "azure", "project_name": "2024 Bot 9000"},
+        id="digits",
+    ),
+    pytest.param(
+        {"license": "GPL-3.0-only", "cloud": "hf-spaces", "project_name": "A " + "very long project name " * 6},
+        id="long",
+    ),
+    pytest.param(
+        {
+            "license": "Proprietary",
+            "cloud": "none",
+            "project_name": 'Quote "It\'s" \\ back',
+            "author_name": 'O\'Brien "Ace" \\',
+        },
         id="quotes",
     ),
 ]
@@ -42,7 +54,7 @@ def test_bake_renders_cleanly(bake, answers):
     project = bake(**answers)
     package = next((project / "src").iterdir()).name
 
-    assert generated_files(project) == expected_files(package)
+    assert generated_files(project) == expected_files(package, answers.get("cloud", CHOICES["cloud"][0]))
     for path in project.rglob("*"):
         if path.is_file():
             relative = path.relative_to(project)

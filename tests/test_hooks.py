@@ -145,7 +145,32 @@ def test_post_hook_keeps_only_the_chosen_license(tmp_path, license_name):
     assert not (project / "src" / "__pycache__").exists()
 
 
-def test_next_steps_names_three_commands(tmp_path):
-    post = load_hook("post_gen_project", DEFAULTS, tmp_path)
-    commands = [line.split("#")[0].strip() for line in post.next_steps(DEFAULTS).splitlines()[1:]]
-    assert commands == ["cd shop-assistant-extractor", "make install", "make train"]
+@pytest.mark.parametrize(("cloud", "deploy"), [("aws", ["DRY_RUN=1 make deploy"]), ("none", [])])
+def test_next_steps_name_the_commands_to_run(tmp_path, cloud, deploy):
+    answers = {**DEFAULTS, "cloud": cloud}
+    post = load_hook("post_gen_project", answers, tmp_path)
+    commands = [line.split("#")[0].strip() for line in post.next_steps(answers).splitlines()[1:]]
+    assert commands == ["cd shop-assistant-extractor", "make install", "make train", *deploy]
+
+
+CLOUD_PATHS = {
+    "aws": {"deploy/aws/deploy.sh", "src/pkg/deploy/aws.py", "tests/test_deploy_aws.py"},
+    "gcp": {"deploy/gcp/deploy.sh", "src/pkg/deploy/gcp.py", "tests/test_deploy_gcp.py"},
+    "azure": {"deploy/azure/deploy.sh", "src/pkg/deploy/azure.py", "tests/test_deploy_azure.py"},
+    "hf-spaces": {"deploy/hf-spaces/deploy.sh", "src/pkg/deploy/hf_spaces.py", "tests/test_deploy_hf_spaces.py"},
+}
+COMMON_PATHS = {"src/pkg/deploy/bundle.py", "tests/test_workflows.py", ".github/workflows/ci.yml"}
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure", "hf-spaces", "none"])
+def test_post_hook_keeps_only_the_chosen_clouds_files(tmp_path, cloud):
+    project = tmp_path / "project"
+    for path in [*COMMON_PATHS, ".github/workflows/deploy.yml", *(p for paths in CLOUD_PATHS.values() for p in paths)]:
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).write_text("x")
+    post = load_hook("post_gen_project", {**DEFAULTS, "cloud": cloud}, tmp_path)
+    post.choose_cloud(project, cloud, "pkg")
+    left = {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
+    deploy_workflow = set() if cloud == "none" else {".github/workflows/deploy.yml"}
+    assert left == COMMON_PATHS | CLOUD_PATHS.get(cloud, set()) | deploy_workflow
+    assert (project / "deploy").is_dir() == (cloud != "none")

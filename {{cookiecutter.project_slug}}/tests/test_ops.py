@@ -144,12 +144,21 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_is_multi_stage_non_root_with_cpu_torch_and_a_healthcheck():
     instructions = dockerfile_instructions()
-    stages = [args for name, args in instructions if name == "FROM"]
-    assert len(stages) == 2 and all("-slim" in stage for stage in stages)
-    final = instructions[max(i for i, (name, _) in enumerate(instructions) if name == "FROM") :]
-    final_names = [name for name, _ in final]
-    assert "USER" in final_names and dict(final)["USER"] not in {"root", "0"}
-    assert dict(final)["EXPOSE"] == "8000" and "/health" in dict(final)["HEALTHCHECK"]
+    starts = [i for i, (name, _) in enumerate(instructions) if name == "FROM"]
+    ends = [*starts[1:], len(instructions)]
+    stages = {instructions[i][1].split()[-1]: instructions[i:j] for i, j in zip(starts, ends, strict=True)}
+    assert list(stages) == ["build", "runtime", "bundled"]
+    assert all("-slim" in stages[name][0][1] for name in ("build", "runtime"))
+    runtime = dict(stages["runtime"])
+    assert runtime["USER"] not in {"root", "0"}
+    assert runtime["EXPOSE"] == "8000" and "/health" in runtime["HEALTHCHECK"]
+    # The deploy image: the runtime plus the model bundle, served from where it was copied to.
+    bundled = dict(stages["bundled"])
+    assert stages["bundled"][0][1] == "runtime AS bundled"
+    assert bundled["COPY"].split()[-1] == "/app/model/" and bundled["ENV"].split() == [
+        "LLM_MODEL=/app/model",
+        "HF_HUB_OFFLINE=1",
+    ]
     assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in (ROOT / "Dockerfile").read_text()
 
 
@@ -167,7 +176,7 @@ def test_compose_names_the_services(compose):
     mlflow = compose["services"]["mlflow"]
     assert any(arg.startswith("--backend-store-uri=postgresql://") for arg in mlflow["command"])
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert compose["services"]["app"]["build"] == "."
+    assert compose["services"]["app"]["build"] == {"context": ".", "target": "runtime"}
     mounted = {volume.split(":")[1] for volume in compose["services"]["app"]["volumes"]}
     assert {"/app/outputs", "/app/logs"} <= mounted
 

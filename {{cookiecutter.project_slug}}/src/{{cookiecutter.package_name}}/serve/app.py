@@ -25,7 +25,7 @@ from .engine import Engine
 from .errors import install_error_handlers
 from .loader import load_for_serving
 from .middleware import BodySizeLimit, RequestAccounting
-from .routes import chat, demo, health, metrics, models
+from .routes import chat, demo, health, metrics, models, sagemaker
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.server = state
     install_error_handlers(app)
-    for module in (health, models, chat, metrics, demo):
+    for module in (health, models, chat, metrics, demo, sagemaker):
         app.include_router(module.router)
     # Added last = outermost: accounting sees the 413s of the size limit, and every other outcome.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .deps import ServerState
 
 CHAT_PATH = "/v1/chat/completions"
+# SageMaker's route for the same request (routes/sagemaker.py): counted and logged the same way.
+CHAT_PATHS = frozenset({CHAT_PATH, "/invocations"})
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer was complete"
 
 
@@ -54,7 +56,7 @@ class RequestAccounting:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != CHAT_PATH or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] not in CHAT_PATHS or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         outcome = RequestOutcome()

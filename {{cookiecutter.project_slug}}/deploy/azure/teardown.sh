@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# DRY_RUN=1 deploy/azure/teardown.sh   print what would be deleted.
+# deploy/azure/teardown.sh             delete the online endpoint (with its deployment) and the image
+#                                      repository in the container registry.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
+azure_py() {  # python -m <package>.deploy.azure COMMAND --project <slug> [options]
+    "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.azure "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
+}
+
+run() {  # print the command (DRY_RUN=1) or run it
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '+ %s\n' "$*"; else "$@"; fi
+}
+
+settings=$(azure_py settings)
+eval "$settings"
+azure_py down "$([[ "${DRY_RUN:-0}" == 1 ]] && echo --dry-run || echo --no-dry-run)"
+run az acr repository delete --name "$AZURE_ACR_NAME" --repository {{ cookiecutter.project_slug }} --yes

@@ -1,0 +1,315 @@
+"""AWS: the image in ECR, served by a SageMaker real-time endpoint (deploy/aws/README.md has the commands).
+
+    python -m <package>.deploy.aws settings --project <slug>   # check the variables; print them for deploy.sh
+    python -m <package>.deploy.aws up [--dry-run]              # model + endpoint config + endpoint, wait InService
+    python -m <package>.deploy.aws down [--dry-run]            # delete endpoint, configs, models, ECR repository
+
+Each deploy creates a model and an endpoint config named <endpoint>-<image tag>, then creates the endpoint
+or switches an existing one to the new config (SageMaker then replaces the instances without downtime).
+Every function takes its boto3 client, so the tests run the whole flow against moto.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from .settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
+
+VARIABLES = [
+    Var(
+        "AWS_REGION",
+        "the AWS region of the endpoint and the ECR repository, e.g. us-east-1",
+        pattern=r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d",
+        rule="must be an AWS region name such as us-east-1",
+    ),
+    Var(
+        "SAGEMAKER_ROLE_ARN",
+        "the IAM role SageMaker assumes to pull the image from ECR and write CloudWatch logs "
+        "(see deploy/aws/README.md)",
+        pattern=r"arn:aws(-[a-z]+)?:iam::\d{12}:role/[\w+=,.@/-]+",
+        rule="must be an IAM role ARN: arn:aws:iam::<12-digit account id>:role/<name>",
+    ),
+    Var(
+        "SAGEMAKER_INSTANCE_TYPE",
+        "the endpoint's instance type",
+        default="ml.m5.xlarge",
+        pattern=r"ml\.[a-z0-9]+\.[a-z0-9]+",
+        rule="must be a SageMaker instance type such as ml.m5.xlarge",
+    ),
+    Var(
+        "SAGEMAKER_ENDPOINT_NAME",
+        "the endpoint's name",
+        default="{project}",
+        # 63 is SageMaker's limit for model names, which are <endpoint>-<image tag> (tag up to 15 here).
+        pattern=r"[a-zA-Z0-9](-?[a-zA-Z0-9]){0,46}",
+        rule="must be 1-47 letters, digits and single dashes",
+    ),
+    Var(
+        "ECR_REPOSITORY",
+        "the ECR repository of the image",
+        default="{project}",
+        pattern=r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*",
+        rule="must be lower-case letters, digits and . _ - / separators",
+    ),
+    Var(
+        "IMAGE_TAG",
+        "the image tag, also the suffix of the SageMaker model and endpoint config names",
+        default="{tag}",
+        # No dashes: then <endpoint>-<tag> names say which endpoint they belong to (teardown relies on it).
+        pattern=r"[a-z0-9]{1,15}",
+        rule="must be 1-15 lower-case letters and digits (no dashes)",
+    ),
+]
+VARIANT = "AllTraffic"
+# Seconds SageMaker waits for /ping to answer 200 after the container starts: loading + merging the model.
+STARTUP_TIMEOUT_S = 600
+
+
+def image_tag() -> str:
+    """A new tag per deploy (UTC time), so each deploy's model and endpoint config have their own names."""
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime())
+
+
+def settings(environ: dict[str, str], *, project: str, tag: str | None = None) -> dict[str, str]:
+    """The deploy variables, checked, plus what follows from them: account, registry and image URI."""
+    values = resolve(VARIABLES, environ, project=project, tag=tag or image_tag())
+    account = values["SAGEMAKER_ROLE_ARN"].split(":")[4]
+    registry = f"{account}.dkr.ecr.{values['AWS_REGION']}.amazonaws.com"
+    return {
+        **values,
+        "AWS_ACCOUNT_ID": account,
+        "ECR_REGISTRY": registry,
+        "IMAGE_URI": f"{registry}/{values['ECR_REPOSITORY']}:{values['IMAGE_TAG']}",
+    }
+
+
+# ---- ECR -------------------------------------------------------------------------------------------------
+
+
+def ensure_repository(ecr, name: str) -> str:
+    """The repository's URI, creating it (scan on push, immutable tags) when missing."""
+    try:
+        return ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"]
+    except ecr.exceptions.RepositoryNotFoundException:
+        pass
+    created = ecr.create_repository(
+        repositoryName=name,
+        imageTagMutability="IMMUTABLE",  # a tag names one image forever: the SageMaker model points at it
+        imageScanningConfiguration={"scanOnPush": True},
+    )
+    return created["repository"]["repositoryUri"]
+
+
+def delete_repository(ecr, name: str) -> bool:
+    """Delete the repository and every image in it; False when it did not exist."""
+    try:
+        ecr.delete_repository(repositoryName=name, force=True)
+    except ecr.exceptions.RepositoryNotFoundException:
+        return False
+    return True
+
+
+# ---- SageMaker -------------------------------------------------------------------------------------------
+
+
+def endpoint_calls(values: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """The SageMaker API calls of one deploy, in order: (operation, keyword arguments)."""
+    name = f"{values['SAGEMAKER_ENDPOINT_NAME']}-{values['IMAGE_TAG']}"
+    environment = {"PORT": "8080", "LLM_DEVICE": "cpu"}  # SageMaker sends traffic to port 8080
+    return [
+        (
+            "create_model",
+            {
+                "ModelName": name,
+                "ExecutionRoleArn": values["SAGEMAKER_ROLE_ARN"],
+                "PrimaryContainer": {"Image": values["IMAGE_URI"], "Environment": environment},
+            },
+        ),
+        (
+            "create_endpoint_config",
+            {
+                "EndpointConfigName": name,
+                "ProductionVariants": [
+                    {
+                        "VariantName": VARIANT,
+                        "ModelName": name,
+                        "InstanceType": values["SAGEMAKER_INSTANCE_TYPE"],
+                        "InitialInstanceCount": 1,
+                        "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_TIMEOUT_S,
+                    }
+                ],
+            },
+        ),
+        ("create_endpoint", {"EndpointName": values["SAGEMAKER_ENDPOINT_NAME"], "EndpointConfigName": name}),
+    ]
+
+
+def deploy_endpoint(sagemaker, values: dict[str, str], *, delay_s: int = 30, max_attempts: int = 60) -> dict:
+    """Create the model and endpoint config, create the endpoint (or point an existing one at the new
+    config), wait until it is InService (`delay_s` x `max_attempts`); returns describe_endpoint's answer."""
+    endpoint = values["SAGEMAKER_ENDPOINT_NAME"]
+    for operation, kwargs in endpoint_calls(values):
+        if operation == "create_endpoint" and _endpoint_exists(sagemaker, endpoint):
+            operation = "update_endpoint"
+        getattr(sagemaker, operation)(**kwargs)
+    waiter = sagemaker.get_waiter("endpoint_in_service")
+    waiter.wait(EndpointName=endpoint, WaiterConfig={"Delay": delay_s, "MaxAttempts": max_attempts})
+    return sagemaker.describe_endpoint(EndpointName=endpoint)
+
+
+def _endpoint_exists(sagemaker, name: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        sagemaker.describe_endpoint(EndpointName=name)
+    except ClientError as err:
+        if err.response["Error"]["Code"] == "ValidationException":  # SageMaker's "could not find endpoint"
+            return False
+        raise
+    return True
+
+
+def delete_endpoint(sagemaker, endpoint: str, *, delay_s: int = 15, max_attempts: int = 80) -> list[str]:
+    """Delete the endpoint, then every endpoint config and model this project's deploys made for it
+    (named <endpoint>-<tag>). Returns what was deleted, as `kind:name`."""
+    deleted = []
+    if _endpoint_exists(sagemaker, endpoint):
+        sagemaker.delete_endpoint(EndpointName=endpoint)
+        waiter = sagemaker.get_waiter("endpoint_deleted")
+        waiter.wait(EndpointName=endpoint, WaiterConfig={"Delay": delay_s, "MaxAttempts": max_attempts})
+        deleted.append(f"endpoint:{endpoint}")
+    ours = _ours(endpoint)
+    for config in _names(sagemaker.list_endpoint_configs, "EndpointConfigs", "EndpointConfigName", endpoint):
+        if ours(config):
+            sagemaker.delete_endpoint_config(EndpointConfigName=config)
+            deleted.append(f"endpoint-config:{config}")
+    for model in _names(sagemaker.list_models, "Models", "ModelName", endpoint):
+        if ours(model):
+            sagemaker.delete_model(ModelName=model)
+            deleted.append(f"model:{model}")
+    return deleted
+
+
+def _ours(endpoint: str) -> Callable[[str], bool]:
+    """<endpoint>-<tag> exactly (tags have no dashes): `shop` must not match `shop-test-v1`, the model of an
+    endpoint named `shop-test`."""
+    import re
+
+    pattern = re.compile(rf"{re.escape(endpoint)}-[a-z0-9]{{1,15}}")
+    return lambda name: bool(pattern.fullmatch(name))
+
+
+def _names(list_call, key: str, field: str, contains: str) -> list[str]:
+    names, token = [], None
+    while True:
+        page = list_call(NameContains=contains, MaxResults=100, **({"NextToken": token} if token else {}))
+        names += [item[field] for item in page[key]]
+        token = page.get("NextToken")
+        if not token:
+            return names
+
+
+# ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
+
+app = typer.Typer(help="SageMaker endpoint + ECR image of the served model.", no_args_is_help=True)
+
+
+def _settings_or_exit(project: str) -> dict[str, str]:
+    try:
+        return settings(read_environment(), project=project)
+    except DeploySettingsError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _print_call(service: str, operation: str, kwargs: dict[str, Any]) -> None:
+    typer.echo(f"+ {service}.{operation}({json.dumps(kwargs, sort_keys=True)})")
+
+
+ProjectOption = Annotated[str, typer.Option(help="Project name: the default endpoint and repository name.")]
+DryRunOption = Annotated[bool, typer.Option(help="Print the API calls instead of making them.")]
+
+
+@app.command("settings")
+def settings_command(project: ProjectOption) -> None:
+    """Check the deploy variables; print them as `export` lines (exit 2 naming each bad one)."""
+    typer.echo(shell_exports(_settings_or_exit(project), VARIABLES), nl=False)
+
+
+@app.command()
+def up(project: ProjectOption, dry_run: DryRunOption = False) -> None:
+    """Create the SageMaker model, endpoint config and endpoint for IMAGE_URI; wait until InService."""
+    values = _settings_or_exit(project)
+    if dry_run:
+        for operation, kwargs in endpoint_calls(values):
+            _print_call("sagemaker", operation, kwargs)
+        typer.echo("# update_endpoint instead of create_endpoint when the endpoint exists")
+        _print_call(
+            "sagemaker", "get_waiter('endpoint_in_service').wait", {"EndpointName": values["SAGEMAKER_ENDPOINT_NAME"]}
+        )
+        return
+    import boto3
+
+    sagemaker = boto3.client("sagemaker", region_name=values["AWS_REGION"])
+    typer.echo(f"deploying {values['IMAGE_URI']} to endpoint {values['SAGEMAKER_ENDPOINT_NAME']} (minutes)...")
+    endpoint = deploy_endpoint(sagemaker, values)
+    typer.secho(f"{endpoint['EndpointName']}: {endpoint['EndpointStatus']}", fg=typer.colors.GREEN)
+    typer.echo(
+        f"try it: python -m {__package__.split('.')[0]}.deploy.aws invoke --project {project} "
+        "'Where is my order B11688?'"
+    )
+
+
+@app.command()
+def repository(project: ProjectOption, dry_run: DryRunOption = False) -> None:
+    """Create the ECR repository when missing; print its URI."""
+    values = _settings_or_exit(project)
+    if dry_run:
+        _print_call("ecr", "create_repository", {"repositoryName": values["ECR_REPOSITORY"]})
+        typer.echo("# only when describe_repositories does not find it")
+        return
+    import boto3
+
+    typer.echo(ensure_repository(boto3.client("ecr", region_name=values["AWS_REGION"]), values["ECR_REPOSITORY"]))
+
+
+@app.command()
+def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
+    """Delete the endpoint, its endpoint configs and models, and the ECR repository with its images."""
+    values = _settings_or_exit(project)
+    endpoint, repo = values["SAGEMAKER_ENDPOINT_NAME"], values["ECR_REPOSITORY"]
+    if dry_run:
+        _print_call("sagemaker", "delete_endpoint", {"EndpointName": endpoint})
+        typer.echo(f"# then delete_endpoint_config and delete_model for every {endpoint}-<tag> (list_* NameContains)")
+        _print_call("ecr", "delete_repository", {"force": True, "repositoryName": repo})
+        return
+    import boto3
+
+    region = values["AWS_REGION"]
+    deleted = delete_endpoint(boto3.client("sagemaker", region_name=region), endpoint)
+    if delete_repository(boto3.client("ecr", region_name=region), repo):
+        deleted.append(f"ecr-repository:{repo}")
+    typer.echo("\n".join(f"deleted {name}" for name in deleted) or "nothing to delete")
+
+
+@app.command()
+def invoke(project: ProjectOption, message: Annotated[str, typer.Argument(help="The user message.")]) -> None:
+    """Send one chat message to the endpoint (POST /invocations) and print the answer."""
+    import boto3
+
+    values = _settings_or_exit(project)
+    runtime = boto3.client("sagemaker-runtime", region_name=values["AWS_REGION"])
+    body = {"messages": [{"role": "user", "content": message}], "max_tokens": 128}
+    answer = runtime.invoke_endpoint(
+        EndpointName=values["SAGEMAKER_ENDPOINT_NAME"], ContentType="application/json", Body=json.dumps(body)
+    )
+    typer.echo(json.loads(answer["Body"].read())["choices"][0]["message"]["content"])
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,213 @@
+"""Azure: the image in Azure Container Registry, served by an Azure ML managed online endpoint
+(deploy/azure/README.md has the commands and why this and not Container Apps).
+
+    python -m <package>.deploy.azure settings --project <slug>     # check + print the variables
+    python -m <package>.deploy.azure up --project <slug> [--dry-run]   # endpoint + deployment, 100% traffic
+    python -m <package>.deploy.azure down --project <slug> [--dry-run] # delete the endpoint (and deployment)
+
+The endpoint and its deployment are `azure-ai-ml` entities built from the settings alone (no credentials,
+no network), so the tests build them, dump them to YAML and load them back; only `up`/`down` make an
+MLClient, and the functions that use it take it as a parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from .settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
+
+VARIABLES = [
+    Var(
+        "AZURE_SUBSCRIPTION_ID",
+        "the subscription id (az account show --query id -o tsv)",
+        pattern=r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}",
+        rule="must be a subscription id (a GUID)",
+    ),
+    Var("AZURE_RESOURCE_GROUP", "the resource group of the Azure ML workspace", pattern=r"[\w().-]{1,90}"),
+    Var("AZURE_ML_WORKSPACE", "the Azure ML workspace name", pattern=r"[a-zA-Z0-9][\w-]{2,32}"),
+    Var(
+        "AZURE_ACR_NAME",
+        "the Azure Container Registry for the image: the workspace's own (it can pull from it) or one the "
+        "endpoint's identity has AcrPull on",
+        pattern=r"[a-zA-Z0-9]{5,50}",
+        rule="must be the registry name (5-50 letters and digits), not its login server",
+    ),
+    Var(
+        "AZURE_ENDPOINT_NAME",
+        "the online endpoint's name, unique in its region",
+        default="{endpoint}",  # the project name, cut to Azure's 32 characters
+        pattern=r"[a-zA-Z](-?[a-zA-Z0-9]){2,31}",
+        rule="must be 3-32 letters, digits and single dashes, starting with a letter",
+    ),
+    Var(
+        "AZURE_INSTANCE_TYPE",
+        "the VM size of the deployment (see the supported list in deploy/azure/README.md)",
+        default="Standard_DS3_v2",
+        pattern=r"Standard_\w+",
+        rule="must be a VM size such as Standard_DS3_v2",
+    ),
+    Var("AZURE_INSTANCE_COUNT", "instances of the deployment", default="1", pattern=r"[1-9]\d*"),
+    Var("IMAGE_TAG", "the image tag", default="{tag}", pattern=r"[a-z0-9](-?[a-z0-9]){0,62}", rule="bad tag"),
+]
+DEPLOYMENT = "blue"  # the first of a blue/green pair: a new version goes to `green`, then traffic moves
+PORT = 8000  # the image's default port; Azure ML sends traffic to the routes of inference_config
+
+
+def settings(environ: dict[str, str], *, project: str, tag: str) -> dict[str, str]:
+    """The deploy variables, checked, plus the registry's login server and the image URI."""
+    values = resolve(VARIABLES, environ, project=project, endpoint=project[:32].rstrip("-"), tag=tag)
+    registry = f"{values['AZURE_ACR_NAME'].lower()}.azurecr.io"
+    return {**values, "ACR_LOGIN_SERVER": registry, "IMAGE_URI": f"{registry}/{project}:{values['IMAGE_TAG']}"}
+
+
+def build_endpoint(values: dict[str, str]):  # -> ManagedOnlineEndpoint
+    """The endpoint: a stable HTTPS URL with key authentication; traffic goes to its deployments."""
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    return ManagedOnlineEndpoint(
+        name=values["AZURE_ENDPOINT_NAME"],
+        description="LoRA fine-tuned chat model, OpenAI-compatible (POST /v1/chat/completions)",
+        auth_mode="key",
+    )
+
+
+def build_deployment(values: dict[str, str]):  # -> ManagedOnlineDeployment
+    """The deployment: our image as a custom container, with its health and scoring routes."""
+    from azure.ai.ml.entities import (
+        Environment,
+        ManagedOnlineDeployment,
+        OnlineRequestSettings,
+        ProbeSettings,
+    )
+
+    environment = Environment(
+        name=values["AZURE_ENDPOINT_NAME"],
+        image=values["IMAGE_URI"],
+        inference_config={
+            "liveness_route": {"path": "/health", "port": PORT},
+            "readiness_route": {"path": "/ready", "port": PORT},  # traffic only once the model is loaded
+            "scoring_route": {"path": "/v1/chat/completions", "port": PORT},
+        },
+    )
+    return ManagedOnlineDeployment(
+        name=DEPLOYMENT,
+        endpoint_name=values["AZURE_ENDPOINT_NAME"],
+        environment=environment,
+        environment_variables={"LLM_DEVICE": "cpu"},
+        instance_type=values["AZURE_INSTANCE_TYPE"],
+        instance_count=int(values["AZURE_INSTANCE_COUNT"]),
+        # The default 5 s request timeout is too short for generation on a CPU; 90 s like LLM_GENERATION_TIMEOUT_S
+        # (60 s) plus queueing.
+        request_settings=OnlineRequestSettings(request_timeout_ms=90_000, max_concurrent_requests_per_instance=8),
+        # Loading + merging the model takes a while on first start: probe from 30 s, for up to 10 minutes.
+        readiness_probe=ProbeSettings(initial_delay=30, period=10, timeout=5, failure_threshold=60),
+        liveness_probe=ProbeSettings(initial_delay=30, period=30, timeout=5, failure_threshold=10),
+    )
+
+
+def write_yaml(values: dict[str, str], out: Path) -> tuple[Path, Path]:
+    """endpoint.yml and deployment.yml in `out`: what `az ml online-endpoint/online-deployment create -f` takes."""
+    out.mkdir(parents=True, exist_ok=True)
+    endpoint, deployment = out / "endpoint.yml", out / "deployment.yml"
+    # ManagedOnlineEndpoint.dump ignores its destination (azure-ai-ml 1.35) but returns the content, as
+    # OrderedDicts that safe_dump refuses: JSON turns them into plain dicts, in the same order.
+    content = json.loads(json.dumps(build_endpoint(values).dump()))
+    endpoint.write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
+    build_deployment(values).dump(deployment)
+    return endpoint, deployment
+
+
+def deploy(ml_client, values: dict[str, str]):  # -> ManagedOnlineEndpoint
+    """Create or update the endpoint and its deployment, then send it all traffic; returns the endpoint."""
+    endpoint = build_endpoint(values)
+    ml_client.online_endpoints.begin_create_or_update(endpoint).result()
+    ml_client.online_deployments.begin_create_or_update(build_deployment(values)).result()
+    endpoint.traffic = {DEPLOYMENT: 100}
+    ml_client.online_endpoints.begin_create_or_update(endpoint).result()
+    return ml_client.online_endpoints.get(name=values["AZURE_ENDPOINT_NAME"])
+
+
+def delete(ml_client, name: str) -> bool:
+    """Delete the endpoint and its deployments; False when it did not exist."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        ml_client.online_endpoints.begin_delete(name=name).result()
+    except ResourceNotFoundError:
+        return False
+    return True
+
+
+def ml_client(values: dict[str, str]):  # -> MLClient
+    """The workspace client, signed in as `az login` / azure/login in CI / a managed identity."""
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    return MLClient(
+        DefaultAzureCredential(),
+        subscription_id=values["AZURE_SUBSCRIPTION_ID"],
+        resource_group_name=values["AZURE_RESOURCE_GROUP"],
+        workspace_name=values["AZURE_ML_WORKSPACE"],
+    )
+
+
+# ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
+
+app = typer.Typer(help="Azure ML managed online endpoint + ACR image of the served model.", no_args_is_help=True)
+ProjectOption = Annotated[str, typer.Option(help="Project name: the default endpoint name and image name.")]
+DryRunOption = Annotated[bool, typer.Option(help="Write the YAML of what would be created, create nothing.")]
+
+
+def _settings_or_exit(project: str) -> dict[str, str]:
+    try:
+        return settings(read_environment(), project=project, tag=time.strftime("%y%m%d-%H%M%S", time.gmtime()))
+    except DeploySettingsError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("settings")
+def settings_command(project: ProjectOption) -> None:
+    """Check the deploy variables; print them as `export` lines (exit 2 naming each bad one)."""
+    typer.echo(shell_exports(_settings_or_exit(project), VARIABLES), nl=False)
+
+
+@app.command()
+def up(
+    project: ProjectOption,
+    dry_run: DryRunOption = False,
+    out: Annotated[Path, typer.Option(help="Folder for endpoint.yml and deployment.yml.")] = Path("build/azure"),
+) -> None:
+    """Create or update the endpoint and deployment for IMAGE_URI (minutes); the YAML goes to --out."""
+    values = _settings_or_exit(project)
+    endpoint_yml, deployment_yml = write_yaml(values, out)
+    if dry_run:
+        typer.echo(f"+ ml_client.online_endpoints.begin_create_or_update({endpoint_yml})")
+        typer.echo(f"+ ml_client.online_deployments.begin_create_or_update({deployment_yml})")
+        typer.echo(f"+ ml_client.online_endpoints.begin_create_or_update(traffic={{'{DEPLOYMENT}': 100}})")
+        return
+    typer.echo(f"deploying {values['IMAGE_URI']} to endpoint {values['AZURE_ENDPOINT_NAME']} (minutes)...")
+    endpoint = deploy(ml_client(values), values)
+    typer.secho(f"{endpoint.name}: {endpoint.provisioning_state} at {endpoint.scoring_uri}", fg=typer.colors.GREEN)
+
+
+@app.command()
+def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
+    """Delete the endpoint and its deployment."""
+    values = _settings_or_exit(project)
+    name = values["AZURE_ENDPOINT_NAME"]
+    if dry_run:
+        typer.echo(f"+ ml_client.online_endpoints.begin_delete(name={name!r})")
+        return
+    deleted = delete(ml_client(values), name)
+    typer.echo(f"deleted endpoint {name}" if deleted else f"endpoint {name} did not exist")
+
+
+if __name__ == "__main__":
+    app()

