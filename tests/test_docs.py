@@ -21,7 +21,7 @@ PACKAGE_DIR = PROJECT / "src" / "{{cookiecutter.package_name}}"
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-CONFIG_SECTIONS = ("data", "model", "lora", "train", "eval", "tracking", "monitor")
+CONFIG_SECTIONS = ("data", "model", "lora", "train", "eval", "tracking", "monitor", "report")
 # `train.py`, `eval.json` ...: file names that look like config keys.
 FILE_SUFFIXES = {"py", "jsonl", "csv", "parquet", "yaml", "json", "md", "safetensors", "jinja", "txt"}
 CONFIG_KEY = re.compile(rf"(?<![\w/.-])((?:{'|'.join(CONFIG_SECTIONS)})\.[a-z_][a-z0-9_]*)(?![\w-])")

@@ -6,6 +6,8 @@
     <project> evaluate --config configs/smoke.yaml [--adapter outputs/<run>/adapter]
     <project> merge --adapter outputs/<run>/adapter --out outputs/<run>/merged
     <project> serve [--model outputs/<run>/adapter] [--host 127.0.0.1] [--port 8000]
+    <project> report --config configs/smoke.yaml    # plots, README results, MODEL_CARD.md
+    <project> publish --dry-run [--private] [--hf]
 
 Heavy libraries (torch, transformers, mlflow) are imported inside the commands, so `--help` is instant.
 """
@@ -13,6 +15,7 @@ Heavy libraries (torch, transformers, mlflow) are imported inside the commands, 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,21 +129,36 @@ def _known_errors() -> Iterator[None]:
     """Turn an expected problem (bad data, model, run folder) into `error: ...` and exit 1, no traceback."""
     from .data import DataError
     from .model import ModelError
+    from .publish import PublishError
+    from .report import ReportError
     from .tracking import TrackingError
     from .train import TrainError
 
     try:
         yield
-    except (ConfigError, DataError, ModelError, TrainError, TrackingError) as err:
+    except (ConfigError, DataError, ModelError, TrainError, TrackingError, ReportError, PublishError) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each message: test runners (CliRunner) swap it per command, and a
+    handler holding the first command's stream would write to a closed file afterwards."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # StreamHandler.__init__ sets it; the property always answers the current sys.stderr
 
 
 def _show_progress_messages() -> None:
     """Print this package's INFO messages (run folder, model built, reports written) on stderr."""
     logger = logging.getLogger(__package__)
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -204,6 +222,67 @@ def promote(
     verdict = "promoted to champion" if decision.promoted else "not promoted"
     color = typer.colors.GREEN if decision.promoted else typer.colors.YELLOW
     typer.secho(f"{decision.model} version {decision.candidate_version}: {verdict} ({decision.reason})", fg=color)
+
+
+@app.command()
+def report(
+    config: ConfigOption = Path("configs/smoke.yaml"),
+    overrides: Overrides = None,
+    readme: Annotated[
+        Path,
+        typer.Option(help="README whose text between <!-- results:start --> and <!-- results:end --> is replaced."),
+    ] = Path("README.md"),
+    model_card: Annotated[Path, typer.Option(help="Hugging Face model card to write.")] = Path("MODEL_CARD.md"),
+) -> None:
+    """Plots (reports/*.png), the README results section and MODEL_CARD.md from the last evaluation."""
+    from .report import write_report
+
+    resolved = _load(config, overrides)
+    _show_progress_messages()
+    with _known_errors():
+        written = write_report(resolved, readme=readme, model_card=model_card)
+    typer.secho("wrote " + ", ".join(str(path) for path in written), fg=typer.colors.GREEN)
+
+
+@app.command()
+def publish(
+    config: ConfigOption = Path("configs/smoke.yaml"),
+    overrides: Overrides = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every command and API call; do nothing.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a terminal).")
+    ] = False,
+    private: Annotated[bool, typer.Option("--private/--public", help="Visibility of the new repositories.")] = False,
+    repo: Annotated[
+        str | None, typer.Option(help="GitHub <user>/<name>; default: [project.urls] Repository in pyproject.toml.")
+    ] = None,
+    hf: Annotated[
+        bool, typer.Option("--hf", help="Also push the adapter + MODEL_CARD.md to the Hugging Face Hub (HF_TOKEN).")
+    ] = False,
+    hf_repo: Annotated[
+        str | None, typer.Option(help="Hub model id <user>/<name>; default: <your user>/<project>.")
+    ] = None,
+) -> None:
+    """Create the GitHub repository with `gh` and push (asks first); --hf also publishes the model on the Hub."""
+    import sys
+
+    from .publish import publish as run_publish
+
+    resolved = _load(config, overrides)
+    with _known_errors():
+        run_publish(
+            resolved,
+            root=Path.cwd(),
+            repo=repo,
+            private=private,
+            hf=hf,
+            hf_repo=hf_repo,
+            yes=yes,
+            dry_run=dry_run,
+            interactive=sys.stdin.isatty(),
+            confirm=lambda question: typer.confirm(question, default=False),
+            echo=typer.echo,
+        )
 
 
 @app.command()

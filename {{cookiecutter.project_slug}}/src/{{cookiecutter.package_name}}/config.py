@@ -164,6 +164,15 @@ class MonitorConfig(_Section):
     """Compare only the newest N requests of the log (recent traffic); null compares the whole log."""
 
 
+class ReportConfig(_Section):
+    hourly_cost_usd: float = Field(0.0, ge=0)
+    """Price of one hour of the machine that trains and evaluates, in US dollars: the README and model card
+    estimate the cost as (training + evaluation wall time) x this. 0 = your own laptop or desktop. Cloud
+    on-demand examples: AWS g4dn.xlarge (1x T4) 0.526, g5.xlarge (1x A10G) 1.006 (us-east-1, Linux)."""
+    num_samples: int = Field(3, ge=0)
+    """Sample generations (input, base, fine-tuned) shown in the README results section."""
+
+
 class Config(_Section):
     project: str
     """Project slug: the MLflow experiment and registered model name."""
@@ -174,6 +183,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:

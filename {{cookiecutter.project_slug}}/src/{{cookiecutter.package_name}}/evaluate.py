@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None) -> dict[s
     from .data import load_splits
     from .tracking import fetch_model
 
+    started = time.perf_counter()
     source = fetch_model(str(adapter_dir or newest_adapter(config.train.output_dir)))
     check_adapter_dir(source.adapter_dir)
     # A registry model names its own base; a local adapter uses the config's, and load_finetuned refuses
@@ -64,6 +66,7 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None) -> dict[s
     with model.disable_adapter():
         base = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.data.task, device=device)
     finetuned = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.data.task, device=device)
+    examples = _example_rows(rows, base=base, finetuned=finetuned)
     report = {
         "base": base.metrics,
         "finetuned": finetuned.metrics,
@@ -76,11 +79,15 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None) -> dict[s
             "max_new_tokens": config.eval.max_new_tokens,
             "mlflow_run_id": source.run_id,
             "model_version": source.version,
+            "device": device,
+            "wall_time_s": round(time.perf_counter() - started, 1),  # loading + scoring both models
         },
+        # The first eval.num_examples answers side by side, for `report` (README and model card).
+        "examples": examples[: config.eval.num_examples],
     }
     out = write_reports(report, rows=rows, base=base, finetuned=finetuned, eval_cfg=config.eval)
     if config.tracking.enabled and source.run_id:
-        _track(config, report=report, report_dir=out, examples=_example_rows(rows, base=base, finetuned=finetuned))
+        _track(config, report=report, report_dir=out, examples=examples)
     return report
 
 

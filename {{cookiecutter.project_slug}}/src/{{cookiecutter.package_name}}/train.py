@@ -5,13 +5,16 @@
     <project> train --config configs/smoke.yaml --resume        # continue the newest smoke run
 
 Reads top to bottom: pick the run folder, load data, model and tokenizer (every check runs before any
-output is written), build the trainer, train, save `outputs/<run>/adapter/` and `config.yaml`.
+output is written), build the trainer, train, save `outputs/<run>/adapter/`, `config.yaml` and `train_log.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import platform
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16", "fp16"]
+TRAIN_LOG = "train_log.json"  # in outputs/<run>/: loss history, wall time, hardware (`report` reads it)
 
 
 class TrainError(ValueError):
@@ -91,8 +95,16 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
             write_tracking_file(run_dir, run_id=run_id, version=None)  # so --resume finds the run if this stops
             log_training_inputs(resolved, splits=splits, config_file=run_dir / "config.yaml", device=device)
             trainer.add_callback(metrics_callback())
-        trainer.train(resume_from_checkpoint=_last_checkpoint(run_dir) if resume else None)
+        result = trainer.train(resume_from_checkpoint=_last_checkpoint(run_dir) if resume else None)
         _save_adapter(trainer, tokenizer=tokenizer, adapter_dir=run_dir / "adapter")
+        write_train_log(
+            run_dir,
+            log_history=trainer.state.log_history,
+            runtime_s=result.metrics.get("train_runtime", 0.0),
+            device=device,
+            config_name=config_name,
+            rows={name: len(rows) for name, rows in splits.items()},
+        )
         (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; it names no base for local models
         log.info("saved %s", run_dir / "adapter")
         if run_id:
@@ -302,6 +314,46 @@ def _callbacks(train_cfg: TrainConfig) -> list[TrainerCallback]:
     if train_cfg.early_stopping_patience is None:
         return []
     return [EarlyStoppingCallback(early_stopping_patience=train_cfg.early_stopping_patience)]
+
+
+def write_train_log(
+    run_dir: Path, *, log_history: list[dict], runtime_s: float, device: Device, config_name: str, rows: dict[str, int]
+) -> None:
+    """outputs/<run>/train_log.json: what `report` needs without MLflow (loss by step, wall time, hardware).
+    A resumed run adds its time to the earlier sessions'; the Trainer's log history already holds them."""
+    path = run_dir / TRAIN_LOG
+    earlier = json.loads(path.read_text(encoding="utf-8"))["train_runtime_s"] if path.is_file() else 0.0
+    record = {
+        "config_name": config_name,
+        "device": device,
+        "hardware": describe_hardware(device),
+        "train_runtime_s": round(earlier + runtime_s, 1),
+        "rows": rows,
+        "log_history": log_history,
+    }
+    path.write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
+
+
+def describe_hardware(device: Device) -> str:
+    """The accelerator or CPU that trained, as a reader of the results wants it: `1x NVIDIA A10G (24 GB)`."""
+    if device == "cuda":
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return f"{torch.cuda.device_count()}x {props.name} ({props.total_memory / 2**30:.0f} GB)"
+    if device == "mps":
+        return f"Apple GPU (MPS) on {platform.machine()}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU: {_cpu_name()} ({cores} cores)"
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; platform.processor() there is often just "x86_64"
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.partition(":")[2].split())
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _save_adapter(trainer: SFTTrainer, *, tokenizer: PreTrainedTokenizerBase, adapter_dir: Path) -> None:

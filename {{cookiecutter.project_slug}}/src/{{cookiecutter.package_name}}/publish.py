@@ -1,0 +1,340 @@
+"""Publish the project: a GitHub repository (GitHub CLI `gh`), optionally the adapter on the Hugging Face Hub.
+
+    <project> publish --dry-run              # print every command and API call; change nothing
+    <project> publish                        # shows the plan, asks, then creates and pushes
+    <project> publish --yes --private --hf   # no question; also the adapter + MODEL_CARD.md to the Hub
+
+Never destructive: `git init` and a first commit only where there is no repository or no commit yet;
+no force push; it refuses a remote `origin` that points elsewhere, a GitHub repository of that name that
+already exists, and a project folder nested inside another repository. Commits you have not made are
+not made for you: uncommitted changes are reported, not published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+
+PLACEHOLDER_USER = "your-github-username"  # the template's default answer for github_username
+Runner = Callable[[list[str]], subprocess.CompletedProcess]
+
+
+class PublishError(RuntimeError):
+    """Publishing cannot go on; the message says why and what to do. Steps already done are named."""
+
+
+@dataclass
+class Step:
+    """One thing publishing does: shown as `display`, done by `action` (None: shown only)."""
+
+    display: str
+    action: list[str] | Callable[[], Any] | None = None  # a command to run, or an API call
+
+
+@dataclass
+class GitState:
+    """What the project folder's git repository looks like (read-only inspection)."""
+
+    is_repo: bool
+    toplevel: Path | None
+    has_commit: bool
+    branch: str
+    origin: str | None
+    dirty: bool
+    identity: bool  # user.name and user.email are set (a commit needs them)
+
+
+def publish(
+    config: Config,
+    *,
+    root: Path,
+    repo: str | None = None,
+    private: bool = False,
+    hf: bool = False,
+    hf_repo: str | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+    interactive: bool = False,
+    confirm: Callable[[str], bool] = lambda question: False,
+    echo: Callable[[str], None] = print,
+    run: Runner | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+    hf_api: Callable[[str], Any] | None = None,
+) -> None:
+    """Plan, show, confirm, then do. `run`, `which` and `hf_api` (token -> HfApi-like client) are the
+    outside world, replaced in tests. Every check that needs no network runs before anything is done."""
+    run = run or _runner(root)
+    project = _project(root)
+    repo = repo or _repo_from_url(project["repository"])
+    _check_repo_name(repo)
+    if which("git") is None:
+        raise PublishError("git is not installed (https://git-scm.com); nothing was done")
+    state = inspect_git(root, run=run)
+    _check_git(state, root=root, repo=repo)
+    hf_plan = _hf_inputs(config, root=root) if hf else None
+    token = os.environ.get("HF_TOKEN", "")
+    if hf and not token:
+        raise PublishError(
+            "--hf needs HF_TOKEN: a write token from https://huggingface.co/settings/tokens "
+            "(export HF_TOKEN=hf_...); nothing was done"
+        )
+
+    if dry_run:
+        steps = [
+            Step("$ gh auth status    (check: logged in)"),
+            *([] if _origin_matches(state, repo) else [Step(f"$ gh repo view {repo}    (check: must not exist yet)")]),
+            *git_steps(state, repo=repo, private=private, description=project["description"], name=project["name"]),
+        ]
+        if hf_plan:
+            steps += hf_steps(None, repo_id=hf_repo, slug=project["slug"], private=private, **hf_plan)
+        _show(echo, "Dry run: nothing is done. The real run would:", steps, state)
+        return
+
+    if not yes and not interactive:
+        raise PublishError(
+            "stdin is not a terminal, so there is no one to confirm: pass --yes to publish without the question, "
+            "or --dry-run to see the plan; nothing was done"
+        )
+    _check_gh(run=run, which=which, repo=repo, creating=not _origin_matches(state, repo))
+    steps = git_steps(state, repo=repo, private=private, description=project["description"], name=project["name"])
+    if hf_plan:
+        api = (hf_api or _hf_client)(token)
+        steps += hf_steps(api, repo_id=hf_repo, slug=project["slug"], private=private, **hf_plan)
+    _show(echo, "Publishing will:", steps, state)
+    if not yes and not confirm("Go ahead?"):
+        raise PublishError("not confirmed; nothing was done")
+    _execute(steps, run=run, echo=echo)
+    echo(f"published: https://github.com/{repo}")
+
+
+# ---- inspection and checks ------------------------------------------------------------------------------
+
+
+def _runner(root: Path) -> Runner:
+    def run(command: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+
+    return run
+
+
+def _project(root: Path) -> dict[str, str]:
+    from .report import project_metadata
+
+    if not (root / "pyproject.toml").is_file():
+        raise PublishError(f"{root}: no pyproject.toml here; run `publish` in the project's root folder")
+    project = project_metadata(root)
+    return project | {"slug": project["name"]}
+
+
+def _repo_from_url(url: str) -> str:
+    match = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?", url.strip())
+    if not match:
+        raise PublishError(
+            f"pyproject.toml: [project.urls] Repository = {url!r} is not https://github.com/<user>/<name>; "
+            "fix it or pass --repo <user>/<name>"
+        )
+    return f"{match.group(1)}/{match.group(2)}"
+
+
+def _check_repo_name(repo: str) -> None:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise PublishError(f"--repo {repo!r}: write it as <user or organisation>/<name>")
+    if repo.split("/")[0] == PLACEHOLDER_USER:
+        raise PublishError(
+            f"pyproject.toml: [project.urls] Repository still names the placeholder user '{PLACEHOLDER_USER}'. "
+            "Put your GitHub user name there and in README.md's CI badge, or pass --repo <user>/<name>; "
+            "nothing was done"
+        )
+
+
+def inspect_git(root: Path, *, run: Runner) -> GitState:
+    """Read-only: is `root` a repository (its own, not a parent's), with commits, which branch and origin."""
+    toplevel = run(["git", "rev-parse", "--show-toplevel"])
+    if toplevel.returncode != 0:
+        return GitState(False, None, False, "main", None, False, _has_identity(run))
+    head = run(["git", "rev-parse", "--verify", "--quiet", "HEAD"])
+    branch = run(["git", "symbolic-ref", "--short", "HEAD"]).stdout.strip() or "main"
+    origin = run(["git", "remote", "get-url", "origin"])
+    status = run(["git", "status", "--porcelain"])
+    return GitState(
+        is_repo=True,
+        toplevel=Path(toplevel.stdout.strip()),
+        has_commit=head.returncode == 0,
+        branch=branch,
+        origin=origin.stdout.strip() if origin.returncode == 0 else None,
+        dirty=bool(status.stdout.strip()),
+        identity=_has_identity(run),
+    )
+
+
+def _has_identity(run: Runner) -> bool:
+    return all(run(["git", "config", key]).stdout.strip() for key in ("user.name", "user.email"))
+
+
+def _check_git(state: GitState, *, root: Path, repo: str) -> None:
+    if state.is_repo and state.toplevel and state.toplevel.resolve() != root.resolve():
+        raise PublishError(
+            f"{root} lies inside another git repository ({state.toplevel}); publishing would push that one. "
+            "Move the project out of it, or publish that repository yourself; nothing was done"
+        )
+    if state.origin and not _origin_matches(state, repo):
+        raise PublishError(
+            f"remote 'origin' is {state.origin}, not github.com/{repo}; nothing was done. Push there yourself "
+            f"(git push -u origin {state.branch}), or pass --repo <user>/<name> matching it"
+        )
+    if not state.has_commit and not state.identity:
+        raise PublishError(
+            "the first commit needs your name and e-mail: git config --global user.name 'Your Name' && "
+            "git config --global user.email you@example.com; nothing was done"
+        )
+
+
+def _origin_matches(state: GitState, repo: str) -> bool:
+    return bool(state.origin) and _normalise(state.origin) == f"github.com/{repo}".lower()
+
+
+def _normalise(url: str) -> str:
+    """https://github.com/u/r.git, git@github.com:u/r.git, ssh://git@github.com/u/r -> github.com/u/r."""
+    url = re.sub(r"^(?:https?://|ssh://)?(?:[^@/]+@)?", "", url.strip()).replace("github.com:", "github.com/")
+    return url.removesuffix("/").removesuffix(".git").lower()
+
+
+def _check_gh(*, run: Runner, which: Callable[[str], str | None], repo: str, creating: bool) -> None:
+    if which("gh") is None:
+        raise PublishError(
+            "the GitHub CLI `gh` is not installed: get it from https://cli.github.com, run `gh auth login`, then "
+            "`make publish` again (or create the repository on github.com and `git push` to it); nothing was done"
+        )
+    if run(["gh", "auth", "status"]).returncode != 0:
+        raise PublishError("gh is not logged in: run `gh auth login`, then `make publish` again; nothing was done")
+    if creating and run(["gh", "repo", "view", repo]).returncode == 0:
+        raise PublishError(
+            f"github.com/{repo} already exists; nothing was done. To push to it: "
+            f"git remote add origin https://github.com/{repo}.git && git push -u origin main"
+        )
+
+
+# ---- the plan -------------------------------------------------------------------------------------------
+
+
+def git_steps(state: GitState, *, repo: str, private: bool, description: str, name: str) -> list[Step]:
+    """git init and a first commit only when missing; create + push, or push to the matching origin."""
+    commands: list[list[str]] = []
+    if not state.is_repo:
+        commands.append(["git", "init", "-b", "main"])
+    if not state.has_commit:
+        commands += [["git", "add", "-A"], ["git", "commit", "-m", f"First commit: {name}"]]
+    if _origin_matches(state, repo):
+        commands.append(["git", "push", "-u", "origin", state.branch])
+    else:
+        visibility = "--private" if private else "--public"
+        create = ["gh", "repo", "create", repo, visibility, "--source", ".", "--remote", "origin", "--push"]
+        commands.append(create + (["--description", description] if description else []))
+    return [Step(f"$ {shlex.join(command)}", action=command) for command in commands]
+
+
+def _hf_inputs(config: Config, *, root: Path) -> dict[str, Path]:
+    """The evaluated adapter and the model card, checked before anything is done."""
+    from .report import ReportError, find_run_dir, read_results
+
+    try:
+        results = read_results(root / config.eval.report_dir)
+    except ReportError as err:
+        raise PublishError(f"--hf: {err}") from None
+    run_dir = find_run_dir(results["run"], output_dir=root / config.train.output_dir)
+    adapter = root / run_dir / "adapter" if run_dir else None  # a relative run folder is relative to root
+    if adapter is None or not (adapter / "adapter_config.json").is_file():
+        raise PublishError(
+            f"--hf: the evaluated adapter ({results['run'].get('adapter')}) is not under {config.train.output_dir}/; "
+            "train and evaluate on this machine first (make train evaluate)"
+        )
+    base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    if Path(base).exists() or (root / base).exists():
+        shown = adapter.relative_to(root) if adapter.is_relative_to(root) else adapter
+        raise PublishError(
+            f"--hf: {shown} adapts the local model {base}, which the Hub does not have, so no one could load "
+            "it from there. Publish an adapter of a hub model: make train evaluate CONFIG=configs/default.yaml"
+        )
+    card = root / "MODEL_CARD.md"
+    if not card.is_file():
+        raise PublishError("--hf: MODEL_CARD.md not found: run `make report` (make evaluate runs it) first")
+    return {"adapter": adapter, "card": card}
+
+
+def hf_steps(api: Any, *, repo_id: str | None, slug: str, private: bool, adapter: Path, card: Path) -> list[Step]:
+    """Create the model repository (kept if it exists), upload the adapter, the card as its README.md."""
+    if repo_id is None:
+        user = api.whoami()["name"] if api is not None else "<your Hugging Face user>"
+        repo_id = f"{user}/{slug}"
+        whoami = [Step("HfApi.whoami()    (your user name, for the repository id)")] if api is None else []
+    else:
+        whoami = []
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("create_repo", {"repo_id": repo_id, "repo_type": "model", "private": private, "exist_ok": True}),
+        ("upload_folder", {"repo_id": repo_id, "folder_path": str(adapter), "commit_message": "Upload LoRA adapter"}),
+        (
+            "upload_file",
+            {
+                "repo_id": repo_id,
+                "path_or_fileobj": str(card),
+                "path_in_repo": "README.md",
+                "commit_message": "Upload model card",
+            },
+        ),
+    ]
+    steps = [
+        Step(
+            f"HfApi.{method}({', '.join(f'{key}={value!r}' for key, value in kwargs.items())})",
+            action=(lambda method=method, kwargs=kwargs: getattr(api, method)(**kwargs)) if api is not None else None,
+        )
+        for method, kwargs in calls
+    ]
+    return whoami + steps
+
+
+def _hf_client(token: str) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
+def _show(echo: Callable[[str], None], header: str, steps: list[Step], state: GitState) -> None:
+    echo(header)
+    for step in steps:
+        echo(f"  {step.display}")
+    if state.has_commit and state.dirty:
+        echo("note: uncommitted changes are not published; commit them first (git status lists them)")
+
+
+def _execute(steps: list[Step], *, run: Runner, echo: Callable[[str], None]) -> None:
+    done: list[str] = []
+    for step in steps:
+        echo(step.display)
+        if isinstance(step.action, list):
+            result = run(step.action)
+            output = (result.stdout + result.stderr).strip()
+            if output:
+                echo(output)
+            if result.returncode != 0:
+                raise PublishError(
+                    f"`{shlex.join(step.action)}` failed (exit {result.returncode}). "
+                    + (f"Done before it: {'; '.join(done)}." if done else "Nothing was done before it.")
+                )
+        elif step.action is not None:
+            try:
+                step.action()
+            except Exception as err:  # the Hub client's errors: network, token rights, name taken
+                raise PublishError(
+                    f"{step.display} failed: {err}. Done before it: {'; '.join(done) or 'nothing'}."
+                ) from None
+        done.append(step.display.removeprefix("$ "))
