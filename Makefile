@@ -39,7 +39,7 @@ demo: install  ## Bake the default project into .cache/demo and run its smoke pi
 	$$project/.venv/bin/python -m pip install --quiet --no-deps -e $$project && \
 	$(MAKE) --no-print-directory -C $$project data train evaluate && \
 	$(BIN)/python scripts/demo_request.py $$project && \
-	echo "Demo project in $$project: see reports/eval.md there; cd into it and run 'make help' for more."
+	echo "Demo project in $$project: its README.md now shows the results (table, plots, samples) and MODEL_CARD.md the model card; cd into it and run 'make help' for more."
 
 test:  ## Install, run the whole template test suite and the strict docs build; prints the time taken
 	@start=$$(date +%s); \

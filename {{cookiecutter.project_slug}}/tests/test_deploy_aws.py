@@ -56,8 +56,8 @@ def test_dry_run_prints_the_whole_deploy_in_order():
     assert result.returncode == 0, result.stderr
     lines = steps(result.stdout)
     assert lines[:5] == [
-        f"+ {sys.executable} -m {{ cookiecutter.package_name }}.deploy.bundle --model models:/{PROJECT}@champion "
-        "--fallback latest --out build/model",
+        f"+ {sys.executable} -m {{ cookiecutter.package_name }}.deploy.bundle "
+        f"--model models:/{PROJECT}@champion --fallback latest --out build/model",
         f"+ docker build --platform linux/amd64 --target bundled --tag {IMAGE} .",
         "+ ecr.create_repository(" + json.dumps({"repositoryName": PROJECT}) + ")",
         f"+ aws ecr get-login-password --region {REGION} | docker login --username AWS --password-stdin {REGISTRY}",
@@ -189,6 +189,16 @@ def test_deploy_reaches_in_service_and_teardown_leaves_nothing(clients):
     assert leftovers(ecr, sagemaker) == {"endpoints": [], "endpoint_configs": [], "models": [], "repositories": []}
     assert aws.delete_endpoint(sagemaker, PROJECT, delay_s=0, max_attempts=3) == [], "teardown twice is harmless"
     assert not aws.delete_repository(ecr, PROJECT)
+
+
+def test_teardown_keeps_a_repository_that_deploy_did_not_create(clients):
+    """ECR_REPOSITORY may name a repository that existed before the first deploy: its images are not ours."""
+    ecr, _ = clients
+    ecr.create_repository(repositoryName="shared")
+    push(ecr, "shared", "v0")
+    assert aws.ensure_repository(ecr, "shared").endswith("/shared"), "deploy pushes to it as it is"
+    assert aws.delete_repository(ecr, "shared") is None
+    assert [image["imageTags"] for image in ecr.describe_images(repositoryName="shared")["imageDetails"]] == [["v0"]]
 
 
 def test_teardown_keeps_other_endpoints_resources(clients):

@@ -94,7 +94,7 @@ def test_dry_run_prints_the_whole_deploy_in_order():
         "--out build/model",
         f"docker build --platform linux/amd64 --target bundled --tag {IMAGE} .",
         f"gcloud artifacts repositories create {PROJECT} --repository-format docker --location europe-west1 "
-        "--project shop-demo-123",
+        "--project shop-demo-123 --labels created-by=deploy-gcp",
         "gcloud auth configure-docker europe-west1-docker.pkg.dev --quiet",
         f"docker push {IMAGE}",
         f"{sys.executable} -m {PACKAGE}.deploy.gcp manifest --project {PROJECT} --out build/service.yaml",
@@ -117,6 +117,31 @@ def test_dry_run_teardown_deletes_service_and_repository():
         f"gcloud run services delete {PROJECT} {WHERE} --quiet",
         f"gcloud artifacts repositories delete {PROJECT} --location europe-west1 --project shop-demo-123 --quiet",
     ]
+
+
+def fake_gcloud(tmp_path: Path, label: str) -> tuple[str, Path]:
+    """A `gcloud` on PATH that logs its arguments and describes the repository with `label` as created-by."""
+    log = tmp_path / "gcloud.log"
+    gcloud = tmp_path / "gcloud"
+    gcloud.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n'
+        f'case "$*" in *"repositories describe"*) echo "{label}";; esac\n',
+        encoding="utf-8",
+    )
+    gcloud.chmod(0o755)
+    return f"{tmp_path}{os.pathsep}{os.environ['PATH']}", log
+
+
+@pytest.mark.parametrize(("label", "deleted"), [("deploy-gcp", True), ("", False)])
+def test_teardown_deletes_the_repository_only_when_deploy_created_it(tmp_path, label, deleted):
+    """GAR_REPOSITORY may name a repository that existed before the first deploy: its images are not ours."""
+    path, log = fake_gcloud(tmp_path, label)
+    result = script("teardown.sh", PATH=path, **GOOD)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text(encoding="utf-8").splitlines()
+    assert f"run services delete {PROJECT} {WHERE} --quiet" in calls
+    assert any(call.startswith("artifacts repositories delete") for call in calls) is deleted
+    assert ("kept Artifact Registry repository" in result.stdout) is not deleted
 
 
 @pytest.mark.parametrize(

@@ -27,10 +27,11 @@ run "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.bundle --model "$MODEL" 
 run docker build --platform linux/amd64 --target bundled --tag "$IMAGE_URI" .
 
 # 4. The Artifact Registry repository (created when missing), docker credentials for it, the push.
+# The label marks it as made here: teardown.sh deletes only a labelled repository, never a shared one.
 if [[ "${DRY_RUN:-0}" == 1 ]] || ! gcloud artifacts repositories describe "$GAR_REPOSITORY" \
     --location "$GCP_REGION" --project "$GCP_PROJECT_ID" >/dev/null 2>&1; then
     run gcloud artifacts repositories create "$GAR_REPOSITORY" --repository-format docker \
-        --location "$GCP_REGION" --project "$GCP_PROJECT_ID"
+        --location "$GCP_REGION" --project "$GCP_PROJECT_ID" --labels created-by=deploy-gcp
 fi
 run gcloud auth configure-docker "$GAR_HOST" --quiet
 run docker push "$IMAGE_URI"

@@ -91,8 +91,13 @@ def settings(environ: dict[str, str], *, project: str, tag: str | None = None) -
 # ---- ECR -------------------------------------------------------------------------------------------------
 
 
+# The tag `ensure_repository` puts on a repository it creates: teardown deletes only a repository carrying it,
+# never one that existed before the first deploy (ECR_REPOSITORY may name a shared repository).
+CREATED_BY = {"Key": "created-by", "Value": "deploy/aws"}
+
+
 def ensure_repository(ecr, name: str) -> str:
-    """The repository's URI, creating it (scan on push, immutable tags) when missing."""
+    """The repository's URI, creating it (scan on push, immutable tags, tagged CREATED_BY) when missing."""
     try:
         return ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"]
     except ecr.exceptions.RepositoryNotFoundException:
@@ -101,16 +106,21 @@ def ensure_repository(ecr, name: str) -> str:
         repositoryName=name,
         imageTagMutability="IMMUTABLE",  # a tag names one image forever: the SageMaker model points at it
         imageScanningConfiguration={"scanOnPush": True},
+        tags=[CREATED_BY],
     )
     return created["repository"]["repositoryUri"]
 
 
-def delete_repository(ecr, name: str) -> bool:
-    """Delete the repository and every image in it; False when it did not exist."""
+def delete_repository(ecr, name: str) -> bool | None:
+    """Delete the repository and every image in it when deploy created it (tagged CREATED_BY); False when it
+    does not exist, None when it exists but deploy did not create it (then it is left alone)."""
     try:
-        ecr.delete_repository(repositoryName=name, force=True)
+        arn = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryArn"]
     except ecr.exceptions.RepositoryNotFoundException:
         return False
+    if CREATED_BY not in ecr.list_tags_for_resource(resourceArn=arn).get("tags", []):
+        return None
+    ecr.delete_repository(repositoryName=name, force=True)
     return True
 
 
@@ -287,14 +297,21 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
         _print_call("sagemaker", "delete_endpoint", {"EndpointName": endpoint})
         typer.echo(f"# then delete_endpoint_config and delete_model for every {endpoint}-<tag> (list_* NameContains)")
         _print_call("ecr", "delete_repository", {"force": True, "repositoryName": repo})
+        typer.echo(f"# only when deploy created it (tag {CREATED_BY['Key']}={CREATED_BY['Value']})")
         return
     import boto3
 
     region = values["AWS_REGION"]
     deleted = delete_endpoint(boto3.client("sagemaker", region_name=region), endpoint)
-    if delete_repository(boto3.client("ecr", region_name=region), repo):
+    removed = delete_repository(boto3.client("ecr", region_name=region), repo)
+    if removed:
         deleted.append(f"ecr-repository:{repo}")
     typer.echo("\n".join(f"deleted {name}" for name in deleted) or "nothing to delete")
+    if removed is None:
+        typer.echo(
+            f"kept ECR repository {repo}: deploy did not create it (no {CREATED_BY['Key']}={CREATED_BY['Value']} tag); "
+            "delete its images yourself if they are no longer needed"
+        )
 
 
 @app.command()

@@ -52,6 +52,9 @@ VARIABLES = [
     ),
 ]
 APP_PORT = 7860  # the port Spaces route to by default (front matter `app_port`)
+# A file only a Space staged by `stage_space` holds (the bundle's manifest): deploy replaces the files of, and
+# teardown deletes, only such a Space (or an empty one), never another Space that HF_SPACE_ID happens to name.
+MARKER = "build/model/bundle.json"
 # What the image build reads (the Dockerfile's COPY lines), relative to the project root.
 CONTEXT = ["pyproject.toml", "LICENSE", ".dockerignore", "src", "configs", "scripts/serve.sh"]
 SPACE_STAGE = f"""
@@ -113,6 +116,12 @@ def deploy_space(api, folder: Path, values: dict[str, str], *, api_key: str | No
     """Create the Space (or keep it), upload `folder` as one commit (files no longer there are removed),
     and store LLM_API_KEY as a Space secret when given. Returns the Space's URL."""
     space_id = values["HF_SPACE_ID"]
+    if _made_here(api, space_id) is False:
+        raise DeploySettingsError(
+            f"HF_SPACE_ID={space_id}: that Space exists and `make deploy` did not make it (no {MARKER}); deploying "
+            "would replace its files. Set HF_SPACE_ID to a new Space name, or delete that Space yourself; "
+            "nothing was uploaded"
+        )
     api.create_repo(
         space_id,
         repo_type="space",
@@ -133,8 +142,21 @@ def deploy_space(api, folder: Path, values: dict[str, str], *, api_key: str | No
     return values["HF_SPACE_URL"]
 
 
-def delete_space(api, space_id: str) -> None:
-    api.delete_repo(space_id, repo_type="space", missing_ok=True)
+def delete_space(api, space_id: str) -> bool | None:
+    """Delete the Space when `make deploy` made it: True; False when it does not exist; None when it is
+    another Space (then it is left alone)."""
+    made_here = _made_here(api, space_id)
+    if made_here:
+        api.delete_repo(space_id, repo_type="space", missing_ok=True)
+    return made_here
+
+
+def _made_here(api, space_id: str) -> bool | None:
+    """None: no such Space; True: ours (it holds MARKER) or empty (a first upload failed); False: another Space."""
+    if not api.repo_exists(space_id, repo_type="space"):
+        return None
+    files = set(api.list_repo_files(space_id, repo_type="space"))
+    return MARKER in files or files <= {".gitattributes", "README.md"}
 
 
 # ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
@@ -176,6 +198,7 @@ def up(
     space_id = values["HF_SPACE_ID"]
     if dry_run:
         typer.echo(f"+ stage {out}: Dockerfile (+ space stage, port {APP_PORT}), README front matter, {bundle}")
+        typer.echo(f"# refused when {space_id} exists and `make deploy` did not make it (no {MARKER})")
         typer.echo(f"+ HfApi.create_repo({space_id!r}, repo_type='space', space_sdk='docker', exist_ok=True)")
         typer.echo(f"+ HfApi.upload_folder(repo_id={space_id!r}, repo_type='space', folder_path={str(out)!r})")
         return
@@ -185,7 +208,11 @@ def up(
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     api_key = read_environment().get("LLM_API_KEY")
-    url = deploy_space(_api(values), folder, values, api_key=api_key)
+    try:
+        url = deploy_space(_api(values), folder, values, api_key=api_key)
+    except DeploySettingsError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     typer.secho(f"uploaded; the Space builds and starts at {url} (a few minutes)", fg=typer.colors.GREEN)
 
 
@@ -195,9 +222,15 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     values = _settings_or_exit(project)
     if dry_run:
         typer.echo(f"+ HfApi.delete_repo({values['HF_SPACE_ID']!r}, repo_type='space', missing_ok=True)")
+        typer.echo(f"# only when `make deploy` made the Space (it holds {MARKER})")
         return
-    delete_space(_api(values), values["HF_SPACE_ID"])
-    typer.echo(f"deleted {values['HF_SPACE_URL']}")
+    deleted = delete_space(_api(values), values["HF_SPACE_ID"])
+    if deleted:
+        typer.echo(f"deleted {values['HF_SPACE_URL']}")
+    elif deleted is None:
+        typer.echo(f"nothing to delete: {values['HF_SPACE_URL']} does not exist")
+    else:
+        typer.echo(f"kept {values['HF_SPACE_URL']}: `make deploy` did not make it (no {MARKER}); delete it yourself")
 
 
 if __name__ == "__main__":
