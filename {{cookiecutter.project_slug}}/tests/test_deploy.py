@@ -93,6 +93,15 @@ def test_the_environment_wins_over_the_env_file_and_empty_means_unset(tmp_path):
     assert read_environment({"DEPLOY_ENV_FILE": str(tmp_path / ".env.staging")})["REGION"] == "eu-2"
 
 
+def test_env_files_that_deploy_env_file_names_are_git_ignored(tmp_path):
+    """DEPLOY_ENV_FILE suggests a .env.staging: it holds tokens, so git (and publish's `git add -A`) skips it."""
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    names = [".env", ".env.staging", ".env.production", ".env.example"]
+    ignored = subprocess.run(["git", "check-ignore", *names], cwd=tmp_path, capture_output=True, text=True)
+    assert ignored.stdout.split() == [".env", ".env.staging", ".env.production"]
+
+
 def test_shell_exports_survive_eval_unchanged_and_leave_secrets_out():
     tricky = "a b; echo pwned $(id) 'q' \"d\""
     exports = shell_exports({"NAME": tricky, "TOKEN": "s3cret"}, VARIABLES)

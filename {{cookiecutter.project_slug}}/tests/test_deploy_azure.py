@@ -15,6 +15,7 @@ from azure.ai.ml import load_online_deployment, load_online_endpoint
 from azure.core.exceptions import ResourceNotFoundError
 
 from {{ cookiecutter.package_name }}.deploy import azure
+from {{ cookiecutter.package_name }}.deploy.settings import DeploySettingsError
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -99,8 +100,8 @@ class Poller:
 
 
 class RecordingOperations:
-    def __init__(self, log: list, kind: str, missing: bool = False):
-        self.log, self.kind, self.missing = log, kind, missing
+    def __init__(self, log: list, kind: str, missing: bool = False, tags: dict | None = None):
+        self.log, self.kind, self.missing, self.tags = log, kind, missing, tags  # tags: those of an existing one
 
     def begin_create_or_update(self, entity):
         self.log.append((f"{self.kind}.create_or_update", entity.name, dict(getattr(entity, "traffic", None) or {})))
@@ -112,13 +113,17 @@ class RecordingOperations:
 
     def get(self, name):
         self.log.append((f"{self.kind}.get", name, {}))
-        return azure.build_endpoint(values())
+        if self.missing:
+            raise ResourceNotFoundError("no such endpoint")
+        endpoint = azure.build_endpoint(values())
+        endpoint.tags = self.tags if self.tags is not None else endpoint.tags
+        return endpoint
 
 
 class RecordingMLClient:
-    def __init__(self, missing: bool = False):
+    def __init__(self, missing: bool = False, tags: dict | None = None):
         self.log: list = []
-        self.online_endpoints = RecordingOperations(self.log, "endpoints", missing)
+        self.online_endpoints = RecordingOperations(self.log, "endpoints", missing, tags)
         self.online_deployments = RecordingOperations(self.log, "deployments", missing)
 
 
@@ -126,6 +131,7 @@ def test_deploy_creates_the_endpoint_then_the_deployment_then_moves_all_traffic(
     client = RecordingMLClient()
     azure.deploy(client, values())
     assert client.log == [
+        ("endpoints.get", ENDPOINT, {}),
         ("endpoints.create_or_update", ENDPOINT, {}),
         ("deployments.create_or_update", "blue", {}),
         ("endpoints.create_or_update", ENDPOINT, {"blue": 100}),
@@ -136,6 +142,54 @@ def test_deploy_creates_the_endpoint_then_the_deployment_then_moves_all_traffic(
 def test_delete_removes_the_endpoint_and_is_harmless_when_it_is_gone():
     assert azure.delete(RecordingMLClient(), ENDPOINT) is True
     assert azure.delete(RecordingMLClient(missing=True), ENDPOINT) is False
+
+
+def test_an_endpoint_that_deploy_did_not_create_is_neither_replaced_nor_deleted():
+    """AZURE_ENDPOINT_NAME may name an existing endpoint: its deployment and traffic are not ours to change."""
+    client = RecordingMLClient(tags={"owner": "someone else"})
+    with pytest.raises(DeploySettingsError, match=f"AZURE_ENDPOINT_NAME={ENDPOINT}: that endpoint exists"):
+        azure.deploy(client, values())
+    assert azure.delete(client, ENDPOINT) is None
+    assert [call for call, _, _ in client.log] == ["endpoints.get", "endpoints.get"], "nothing created or deleted"
+    assert azure.build_endpoint(values()).tags == {"created-by": "deploy/azure"}
+
+
+def test_teardown_of_an_endpoint_that_deploy_did_not_create_exits_kept(monkeypatch):
+    from typer.testing import CliRunner
+
+    client = RecordingMLClient(tags={"owner": "someone else"})
+    monkeypatch.setattr(azure, "ml_client", lambda values: client)
+    for name, value in GOOD.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DEPLOY_ENV_FILE", "/nonexistent/.env")
+    result = CliRunner().invoke(azure.app, ["down", "--project", PROJECT, "--no-dry-run"])
+    assert result.exit_code == azure.KEPT, result.output
+    assert f"kept endpoint {ENDPOINT} and the image repository" in result.output
+    assert [call for call, _, _ in client.log] == ["endpoints.get"], "nothing deleted"
+
+
+def stand_in_python(folder: Path, *, down_status: int) -> Path:
+    """An interpreter for teardown.sh whose `deploy.azure down` only exits with `down_status`."""
+    python = folder / "python"
+    script_text = f'if [[ "$3" == down ]]; then exit {down_status}; fi\nexec {sys.executable} "$@"\n'
+    python.write_text(f"#!/usr/bin/env bash\n{script_text}")
+    python.chmod(0o755)
+    return python
+
+
+def test_teardown_keeps_the_image_repository_when_the_endpoint_was_kept(tmp_path):
+    """teardown.sh with `down` answering KEPT and a logging `az` on PATH: no repository deleted."""
+    az_log = tmp_path / "az.log"
+    (tmp_path / "az").write_text(f'#!/usr/bin/env bash\necho "$*" >> {az_log}\n')
+    (tmp_path / "az").chmod(0o755)
+    path = f"{tmp_path}{os.pathsep}{os.environ['PATH']}"
+    kept = script("teardown.sh", PATH=path, PYTHON=str(stand_in_python(tmp_path, down_status=azure.KEPT)), **GOOD)
+    assert kept.returncode == 0, kept.stderr
+    assert not az_log.exists(), az_log.read_text()
+
+    deleted = script("teardown.sh", PATH=path, PYTHON=str(stand_in_python(tmp_path, down_status=0)), **GOOD)
+    assert deleted.returncode == 0, deleted.stderr
+    assert az_log.read_text() == f"acr repository delete --name llmregistry --repository {PROJECT} --yes\n"
 
 
 # ---- the scripts -------------------------------------------------------------------------------------------
@@ -173,6 +227,7 @@ def test_dry_run_teardown_deletes_the_endpoint_and_the_image_repository():
         ({**GOOD, "AZURE_SUBSCRIPTION_ID": ""}, "AZURE_SUBSCRIPTION_ID is not set"),
         ({**GOOD, "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000"}, "is a placeholder"),
         ({**GOOD, "AZURE_ACR_NAME": "REPLACE_ME"}, "AZURE_ACR_NAME='REPLACE_ME' is a placeholder"),
+        ({**GOOD, "AZURE_RESOURCE_GROUP": "my group"}, "AZURE_RESOURCE_GROUP='my group' must be a resource group name"),
         ({**GOOD, "AZURE_ACR_NAME": "llmregistry.azurecr.io"}, "must be the registry name"),
     ],
 )

@@ -123,11 +123,8 @@ def fake_gcloud(tmp_path: Path, label: str) -> tuple[str, Path]:
     """A `gcloud` on PATH that logs its arguments and describes the repository with `label` as created-by."""
     log = tmp_path / "gcloud.log"
     gcloud = tmp_path / "gcloud"
-    gcloud.write_text(
-        f'#!/bin/sh\necho "$*" >> {log}\n'
-        f'case "$*" in *"repositories describe"*) echo "{label}";; esac\n',
-        encoding="utf-8",
-    )
+    lines = ["#!/bin/sh", f'echo "$*" >> {log}', f'case "$*" in *"repositories describe"*) echo "{label}";; esac']
+    gcloud.write_text("\n".join(lines) + "\n", encoding="utf-8")
     gcloud.chmod(0o755)
     return f"{tmp_path}{os.pathsep}{os.environ['PATH']}", log
 

@@ -40,12 +40,20 @@ def script(name: str, **env: str) -> subprocess.CompletedProcess:
 class RecordingHfApi:
     """Stands in for huggingface_hub.HfApi: records each call and what upload_folder would upload."""
 
-    def __init__(self):
+    def __init__(self, files: list[str] | None = None):
         self.calls: list[tuple[str, tuple, dict]] = []
         self.uploaded: dict[str, bytes] = {}
+        self.files = files  # the Space's files; None: no such Space (the read-only queries are not recorded)
+
+    def repo_exists(self, repo_id, *, repo_type):
+        return self.files is not None
+
+    def list_repo_files(self, repo_id, *, repo_type):
+        return list(self.files or [])
 
     def create_repo(self, *args, **kwargs):
         self.calls.append(("create_repo", args, kwargs))
+        self.files = self.files if self.files is not None else [".gitattributes"]
 
     def add_space_secret(self, *args, **kwargs):
         self.calls.append(("add_space_secret", args, kwargs))
@@ -54,6 +62,7 @@ class RecordingHfApi:
         self.calls.append(("upload_folder", (), kwargs))
         folder = Path(kwargs["folder_path"])
         self.uploaded = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        self.files = [".gitattributes", *self.uploaded]
 
     def delete_repo(self, *args, **kwargs):
         self.calls.append(("delete_repo", args, kwargs))
@@ -130,12 +139,30 @@ def test_no_api_key_no_secret_and_teardown_deletes_the_space(staged):
     hf_spaces.deploy_space(api, staged, hf_spaces.settings({**GOOD, "HF_SPACE_PRIVATE": "true"}, project=PROJECT))
     assert [name for name, _, _ in api.calls] == ["create_repo", "upload_folder"]
     assert api.calls[0][2]["private"] is True
-    hf_spaces.delete_space(api, "ada/shop-assistant")
+    assert hf_spaces.delete_space(api, "ada/shop-assistant") is True
     assert api.calls[-1] == ("delete_repo", ("ada/shop-assistant",), {"repo_type": "space", "missing_ok": True})
 
 
+def test_deploy_refuses_and_teardown_keeps_a_space_that_deploy_did_not_make(staged):
+    """HF_SPACE_ID may name an existing Space of yours: deploy would replace its files, teardown delete it."""
+    api = RecordingHfApi(files=[".gitattributes", "README.md", "app.py"])
+    values = hf_spaces.settings(GOOD, project=PROJECT)
+    with pytest.raises(DeploySettingsError, match="HF_SPACE_ID=ada/shop-assistant: that Space exists"):
+        hf_spaces.deploy_space(api, staged, values)
+    assert hf_spaces.delete_space(api, "ada/shop-assistant") is False
+    assert api.calls == [], "nothing was created, uploaded or deleted"
+    assert hf_spaces.delete_space(RecordingHfApi(), "ada/shop-assistant") is None, "no Space: nothing to delete"
+
+
+def test_a_space_left_empty_by_a_failed_first_upload_is_deployed_to():
+    api = RecordingHfApi(files=[".gitattributes"])
+    assert hf_spaces.delete_space(api, "ada/shop-assistant") is True
+    assert [name for name, _, _ in api.calls] == ["delete_repo"]
+
+
 def test_staging_without_a_bundle_is_refused(tmp_path):
-    with pytest.raises(DeploySettingsError, match="is not a model bundle"):
+    expected = rf"is not a model bundle .*`make bundle` \(python -m {PACKAGE}\.deploy\.bundle"
+    with pytest.raises(DeploySettingsError, match=expected):
         hf_spaces.stage_space(ROOT, tmp_path, tmp_path / "space", project=PROJECT, values={})
 
 
@@ -153,13 +180,17 @@ def test_dry_run_prints_the_whole_deploy_in_order():
         "+ HfApi.upload_folder(repo_id='ada/shop-assistant', repo_type='space', folder_path='build/space')",
     ]
     assert TOKEN not in result.stdout + result.stderr
+    assert not (ROOT / "build" / "space").exists(), "a dry run stages nothing"
 
 
 def test_dry_run_teardown_deletes_the_space():
     result = script("teardown.sh", DRY_RUN="1", **GOOD)
     assert result.returncode == 0, result.stderr
     deleted = "+ HfApi.delete_repo('ada/shop-assistant', repo_type='space', missing_ok=True)"
-    assert result.stdout.splitlines() == [deleted]
+    assert result.stdout.splitlines() == [
+        deleted,
+        "# only when `make deploy` made the Space (it holds build/model/bundle.json)",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -169,6 +200,7 @@ def test_dry_run_teardown_deletes_the_space():
         ({**GOOD, "HF_TOKEN": "hf_REPLACE_ME"}, "HF_TOKEN=(hidden) is a placeholder"),
         ({**GOOD, "HF_SPACE_ID": "your-hf-username/shop"}, "HF_SPACE_ID='your-hf-username/shop' is a placeholder"),
         ({**GOOD, "HF_SPACE_ID": "just-a-name"}, "HF_SPACE_ID='just-a-name' must be <owner>/<name>"),
+        ({**GOOD, "HF_SPACE_HARDWARE": "CPU Basic"}, "HF_SPACE_HARDWARE='CPU Basic' must be a hardware name"),
     ],
 )
 @pytest.mark.parametrize("name", ["deploy.sh", "teardown.sh"])

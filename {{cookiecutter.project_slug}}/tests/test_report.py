@@ -180,3 +180,13 @@ def test_loss_curves_fall_back_to_train_log_json_without_mlflow(smoke_config, sm
     )
     train_log = json.loads((smoke_run / "train_log.json").read_text())
     assert train_log["train_runtime_s"] > 0 and train_log["rows"]["train"] == 960
+
+
+def test_the_price_example_in_the_hourly_cost_help_names_its_date_and_source():
+    """A price quoted in `--help` (the field's docstring) says when it was listed and where the source is."""
+    from {{ cookiecutter.package_name }}.config import ReportConfig
+
+    help_text = ReportConfig.model_fields["hourly_cost_usd"].description
+    assert "1.006" in help_text and "June 2026" in help_text and "configs/gpu.yaml" in help_text
+    gpu_yaml = (Path(__file__).parents[1] / "configs" / "gpu.yaml").read_text(encoding="utf-8")
+    assert "1.006" in gpu_yaml and "factualminds.com" in gpu_yaml

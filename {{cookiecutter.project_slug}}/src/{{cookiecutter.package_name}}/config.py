@@ -168,7 +168,8 @@ class ReportConfig(_Section):
     hourly_cost_usd: float = Field(0.0, ge=0)
     """Price of one hour of the machine that trains and evaluates, in US dollars: the README and model card
     estimate the cost as (training + evaluation wall time) x this. 0 = your own laptop or desktop. Cloud
-    on-demand examples: AWS g4dn.xlarge (1x T4) 0.526, g5.xlarge (1x A10G) 1.006 (us-east-1, Linux)."""
+    on-demand example: AWS g5.xlarge (1x A10G) 1.006 (us-east-1, Linux, as listed in June 2026; the source is
+    cited in configs/gpu.yaml); check aws.amazon.com/ec2/pricing/on-demand for your machine and region."""
     num_samples: int = Field(3, ge=0)
     """Sample generations (input, base, fine-tuned) shown in the README results section."""
 

@@ -29,8 +29,18 @@ VARIABLES = [
         pattern=r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}",
         rule="must be a subscription id (a GUID)",
     ),
-    Var("AZURE_RESOURCE_GROUP", "the resource group of the Azure ML workspace", pattern=r"[\w().-]{1,90}"),
-    Var("AZURE_ML_WORKSPACE", "the Azure ML workspace name", pattern=r"[a-zA-Z0-9][\w-]{2,32}"),
+    Var(
+        "AZURE_RESOURCE_GROUP",
+        "the resource group of the Azure ML workspace",
+        pattern=r"[\w().-]{1,90}",
+        rule="must be a resource group name: 1-90 letters, digits and . _ - ( ), no spaces (az group list -o table)",
+    ),
+    Var(
+        "AZURE_ML_WORKSPACE",
+        "the Azure ML workspace name",
+        pattern=r"[a-zA-Z0-9][\w-]{2,32}",
+        rule="must be a workspace name: 3-33 letters, digits, _ and -, starting with a letter or digit",
+    ),
     Var(
         "AZURE_ACR_NAME",
         "the Azure Container Registry for the image: the workspace's own (it can pull from it) or one the "
@@ -57,6 +67,9 @@ VARIABLES = [
 ]
 DEPLOYMENT = "blue"  # the first of a blue/green pair: a new version goes to `green`, then traffic moves
 PORT = 8000  # the image's default port; Azure ML sends traffic to the routes of inference_config
+# The tag `deploy` puts on the endpoint it creates: deploy updates, and teardown deletes, only an endpoint that
+# carries it, never another endpoint that AZURE_ENDPOINT_NAME happens to name.
+CREATED_BY = {"created-by": "deploy/azure"}
 
 
 def settings(environ: dict[str, str], *, project: str, tag: str) -> dict[str, str]:
@@ -74,6 +87,7 @@ def build_endpoint(values: dict[str, str]):  # -> ManagedOnlineEndpoint
         name=values["AZURE_ENDPOINT_NAME"],
         description="LoRA fine-tuned chat model, OpenAI-compatible (POST /v1/chat/completions)",
         auth_mode="key",
+        tags=dict(CREATED_BY),
     )
 
 
@@ -124,7 +138,15 @@ def write_yaml(values: dict[str, str], out: Path) -> tuple[Path, Path]:
 
 
 def deploy(ml_client, values: dict[str, str]):  # -> ManagedOnlineEndpoint
-    """Create or update the endpoint and its deployment, then send it all traffic; returns the endpoint."""
+    """Create or update the endpoint and its deployment, then send it all traffic; returns the endpoint.
+    An existing endpoint that deploy did not create is refused (its `blue` deployment and traffic would change)."""
+    name = values["AZURE_ENDPOINT_NAME"]
+    if _made_here(ml_client, name) is False:
+        raise DeploySettingsError(
+            f"AZURE_ENDPOINT_NAME={name}: that endpoint exists and `make deploy` did not create it (no tag "
+            f"created-by={CREATED_BY['created-by']}); deploying would replace its '{DEPLOYMENT}' deployment and "
+            "move all its traffic. Set AZURE_ENDPOINT_NAME to a new name; nothing was created"
+        )
     endpoint = build_endpoint(values)
     ml_client.online_endpoints.begin_create_or_update(endpoint).result()
     ml_client.online_deployments.begin_create_or_update(build_deployment(values)).result()
@@ -133,15 +155,36 @@ def deploy(ml_client, values: dict[str, str]):  # -> ManagedOnlineEndpoint
     return ml_client.online_endpoints.get(name=values["AZURE_ENDPOINT_NAME"])
 
 
-def delete(ml_client, name: str) -> bool:
-    """Delete the endpoint and its deployments; False when it did not exist."""
+KEPT = 3
+"""`down`'s exit status when the endpoint is someone else's and was left alone."""
+
+
+def delete(ml_client, name: str) -> bool | None:
+    """Delete the endpoint and its deployments when deploy created it: True; False when it did not exist;
+    None when another endpoint has that name (then it is left alone)."""
     from azure.core.exceptions import ResourceNotFoundError
 
+    made_here = _made_here(ml_client, name)
+    if made_here is None:
+        return False
+    if not made_here:
+        return None
     try:
         ml_client.online_endpoints.begin_delete(name=name).result()
     except ResourceNotFoundError:
         return False
     return True
+
+
+def _made_here(ml_client, name: str) -> bool | None:
+    """None: no such endpoint; True: deploy created it (tagged CREATED_BY); False: another endpoint."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        endpoint = ml_client.online_endpoints.get(name=name)
+    except ResourceNotFoundError:
+        return None
+    return all((endpoint.tags or {}).get(key) == value for key, value in CREATED_BY.items())
 
 
 def ml_client(values: dict[str, str]):  # -> MLClient
@@ -193,19 +236,31 @@ def up(
         typer.echo(f"+ ml_client.online_endpoints.begin_create_or_update(traffic={{'{DEPLOYMENT}': 100}})")
         return
     typer.echo(f"deploying {values['IMAGE_URI']} to endpoint {values['AZURE_ENDPOINT_NAME']} (minutes)...")
-    endpoint = deploy(ml_client(values), values)
+    try:
+        endpoint = deploy(ml_client(values), values)
+    except DeploySettingsError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     typer.secho(f"{endpoint.name}: {endpoint.provisioning_state} at {endpoint.scoring_uri}", fg=typer.colors.GREEN)
 
 
 @app.command()
 def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
-    """Delete the endpoint and its deployment."""
+    """Delete the endpoint and its deployment. Exit status KEPT when another endpoint has the name: then
+    teardown.sh keeps the image repository too (ACR repositories carry no tag saying who made them)."""
     values = _settings_or_exit(project)
     name = values["AZURE_ENDPOINT_NAME"]
     if dry_run:
         typer.echo(f"+ ml_client.online_endpoints.begin_delete(name={name!r})")
+        typer.echo(f"# only when deploy created it (tag created-by={CREATED_BY['created-by']})")
         return
     deleted = delete(ml_client(values), name)
+    if deleted is None:
+        typer.echo(
+            f"kept endpoint {name} and the image repository: `make deploy` did not create the endpoint "
+            "(no tag created-by=deploy/azure)"
+        )
+        raise typer.Exit(KEPT)
     typer.echo(f"deleted endpoint {name}" if deleted else f"endpoint {name} did not exist")
 
 

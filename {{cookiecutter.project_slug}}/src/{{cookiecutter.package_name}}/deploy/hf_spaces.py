@@ -42,6 +42,7 @@ VARIABLES = [
         "the Space hardware: cpu-basic is free (2 vCPU, 16 GB); others are billed per hour",
         default="cpu-basic",
         pattern=r"[a-z0-9-]+",
+        rule="must be a hardware name such as cpu-basic or t4-small (https://huggingface.co/docs/hub/spaces-gpus)",
     ),
     Var(
         "HF_SPACE_PRIVATE",
@@ -88,7 +89,10 @@ def front_matter(*, project: str, values: dict[str, str]) -> dict:
 def stage_space(root: Path, bundle: Path, out: Path, *, project: str, values: dict[str, str]) -> Path:
     """Write the Space's repository to `out` (replaced): build context, Dockerfile, README, model bundle."""
     if not (bundle / "bundle.json").is_file():
-        raise DeploySettingsError(f"{bundle} is not a model bundle; run `python -m <package>.deploy.bundle` first")
+        raise DeploySettingsError(
+            f"{bundle} is not a model bundle (no bundle.json); run `make bundle` "
+            f"(python -m {__package__}.bundle --model <model> --out {bundle}) first"
+        )
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -143,7 +147,7 @@ def deploy_space(api, folder: Path, values: dict[str, str], *, api_key: str | No
 
 
 def delete_space(api, space_id: str) -> bool | None:
-    """Delete the Space when `make deploy` made it: True; False when it does not exist; None when it is
+    """Delete the Space when `make deploy` made it: True; None when it does not exist; False when it is
     another Space (then it is left alone)."""
     made_here = _made_here(api, space_id)
     if made_here:
@@ -163,7 +167,7 @@ def _made_here(api, space_id: str) -> bool | None:
 
 app = typer.Typer(help="Hugging Face Docker Space of the served model.", no_args_is_help=True)
 ProjectOption = Annotated[str, typer.Option(help="Project name: the Space's title.")]
-DryRunOption = Annotated[bool, typer.Option(help="Stage the Space folder and print the API calls; upload nothing.")]
+DryRunOption = Annotated[bool, typer.Option(help="Print the staging step and the API calls; write and upload nothing.")]
 
 
 def _settings_or_exit(project: str) -> dict[str, str]:
