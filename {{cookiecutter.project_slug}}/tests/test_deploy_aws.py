@@ -69,13 +69,15 @@ def test_dry_run_prints_the_whole_deploy_in_order():
         "ModelName": f"{PROJECT}-v1",
         "ExecutionRoleArn": ROLE,
         "PrimaryContainer": {"Image": IMAGE, "Environment": {"PORT": "8080", "LLM_DEVICE": "cpu"}},
+        "Tags": [aws.CREATED_BY],
     }
     assert config_call == "sagemaker.create_endpoint_config"
     [variant] = config["ProductionVariants"]
     assert variant["ModelName"] == f"{PROJECT}-v1" and variant["InstanceType"] == "ml.m5.xlarge"
+    assert config["Tags"] == [aws.CREATED_BY]
     assert (endpoint_call, endpoint) == (
         "sagemaker.create_endpoint",
-        {"EndpointName": PROJECT, "EndpointConfigName": f"{PROJECT}-v1"},
+        {"EndpointName": PROJECT, "EndpointConfigName": f"{PROJECT}-v1", "Tags": [aws.CREATED_BY]},
     )
     assert wait_call == "sagemaker.get_waiter('endpoint_in_service').wait" and wait == {"EndpointName": PROJECT}
 
@@ -227,6 +229,25 @@ def test_bad_settings_create_nothing(clients, monkeypatch):
     assert leftovers(ecr, sagemaker) == {"endpoints": [], "endpoint_configs": [], "models": [], "repositories": []}
 
 
+def test_an_endpoint_that_deploy_did_not_create_is_neither_taken_over_nor_deleted(clients):
+    """SAGEMAKER_ENDPOINT_NAME may name an endpoint serving something else: deploy refuses before creating
+    anything, teardown keeps it with its config and model (all untagged)."""
+    _, sagemaker = clients
+    sagemaker.create_model(ModelName=f"{PROJECT}-prod", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    variant = {"VariantName": "AllTraffic", "ModelName": f"{PROJECT}-prod", "InstanceType": "ml.m5.xlarge"}
+    sagemaker.create_endpoint_config(
+        EndpointConfigName=f"{PROJECT}-prod", ProductionVariants=[{**variant, "InitialInstanceCount": 1}]
+    )
+    sagemaker.create_endpoint(EndpointName=PROJECT, EndpointConfigName=f"{PROJECT}-prod")
+    before = leftovers(*clients)
+
+    with pytest.raises(DeploySettingsError, match=f"SAGEMAKER_ENDPOINT_NAME={PROJECT}: that endpoint exists"):
+        aws.deploy_endpoint(sagemaker, aws.settings(GOOD, project=PROJECT), delay_s=0, max_attempts=3)
+    assert aws.delete_endpoint(sagemaker, PROJECT, delay_s=0, max_attempts=3) == []
+    assert leftovers(*clients) == before, "nothing created, nothing deleted"
+    assert sagemaker.describe_endpoint(EndpointName=PROJECT)["EndpointConfigName"] == f"{PROJECT}-prod"
+
+
 class RecordingSageMaker:
     """An endpoint that already exists (moto has no update_endpoint): records the calls made."""
 
@@ -236,11 +257,20 @@ class RecordingSageMaker:
 
     def __init__(self):
         self.calls = []
+        self.arguments = {}
 
     def __getattr__(self, operation):
         def record(**kwargs):
             self.calls.append(operation)
-            return {"EndpointName": kwargs.get("EndpointName"), "EndpointStatus": "InService"}
+            self.arguments[operation] = kwargs
+            arn = f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{PROJECT}"
+            # An endpoint an earlier deploy made: it carries deploy's tag.
+            return {
+                "EndpointName": PROJECT,
+                "EndpointArn": arn,
+                "EndpointStatus": "InService",
+                "Tags": [aws.CREATED_BY],
+            }
 
         return record
 
@@ -253,13 +283,15 @@ def test_a_second_deploy_switches_the_existing_endpoint_to_the_new_config():
     sagemaker = RecordingSageMaker()
     aws.deploy_endpoint(sagemaker, aws.settings({**GOOD, "IMAGE_TAG": "v2"}, project=PROJECT))
     assert sagemaker.calls == [
+        "describe_endpoint",
+        "list_tags",
         "create_model",
         "create_endpoint_config",
-        "describe_endpoint",
         "update_endpoint",
         "wait:endpoint_in_service",
         "describe_endpoint",
     ]
+    assert sagemaker.arguments["update_endpoint"] == {"EndpointName": PROJECT, "EndpointConfigName": f"{PROJECT}-v2"}
 
 
 def test_names_too_long_for_sagemaker_are_refused():

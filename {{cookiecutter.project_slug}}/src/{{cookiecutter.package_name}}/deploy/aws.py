@@ -138,6 +138,7 @@ def endpoint_calls(values: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
                 "ModelName": name,
                 "ExecutionRoleArn": values["SAGEMAKER_ROLE_ARN"],
                 "PrimaryContainer": {"Image": values["IMAGE_URI"], "Environment": environment},
+                "Tags": [CREATED_BY],
             },
         ),
         (
@@ -153,53 +154,76 @@ def endpoint_calls(values: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
                         "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_TIMEOUT_S,
                     }
                 ],
+                "Tags": [CREATED_BY],
             },
         ),
-        ("create_endpoint", {"EndpointName": values["SAGEMAKER_ENDPOINT_NAME"], "EndpointConfigName": name}),
+        (
+            "create_endpoint",
+            {"EndpointName": values["SAGEMAKER_ENDPOINT_NAME"], "EndpointConfigName": name, "Tags": [CREATED_BY]},
+        ),
     ]
 
 
 def deploy_endpoint(sagemaker, values: dict[str, str], *, delay_s: int = 30, max_attempts: int = 60) -> dict:
-    """Create the model and endpoint config, create the endpoint (or point an existing one at the new
-    config), wait until it is InService (`delay_s` x `max_attempts`); returns describe_endpoint's answer."""
+    """Create the model and endpoint config, create the endpoint (or point an existing one that deploy made
+    at the new config), wait until it is InService (`delay_s` x `max_attempts`); returns describe_endpoint's
+    answer. An existing endpoint that deploy did not make (no CREATED_BY tag) is refused before anything is
+    created: SAGEMAKER_ENDPOINT_NAME may name an endpoint that serves something else."""
     endpoint = values["SAGEMAKER_ENDPOINT_NAME"]
+    existing = _endpoint_arn(sagemaker, endpoint)
+    if existing and not _made_here(sagemaker, existing):
+        raise DeploySettingsError(
+            f"SAGEMAKER_ENDPOINT_NAME={endpoint}: that endpoint exists and `make deploy` did not create it (no tag "
+            f"{CREATED_BY['Key']}={CREATED_BY['Value']}); choose another name. Nothing was created."
+        )
     for operation, kwargs in endpoint_calls(values):
-        if operation == "create_endpoint" and _endpoint_exists(sagemaker, endpoint):
+        if operation == "create_endpoint" and existing:
             operation = "update_endpoint"
+            kwargs = {key: value for key, value in kwargs.items() if key != "Tags"}  # the endpoint keeps its tags
         getattr(sagemaker, operation)(**kwargs)
     waiter = sagemaker.get_waiter("endpoint_in_service")
     waiter.wait(EndpointName=endpoint, WaiterConfig={"Delay": delay_s, "MaxAttempts": max_attempts})
     return sagemaker.describe_endpoint(EndpointName=endpoint)
 
 
-def _endpoint_exists(sagemaker, name: str) -> bool:
+def _endpoint_arn(sagemaker, name: str) -> str | None:
+    """The endpoint's ARN, or None when there is no such endpoint."""
     from botocore.exceptions import ClientError
 
     try:
-        sagemaker.describe_endpoint(EndpointName=name)
+        return sagemaker.describe_endpoint(EndpointName=name)["EndpointArn"]
     except ClientError as err:
         if err.response["Error"]["Code"] == "ValidationException":  # SageMaker's "could not find endpoint"
-            return False
+            return None
         raise
-    return True
+
+
+def _made_here(sagemaker, arn: str) -> bool:
+    """Whether deploy created the resource: it carries the CREATED_BY tag."""
+    return CREATED_BY in sagemaker.list_tags(ResourceArn=arn).get("Tags", [])
 
 
 def delete_endpoint(sagemaker, endpoint: str, *, delay_s: int = 15, max_attempts: int = 80) -> list[str]:
-    """Delete the endpoint, then every endpoint config and model this project's deploys made for it
-    (named <endpoint>-<tag>). Returns what was deleted, as `kind:name`."""
+    """Delete the endpoint, then every endpoint config and model this project's deploys made for it (named
+    <endpoint>-<tag> and tagged CREATED_BY). Returns what was deleted, as `kind:name`; an endpoint that deploy
+    did not make is left alone, with its configs and models."""
     deleted = []
-    if _endpoint_exists(sagemaker, endpoint):
+    arn = _endpoint_arn(sagemaker, endpoint)
+    if arn and not _made_here(sagemaker, arn):
+        return deleted
+    if arn:
         sagemaker.delete_endpoint(EndpointName=endpoint)
         waiter = sagemaker.get_waiter("endpoint_deleted")
         waiter.wait(EndpointName=endpoint, WaiterConfig={"Delay": delay_s, "MaxAttempts": max_attempts})
         deleted.append(f"endpoint:{endpoint}")
     ours = _ours(endpoint)
-    for config in _names(sagemaker.list_endpoint_configs, "EndpointConfigs", "EndpointConfigName", endpoint):
-        if ours(config):
+    configs = sagemaker.list_endpoint_configs
+    for config, arn in _names(configs, "EndpointConfigs", "EndpointConfigName", "EndpointConfigArn", endpoint):
+        if ours(config) and _made_here(sagemaker, arn):
             sagemaker.delete_endpoint_config(EndpointConfigName=config)
             deleted.append(f"endpoint-config:{config}")
-    for model in _names(sagemaker.list_models, "Models", "ModelName", endpoint):
-        if ours(model):
+    for model, arn in _names(sagemaker.list_models, "Models", "ModelName", "ModelArn", endpoint):
+        if ours(model) and _made_here(sagemaker, arn):
             sagemaker.delete_model(ModelName=model)
             deleted.append(f"model:{model}")
     return deleted
@@ -214,11 +238,12 @@ def _ours(endpoint: str) -> Callable[[str], bool]:
     return lambda name: bool(pattern.fullmatch(name))
 
 
-def _names(list_call, key: str, field: str, contains: str) -> list[str]:
+def _names(list_call, key: str, field: str, arn_field: str, contains: str) -> list[tuple[str, str]]:
+    """(name, ARN) of every resource whose name contains `contains`, all pages."""
     names, token = [], None
     while True:
         page = list_call(NameContains=contains, MaxResults=100, **({"NextToken": token} if token else {}))
-        names += [item[field] for item in page[key]]
+        names += [(item[field], item[arn_field]) for item in page[key]]
         token = page.get("NextToken")
         if not token:
             return names
@@ -267,7 +292,11 @@ def up(project: ProjectOption, dry_run: DryRunOption = False) -> None:
 
     sagemaker = boto3.client("sagemaker", region_name=values["AWS_REGION"])
     typer.echo(f"deploying {values['IMAGE_URI']} to endpoint {values['SAGEMAKER_ENDPOINT_NAME']} (minutes)...")
-    endpoint = deploy_endpoint(sagemaker, values)
+    try:
+        endpoint = deploy_endpoint(sagemaker, values)
+    except DeploySettingsError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     typer.secho(f"{endpoint['EndpointName']}: {endpoint['EndpointStatus']}", fg=typer.colors.GREEN)
     typer.echo(
         f"try it: python -m {__package__.split('.')[0]}.deploy.aws invoke --project {project} "
@@ -296,13 +325,20 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     if dry_run:
         _print_call("sagemaker", "delete_endpoint", {"EndpointName": endpoint})
         typer.echo(f"# then delete_endpoint_config and delete_model for every {endpoint}-<tag> (list_* NameContains)")
+        typer.echo(f"# all three only when deploy created them (tag {CREATED_BY['Key']}={CREATED_BY['Value']})")
         _print_call("ecr", "delete_repository", {"force": True, "repositoryName": repo})
         typer.echo(f"# only when deploy created it (tag {CREATED_BY['Key']}={CREATED_BY['Value']})")
         return
     import boto3
 
     region = values["AWS_REGION"]
-    deleted = delete_endpoint(boto3.client("sagemaker", region_name=region), endpoint)
+    sagemaker = boto3.client("sagemaker", region_name=region)
+    deleted = delete_endpoint(sagemaker, endpoint)
+    if f"endpoint:{endpoint}" not in deleted and _endpoint_arn(sagemaker, endpoint):
+        typer.echo(
+            f"kept endpoint {endpoint} with its configs and models: deploy did not create it "
+            f"(no {CREATED_BY['Key']}={CREATED_BY['Value']} tag)"
+        )
     removed = delete_repository(boto3.client("ecr", region_name=region), repo)
     if removed:
         deleted.append(f"ecr-repository:{repo}")
