@@ -91,6 +91,14 @@ def test_the_environment_wins_over_the_env_file_and_empty_means_unset(tmp_path):
     assert found == {"REGION": "eu-1", "NAME": "from-env"}
     (tmp_path / ".env.staging").write_text("REGION=eu-2\n")
     assert read_environment({"DEPLOY_ENV_FILE": str(tmp_path / ".env.staging")})["REGION"] == "eu-2"
+    no_file = {"DEPLOY_ENV_FILE": os.devnull, "REGION": "eu-3"}
+    assert read_environment(no_file) == no_file, "/dev/null: no file read"
+
+
+def test_a_deploy_env_file_that_does_not_exist_is_named(tmp_path):
+    """A typo in DEPLOY_ENV_FILE must not quietly turn into "AWS_REGION is not set"."""
+    with pytest.raises(DeploySettingsError, match=r"DEPLOY_ENV_FILE=.*\.env\.stagnig: no such file"):
+        read_environment({"DEPLOY_ENV_FILE": str(tmp_path / ".env.stagnig")})
 
 
 def test_env_files_that_deploy_env_file_names_are_git_ignored(tmp_path):

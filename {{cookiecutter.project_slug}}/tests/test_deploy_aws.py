@@ -31,7 +31,7 @@ def script(name: str, **env: str) -> subprocess.CompletedProcess:
         "HOME": os.environ.get("HOME", "/tmp"),
         "PYTHON": sys.executable,
         "PYTHONPATH": str(ROOT / "src"),
-        "DEPLOY_ENV_FILE": "/nonexistent/.env",
+        "DEPLOY_ENV_FILE": os.devnull,
         **env,
     }
     command = ["bash", str(ROOT / "deploy" / "aws" / name)]
@@ -90,7 +90,7 @@ def test_dry_run_of_make_deploy_prints_the_same_sequence():
         text=True,
         check=False,
         env={**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_"))}, **GOOD}
-        | {"DRY_RUN": "1", "PYTHONPATH": str(ROOT / "src"), "DEPLOY_ENV_FILE": "/nonexistent"},
+        | {"DRY_RUN": "1", "PYTHONPATH": str(ROOT / "src"), "DEPLOY_ENV_FILE": os.devnull},
     )
     assert result.returncode == 0, result.stderr
     made, direct = steps(result.stdout), steps(script("deploy.sh", DRY_RUN="1", **GOOD).stdout)
@@ -220,7 +220,7 @@ def test_bad_settings_create_nothing(clients, monkeypatch):
     ecr, sagemaker = clients
     for name in ("AWS_REGION", "SAGEMAKER_ROLE_ARN", "IMAGE_TAG"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DEPLOY_ENV_FILE", "/nonexistent")
+    monkeypatch.setenv("DEPLOY_ENV_FILE", os.devnull)
     monkeypatch.setenv("SAGEMAKER_ROLE_ARN", "REPLACE_ME")
     for command in (["repository"], ["up"]):
         result = CliRunner().invoke(aws.app, [*command, "--project", PROJECT])

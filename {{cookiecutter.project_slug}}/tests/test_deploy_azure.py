@@ -47,7 +47,7 @@ def script(name: str, **env: str) -> subprocess.CompletedProcess:
         "HOME": os.environ.get("HOME", "/tmp"),
         "PYTHON": sys.executable,
         "PYTHONPATH": str(ROOT / "src"),
-        "DEPLOY_ENV_FILE": "/nonexistent/.env",
+        "DEPLOY_ENV_FILE": os.devnull,
         **env,
     }
     command = ["bash", str(ROOT / "deploy" / "azure" / name)]
@@ -161,7 +161,7 @@ def test_teardown_of_an_endpoint_that_deploy_did_not_create_exits_kept(monkeypat
     monkeypatch.setattr(azure, "ml_client", lambda values: client)
     for name, value in GOOD.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("DEPLOY_ENV_FILE", "/nonexistent/.env")
+    monkeypatch.setenv("DEPLOY_ENV_FILE", os.devnull)
     result = CliRunner().invoke(azure.app, ["down", "--project", PROJECT, "--no-dry-run"])
     assert result.exit_code == azure.KEPT, result.output
     assert f"kept endpoint {ENDPOINT} and the image repository" in result.output

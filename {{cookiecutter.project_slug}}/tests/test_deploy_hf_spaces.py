@@ -30,7 +30,7 @@ def script(name: str, **env: str) -> subprocess.CompletedProcess:
         "HOME": os.environ.get("HOME", "/tmp"),
         "PYTHON": sys.executable,
         "PYTHONPATH": str(ROOT / "src"),
-        "DEPLOY_ENV_FILE": "/nonexistent/.env",
+        "DEPLOY_ENV_FILE": os.devnull,
         **env,
     }
     command = ["bash", str(ROOT / "deploy" / "hf-spaces" / name)]

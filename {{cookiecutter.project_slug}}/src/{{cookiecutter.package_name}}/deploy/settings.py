@@ -46,12 +46,19 @@ class Var:
 
 def read_environment(environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> dict[str, str]:
     """The environment on top of the `.env` file (when it exists); empty values count as unset.
-    The file is `dotenv`, else $DEPLOY_ENV_FILE (e.g. a .env.staging), else ./.env."""
+    The file is `dotenv`, else $DEPLOY_ENV_FILE (e.g. a .env.staging; /dev/null reads none), else ./.env.
+    A DEPLOY_ENV_FILE that does not exist is an error: a typo there must not silently drop the settings."""
     from dotenv import dotenv_values
 
     environ = os.environ if environ is None else environ
-    dotenv = dotenv or Path(environ.get("DEPLOY_ENV_FILE") or ".env")
-    values = {k: v for k, v in dotenv_values(dotenv).items() if v} if dotenv and dotenv.is_file() else {}
+    named = environ.get("DEPLOY_ENV_FILE")
+    if dotenv is None and named and not Path(named).exists():
+        raise DeploySettingsError(
+            f"DEPLOY_ENV_FILE={named}: no such file. Point it at your settings file (e.g. .env.staging), or "
+            "unset it to read ./.env"
+        )
+    dotenv = dotenv or Path(named or ".env")
+    values = {k: v for k, v in dotenv_values(dotenv).items() if v} if dotenv.exists() else {}
     values.update({k: v for k, v in environ.items() if v})
     return values
 
