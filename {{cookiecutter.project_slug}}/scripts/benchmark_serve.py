@@ -49,7 +49,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.data import load_splits
-from {{ cookiecutter.package_name }}.serve.engine import end_token_ids
+from {{ cookiecutter.package_name }}.model import end_token_ids
 from {{ cookiecutter.package_name }}.serve.loader import LoadedModel, load_for_serving
 from {{ cookiecutter.package_name }}.serve.settings import Settings
 from {{ cookiecutter.package_name }}.tracking import tracking_uri

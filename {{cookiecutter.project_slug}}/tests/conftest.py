@@ -1,12 +1,19 @@
-"""Shared fixtures: the example data, a tiny model, and one smoke training run shared by all tests.
+"""Shared fixtures: the example data, a tiny model, one smoke training run and one model loaded for serving
+(each made once per session), and the helpers of tests that start real servers (`free_port`,
+`wait_until_ready`).
 
 Training once per session (not once per test) keeps the whole suite at about two minutes on 2 CPU cores.
+Helpers are fixtures, not importable functions: a test file imports nothing from conftest.
 """
 
 import hashlib
 import os
 import re
+import socket
+import subprocess
 import tempfile
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,3 +124,61 @@ def served_adapter(workdir, smoke_config, tiny_model) -> Path:
     load_tokenizer(tiny_model).save_pretrained(run_dir / "adapter")
     dump_config(config, run_dir / "config.yaml")
     return run_dir / "adapter"
+
+
+@pytest.fixture(scope="session")
+def served_model(served_adapter):
+    """`served_adapter` loaded as the server loads it (LoRA merged, eval mode), once per session: build apps
+    around it with `create_app(settings, loaded=served_model)`. Tests that patch its `generate` must undo
+    it (the `monkeypatch` fixture does), as every later test shares this object."""
+    from {{ cookiecutter.package_name }}.serve.loader import load_for_serving
+    from {{ cookiecutter.package_name }}.serve.settings import Settings
+
+    with pytest.MonkeyPatch.context() as env:
+        for name in [name for name in os.environ if name.startswith("LLM_")]:
+            env.delenv(name)  # the developer's LLM_* variables must not change what the tests serve
+        settings = Settings(_env_file=None, model=str(served_adapter), device="cpu", request_log=None)
+    return load_for_serving(settings)
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """Call it for a TCP port on 127.0.0.1 that nothing listens on, for a server the test starts."""
+
+    def pick() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    return pick
+
+
+@pytest.fixture(scope="session")
+def wait_until_ready() -> Callable[..., None]:
+    """Call it as `wait_until_ready(url, process=server, output=log_file, timeout_s=60)`: returns once GET
+    `url` answers 200; fails, showing the process's output file, if the process exits first or the
+    deadline passes."""
+    # No proxy: a server on this machine must be asked directly, whatever http_proxy says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def answers_200(url: str) -> bool:
+        try:
+            with opener.open(url, timeout=2) as response:
+                return response.status == 200
+        except OSError:  # not listening yet, or an HTTP error status (e.g. 503 while loading)
+            return False
+
+    def wait(url: str, *, process: subprocess.Popen, output: Path | None = None, timeout_s: float = 60) -> None:
+        def shown() -> str:
+            return output.read_text() if output is not None and output.exists() else "(output not kept)"
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with code {process.returncode}:\n{shown()}")
+            if answers_200(url):
+                return
+            time.sleep(0.2)
+        pytest.fail(f"{url} did not answer 200 within {timeout_s} s:\n{shown()}")
+
+    return wait

@@ -1,22 +1,49 @@
 """The command-line interface: help, config commands and clean failures."""
 
+import importlib
+import inspect
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
+import {{ cookiecutter.package_name }}
+from {{ cookiecutter.package_name }} import model as model_module
 from {{ cookiecutter.package_name }}.cli import app
+from {{ cookiecutter.package_name }}.errors import ProjectError
 
 runner = CliRunner()
+
+# Every command the app has: a new one must be added here (and so gets its --help checked).
+COMMANDS = {"config", "data", "train", "evaluate", "promote", "report", "publish", "merge", "serve", "monitor"}
+SUBCOMMANDS = {"config": {"show", "keys"}, "data": {"synth", "validate"}, "monitor": {"drift"}}
+# Errors that serving turns into HTTP responses (429, 400, 500, an API error body): never seen by the CLI.
+HTTP_ERRORS = {"APIError", "EngineBusy", "PromptError", "GenerationFailed"}
 
 
 def test_help_lists_subcommands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("config",):
-        assert command in result.output
+    group = typer.main.get_command(app)
+    assert set(group.commands) == COMMANDS
+    for command in COMMANDS:
+        assert f" {command} " in result.output
+    for name, subcommands in SUBCOMMANDS.items():
+        assert set(group.commands[name].commands) == subcommands
+
+
+@pytest.mark.parametrize(
+    "command", [[name] for name in sorted(COMMANDS)] + [[g, s] for g, subs in SUBCOMMANDS.items() for s in sorted(subs)]
+)
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert f"Usage: root {' '.join(command)} " in result.output
 
 
 def test_config_show_applies_overrides(tmp_path):
@@ -35,6 +62,78 @@ def test_bad_config_exits_2_with_message_and_no_traceback(tmp_path):
     assert result.exit_code == 2
     assert f"{config}:3: lora.rank: unknown key" in result.output
     assert "Traceback" not in result.output
+
+
+def _package_classes():
+    """Every class defined in the package's modules (each module imported, as the commands do)."""
+    root = {{ cookiecutter.package_name }}
+    for info in pkgutil.walk_packages(root.__path__, prefix=f"{root.__name__}."):
+        if info.name.endswith(".__main__"):
+            continue  # importing it runs the app
+        module = importlib.import_module(info.name)
+        yield from (cls for _, cls in inspect.getmembers(module, inspect.isclass) if cls.__module__ == info.name)
+
+
+def test_every_expected_error_is_a_project_error_and_keeps_its_base():
+    errors = {cls.__name__: cls for cls in _package_classes() if issubclass(cls, Exception)}
+    assert {"ConfigError", "DataError", "ModelError", "TrainError", "TrackingError", "DriftError"} <= errors.keys()
+    for name, cls in errors.items():
+        if name not in HTTP_ERRORS:
+            assert issubclass(cls, ProjectError), f"{cls.__module__}.{name} must derive from ProjectError"
+    # Code that catches ValueError or RuntimeError still catches them.
+    for name in ("ConfigError", "DataError", "ModelError", "TrainError", "DriftError", "DeploySettingsError"):
+        assert issubclass(errors[name], ValueError), name
+    for name in ("TrackingError", "PublishError", "BundleError"):
+        assert issubclass(errors[name], RuntimeError), name
+    assert issubclass(errors["ModelSourceError"], errors["ModelError"])
+    assert not any(issubclass(errors[name], ProjectError) for name in HTTP_ERRORS)
+
+
+def _write_config(tmp_path: Path, data_path: Path) -> Path:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"project: demo\ndata:\n  path: {data_path}\nmodel:\n  base_model: {tmp_path / 'no-model'}\n"
+        f"train:\n  output_dir: {tmp_path / 'outputs'}\n  device: cpu\ntracking:\n  enabled: false\n"
+    )
+    return config
+
+
+@pytest.mark.parametrize("case", ["data", "train", "publish"])
+def test_expected_errors_of_each_module_exit_1_with_their_message(case, tmp_path, monkeypatch):
+    """One `except ProjectError` in the CLI: errors raised by data.py, train.py and publish.py (and config.py,
+    model.py, registry and drift in their own test files) print `error: <message>` with no traceback."""
+    config = _write_config(tmp_path, data_path=tmp_path / "no-data")
+    monkeypatch.chdir(tmp_path)  # publish looks for pyproject.toml here
+    arguments, message = {
+        "data": (["train"], f"error: {tmp_path / 'no-data'}: no such file or folder"),
+        "train": (["train", "train.run_name=mine"], f"error: {tmp_path / 'outputs' / 'mine'} already exists"),
+        "publish": (["publish", "--dry-run"], f"error: {tmp_path}: no pyproject.toml here"),
+    }[case]
+    if case == "train":
+        (tmp_path / "outputs" / "mine").mkdir(parents=True)
+    result = runner.invoke(app, [arguments[0], "--config", str(config), *arguments[1:]])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_any_project_error_is_caught_and_other_exceptions_keep_their_traceback(tmp_path, monkeypatch):
+    class NewError(ProjectError):
+        """An error class the CLI has never heard of: caught through its base alone."""
+
+    def fail(adapter_dir, out_dir):
+        raise NewError(f"{adapter_dir}: something the user can fix")
+
+    monkeypatch.setattr(model_module, "merge_adapter", fail)
+    result = runner.invoke(app, ["merge", "--adapter", "a", "--out", str(tmp_path / "m")])
+    assert (result.exit_code, result.output) == (1, "error: a: something the user can fix\n")
+
+    def crash(adapter_dir, out_dir):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(model_module, "merge_adapter", crash)
+    result = runner.invoke(app, ["merge", "--adapter", "a", "--out", str(tmp_path / "m")])
+    assert isinstance(result.exception, KeyError)  # a bug is not an expected error: it is not swallowed
 
 
 def test_python_dash_m_runs_the_same_app():

@@ -39,7 +39,8 @@ def chat_folder(root, train=8, validation=2, test=2):
 class WordTokenizer:
     """Stands in for a chat tokenizer: one token per word, returned like transformers 5 (a mapping)."""
 
-    def apply_chat_template(self, messages, tokenize=True):
+    def apply_chat_template(self, messages, tokenize=True, return_dict=True):
+        assert tokenize and return_dict  # counted as TRL tokenizes for training
         return {"input_ids": [0] * sum(len(message["content"].split()) for message in messages)}
 
 

@@ -8,12 +8,9 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -142,8 +139,8 @@ def test_bundle_holds_adapter_base_and_config_pointing_inside_itself(bundle, ser
     assert manifest["source"] == str(served_adapter) and manifest["base_model"] == str(tiny_model)
 
 
-def test_bundled_model_answers_exactly_like_the_original(bundle, served_adapter):
-    original, bundled = (load_for_serving(settings_for(model)) for model in (served_adapter, bundle))
+def test_bundled_model_answers_exactly_like_the_original(bundle, served_model):
+    original, bundled = served_model, load_for_serving(settings_for(bundle))
     assert bundled.base_model == f"{bundle}/base" and bundled.name == original.name
     prompt = original.tokenizer.apply_chat_template(
         HELLO, add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -203,9 +200,9 @@ def wait_until(client: TestClient, path: str, status: int = 200, timeout_s: floa
         time.sleep(0.02)
 
 
-def test_invocations_answers_like_chat_completions_and_is_logged(served_adapter, tmp_path):
+def test_invocations_answers_like_chat_completions_and_is_logged(served_adapter, served_model, tmp_path):
     log = tmp_path / "requests.jsonl"
-    with TestClient(create_app(settings_for(served_adapter, request_log=log))) as client:
+    with TestClient(create_app(settings_for(served_adapter, request_log=log), loaded=served_model)) as client:
         wait_until(client, "/ping")
         body = {"messages": HELLO, "temperature": 0, "max_tokens": 8}
         invoked, chatted = client.post("/invocations", json=body), client.post("/v1/chat/completions", json=body)
@@ -228,21 +225,15 @@ def test_ping_is_503_before_the_model_loads_and_when_it_cannot(served_adapter, t
         assert client.get("/ping").status_code == 503
 
 
-def test_invocations_needs_the_api_key_when_one_is_set(served_adapter):
-    with TestClient(create_app(settings_for(served_adapter, api_key="k3y"))) as client:
+def test_invocations_needs_the_api_key_when_one_is_set(served_adapter, served_model):
+    with TestClient(create_app(settings_for(served_adapter, api_key="k3y"), loaded=served_model)) as client:
         wait_until(client, "/ping")  # SageMaker's health check needs no key
         body = {"messages": HELLO, "max_tokens": 4}
         assert client.post("/invocations", json=body).status_code == 401
         assert client.post("/invocations", json=body, headers={"Authorization": "Bearer k3y"}).status_code == 200
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_the_images_serve_program_starts_the_server_on_port(served_adapter, tmp_path):
+def test_the_images_serve_program_starts_the_server_on_port(served_adapter, tmp_path, free_port, wait_until_ready):
     """`docker run <image> serve` (SageMaker) runs scripts/serve.sh; here it runs as a process."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "COPY --chmod=0755 scripts/serve.sh /usr/local/bin/serve" in dockerfile
@@ -256,20 +247,17 @@ def test_the_images_serve_program_starts_the_server_on_port(served_adapter, tmp_
         "LLM_MODEL": str(served_adapter),
         "LLM_DEVICE": "cpu",
     }
-    with (tmp_path / "server.log").open("w") as output:
-        server = subprocess.Popen(["sh", str(ROOT / "scripts" / "serve.sh")], cwd=tmp_path, env=env, stdout=output)
-        try:
-            deadline, status = time.monotonic() + 120, None
-            while time.monotonic() < deadline and server.poll() is None and status != 200:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                        status = response.status
-                except (urllib.error.URLError, OSError):  # not listening yet, or 503 while loading
-                    time.sleep(0.25)
-            assert status == 200, (tmp_path / "server.log").read_text()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            ["sh", str(ROOT / "scripts" / "serve.sh")], cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        # SageMaker's own check: /ping answers 200 once the model is loaded (503 while it loads).
+        wait_until_ready(f"http://127.0.0.1:{port}/ping", process=server, output=log, timeout_s=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # ---- shell scripts -----------------------------------------------------------------------------------------

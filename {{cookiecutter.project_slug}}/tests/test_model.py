@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from {{ cookiecutter.package_name }}.model import (
     CHAT_TEMPLATE,
     ModelError,
     check_model_source,
+    end_token_ids,
     load_base_model,
     load_finetuned,
     load_tokenizer,
@@ -135,6 +137,21 @@ def test_cpu_picks_float32_and_missing_devices_are_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match=r"train\.device=cuda"):
             resolve_device("cuda")
+
+
+def test_end_token_ids_join_the_tokenizers_eos_and_the_models_end_of_turn_ids(tiny_model):
+    """One list for evaluation's and serving's `generate`: sorted, without duplicates or None."""
+
+    def ids(model_eos, tokenizer_eos):
+        model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=model_eos))
+        return end_token_ids(model, SimpleNamespace(eos_token_id=tokenizer_eos))
+
+    assert ids([7, 2], 2) == [2, 7]
+    assert ids(5, None) == [5]
+    assert ids(None, 3) == [3]
+    tokenizer = load_tokenizer(tiny_model)
+    model = load_base_model(ModelConfig(base_model=str(tiny_model)), device="cpu")
+    assert end_token_ids(model, tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
 def test_4bit_without_cuda_is_a_clear_error():

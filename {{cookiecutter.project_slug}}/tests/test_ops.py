@@ -8,10 +8,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -66,7 +64,11 @@ def check_query(expr: str, exported: dict[str, set[str]]) -> None:
 
 def test_prometheus_scrapes_the_api_service(compose):
     config = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
-    assert all((OPS / "prometheus" / name).is_file() for name in config["rule_files"])
+    # Prometheus refuses to start on a rule file it cannot read: each must hold named groups of rules.
+    assert "alerts.yml" in config["rule_files"]  # the rules test_alert_rules_* checks
+    for name in config["rule_files"]:
+        groups = yaml.safe_load((OPS / "prometheus" / name).read_text(encoding="utf-8"))["groups"]
+        assert groups and all(group["name"] and group["rules"] for group in groups), name
     [job] = config["scrape_configs"]
     assert job["job_name"] == "llm-api" and job["metrics_path"] == "/metrics"
     [target] = [target for group in job["static_configs"] for target in group["targets"]]
@@ -204,12 +206,6 @@ def exec_form(instruction: str, arguments: str) -> list[str]:
     return command
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def get(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -218,7 +214,9 @@ def get(url: str) -> int:
         return err.code
 
 
-def test_container_command_serves_health_and_the_healthcheck_sees_it(tmp_path, served_adapter):
+def test_container_command_serves_health_and_the_healthcheck_sees_it(
+    tmp_path, served_adapter, free_port, wait_until_ready
+):
     instructions = dict(dockerfile_instructions())
     command, healthcheck = exec_form("CMD", instructions["CMD"]), exec_form("HEALTHCHECK", instructions["HEALTHCHECK"])
     port = free_port()
@@ -232,25 +230,18 @@ def test_container_command_serves_health_and_the_healthcheck_sees_it(tmp_path, s
         "LLM_MODEL": str(served_adapter),
         "LLM_DEVICE": "cpu",
     }
-    with (tmp_path / "server.log").open("w") as output:
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
         server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and server.poll() is None:
-                try:
-                    if get(f"http://127.0.0.1:{port}/ready") == 200:
-                        break
-                except OSError:  # not listening yet
-                    pass
-                time.sleep(0.25)
-            log = (tmp_path / "server.log").read_text()
-            assert server.poll() is None, f"the container command exited:\n{log}"
-            assert get(f"http://127.0.0.1:{port}/health") == 200, log
-            assert get(f"http://127.0.0.1:{port}/ready") == 200, log
-            probe = subprocess.run(healthcheck, env=env, capture_output=True, text=True, timeout=30, check=False)
-            assert probe.returncode == 0, probe.stderr
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/ready", process=server, output=log, timeout_s=120)
+        assert server.poll() is None, f"the container command exited:\n{log.read_text()}"
+        assert get(f"http://127.0.0.1:{port}/health") == 200, log.read_text()
+        assert get(f"http://127.0.0.1:{port}/ready") == 200, log.read_text()
+        probe = subprocess.run(healthcheck, env=env, capture_output=True, text=True, timeout=30, check=False)
+        assert probe.returncode == 0, probe.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     probe = subprocess.run(healthcheck, env=env, capture_output=True, text=True, timeout=30, check=False)
     assert probe.returncode != 0, "the HEALTHCHECK must fail when nothing answers"

@@ -9,16 +9,22 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
+from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.report import (
     END,
     PLOTS,
     START,
     ReportError,
+    RunFacts,
     gather,
     project_metadata,
     replace_results,
     write_report,
 )
+from {{ cookiecutter.package_name }}.report.card import TEMPLATE, model_card_text
+from {{ cookiecutter.package_name }}.report.markdown import answer_cell, table
+from {{ cookiecutter.package_name }}.report.readme import key_settings
+from {{ cookiecutter.package_name }}.report.summary import cost_text, settings
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -182,11 +188,70 @@ def test_loss_curves_fall_back_to_train_log_json_without_mlflow(smoke_config, sm
     assert train_log["train_runtime_s"] > 0 and train_log["rows"]["train"] == 960
 
 
-def test_the_price_example_in_the_hourly_cost_help_names_its_date_and_source():
-    """A price quoted in `--help` (the field's docstring) says when it was listed and where the source is."""
-    from {{ cookiecutter.package_name }}.config import ReportConfig
-
-    help_text = ReportConfig.model_fields["hourly_cost_usd"].description
+def test_the_hourly_cost_help_quotes_a_dated_price_that_gpu_yaml_charges():
+    """`config keys` (the settings' help) gives the price example with its date and where its source is cited;
+    configs/gpu.yaml sets that price, cites the source, and the report prices an hour with it."""
+    result = CliRunner().invoke(app, ["config", "keys"])
+    assert result.exit_code == 0
+    default, help_text = result.output.split("report.hourly_cost_usd = ")[1].split("\n")[:2]
+    assert default == "0.0"
     assert "1.006" in help_text and "June 2026" in help_text and "configs/gpu.yaml" in help_text
-    gpu_yaml = (Path(__file__).parents[1] / "configs" / "gpu.yaml").read_text(encoding="utf-8")
-    assert "1.006" in gpu_yaml and "factualminds.com" in gpu_yaml
+    hourly = load_config(CONFIGS / "gpu.yaml").report.hourly_cost_usd
+    assert hourly == 1.006 and "factualminds.com" in (CONFIGS / "gpu.yaml").read_text(encoding="utf-8")
+    assert cost_text(3600, hourly=hourly).startswith("$1.01 (1.00 h x $1.006/h, `report.hourly_cost_usd`")
+
+
+def test_markdown_tables_escape_cells_so_an_answer_cannot_break_them():
+    lines = table(("metric", ""), [("a|b", "line 1\nline 2"), ("steps", 60)], align="lr")
+    assert lines == ["| metric | |", "|---|---:|", "| a\\|b | line 1<br>line 2 |", "| steps | 60 |"]
+    assert answer_cell(" \n") == "*(empty)*"
+    assert answer_cell("kept\nwhole") == "kept\nwhole"  # eval.md: the table writes the break as <br>
+    assert answer_cell("word " * 100, limit=20) == "word word word word…"  # README: one line, cut
+
+
+PROJECT = {"name": "demo-model", "description": "", "license": "MIT", "repository": ""}
+
+
+def _facts(*overrides: str) -> RunFacts:
+    """A generic-task run evaluated from the registry, without tracking or a run folder: facts by hand,
+    no training needed."""
+    rates = {"base": {"eval_loss": 2.0, "exact_match": 0.0}, "finetuned": {"eval_loss": 1.0, "exact_match": 0.5}}
+    run = {"adapter": "models:/demo-model@champion", "split": "test", "num_examples": 4}
+    return RunFacts(
+        results={**rates, "run": run},
+        run_config=load_config(CONFIGS / "smoke.yaml", ["data.task=generic", "model.build_tiny=false", *overrides]),
+        config_source="the config given to `report`",
+        config_name=None,
+        history={"loss": [], "eval_loss": []},
+        history_source="",
+    )
+
+
+def test_model_card_and_readme_show_the_same_settings():
+    facts = _facts("lora.dropout=0.05", "train.learning_rate=2e-4")
+    line = key_settings(settings(facts.run_config, facts.train_log))
+    assert "LoRA r=16, alpha=32, dropout=0.05, targets all-linear; 60 steps;" in line
+    assert "learning rate 0.0002 (cosine, warm-up 0.05)" in line
+    card = model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+    assert "| LoRA r / alpha / dropout | 16 / 32 / 0.05 |\n| target modules | all-linear |" in card
+    assert "| learning rate, schedule, warm-up | 0.0002, cosine, 0.05 |" in card
+    assert "| Exact match | 0.0% | 50.0% | +50.0 pp |" in card
+    assert "Answering prompts in the style of its training data." in card  # the generic task's use
+    assert "A LoRA adapter fine-tuned with TRL's SFTTrainer." in card  # the text without a description
+    assert "smoke model" not in card and "MLflow run:" not in card  # a real base model; no MLflow run
+    assert 'adapter = "outputs/<run>/adapter"' in card  # a registry URI is no folder a reader has
+
+
+def test_editing_the_model_card_template_changes_the_card(tmp_path):
+    from huggingface_hub import ModelCard
+
+    facts = _facts()
+    shipped = model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+    edited = tmp_path / "model_card.md"
+    # "{" * 2: this file is rendered by cookiecutter, which must leave the template's Jinja tag alone.
+    extra_line = "- Reviewed by " + "{" * 2 + " name }}.\n"
+    edited.write_text(TEMPLATE.read_text().replace("## Limitations\n\n", "## Limitations\n\n" + extra_line))
+    card = model_card_text(facts, project=PROJECT, hourly_cost=0.0, template=edited)
+    assert "## Limitations\n\n- Reviewed by demo-model.\n- Scored on 4 held-out examples" in card
+    assert card.replace("- Reviewed by demo-model.\n", "") == shipped  # nothing else moved
+    assert ModelCard(card).data.license == "mit"  # the YAML header is still there

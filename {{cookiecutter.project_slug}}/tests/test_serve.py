@@ -1,7 +1,8 @@
 """The API in-process (FastAPI TestClient): every endpoint, every error, metrics and the request log.
 
 The served model is the tiny offline model with an untrained adapter: its answers are gibberish, but
-greedy decoding makes them repeatable, which is all these tests need.
+greedy decoding makes them repeatable, which is all these tests need. It is loaded once (the session's
+`served_model`) and each test's app is built around it; only the tests about loading load it themselves.
 """
 
 import json
@@ -22,11 +23,7 @@ from {{ cookiecutter.package_name }}.cli import app as cli_app
 from {{ cookiecutter.package_name }}.model import load_tokenizer
 from {{ cookiecutter.package_name }}.monitor.request_log import RECORD_KEYS
 from {{ cookiecutter.package_name }}.serve.app import create_app
-from {{ cookiecutter.package_name }}.serve.loader import (
-    ModelSourceError,
-    load_for_serving,
-    resolve_model_source,
-)
+from {{ cookiecutter.package_name }}.serve.loader import LoadedModel, ModelSourceError, resolve_model_source
 from {{ cookiecutter.package_name }}.serve.settings import Settings
 from {{ cookiecutter.package_name }}.task import SYSTEM_PROMPT
 
@@ -47,9 +44,9 @@ def make_settings(adapter: Path, log_dir: Path, **overrides) -> Settings:
 
 
 @contextmanager
-def serving(adapter: Path, log_dir: Path, **overrides) -> Iterator[TestClient]:
-    """A started app (lifespan run) whose model is loaded."""
-    with TestClient(create_app(make_settings(adapter, log_dir, **overrides))) as client:
+def serving(adapter: Path, log_dir: Path, *, loaded: LoadedModel | None = None, **overrides) -> Iterator[TestClient]:
+    """A started app (lifespan run) whose model is ready: `loaded` if given, else loaded from `adapter`."""
+    with TestClient(create_app(make_settings(adapter, log_dir, **overrides), loaded=loaded)) as client:
         deadline = time.monotonic() + 30
         while client.get("/ready").status_code != 200:
             assert time.monotonic() < deadline, client.get("/ready").json()
@@ -58,9 +55,9 @@ def serving(adapter: Path, log_dir: Path, **overrides) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def client(served_adapter, tmp_path_factory) -> Iterator[TestClient]:
+def client(served_adapter, served_model, tmp_path_factory) -> Iterator[TestClient]:
     """One server shared by the tests that only read (fresh ones are made where counts matter)."""
-    with serving(served_adapter, tmp_path_factory.mktemp("logs")) as started:
+    with serving(served_adapter, tmp_path_factory.mktemp("logs"), loaded=served_model) as started:
         yield started
 
 
@@ -112,6 +109,12 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def patch_generate(model, replacement, monkeypatch) -> None:
+    """`model.generate` is `replacement` until the test ends. The model is the session's shared one: the
+    patch is an instance attribute shadowing the method, which `monkeypatch` deletes at teardown."""
+    monkeypatch.setitem(vars(model), "generate", replacement)
+
+
 @contextmanager
 def generation_held(client: TestClient, monkeypatch) -> Iterator[threading.Event]:
     """Every generate call waits until the yielded event is set (at the latest when the block ends)."""
@@ -122,7 +125,7 @@ def generation_held(client: TestClient, monkeypatch) -> Iterator[threading.Event
         release.wait(30)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(model, "generate", held)
+    patch_generate(model, held, monkeypatch)
     try:
         yield release
     finally:
@@ -146,7 +149,7 @@ def test_health_answers_at_once_and_ready_is_503_until_the_model_is_loaded(serve
     assert not_started.get("/ready").status_code == 503
     assert not_started.get("/ready").json() == {"status": "loading"}
     assert_error(not_started.post(CHAT, json={"messages": HELLO}), 503, code="model_not_ready")
-    with serving(served_adapter, tmp_path) as client:
+    with serving(served_adapter, tmp_path) as client:  # loads the model itself: loading is what is tested
         ready = client.get("/ready").json()
     assert ready == {"status": "ready", "model": "{{ cookiecutter.project_slug }}", "version": "untrained"}
 
@@ -194,10 +197,9 @@ def test_completion_has_openai_shape_and_usage_counts_tokens_like_the_tokenizer(
     assert body["usage"]["total_tokens"] == len(prompt_ids) + 5
 
 
-def test_served_answer_equals_direct_generation_with_the_merged_model(client, served_adapter, tmp_path, tokenizer):
-    loaded = load_for_serving(make_settings(served_adapter, tmp_path))
+def test_served_answer_equals_direct_generation_with_the_merged_model(client, served_model, tokenizer):
     prompt = tokenizer.apply_chat_template(SEEN, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    output = loaded.model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    output = served_model.model.generate(**prompt, max_new_tokens=12, do_sample=False)
     direct = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert answer(client, max_tokens=12) == direct
 
@@ -255,9 +257,9 @@ def test_sampling_with_a_seed_is_repeatable_and_differs_from_greedy(client):
     assert first != answer(client, max_tokens=16)
 
 
-def test_concurrent_requests_are_batched_and_answered_as_if_alone(served_adapter, tmp_path, monkeypatch):
+def test_concurrent_requests_are_batched_and_answered_as_if_alone(served_adapter, served_model, tmp_path, monkeypatch):
     prompts = [[{"role": "user", "content": "x" * n}] for n in (1, 5, 12, 30, 60, 3)]  # different padding
-    with serving(served_adapter, tmp_path, max_batch_size=8, batch_wait_ms=0) as client:
+    with serving(served_adapter, tmp_path, max_batch_size=8, batch_wait_ms=0, loaded=served_model) as client:
         alone = [answer(client, p, max_tokens=10 + i) for i, p in enumerate(prompts)]
         with generation_held(client, monkeypatch) as release, ThreadPoolExecutor(len(prompts) + 1) as pool:
             blocker = pool.submit(answer, client, HELLO, max_tokens=4)  # holds the worker in its own batch
@@ -275,7 +277,7 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(served_adapter
 
 
 def test_training_system_prompt_is_the_default(served_adapter, tmp_path, tokenizer):
-    with serving(served_adapter, tmp_path) as client:
+    with serving(served_adapter, tmp_path) as client:  # the default is read from the run's config at load time
         usage = chat(client, max_tokens=1).json()["usage"]
         explicit = chat(client, SEEN, max_tokens=1).json()["usage"]
     bare = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, return_dict=True)["input_ids"]
@@ -284,7 +286,7 @@ def test_training_system_prompt_is_the_default(served_adapter, tmp_path, tokeniz
 
 def test_system_prompt_setting_is_added_when_a_request_has_none(served_adapter, tmp_path, tokenizer):
     system = {"role": "system", "content": "Reply with JSON only."}
-    with serving(served_adapter, tmp_path, system_prompt=system["content"]) as client:
+    with serving(served_adapter, tmp_path, system_prompt=system["content"]) as client:  # applied at load time
         usage = chat(client, max_tokens=1).json()["usage"]
         explicit = chat(client, [system, *HELLO], max_tokens=1).json()["usage"]
     expected = tokenizer.apply_chat_template([system, *HELLO], add_generation_prompt=True, return_dict=True)
@@ -335,9 +337,9 @@ def test_body_without_json_content_type_is_400_naming_the_fix(client):
     assert "Content-Type: application/json" in error["message"]
 
 
-def test_bodies_over_the_limit_are_413_with_or_without_content_length(served_adapter, tmp_path):
+def test_bodies_over_the_limit_are_413_with_or_without_content_length(served_adapter, served_model, tmp_path):
     big = json.dumps({"messages": [{"role": "user", "content": "x" * 5_000}]}).encode()
-    with serving(served_adapter, tmp_path, max_body_bytes=4_096) as client:
+    with serving(served_adapter, tmp_path, max_body_bytes=4_096, loaded=served_model) as client:
         assert_error(client.post(CHAT, content=big, headers={"content-type": "application/json"}), 413)
         chunked = client.post(
             CHAT, content=iter([big[:3000], big[3000:]]), headers={"content-type": "application/json"}
@@ -351,8 +353,8 @@ def test_unknown_routes_and_methods_get_the_same_error_shape(client):
     assert_error(client.get(CHAT), 405)
 
 
-def test_api_key_is_required_on_v1_when_set(served_adapter, tmp_path):
-    with serving(served_adapter, tmp_path, api_key="s3cret") as client:
+def test_api_key_is_required_on_v1_when_set(served_adapter, served_model, tmp_path):
+    with serving(served_adapter, tmp_path, api_key="s3cret", loaded=served_model) as client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
             refused = client.post(CHAT, json={"messages": HELLO}, headers=headers)
             assert_error(refused, 401, code="invalid_api_key")
@@ -364,8 +366,8 @@ def test_api_key_is_required_on_v1_when_set(served_adapter, tmp_path):
         assert [client.get(path).status_code for path in ("/health", "/ready", "/metrics", "/")] == [200] * 4
 
 
-def test_full_queue_answers_429_with_retry_after(served_adapter, tmp_path, monkeypatch):
-    with serving(served_adapter, tmp_path, max_batch_size=1, max_queue=1) as client:
+def test_full_queue_answers_429_with_retry_after(served_adapter, served_model, tmp_path, monkeypatch):
+    with serving(served_adapter, tmp_path, max_batch_size=1, max_queue=1, loaded=served_model) as client:
         engine = client.app.state.server.engine
         with generation_held(client, monkeypatch) as release, ThreadPoolExecutor(2) as pool:
             admitted = [pool.submit(chat, client, max_tokens=2) for _ in range(2)]  # one generating, one queued
@@ -378,8 +380,8 @@ def test_full_queue_answers_429_with_retry_after(served_adapter, tmp_path, monke
         assert sample(client, "llm_requests_total", status="429", finish_reason="none") == 1
 
 
-def test_generation_timeout_is_504_and_frees_the_server(served_adapter, tmp_path, monkeypatch):
-    with serving(served_adapter, tmp_path, generation_timeout_s=0.3) as client:
+def test_generation_timeout_is_504_and_frees_the_server(served_adapter, served_model, tmp_path, monkeypatch):
+    with serving(served_adapter, tmp_path, generation_timeout_s=0.3, loaded=served_model) as client:
         with generation_held(client, monkeypatch):
             timed_out = chat(client, max_tokens=4)
             streamed = client.post(CHAT, json={"messages": HELLO, "max_tokens": 4, "stream": True})
@@ -392,26 +394,23 @@ def test_generation_timeout_is_504_and_frees_the_server(served_adapter, tmp_path
         assert sample(client, "llm_requests_total", status="504", finish_reason="none") == 2
 
 
-def test_a_failing_generate_is_500_and_the_next_request_is_served(served_adapter, tmp_path, monkeypatch):
-    with serving(served_adapter, tmp_path) as client:
-        model = client.app.state.server.engine.model
-        original = model.generate
+def test_a_failing_generate_is_500_and_the_next_request_is_served(served_adapter, served_model, tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
 
-        def out_of_memory(*args, **kwargs):
-            raise RuntimeError("CUDA out of memory")
-
-        monkeypatch.setattr(model, "generate", out_of_memory)
+    with serving(served_adapter, tmp_path, loaded=served_model) as client:
+        patch_generate(client.app.state.server.engine.model, out_of_memory, monkeypatch)
         error = assert_error(chat(client, max_tokens=2), 500, code="generation_failed")
         assert "CUDA out of memory" in error["message"]
-        monkeypatch.setattr(model, "generate", original)
+        monkeypatch.undo()  # the model's own generate again
         assert chat(client, max_tokens=2).status_code == 200
 
 
 # ---- metrics and request log ----------------------------------------------------------------------------
 
 
-def test_metrics_count_every_request_with_its_labels(served_adapter, tmp_path):
-    with serving(served_adapter, tmp_path) as client:
+def test_metrics_count_every_request_with_its_labels(served_adapter, served_model, tmp_path):
+    with serving(served_adapter, tmp_path, loaded=served_model) as client:
         assert client.get("/metrics").headers["content-type"].startswith("text/plain")
         for _ in range(3):
             chat(client, max_tokens=3)
@@ -430,8 +429,8 @@ def test_metrics_count_every_request_with_its_labels(served_adapter, tmp_path):
         assert sample(client, "llm_model_info", **info) == 1
 
 
-def test_request_log_gets_one_record_per_request_without_texts(served_adapter, tmp_path, tokenizer):
-    with serving(served_adapter, tmp_path) as client:
+def test_request_log_gets_one_record_per_request_without_texts(served_adapter, served_model, tmp_path, tokenizer):
+    with serving(served_adapter, tmp_path, loaded=served_model) as client:
         chat(client, max_tokens=3)
         client.post(CHAT, json={"messages": HELLO, "temperature": 0, "max_tokens": 2, "stream": True})
         chat(client, max_tokens=100_000)
@@ -450,9 +449,9 @@ def test_request_log_gets_one_record_per_request_without_texts(served_adapter, t
     assert len({r["request_id"] for r in records}) == 4
 
 
-def test_request_log_texts_are_redacted_when_enabled(served_adapter, tmp_path):
+def test_request_log_texts_are_redacted_when_enabled(served_adapter, served_model, tmp_path):
     private = "Mail jane.doe@example.com or call +44 20 7946 0958, card 4111 1111 1111 1111. Order B11688."
-    with serving(served_adapter, tmp_path, log_texts=True) as client:
+    with serving(served_adapter, tmp_path, log_texts=True, loaded=served_model) as client:
         reply = answer(client, [{"role": "user", "content": private}], max_tokens=4)
     [record] = read_log(tmp_path / "requests.jsonl")
     assert tuple(record) == (*RECORD_KEYS, "prompt", "response")
@@ -461,8 +460,8 @@ def test_request_log_texts_are_redacted_when_enabled(served_adapter, tmp_path):
     assert "jane.doe" not in (tmp_path / "requests.jsonl").read_text()
 
 
-def test_request_log_can_be_switched_off(served_adapter, tmp_path):
-    with serving(served_adapter, tmp_path, request_log="") as client:
+def test_request_log_can_be_switched_off(served_adapter, served_model, tmp_path):
+    with serving(served_adapter, tmp_path, request_log="", loaded=served_model) as client:
         assert chat(client, max_tokens=1).status_code == 200
     assert not (tmp_path / "requests.jsonl").exists()
 

@@ -5,13 +5,12 @@ import asyncio
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -29,47 +28,36 @@ CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@pytest.fixture(scope="session")
+def running_server(free_port, wait_until_ready) -> Callable[..., AbstractContextManager[str]]:
+    """`with running_server(adapter, workdir, **env) as url:` runs `<project> serve` in a subprocess (output in
+    workdir/server.log), yields its base URL once /ready answers 200, and stops it after."""
 
-
-@contextmanager
-def running_server(adapter: Path, workdir: Path, **env: str) -> Iterator[str]:
-    """`<project> serve` in a subprocess; yields its base URL once /ready answers 200, stops it after."""
-    port = free_port()
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("LLM_")}
-    environment |= {"HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "LLM_REQUEST_LOG": str(workdir / "requests.jsonl")}
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", PACKAGE, "serve", "--model", str(adapter), "--port", str(port)]
-    log = workdir / "server.log"  # a file, not a pipe: a full pipe would block the server mid-test
-    with log.open("w") as output:
-        server = subprocess.Popen(command, cwd=workdir, env=environment | env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, server, log)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def wait_until_ready(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"the server exited:\n{log.read_text()}"
+    @contextmanager
+    def run(adapter: Path, workdir: Path, **env: str) -> Iterator[str]:
+        port = free_port()
+        environment = {name: value for name, value in os.environ.items() if not name.startswith("LLM_")}
+        environment |= {"HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "LLM_REQUEST_LOG": str(workdir / "requests.jsonl")}
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+        command = [sys.executable, "-m", PACKAGE, "serve", "--model", str(adapter), "--port", str(port)]
+        log = workdir / "server.log"  # a file, not a pipe: a full pipe would block the server mid-test
+        with log.open("w") as output:
+            server = subprocess.Popen(
+                command, cwd=workdir, env=environment | env, stdout=output, stderr=subprocess.STDOUT
+            )
+        url = f"http://127.0.0.1:{port}"
         try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    raise AssertionError(f"not ready after {timeout_s} s:\n{log.read_text()}")
+            wait_until_ready(f"{url}/ready", process=server, output=log)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    return run
 
 
 @pytest.fixture(scope="module")
-def server(served_adapter, tmp_path_factory) -> Iterator[tuple[str, Path]]:
+def server(served_adapter, tmp_path_factory, running_server) -> Iterator[tuple[str, Path]]:
     workdir = tmp_path_factory.mktemp("live")
     with running_server(served_adapter, workdir, LLM_API_KEY=API_KEY) as url:
         yield url, workdir
@@ -164,62 +152,78 @@ def test_a_client_leaving_mid_stream_frees_its_slot_and_is_counted_499(server):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (Debian: apt-get install chromium)")
-def test_demo_page_shows_a_model_reply_in_headless_chromium(served_adapter, tmp_path):
+def test_demo_page_shows_a_model_reply_in_headless_chromium(served_adapter, tmp_path, running_server, chromium_page):
+    question = "Where is my order B11688?"
     with running_server(served_adapter, tmp_path) as url, chromium_page(tmp_path) as call:
-        call("Page.navigate", url=f"{url}/?prompt={urllib.parse.quote('Where is my order B11688?')}")
+        call("Page.navigate", url=f"{url}/?prompt={urllib.parse.quote(question)}")
         deadline, reply = time.monotonic() + 60, None
         while reply is None and time.monotonic() < deadline:
             time.sleep(0.2)
             reply = call("Runtime.evaluate", expression=REPLY_JS, returnByValue=True)["result"]["result"].get("value")
-    assert reply is not None, "no complete model reply appeared on the page"
-    assert reply["user"] == "Where is my order B11688?"
-    assert reply["text"] and not reply["error"]
+        assert reply is not None, "no complete model reply appeared on the page"
+        # The request the page sent (its form's settings), answered whole: the page must show exactly that answer.
+        body = {"messages": [{"role": "user", "content": question}]} | reply["settings"]
+        expected = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()["choices"][0]
+    assert reply["user"] == question and not reply["error"]
+    assert reply["status"] == f"serving {MODEL} (version untrained)"
+    assert reply["text"] == expected["message"]["content"]
+    assert reply["finish_reason"] == expected["finish_reason"]
 
 
-# The first reply on the page once its stream has ended (the page marks it data-done), else null.
+# The first reply on the page once its stream has ended (the page marks it data-done), else null; with the
+# status line and the generation settings of the page's form.
 REPLY_JS = """(() => {
   const reply = document.querySelector(".turn.assistant[data-done]");
   if (!reply) return null;
-  const user = document.querySelector(".turn.user").textContent;
-  return {user, text: reply.textContent, error: reply.classList.contains("error")};
+  const value = (id) => Number(document.getElementById(id).value);
+  return {
+    user: document.querySelector(".turn.user").textContent,
+    text: reply.textContent,
+    error: reply.classList.contains("error"),
+    finish_reason: reply.dataset.finishReason ?? null,
+    status: document.getElementById("status").textContent,
+    settings: {temperature: value("temperature"), max_tokens: value("max_tokens")},
+  };
 })()"""
 
 
-@contextmanager
-def chromium_page(workdir: Path) -> Iterator[Callable[..., dict]]:
-    """Headless Chromium driven over the DevTools protocol (CDP); yields `call(method, **params)` on its page."""
+@pytest.fixture(scope="session")
+def chromium_page(free_port, wait_until_ready) -> Callable[[Path], AbstractContextManager[Callable[..., dict]]]:
+    """`with chromium_page(workdir) as call:` starts headless Chromium (output in workdir/chromium.log) and
+    drives its page over the DevTools protocol (CDP): `call(method, **params)` returns the answer."""
     from websockets.sync.client import connect  # installed with uvicorn[standard]
 
-    port = free_port()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
-    flags += [f"--remote-debugging-port={port}", f"--user-data-dir={workdir / 'profile'}", "about:blank"]
-    with (workdir / "chromium.log").open("w") as log:
-        browser = subprocess.Popen([str(CHROMIUM), *flags], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        targets = _devtools_targets(port, browser)
-        page = next(target for target in targets if target["type"] == "page")
-        with connect(page["webSocketDebuggerUrl"], max_size=None) as socket_:
-            ids = itertools.count(1)
-
-            def call(method: str, **params) -> dict:
-                message_id = next(ids)
-                socket_.send(json.dumps({"id": message_id, "method": method, "params": params}))
-                while (message := json.loads(socket_.recv(timeout=30))).get("id") != message_id:
-                    pass  # an event, not our answer
-                return message
-
-            yield call
-    finally:
-        browser.terminate()
-        browser.wait(timeout=30)
-
-
-def _devtools_targets(port: int, browser: subprocess.Popen, timeout_s: float = 30) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert browser.poll() is None, "Chromium exited at start (see chromium.log in the test's tmp_path)"
+    @contextmanager
+    def run(workdir: Path) -> Iterator[Callable[..., dict]]:
+        port = free_port()
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+        flags += [f"--remote-debugging-port={port}", f"--user-data-dir={workdir / 'profile'}", "about:blank"]
+        log = workdir / "chromium.log"
+        with log.open("w") as output:
+            browser = subprocess.Popen([str(CHROMIUM), *flags], stdout=output, stderr=subprocess.STDOUT)
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"Chromium's DevTools endpoint did not open in {timeout_s} s")
+            targets = f"http://127.0.0.1:{port}/json/list"
+            wait_until_ready(targets, process=browser, output=log, timeout_s=30)
+            page = next(target for target in httpx.get(targets, timeout=2).json() if target["type"] == "page")
+            with connect(page["webSocketDebuggerUrl"], max_size=None) as connection:
+                yield devtools_caller(connection)
+        finally:
+            browser.terminate()
+            browser.wait(timeout=30)
+
+    return run
+
+
+def devtools_caller(connection) -> Callable[..., dict]:
+    """`call(method, **params)`: sends one CDP command on `connection` and returns its answer (skipping the
+    events that arrive meanwhile)."""
+    ids = itertools.count(1)
+
+    def call(method: str, **params) -> dict:
+        message_id = next(ids)
+        connection.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while (message := json.loads(connection.recv(timeout=30))).get("id") != message_id:
+            pass  # an event, not our answer
+        return message
+
+    return call

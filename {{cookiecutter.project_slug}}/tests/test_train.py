@@ -4,24 +4,37 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 import trl
 from safetensors.torch import load_file
+from transformers import Trainer
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import load_config
-from {{ cookiecutter.package_name }}.data import load_splits
+from {{ cookiecutter.package_name }}.data import load_splits, token_length
 from {{ cookiecutter.package_name }}.model import (
     ModelError,
+    auto_precision,
     load_base_model,
     load_tokenizer,
     prepare_chat_template,
+    quantization_config,
+    resolve_dtype,
 )
-from {{ cookiecutter.package_name }}.train import TrainError, _ensure_base_model, build_trainer, train
+from {{ cookiecutter.package_name }}.train import (
+    TrainError,
+    _ensure_base_model,
+    _precision,
+    build_trainer,
+    sft_config,
+    train,
+)
 
 # What a run's adapter/ holds: the LoRA weights and config, and the tokenizer with its chat template.
 ADAPTER_FILES = {
@@ -62,6 +75,43 @@ def test_labels_are_ignored_on_every_prompt_token(tiny_model, smoke_config, plai
         assert ids[: len(prompt)] == list(prompt)
         assert set(labels[: len(prompt)]) == {-100}, "a prompt token would be trained on"
         assert labels[len(prompt) : len(prompt) + len(reply)] == reply, "the reply must be trained on"
+        # `data validate` and train's max_seq_length check count exactly the tokens training sees.
+        assert token_length(row, tokenizer) == len(ids)
+
+
+def test_warmup_ratio_is_passed_as_a_share_of_the_steps(smoke_config, tmp_path):
+    """transformers 5 has no `warmup_ratio`: `warmup_steps` below 1 is the share. smoke.yaml's 0.05 of 60 steps
+    must give 3 warm-up steps (what warmup_ratio=0.05 gave in transformers 4), not 0."""
+    config = smoke_config(root=tmp_path)
+    assert (config.train.warmup_ratio, config.train.max_steps) == (0.05, 60)
+    args = sft_config(config, output_dir=tmp_path, loss_mode="assistant_only", device="cpu", precision="fp32")
+    assert args.warmup_steps == 0.05
+    assert args.get_warmup_steps(60) == 3
+    # The scheduler the Trainer builds from these arguments: the learning rate peaks after exactly 3 steps.
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    scheduler = Trainer.create_scheduler(types.SimpleNamespace(args=args, lr_scheduler=None), 60, optimizer)
+    shares = []
+    for _ in range(5):
+        shares.append(round(scheduler.get_last_lr()[0] / args.learning_rate, 4))
+        optimizer.step()
+        scheduler.step()
+    assert shares[:4] == [0.0, 0.3333, 0.6667, 1.0]
+    assert shares[4] < 1.0  # cosine decay after the warm-up
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16-gpu", "older-gpu"])
+def test_auto_precision_is_one_decision_for_weights_training_and_qlora(bf16, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.ModuleType("bitsandbytes"))  # only its presence is checked
+    half, dtype = ("bf16", torch.bfloat16) if bf16 else ("fp16", torch.float16)
+    assert auto_precision("cuda") == _precision("auto", device="cuda") == half
+    assert resolve_dtype("auto", device="cuda") == quantization_config(device="cuda").bnb_4bit_compute_dtype == dtype
+    for device in ("cpu", "mps"):
+        assert auto_precision(device) == _precision("auto", device=device) == "fp32"
+        assert resolve_dtype("auto", device=device) == torch.float32
+    assert _precision("bf16", device="cpu") == "bf16"
+    with pytest.raises(TrainError, match=r"^train\.precision=fp16 needs a GPU; use auto, fp32 or bf16 on a CPU$"):
+        _precision("fp16", device="cpu")
 
 
 def test_tiny_model_is_built_once_then_reused(smoke_config, tmp_path):

@@ -25,6 +25,7 @@ import typer
 import yaml
 
 from .config import Config, ConfigError, describe_keys, load_config
+from .errors import ProjectError
 
 app = typer.Typer(
     help="Fine-tune, evaluate, track and serve a LoRA-adapted LLM.",
@@ -91,7 +92,7 @@ def data_synth(
 @data_app.command("validate")
 def data_validate(config: ConfigOption = Path("configs/smoke.yaml"), overrides: Overrides = None) -> None:
     """Report every data problem with file and line: schema, empty fields, duplicates, leakage, lengths."""
-    from .data import DataError, validate_data
+    from .data import validate_data
 
     resolved = _load(config, overrides)
     tokenizer = _offline_tokenizer(resolved.model.base_model, resolved.model.revision)
@@ -100,7 +101,7 @@ def data_validate(config: ConfigOption = Path("configs/smoke.yaml"), overrides: 
         typer.echo(note)
     try:
         problems = validate_data(resolved.data, tokenizer=tokenizer)
-    except DataError as err:
+    except ProjectError as err:  # nothing readable (missing path, bad extension): no problem list possible
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     for problem in problems:
@@ -126,17 +127,11 @@ def _offline_tokenizer(base_model: str, revision: str | None):  # -> PreTrainedT
 
 @contextmanager
 def _known_errors() -> Iterator[None]:
-    """Turn an expected problem (bad data, model, run folder) into `error: ...` and exit 1, no traceback."""
-    from .data import DataError
-    from .model import ModelError
-    from .publish import PublishError
-    from .report import ReportError
-    from .tracking import TrackingError
-    from .train import TrainError
-
+    """Turn an expected problem (bad data, model, run folder) into `error: ...` and exit 1, no traceback.
+    Every module's expected errors derive from ProjectError; anything else is a bug and keeps its traceback."""
     try:
         yield
-    except (ConfigError, DataError, ModelError, TrainError, TrackingError, ReportError, PublishError) as err:
+    except ProjectError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
 
@@ -214,7 +209,7 @@ def promote(
     version: Annotated[str | None, typer.Option(help="Registered version to judge; default: @candidate.")] = None,
 ) -> None:
     """Promotion gate: alias the candidate `champion` if it beats the champion on tracking.promotion_metric."""
-    from .tracking import promote as run_gate
+    from .registry import promote as run_gate
 
     resolved = _load(config, overrides)
     with _known_errors():
@@ -375,7 +370,6 @@ def monitor_drift(
     out: Annotated[Path, typer.Option(help="Folder for drift.json and drift.html.")] = Path("reports"),
 ) -> None:
     """Compare production prompts with the training prompts: exit 0 no drift, 1 drift, 2 no verdict possible."""
-    from .data import DataError
     from .monitor.drift import DriftError, check_drift, log_to_mlflow, served_tokenizer, write_reports
 
     threshold_override = [] if threshold is None else [f"monitor.drift_threshold={threshold}"]
@@ -385,7 +379,7 @@ def monitor_drift(
         if counter is None and tokenizer is not None:
             raise DriftError(f"--tokenizer {tokenizer}: no tokenizer there (local folders and the hub cache only)")
         report, snapshot = check_drift(resolved, current=current, reference=reference, tokenizer=counter)
-    except (DriftError, DataError) as err:
+    except ProjectError as err:  # unreadable log or data, too few requests: no verdict possible
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     files = write_reports(report, snapshot, out)

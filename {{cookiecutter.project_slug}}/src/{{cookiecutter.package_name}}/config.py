@@ -16,8 +16,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import ProjectError
 
-class ConfigError(ValueError):
+
+class ConfigError(ProjectError, ValueError):
     """A config file or override is invalid; the message lists every problem found."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import DataConfig
+from .errors import ProjectError
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -39,7 +40,7 @@ ACCEPTED_FORMS = "`messages`, `prompt` + `completion`, or `instruction` + `outpu
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-class DataError(ValueError):
+class DataError(ProjectError, ValueError):
     """The data cannot be loaded; the message names the file and line and says how to fix it."""
 
 
@@ -401,8 +402,7 @@ def _length_problems(rows: Iterable[_Example], tokenizer: Any, max_seq_length: i
 
 
 def token_length(messages: list[dict[str, str]], tokenizer: Any) -> int:
-    """Tokens in one example as training formats it (the tokenizer's chat template)."""
-    encoded = tokenizer.apply_chat_template(messages, tokenize=True)
-    # transformers 5 returns a BatchEncoding by default; 4.x and simple tokenizers return the id list.
-    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-    return len(ids)
+    """Tokens in one example exactly as training feeds it to the model: TRL's SFTTrainer renders the chat
+    template and tokenizes in this one call (special tokens come from the template alone, no second BOS), for
+    `messages` and prompt/completion rows alike. `data validate` and `train`'s refusal both count with it."""
+    return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])

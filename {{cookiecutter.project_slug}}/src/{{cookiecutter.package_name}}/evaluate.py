@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config, EvalConfig
-from .model import Device, check_adapter_dir, load_finetuned, load_tokenizer, newest_adapter, resolve_device
+from .model import (
+    Device,
+    check_adapter_dir,
+    end_token_ids,
+    load_finetuned,
+    load_tokenizer,
+    newest_adapter,
+    resolve_device,
+)
+from .report.markdown import answer_cell, table
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -50,14 +59,14 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None) -> dict[s
     default: the newest outputs/*/adapter. With tracking on, the metrics go to the model's training run
     and the promotion gate runs."""
     from .data import load_splits
-    from .tracking import fetch_model
+    from .registry import fetch_model, is_model_uri
 
     started = time.perf_counter()
     source = fetch_model(str(adapter_dir or newest_adapter(config.train.output_dir)))
     check_adapter_dir(source.adapter_dir)
     # A registry model names its own base; a local adapter uses the config's, and load_finetuned refuses
     # an adapter trained on another base (the wrong config would otherwise score and log the wrong model).
-    from_registry = str(adapter_dir or "").startswith(("models:/", "runs:/"))
+    from_registry = is_model_uri(str(adapter_dir or ""))
     model_cfg = config.model.model_copy(update={"base_model": source.base_model}) if from_registry else config.model
     rows = list(load_splits(config.data)[config.eval.split]["messages"])[: config.eval.max_samples]
     device = resolve_device(config.train.device)
@@ -93,7 +102,8 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None) -> dict[s
 
 def _track(config: Config, *, report: dict[str, Any], report_dir: Path, examples: list[dict[str, str]]) -> None:
     """Log the held-out metrics to the model's training run, then run the promotion gate on its version."""
-    from .tracking import log_evaluation, promote
+    from .registry import promote
+    from .tracking import log_evaluation
 
     log_evaluation(run_id=report["run"]["mlflow_run_id"], report=report, report_dir=report_dir, examples=examples)
     version = report["run"]["model_version"]
@@ -199,7 +209,7 @@ def generate_answers(
     from tqdm.auto import tqdm
 
     tokenizer.padding_side = "left"
-    stop_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = end_token_ids(model, tokenizer)
     answers: list[str] = []
     batches = range(0, len(rows), eval_cfg.batch_size)
     for start in tqdm(batches, desc="generating", unit="batch", leave=False):
@@ -226,13 +236,6 @@ def generate_answers(
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return answers
-
-
-def _stop_token_ids(model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The tokenizer's eos plus the model's own end-of-turn ids (chat models often list several)."""
-    configured = model.generation_config.eos_token_id
-    configured = configured if isinstance(configured, list) else [configured]
-    return sorted({tokenizer.eos_token_id, *configured} - {None})
 
 
 # ---- task metrics ---------------------------------------------------------------------------------------
@@ -300,32 +303,22 @@ def _metrics_table(report: dict[str, Any]) -> list[str]:
         f"Adapter `{run['adapter']}` on `{run['base_model']}`; {run['num_examples']} examples of the "
         f"`{run['split']}` split, greedy decoding (at most {run['max_new_tokens']} new tokens).",
         "",
-        "| metric | base | fine-tuned | change |",
-        "|---|---:|---:|---:|",
     ]
-    for name, base_value in report["base"].items():
-        tuned = report["finetuned"][name]
-        lines.append(f"| {name} | {base_value:.4f} | {tuned:.4f} | {tuned - base_value:+.4f} |")
-    return lines
+    base, tuned = report["base"], report["finetuned"]
+    rows = [(name, f"{base[name]:.4f}", f"{tuned[name]:.4f}", f"{tuned[name] - base[name]:+.4f}") for name in base]
+    return lines + table(("metric", "base", "fine-tuned", "change"), rows, align="lrrr")
 
 
 def _examples(rows: list[Conversation], *, base: Scored, finetuned: Scored, n: int) -> list[str]:
     lines = ["", "## Examples", ""]
     for i, row in enumerate(rows[:n], start=1):
-        lines += [
-            f"### Example {i}",
-            "",
-            "| | |",
-            "|---|---|",
-            f"| input | {_cell(row[-2]['content'])} |",
-            f"| expected | {_cell(row[-1]['content'])} |",
-            f"| base | {_cell(base.answers[i - 1])} |",
-            f"| fine-tuned | {_cell(finetuned.answers[i - 1])} |",
-            "",
-        ]
+        cells = {
+            "input": row[-2]["content"],
+            "expected": row[-1]["content"],
+            "base": base.answers[i - 1],
+            "fine-tuned": finetuned.answers[i - 1],
+        }
+        # Answers stay whole here (line breaks as <br>); the README's samples are cut to one line.
+        table_lines = table(("", ""), [(label, answer_cell(text)) for label, text in cells.items()])
+        lines += [f"### Example {i}", "", *table_lines, ""]
     return lines
-
-
-def _cell(text: str) -> str:
-    """Markdown table cell: pipes escaped, line breaks as <br>, empty answers visible."""
-    return text.replace("|", "\\|").replace("\n", "<br>") if text.strip() else "*(empty)*"

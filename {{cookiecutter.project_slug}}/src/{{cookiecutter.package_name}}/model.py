@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .errors import ProjectError
+
 if TYPE_CHECKING:
     import torch
     from peft import LoraConfig as PeftLoraConfig
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from .config import LoraConfig, ModelConfig
 
 Device = Literal["cpu", "cuda", "mps"]
+Precision = Literal["fp32", "bf16", "fp16"]
+TORCH_DTYPES: dict[Precision, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 LossMode = Literal["assistant_only", "completion_only"]
 """How training masks the loss: by the chat template's {% generation %} markers (`assistant_only`), or by
 splitting each conversation into prompt and completion (`completion_only`) for templates without them."""
@@ -44,7 +48,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 
 
-class ModelError(ValueError):
+class ModelError(ProjectError, ValueError):
     """A base model, tokenizer or adapter cannot be found or loaded; the message says which and what to do."""
 
 
@@ -65,16 +69,21 @@ def resolve_device(requested: Literal["auto", "cpu", "cuda", "mps"]) -> Device:
     return requested
 
 
-def resolve_dtype(requested: Literal["auto", "float32", "bfloat16", "float16"], *, device: Device) -> torch.dtype:
-    """Weight dtype: `auto` is bfloat16 on GPUs that support it, float16 on older GPUs, float32 elsewhere
-    (CPUs and MPS train reliably only in float32)."""
+def auto_precision(device: Device) -> Precision:
+    """What `auto` means for weights, training and QLoRA's compute dtype alike: bf16 on GPUs that support it,
+    fp16 on older GPUs, fp32 on CPU and MPS (they train reliably only in float32)."""
+    if device != "cuda":
+        return "fp32"
     import torch
 
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def resolve_dtype(requested: Literal["auto", "float32", "bfloat16", "float16"], *, device: Device) -> torch.dtype:
+    """Weight dtype: the requested one, or for `auto` the dtype of `auto_precision(device)`."""
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[auto_precision(device)] if requested == "auto" else requested)
 
 
 def quantization_config(*, device: Device) -> BitsAndBytesConfig:
@@ -90,7 +99,7 @@ def quantization_config(*, device: Device) -> BitsAndBytesConfig:
         import bitsandbytes  # noqa: F401  (only checks that it is installed)
     except ImportError:
         raise ModelError("model.load_in_4bit needs bitsandbytes: pip install -e '.[gpu]'") from None
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    compute = getattr(torch, TORCH_DTYPES[auto_precision(device)])
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
     )
@@ -208,6 +217,14 @@ def newest_adapter(output_dir: str | Path) -> Path:
     if not adapters:
         raise ModelError(f"no trained adapter under {output_dir}/; run `train` first or pass --adapter PATH")
     return max(adapters, key=lambda p: (p / "adapter_config.json").stat().st_mtime)
+
+
+def end_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end an answer, for `generate` in evaluation and serving alike: the tokenizer's eos
+    plus the model's own end-of-turn ids (chat models often list several in their generation config)."""
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    return sorted({tokenizer.eos_token_id, *configured} - {None})
 
 
 # ---- chat template and LoRA -----------------------------------------------------------------------------

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .errors import ProjectError
 
 PLACEHOLDER_USER = "your-github-username"  # the template's default answer for github_username
 Runner = Callable[[list[str]], subprocess.CompletedProcess]
 
 
-class PublishError(RuntimeError):
+class PublishError(ProjectError, RuntimeError):
     """Publishing cannot go on; the message says why and what to do. Steps already done are named."""
 
 
@@ -82,12 +83,7 @@ def publish(
     state = inspect_git(root, run=run)
     _check_git(state, root=root, repo=repo)
     hf_plan = _hf_inputs(config, root=root) if hf else None
-    token = os.environ.get("HF_TOKEN", "")
-    if hf and not token:
-        raise PublishError(
-            "--hf needs HF_TOKEN: a write token from https://huggingface.co/settings/tokens "
-            "(export HF_TOKEN=hf_...); nothing was done"
-        )
+    token = _hf_token() if hf else ""
 
     if dry_run:
         steps = [
@@ -118,6 +114,17 @@ def publish(
 
 
 # ---- inspection and checks ------------------------------------------------------------------------------
+
+
+def _hf_token() -> str:
+    """HF_TOKEN, checked before anything is done: --hf cannot upload without it."""
+    token = os.environ.get("HF_TOKEN", "")
+    if not token:
+        raise PublishError(
+            "--hf needs HF_TOKEN: a write token from https://huggingface.co/settings/tokens "
+            "(export HF_TOKEN=hf_...); nothing was done"
+        )
+    return token
 
 
 def _runner(root: Path) -> Runner:

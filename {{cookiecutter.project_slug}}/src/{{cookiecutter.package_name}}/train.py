@@ -23,9 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .config import Config, ModelConfig, TrainConfig, dump_config
+from .data import load_splits, token_length
+from .errors import ProjectError
 from .model import (
     Device,
     LossMode,
+    Precision,
+    auto_precision,
     build_tiny_model,
     check_model_source,
     load_base_model,
@@ -34,15 +38,9 @@ from .model import (
     prepare_chat_template,
     resolve_device,
 )
-from .tracking import (
-    check_tracking_server,
-    log_and_register,
-    log_training_inputs,
-    metrics_callback,
-    read_tracking_file,
-    training_run,
-    write_tracking_file,
-)
+from .registry import log_and_register
+from .runs import CONFIG_FILE, TRAIN_LOG, read_tracking_file, write_tracking_file
+from .tracking import check_tracking_server, log_training_inputs, metrics_callback, training_run
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -50,18 +48,14 @@ if TYPE_CHECKING:
     from trl import SFTConfig, SFTTrainer
 
 log = logging.getLogger(__name__)
-Precision = Literal["fp32", "bf16", "fp16"]
-TRAIN_LOG = "train_log.json"  # in outputs/<run>/: loss history, wall time, hardware (`report` reads it)
 
 
-class TrainError(ValueError):
+class TrainError(ProjectError, ValueError):
     """A training run cannot start (its folder exists, nothing to resume, bad settings); nothing was written."""
 
 
 def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
     """Fine-tune `config.model.base_model` with LoRA; return the run folder holding adapter/ and config.yaml."""
-    from .data import load_splits
-
     if config.tracking.enabled:
         check_tracking_server()  # an unreachable server must fail now, not after an hour of training
     run_dir = _run_dir(config.train, config_name=config_name, resume=resume)
@@ -81,7 +75,7 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
             precision=precision,
         )
     resolved = config.model_copy(update={"train": config.train.model_copy(update={"run_name": run_dir.name})})
-    dump_config(resolved, run_dir / "config.yaml")
+    dump_config(resolved, run_dir / CONFIG_FILE)
     log.info(
         "%s %s on %s (%s), loss on %s tokens",
         "resuming" if resume else "training",
@@ -93,7 +87,7 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
     with _mlflow_run(config, run_dir=run_dir, config_name=config_name, resume=resume) as run_id:
         if run_id:
             write_tracking_file(run_dir, run_id=run_id, version=None)  # so --resume finds the run if this stops
-            log_training_inputs(resolved, splits=splits, config_file=run_dir / "config.yaml", device=device)
+            log_training_inputs(resolved, splits=splits, config_file=run_dir / CONFIG_FILE, device=device)
             trainer.add_callback(metrics_callback())
         result = trainer.train(resume_from_checkpoint=_last_checkpoint(run_dir) if resume else None)
         _save_adapter(trainer, tokenizer=tokenizer, adapter_dir=run_dir / "adapter")
@@ -202,10 +196,10 @@ def _texts(rows: Dataset) -> list[str]:
 
 
 def _check_lengths(splits: DatasetDict, *, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> None:
-    """Refuse examples longer than max_seq_length: training would silently cut off their answers."""
+    """Refuse examples longer than max_seq_length: training would silently cut off their answers. Counted as
+    `data validate` counts them (`data.token_length`), so both agree on which rows are too long."""
     for name in ("train", "validation"):
-        texts = tokenizer.apply_chat_template(list(splits[name]["messages"]), tokenize=False)
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        lengths = [token_length(messages, tokenizer) for messages in splits[name]["messages"]]
         too_long = [row for row, length in enumerate(lengths, start=1) if length > max_seq_length]
         if too_long:
             raise TrainError(
@@ -271,7 +265,9 @@ def sft_config(
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a share of the total steps
+        # A ratio under its transformers 5 name: `warmup_ratio` is gone, and a `warmup_steps` value below 1 means
+        # ceil(share x total steps); train.warmup_ratio is validated to be below 1, so it is always read as a share.
+        warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
         eval_strategy="steps",
         eval_steps=t.eval_steps,
@@ -295,14 +291,10 @@ def sft_config(
     )
 
 
-def _precision(requested: str, *, device: Device) -> Precision:
-    """Mixed precision: `auto` is bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU and MPS."""
-    import torch
-
+def _precision(requested: Precision | Literal["auto"], *, device: Device) -> Precision:
+    """Mixed precision: `auto` as the model's weights get it (`model.auto_precision`), or the one asked for."""
     if requested == "auto":
-        if device != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return auto_precision(device)
     if requested == "fp16" and device == "cpu":
         raise TrainError("train.precision=fp16 needs a GPU; use auto, fp32 or bf16 on a CPU")
     return requested

@@ -29,9 +29,11 @@ from typing import Annotated
 import typer
 
 from ..config import load_config
+from ..errors import ProjectError
 from ..model import ModelError
+from ..registry import ModelSource
+from ..runs import CONFIG_FILE, TRACKING_FILE, run_config_path
 from ..serve.loader import ModelSourceError, resolve_model_source
-from ..tracking import TRACKING_FILE, ModelSource, run_config_file
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ MOUNT_DIR = "/app/model"  # where the Dockerfile's `bundled` stage puts the bund
 MANIFEST = "bundle.json"
 
 
-class BundleError(RuntimeError):
+class BundleError(ProjectError, RuntimeError):
     """The model cannot be bundled; the message names the model source or folder and the fix."""
 
 
@@ -73,7 +75,7 @@ def bundle_model(source: ModelSource, out_dir: Path, *, origin: str, mount_dir: 
         _copy_base(source.base_model, staging / "base")
         config = _run_config(source)
         if config is not None:
-            _write_config(config, staging / "config.yaml", base_path=base_in_image)
+            _write_config(config, staging / CONFIG_FILE, base_path=base_in_image)
         tracking = {"run_id": source.run_id, "model_version": source.version}
         (staging / TRACKING_FILE).write_text(json.dumps(tracking, indent=2) + "\n", encoding="utf-8")
         manifest = {
@@ -120,10 +122,7 @@ def _copy_base(base_model: str, target: Path) -> None:
 
 
 def _run_config(source: ModelSource):  # -> Config | None
-    beside = source.adapter_dir.parent / "config.yaml"
-    if beside.is_file():
-        return load_config(beside)
-    logged = run_config_file(source.run_id) if source.run_id else None
+    logged = run_config_path(run_dir=source.adapter_dir.parent, run_id=source.run_id)
     return load_config(logged) if logged else None
 
 

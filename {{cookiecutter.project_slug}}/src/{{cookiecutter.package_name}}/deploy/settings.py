@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ProjectError
+
 # Values people leave in from .env.example or documentation. Case-insensitive.
 PLACEHOLDER = re.compile(
     r"replace[-_ ]?me|change[-_ ]?me|^<.*>$|^your[-_.]|^xxx+$|^todo$"
@@ -24,7 +26,7 @@ PLACEHOLDER = re.compile(
 )
 
 
-class DeploySettingsError(ValueError):
+class DeploySettingsError(ProjectError, ValueError):
     """One or more deploy variables are missing or wrong; the message names each one and the fix."""
 
 

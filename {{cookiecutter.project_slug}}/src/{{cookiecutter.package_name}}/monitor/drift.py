@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ProjectError
+
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
@@ -47,7 +49,7 @@ _WORD = re.compile(r"[^\W\d_]+")  # runs of letters, any script
 _TOP_UNSEEN = 20  # unseen words listed in the report
 
 
-class DriftError(ValueError):
+class DriftError(ProjectError, ValueError):
     """No verdict is possible (missing or unreadable log or data, too few requests); the message says why."""
 
 

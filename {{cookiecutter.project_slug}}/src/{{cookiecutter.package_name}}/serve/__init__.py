@@ -3,6 +3,7 @@
     <project> serve --model outputs/<run>/adapter      # http://127.0.0.1:8000
 
 `app.create_app` wires the parts: `settings` (LLM_* environment), `loader` (model source -> merged model),
-`engine` (the micro-batching generator), `routes/` (one router per resource) and `middleware`
-(body size limit, per-request metrics and request log).
+`engine` (the micro-batching generator), `deps` (the app's state and the routes' dependencies),
+`routes/` (one router per resource) and `middleware` (body size limit; each chat request handed to
+`monitor.accounting` for its metrics and request-log line).
 """

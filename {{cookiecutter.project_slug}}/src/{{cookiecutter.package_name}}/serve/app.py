@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -23,7 +24,7 @@ from ..monitor.request_log import RequestLog
 from .deps import ServerState
 from .engine import Engine
 from .errors import install_error_handlers
-from .loader import load_for_serving
+from .loader import LoadedModel, load_for_serving
 from .middleware import BodySizeLimit, RequestAccounting
 from .routes import chat, demo, health, metrics, models, sagemaker
 from .settings import Settings
@@ -31,14 +32,18 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API for `settings` (default: read from the environment). Nothing loads until the app starts."""
+def create_app(settings: Settings | None = None, *, loaded: LoadedModel | None = None) -> FastAPI:
+    """The API for `settings` (default: read from the environment). Nothing loads until the app starts.
+
+    `loaded`: a model already loaded by `load_for_serving`, served instead of loading `settings.model` (its
+    name and system prompt are those it was loaded with). Tests build many apps around one loaded model;
+    each app still makes, starts and stops its own engine."""
     settings = settings or Settings()
-    state = ServerState(settings=settings, metrics=ServeMetrics(), request_log=None)
+    state = ServerState(settings=settings, metrics=ServeMetrics())
     app = FastAPI(
         title="LLM API",
         summary="OpenAI-compatible chat completions of a LoRA fine-tuned model",
-        lifespan=_lifespan,
+        lifespan=partial(_lifespan, preloaded=loaded),
     )
     app.state.server = state
     install_error_handlers(app)
@@ -46,31 +51,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     # Added last = outermost: accounting sees the 413s of the size limit, and every other outcome.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestAccounting, state=state)
+    app.add_middleware(RequestAccounting, recorder=state.recorder)
     return app
 
 
 @asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI, *, preloaded: LoadedModel | None) -> AsyncIterator[None]:
     state: ServerState = app.state.server
+    recorder = state.recorder
     if state.settings.request_log is not None:
-        state.request_log = RequestLog(state.settings.request_log, log_texts=state.settings.log_texts)
-    loading = asyncio.create_task(_load(state))
+        recorder.request_log = RequestLog(state.settings.request_log, log_texts=state.settings.log_texts)
+    loading = asyncio.create_task(_load(state, preloaded=preloaded))
     try:
         yield
     finally:
         await asyncio.shield(loading)  # a load cannot be interrupted mid-way; let it end before cleanup
         if state.engine is not None:
             state.engine.stop()
-        if state.request_log is not None:
-            state.request_log.close()
+        if recorder.request_log is not None:
+            recorder.request_log.close()
 
 
-async def _load(state: ServerState) -> None:
-    """Load the model off the event loop; on failure keep serving /health and report it on /ready."""
+async def _load(state: ServerState, *, preloaded: LoadedModel | None) -> None:
+    """Load the model off the event loop (unless `preloaded`); on failure keep serving /health and report
+    it on /ready."""
     settings = state.settings
     try:
-        loaded = await asyncio.to_thread(load_for_serving, settings)
+        loaded = preloaded or await asyncio.to_thread(load_for_serving, settings)
     except Exception as err:  # any failure must reach /ready and the log, not kill the loop silently
         log.exception("loading the model failed")
         state.load_error = f"{type(err).__name__}: {err}"

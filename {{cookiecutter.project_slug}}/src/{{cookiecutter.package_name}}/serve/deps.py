@@ -8,66 +8,41 @@ Tests swap a part with `app.dependency_overrides[get_engine] = ...`.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..monitor.accounting import RequestOutcome, RequestRecorder
 from ..monitor.metrics import ServeMetrics
-from ..monitor.request_log import RequestLog
 from .engine import Engine
 from .errors import APIError
 from .loader import LoadedModel
-from .middleware import RequestOutcome
 from .settings import Settings
 
 
 @dataclass
 class ServerState:
-    """Everything the app holds: settings, metrics and log from the start; model and engine once loaded."""
+    """Everything the app holds: settings, metrics and request accounting from the start; model and engine
+    once loaded. The request log is opened by the app's lifespan (`recorder.request_log`)."""
 
     settings: Settings
     metrics: ServeMetrics
-    request_log: RequestLog | None
     loaded: LoadedModel | None = None
     engine: Engine | None = None
     load_error: str | None = None
     loaded_at: int = 0
     """Unix time the model became ready (the `created` of /v1/models)."""
+    recorder: RequestRecorder = field(init=False)
+    """Records each finished chat request (metrics + request log), naming the model loaded at that time."""
 
-    def record(self, outcome: RequestOutcome, *, status: int) -> None:
-        """Count and log one finished chat request."""
-        answered = status == 200
-        self.metrics.observe_request(
-            status=status,
-            finish_reason=outcome.finish_reason if answered else None,
-            duration_s=outcome.elapsed(),
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
-        )
-        if outcome.first_token_s is not None:
-            self.metrics.time_to_first_token.observe(outcome.first_token_s)
-        if self.request_log is not None:
-            self.request_log.write(
-                self._log_record(outcome, status=status), prompt=outcome.prompt, response=outcome.response
-            )
+    def __post_init__(self) -> None:
+        self.recorder = RequestRecorder(metrics=self.metrics, request_log=None, served_model=self.served_model)
 
-    def _log_record(self, outcome: RequestOutcome, *, status: int) -> dict:
-        answered = status == 200
-        return {
-            "time": outcome.received_at,
-            "request_id": outcome.request_id,
-            "model": self.loaded.name if self.loaded else None,
-            "model_version": self.loaded.version if self.loaded else None,
-            "status": status,
-            "stream": outcome.stream,
-            "prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.completion_tokens if answered else None,
-            "prompt_chars": len(outcome.prompt) if outcome.prompt is not None else None,
-            "latency_s": round(outcome.elapsed(), 4),
-            "finish_reason": outcome.finish_reason if answered else None,
-        }
+    def served_model(self) -> tuple[str, str] | None:
+        """(name, version) of the model being served; None until it has loaded."""
+        return (self.loaded.name, self.loaded.version) if self.loaded else None
 
 
 def get_state(request: Request) -> ServerState:

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from ..model import end_token_ids
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -223,13 +225,6 @@ class Engine:
         mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
         device = self.model.device
         return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
-
-
-def end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The tokenizer's eos plus the model's own end-of-turn ids (chat models often list several)."""
-    configured = model.generation_config.eos_token_id
-    configured = configured if isinstance(configured, list) else [configured]
-    return sorted({tokenizer.eos_token_id, *configured} - {None})
 
 
 class _Row:

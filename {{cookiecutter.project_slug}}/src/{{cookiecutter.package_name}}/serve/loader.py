@@ -24,8 +24,10 @@ from ..model import (
     newest_adapter,
     resolve_device,
 )
+from ..registry import ModelSource, fetch_model, is_model_uri
+from ..runs import run_config_path
 from ..task import SYSTEM_PROMPT
-from ..tracking import ModelSource, TrackingError, fetch_model, run_config_file
+from ..tracking import TrackingError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -57,7 +59,7 @@ def resolve_model_source(source: str, *, output_dir: str | Path = "outputs") -> 
     """What to serve, in local folders: `source` is an MLflow model URI (models:/<name>@champion,
     models:/<name>/<version>, runs:/<id>/model), an adapter folder, a run folder holding `adapter/`, or
     `latest` (the newest run under `output_dir`)."""
-    if source.startswith(("models:/", "runs:/")):
+    if is_model_uri(source):
         try:
             return fetch_model(source)
         except TrackingError as err:
@@ -118,10 +120,7 @@ def _training_system_prompt(config: Config | None) -> str | None:
 def _run_config(source: ModelSource, *, fallback: Path | None) -> Config | None:
     """The config that trained the model: config.yaml beside a local adapter, or the one logged to the
     model's MLflow run; else `fallback`; else none."""
-    beside = source.adapter_dir.parent / "config.yaml"
-    if beside.is_file():
-        return load_config(beside)
-    logged = run_config_file(source.run_id) if source.run_id else None
+    logged = run_config_path(run_dir=source.adapter_dir.parent, run_id=source.run_id)
     if logged is not None:
         return load_config(logged)
     return load_config(fallback) if fallback else None

@@ -2,23 +2,16 @@
 
 Accounting sits outside everything else, so each chat request (answered, refused with 4xx, failed, or
 abandoned by its client) is counted in /metrics and logged once, with the status the client saw.
-The route fills in what only it knows (tokens, finish reason, texts) on the request's `RequestOutcome`.
+The route fills in what only it knows (tokens, finish reason, texts) on the request's `RequestOutcome`;
+`monitor/accounting.py` turns the finished outcome into metrics and a request-log record.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..monitor.request_log import utc_now_iso
+from ..monitor.accounting import RequestOutcome, RequestRecorder
 from .errors import APIError, error_response
-
-if TYPE_CHECKING:
-    from .deps import ServerState
 
 CHAT_PATH = "/v1/chat/completions"
 # SageMaker's route for the same request (routes/sagemaker.py): counted and logged the same way.
@@ -26,34 +19,12 @@ CHAT_PATHS = frozenset({CHAT_PATH, "/invocations"})
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer was complete"
 
 
-@dataclass
-class RequestOutcome:
-    """What one chat request did; the route sets the fields it learns, the middleware records it."""
-
-    request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    received_at: str = field(default_factory=utc_now_iso)
-    started: float = field(default_factory=time.perf_counter)
-    stream: bool = False
-    status: int | None = None
-    """Set by the route when a streamed answer fails after its 200 was sent (e.g. 504)."""
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    prompt: str | None = None
-    """The last user message."""
-    response: str | None = None
-    finish_reason: str | None = None
-    first_token_s: float | None = None
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-
 class RequestAccounting:
     """Counts, times and logs each POST /v1/chat/completions; adds an X-Request-ID header to the answer."""
 
-    def __init__(self, app: ASGIApp, *, state: ServerState) -> None:
+    def __init__(self, app: ASGIApp, *, recorder: RequestRecorder) -> None:
         self.app = app
-        self.state = state
+        self.recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in CHAT_PATHS or scope["method"] != "POST":
@@ -71,14 +42,15 @@ class RequestAccounting:
                 sent["complete"] = True
             await send(message)
 
-        self.state.metrics.in_flight.inc()
+        in_flight = self.recorder.metrics.in_flight
+        in_flight.inc()
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
-            self.state.metrics.in_flight.dec()
+            in_flight.dec()
             # No answer started: an exception (500). Started but unfinished: the client went away.
             status = sent["status"] if sent["complete"] else (CLIENT_CLOSED if sent["status"] else 500)
-            self.state.record(outcome, status=outcome.status or int(status))
+            self.recorder.record(outcome, status=outcome.status or int(status))
 
 
 class BodySizeLimit:

@@ -15,11 +15,11 @@ from functools import partial
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response, StreamingResponse
 
+from ...monitor.accounting import RequestOutcome
 from ..deps import EngineDep, LoadedDep, OutcomeDep, SettingsDep, require_api_key
 from ..engine import Completion, Engine, EngineBusy, GenerationFailed, GenerationParams, Job, PromptError
 from ..errors import APIError, error_body
 from ..loader import LoadedModel
-from ..middleware import RequestOutcome
 from ..schemas import (
     AssistantMessage,
     ChatCompletion,

@@ -1,0 +1,280 @@
+"""The MLflow model registry: model versions, their aliases, the promotion gate, and loading a model by URI.
+
+    <project> train --config configs/smoke.yaml     # registers a version, aliases it `candidate`
+    <project> evaluate --config configs/smoke.yaml  # then runs the promotion gate on that version
+    <project> promote --config configs/smoke.yaml   # the gate on its own
+    <project> serve --model models:/<project>@champion
+
+Registered model name = the config's `project`; alias `candidate` = the newest version, `champion` = the
+version that won the gate (it beats the champion on `tracking.promotion_metric`). Evaluation, serving and
+deployment load a model through one function, `fetch_model`, whatever the source: `models:/<name>@<alias>`,
+`models:/<name>/<version>`, `runs:/<run id>/model`, or a local adapter folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from .config import Config
+from .runs import read_tracking_file
+from .tracking import TrackingError, client, inside_run, library_versions, tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+MODEL_ARTIFACT = "model"  # name of the logged MLflow model inside each run
+
+
+def is_model_uri(source: str | Path) -> bool:
+    """True for an MLflow model URI (`models:/...`, `runs:/...`), False for a local folder.
+
+    The same scheme test as MLflow's `is_models_uri` / `RunsArtifactRepository.is_runs_uri`, without
+    importing mlflow (seconds) to ask."""
+    try:
+        return urlparse(str(source)).scheme in ("models", "runs")
+    except ValueError:  # e.g. an unbalanced "[" in the netloc: not a URI
+        return False
+
+
+# ---- registering versions -------------------------------------------------------------------------------
+
+
+def log_and_register(
+    config: Config, *, run_id: str, model: PeftModel, tokenizer: PreTrainedTokenizerBase
+) -> ModelVersion | None:
+    """Log the trained adapter (the in-memory PeftModel training just saved, so the base model is not
+    loaded a second time) as an MLflow transformers model, register it, alias the new version `candidate`."""
+    import mlflow
+
+    base = Path(config.model.base_model)
+    with inside_run(run_id):
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name=MODEL_ARTIFACT,
+            task="llm/v1/chat",  # OpenAI-style chat signature: `mlflow models serve` accepts messages
+            # A local base is referenced by path (adapter only); a hub base is referenced by its id.
+            base_model_path=str(base.resolve()) if base.is_dir() else None,
+            pip_requirements=_pip_requirements(),
+            input_example={"messages": [{"role": "user", "content": "Where is my order A12345?"}]},
+            registered_model_name=config.project if config.tracking.register_model else None,
+        )
+    if not config.tracking.register_model:
+        return None
+    version = client().get_model_version(config.project, str(info.registered_model_version))
+    client().set_registered_model_alias(config.project, CANDIDATE, version.version)
+    log.info("registered %s version %s as @%s", config.project, version.version, CANDIDATE)
+    return version
+
+
+def _pip_requirements() -> list[str]:
+    # Explicit, because inference on CPU-only installs otherwise fails looking for torchvision.
+    versions = library_versions()
+    return [f"{name}=={versions[name]}" for name in ("torch", "transformers", "peft")] + ["accelerate"]
+
+
+# ---- promotion gate -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    """What the gate decided and why; written to reports/promotion.json and to the version's tags."""
+
+    model: str
+    candidate_version: str
+    champion_version: str | None
+    metric: str
+    direction: str
+    candidate_value: float | None
+    champion_value: float | None
+    promoted: bool
+    reason: str
+
+
+def promote(config: Config, *, version: str | None = None, report_dir: Path | None = None) -> Decision:
+    """Make the candidate (or `version`) `champion` if it beats the current champion on the configured
+    metric, or if there is no champion yet. A losing candidate leaves the champion untouched."""
+    mlflow_client = client()
+    name, metric = config.project, config.tracking.promotion_metric
+    candidate = _version(mlflow_client, name, version=version, alias=None if version else CANDIDATE)
+    champion = _alias_or_none(mlflow_client, name, CHAMPION)
+    candidate_value = _run_metric(mlflow_client, candidate.run_id, metric)
+    champion_value = _run_metric(mlflow_client, champion.run_id, metric) if champion else None
+    promoted, reason = _judge(
+        candidate_value, champion_value, direction=config.tracking.promotion_direction, has_champion=bool(champion)
+    )
+    if champion is not None and str(champion.version) == str(candidate.version):
+        promoted, reason = True, f"version {candidate.version} is already {CHAMPION}"
+    decision = Decision(
+        model=name,
+        candidate_version=str(candidate.version),
+        champion_version=str(champion.version) if champion else None,
+        metric=metric,
+        direction=config.tracking.promotion_direction,
+        candidate_value=candidate_value,
+        champion_value=champion_value,
+        promoted=promoted,
+        reason=reason,
+    )
+    _record(mlflow_client, decision, report_dir=report_dir)
+    return decision
+
+
+def _judge(candidate: float | None, champion: float | None, *, direction: str, has_champion: bool) -> tuple[bool, str]:
+    if candidate is None:
+        return False, "the candidate has no value for the metric: run `evaluate` first"
+    if not has_champion:
+        return True, "no champion yet"
+    if champion is None:
+        return True, "the champion has no value for the metric"
+    better = candidate > champion if direction == "maximize" else candidate < champion
+    verdict = "beats" if better else "does not beat"
+    return better, f"candidate {candidate:.4g} {verdict} champion {champion:.4g} ({direction})"
+
+
+def _record(mlflow_client: MlflowClient, decision: Decision, *, report_dir: Path | None) -> None:
+    if decision.promoted:
+        mlflow_client.set_registered_model_alias(decision.model, CHAMPION, decision.candidate_version)
+    tags = {
+        "promotion.decision": "promoted" if decision.promoted else "rejected",
+        "promotion.reason": decision.reason,
+        "promotion.metric": decision.metric,
+        "promotion.compared_to": decision.champion_version or "none",
+    }
+    if decision.champion_version != decision.candidate_version:  # re-judging the champion keeps its record
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(decision.model, decision.candidate_version, key, value)
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "promotion.json").write_text(json.dumps(asdict(decision), indent=2) + "\n", encoding="utf-8")
+
+
+def _version(mlflow_client: MlflowClient, name: str, *, version: str | None, alias: str | None) -> ModelVersion:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias:
+            return mlflow_client.get_model_version_by_alias(name, alias)
+        return mlflow_client.get_model_version(name, version)
+    except MlflowException:
+        wanted = f"@{alias}" if alias else f"version {version}"
+        raise TrackingError(
+            f"registered model '{name}' has no {wanted} in {tracking_uri()}; train first (make train) "
+            "or check MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def _alias_or_none(mlflow_client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _run_metric(mlflow_client: MlflowClient, run_id: str, metric: str) -> float | None:
+    return mlflow_client.get_run(run_id).data.metrics.get(metric)
+
+
+# ---- loading by URI -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSource:
+    """A model ready to load from local folders: the adapter (+ tokenizer) and the base it adapts."""
+
+    adapter_dir: Path
+    tokenizer_dir: Path
+    base_model: str
+    name: str
+    version: str | None
+    run_id: str | None
+    """The MLflow run that trained it (None for an untracked local adapter)."""
+
+
+def fetch_model(source: str, *, download_dir: Path | None = None) -> ModelSource:
+    """The one loading function of evaluation and serving. `source` is `models:/<name>@<alias>`,
+    `models:/<name>/<version>`, `runs:/<run id>/model`, or a local adapter folder."""
+    if is_model_uri(source):
+        return _fetch_from_mlflow(source, download_dir=download_dir)
+    return _local_source(Path(source))
+
+
+def _local_source(adapter_dir: Path) -> ModelSource:
+    uris = "models:/<name>@champion, models:/<name>/<version> or runs:/<id>/model"
+    if not adapter_dir.exists():
+        raise TrackingError(f"{adapter_dir}: no such folder; pass outputs/<run>/adapter or a model URI ({uris})")
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise TrackingError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json) nor a URI ({uris})")
+    base = json.loads(config_file.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    tracked = read_tracking_file(adapter_dir.parent) or {}
+    return ModelSource(
+        adapter_dir=adapter_dir,
+        tokenizer_dir=adapter_dir,
+        base_model=base,
+        name=adapter_dir.parent.name,
+        version=tracked.get("model_version"),
+        run_id=tracked.get("run_id"),
+    )
+
+
+def _fetch_from_mlflow(source: str, *, download_dir: Path | None) -> ModelSource:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=download_dir and str(download_dir))
+        )
+    except MlflowException as err:
+        raise TrackingError(f"model {source} not found in {tracking_uri()}: {err.message.splitlines()[0]}") from None
+    # The transformers flavor of the MLmodel file names the adapter folder and the base it adapts.
+    flavor = Model.load(local).flavors["transformers"]
+    name, version, run_id = _identify(source)
+    return ModelSource(
+        adapter_dir=local / flavor["peft_adaptor"],
+        tokenizer_dir=local / "components" / "tokenizer",
+        base_model=flavor.get("local_base_model_path") or flavor["source_model_name"],
+        name=name,
+        version=version,
+        run_id=run_id,
+    )
+
+
+def _identify(source: str) -> tuple[str, str | None, str]:
+    """(name, version, run id) of a model URI: aliases resolve to a real version, so logs name it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    # Not in mlflow's public API (neither is RunsArtifactRepository.parse_runs_uri), but the parser its own
+    # `models:/` downloads use; it accepts exactly the URIs download_artifacts just did.
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    if RunsArtifactRepository.is_runs_uri(source):
+        run_id, _ = RunsArtifactRepository.parse_runs_uri(source)
+        return run_id, None, run_id
+    mlflow_client = client()
+    try:
+        resolved = get_model_name_and_version(mlflow_client, source)  # @alias and /latest -> a version number
+    except MlflowException as err:
+        raise TrackingError(f"model {source} not found in {tracking_uri()}: {err.message.splitlines()[0]}") from None
+    if len(resolved) == 1:  # models:/<model id>: a logged model, not a registered version
+        logged = mlflow_client.get_logged_model(resolved[0])
+        return logged.name, None, logged.source_run_id
+    name, number = resolved
+    version = _version(mlflow_client, name, version=number, alias=None)
+    return name, str(version.version), version.run_id

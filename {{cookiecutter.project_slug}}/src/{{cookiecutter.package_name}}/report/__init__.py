@@ -1,0 +1,82 @@
+"""Portfolio report: plots, the README results section and the Hugging Face model card, from a finished run.
+
+    <project> report --config configs/smoke.yaml     # after `evaluate` (`make evaluate` runs both)
+    <project> report --config configs/gpu.yaml report.hourly_cost_usd=1.006
+
+Reads reports/eval.json (written by `evaluate`), the run's loss history (its MLflow run, or
+outputs/<run>/train_log.json when tracking is off), the run's resolved config.yaml and
+reports/promotion.json. Writes reports/loss_curves.png, reports/metrics.png, reports/field_accuracy.png
+(extraction task), MODEL_CARD.md, and the README text between `<!-- results:start -->` and
+`<!-- results:end -->`; everything outside the markers is kept byte for byte. The output depends only
+on those inputs (no dates, fixed figure size and dpi, no software version in the PNGs), so a second run
+writes the same bytes.
+
+    facts.py          the run's facts, gathered once (RunFacts)
+    summary.py        metrics table, settings, hardware, time and cost: shown by README and card alike
+    plots.py          the PNGs
+    readme.py         the README section between the markers
+    card.py           MODEL_CARD.md, rendered from the template model_card.md (edit the wording there)
+    markdown.py       the one Markdown table writer (reports/eval.md uses it too)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..config import Config
+from .card import model_card_text
+from .facts import ReportError, RunFacts, find_run_dir, gather, project_metadata, read_results
+from .plots import PLOTS, write_plots
+from .readme import END, START, read_readme, replace_results, results_section
+
+__all__ = [
+    "END",
+    "PLOTS",
+    "START",
+    "ReportError",
+    "RunFacts",
+    "find_run_dir",
+    "gather",
+    "project_metadata",
+    "read_results",
+    "replace_results",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+
+def write_report(config: Config, *, readme: Path, model_card: Path) -> list[Path]:
+    """Plots, MODEL_CARD.md and the README results section for the evaluation in eval.report_dir.
+    Every check (eval.json present, README markers) runs before anything is written."""
+    report_dir = Path(config.eval.report_dir)
+    results = read_results(report_dir)
+    readme_text = read_readme(readme)
+    facts = gather(config, results=results, report_dir=report_dir)
+    plots = write_plots(facts, out=report_dir)
+    project = project_metadata(readme.resolve().parent)
+    card = model_card_text(facts, project=project, hourly_cost=config.report.hourly_cost_usd)
+    model_card.write_bytes(card.encode("utf-8"))
+    section = results_section(facts, plots=plots, readme_dir=readme.resolve().parent, config=config)
+    updated = replace_results(readme_text, section, readme=readme)
+    if updated != readme_text:
+        readme.write_bytes(updated.encode("utf-8"))
+    written = [*plots.values(), model_card, readme]
+    if config.tracking.enabled and results["run"].get("mlflow_run_id"):
+        _log_to_mlflow(results["run"]["mlflow_run_id"], files=[*plots.values(), model_card])
+    return written
+
+
+def _log_to_mlflow(run_id: str, *, files: list[Path]) -> None:
+    """The plots and model card as artifacts of the training run (report/), next to evaluation/."""
+    from mlflow.exceptions import MlflowException
+
+    from ..tracking import client
+
+    try:
+        mlflow_client = client()
+        for path in files:
+            mlflow_client.log_artifact(run_id, str(path), artifact_path="report")
+    except (MlflowException, OSError) as err:  # the files are written; a tracking hiccup must not hide them
+        log.warning("could not log the report to MLflow run %s: %s", run_id, err)

@@ -1,0 +1,39 @@
+"""Markdown tables: the one writer behind reports/eval.md, the README results section and the model card.
+
+Every cell goes through `escape`, so a `|` or a line break in a model's answer cannot break a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+EMPTY = "*(empty)*"  # an empty answer, made visible: a blank cell reads like a rendering bug
+ALIGN = {"l": "---", "r": "---:"}  # numbers read best right-aligned
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, align: str = "") -> list[str]:
+    """The table's lines: header, separator, one line per row. `align` holds one letter per column,
+    "l" or "r" (missing letters: "l")."""
+    letters = align.ljust(len(header), "l")
+    return [_line(header), "|" + "|".join(ALIGN[letter] for letter in letters) + "|", *(_line(row) for row in rows)]
+
+
+def escape(value: object) -> str:
+    """A cell's text: pipes escaped, line breaks as <br> (a table row is one line)."""
+    return str(value).replace("|", "\\|").replace("\n", "<br>")
+
+
+def answer_cell(text: str, *, limit: int | None = None) -> str:
+    """A prompt or a generated answer as a cell: an empty one visible; with `limit`, on one line and cut
+    to `limit` characters (a README must stay readable; eval.md keeps answers whole)."""
+    if not text.strip():
+        return EMPTY
+    if limit is None:
+        return text
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _line(cells: Sequence[object]) -> str:
+    # An empty cell is one space ("| |"), not two: the bytes of the tables written before this module.
+    return "|" + "|".join(f" {escape(cell)} " if cell != "" else " " for cell in cells) + "|"

@@ -1,0 +1,109 @@
+"""The report's PNGs: loss curves, base vs fine-tuned metrics, per-field accuracy (extraction task).
+
+Same inputs, same bytes: fixed figure size and dpi, matplotlib's default style whatever the user's
+matplotlibrc says, and no software version or date in the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .facts import RunFacts
+from .summary import LABELS, RATES
+
+PLOTS = {"loss": "loss_curves.png", "metrics": "metrics.png", "fields": "field_accuracy.png"}
+DPI = 100  # with FIGSIZE: 900 x 450 pixels, sharp on GitHub without a heavy file
+FIGSIZE = (9.0, 4.5)  # inches
+BASE_COLOR, TUNED_COLOR = "#9e9e9e", "#1f77b4"
+SHORT = {"json_valid_rate": "Valid\nJSON", "field_accuracy": "Field accuracy\n(mean)", "exact_match": "Exact\nmatch"}
+
+
+def write_plots(facts: RunFacts, *, out: Path) -> dict[str, Path]:
+    """The PNGs this run has data for: loss curves, base vs fine-tuned metrics, per-field accuracy."""
+    import matplotlib.style
+
+    out.mkdir(parents=True, exist_ok=True)
+    base, tuned = facts.results["base"], facts.results["finetuned"]
+    fields = [key.removeprefix("field_accuracy_") for key in tuned if key.startswith("field_accuracy_")]
+    plots: dict[str, Path] = {}
+    with matplotlib.style.context("default"):  # the user's matplotlibrc must not change the bytes
+        if facts.history["loss"]:
+            plots["loss"] = _save(_loss_figure(facts), out / PLOTS["loss"])
+        plots["metrics"] = _save(_metrics_figure(base, tuned), out / PLOTS["metrics"])
+        if fields:
+            plots["fields"] = _save(_fields_figure(base, tuned, fields), out / PLOTS["fields"])
+    return plots
+
+
+def _figure(width_ratios: tuple[int, ...] = (1,)):
+    """A figure outside pyplot (no global state, no GUI backend): Agg renders it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(1, len(width_ratios), squeeze=False, width_ratios=width_ratios)[0]
+
+
+def _save(figure, path: Path) -> Path:
+    # Software=None drops the "Matplotlib version ..." text chunk; PNGs carry no date, so bytes repeat.
+    figure.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+    return path
+
+
+def _loss_figure(facts: RunFacts):
+    figure, (ax,) = _figure()
+    for key, label, color, marker in (
+        ("loss", "training loss", TUNED_COLOR, "."),
+        ("eval_loss", "validation loss", "#ff7f0e", "o"),
+    ):
+        points = facts.history[key]
+        if points:
+            ax.plot([s for s, _ in points], [v for _, v in points], marker=marker, color=color, label=label)
+    split = facts.run.get("split", "test")
+    base_loss, tuned_loss = facts.results["base"]["eval_loss"], facts.results["finetuned"]["eval_loss"]
+    ax.axhline(base_loss, color=BASE_COLOR, linestyle="--", label=f"base model, {split} split ({base_loss:.2f})")
+    ax.axhline(tuned_loss, color=TUNED_COLOR, linestyle=":", label=f"fine-tuned, {split} split ({tuned_loss:.2f})")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy per answer token", title="Loss during fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return figure
+
+
+def _metrics_figure(base: dict[str, float], tuned: dict[str, float]):
+    import numpy as np
+    from matplotlib.ticker import PercentFormatter
+
+    figure, (left, right) = _figure(width_ratios=(2, 1))
+    rates = [name for name in RATES if name in tuned]
+    x = np.arange(len(rates))
+    for offset, values, label, color in ((-0.2, base, "base", BASE_COLOR), (0.2, tuned, "fine-tuned", TUNED_COLOR)):
+        bars = left.bar(x + offset, [values[name] for name in rates], width=0.4, label=label, color=color)
+        left.bar_label(bars, labels=[f"{values[name]:.0%}" for name in rates], fontsize=8)
+    left.set(xticks=x, yticks=np.linspace(0, 1, 6), ylim=(0, 1.25), title="Held-out metrics (higher is better)")
+    left.set_xticklabels([SHORT.get(name, LABELS[name]) for name in rates])
+    left.yaxis.set_major_formatter(PercentFormatter(1.0))
+    left.legend(loc="upper center", ncols=2)
+    losses = [base["eval_loss"], tuned["eval_loss"]]
+    bars = right.bar(["base", "fine-tuned"], losses, color=[BASE_COLOR, TUNED_COLOR], width=0.6)
+    right.bar_label(bars, labels=[f"{value:.2f}" for value in losses], fontsize=8)
+    right.set(title="Loss per answer token\n(lower is better)", ylim=(0, max(losses) * 1.15 or 1))
+    return figure
+
+
+def _fields_figure(base: dict[str, float], tuned: dict[str, float], fields: list[str]):
+    import numpy as np
+    from matplotlib.ticker import PercentFormatter
+
+    figure, (ax,) = _figure()
+    y = np.arange(len(fields))[::-1]  # first field on top
+    for offset, values, label, color in ((0.2, base, "base", BASE_COLOR), (-0.2, tuned, "fine-tuned", TUNED_COLOR)):
+        shares = [values.get(f"field_accuracy_{name}", 0.0) for name in fields]
+        bars = ax.barh(y + offset, shares, height=0.4, label=label, color=color)
+        ax.bar_label(bars, labels=[f"{share:.0%}" for share in shares], fontsize=8, padding=2)
+    ax.set(yticks=y, xlim=(0, 1.12), xlabel="share of held-out answers with this field right")
+    ax.set_yticklabels(fields)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_title("Accuracy per extracted field")
+    ax.legend(loc="lower right")
+    return figure

@@ -1,0 +1,135 @@
+"""The run's facts as short text, each formatted once and shown by both the README section and the model card:
+the metrics table, the training settings, hardware, wall time and cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config
+from .facts import RunFacts
+from .markdown import table
+
+LABELS = {
+    "json_valid_rate": "Valid JSON",
+    "field_accuracy": "Field accuracy (mean)",
+    "exact_match": "Exact match",
+    "rouge_l": "ROUGE-L F1",
+    "eval_loss": "Loss per answer token",
+    "perplexity": "Perplexity",
+}
+RATES = ("json_valid_rate", "field_accuracy", "exact_match", "rouge_l")  # shares in [0, 1]
+
+
+def metrics_table(results: dict[str, Any]) -> list[str]:
+    """Base vs fine-tuned for every metric both have: rates in percent, changes in percentage points."""
+    base, tuned = results["base"], results["finetuned"]
+    names = [*(n for n in RATES if n in tuned), "eval_loss", "perplexity"]
+    rows = [
+        (LABELS[name], _fmt(name, base[name]), _fmt(name, tuned[name]), _delta(name, base[name], tuned[name]))
+        for name in names
+        if name in tuned and name in base
+    ]
+    return table(("Metric", "Base", "Fine-tuned", "Change"), rows, align="lrrr")
+
+
+def _fmt(name: str, value: float) -> str:
+    if name in RATES:
+        return f"{value:.1%}"
+    return f"{value:.3f}" if name == "eval_loss" else f"{value:.4g}"
+
+
+def _delta(name: str, base: float, tuned: float) -> str:
+    if name in RATES:
+        return f"{(tuned - base) * 100:+.1f} pp"
+    return f"{tuned - base:+.3f}" if name == "eval_loss" else f"{tuned - base:+.4g}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The training settings of a run as display text: the README's "Key settings" line and the model
+    card's hyperparameter table both read these, so the two cannot disagree."""
+
+    base_model: str
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: str
+    target_modules: str
+    qlora: bool  # LoRA on a 4-bit quantized base
+    epochs: str
+    max_steps: int
+    length: str  # what training ran for: the logged steps, else the configured steps or epochs
+    train_rows: int | None
+    batch_size: int
+    accumulation: int
+    learning_rate: str
+    lr_scheduler: str
+    warmup_ratio: str
+    weight_decay: str
+    max_seq_length: int
+    precision: str
+    packing: bool
+    seed: int
+
+
+def settings(cfg: Config, train_log: dict[str, Any]) -> Settings:
+    lora, train = cfg.lora, cfg.train
+    steps = [entry["step"] for entry in train_log.get("log_history", []) if "step" in entry]
+    configured = f"{train.max_steps} steps" if train.max_steps > 0 else f"{train.num_epochs:g} epochs"
+    return Settings(
+        base_model=cfg.model.base_model,
+        lora_r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=f"{lora.dropout:g}",
+        target_modules=lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules),
+        qlora=cfg.model.load_in_4bit,
+        epochs=f"{train.num_epochs:g}",
+        max_steps=train.max_steps,
+        length=f"{max(steps)} steps" if steps else configured,
+        train_rows=train_log.get("rows", {}).get("train"),
+        batch_size=train.batch_size,
+        accumulation=train.gradient_accumulation_steps,
+        learning_rate=f"{train.learning_rate:g}",
+        lr_scheduler=train.lr_scheduler,
+        warmup_ratio=f"{train.warmup_ratio:g}",
+        weight_decay=f"{train.weight_decay:g}",
+        max_seq_length=cfg.data.max_seq_length,
+        precision=train.precision,
+        packing=train.packing,
+        seed=train.seed,
+    )
+
+
+def hardware(facts: RunFacts) -> str:
+    return facts.train_log.get("hardware") or facts.run.get("device") or "unknown"
+
+
+def wall_time(facts: RunFacts) -> str:
+    train_s, eval_s = facts.train_log.get("train_runtime_s"), facts.run.get("wall_time_s")
+    parts = [f"training {duration(train_s)}" if train_s is not None else "training: not recorded"]
+    parts.append(f"evaluation {duration(eval_s)}" if eval_s is not None else "evaluation: not recorded")
+    return ", ".join(parts)
+
+
+def cost(facts: RunFacts, *, hourly: float) -> str:
+    """The estimated price of training + evaluation at `hourly` US dollars (report.hourly_cost_usd)."""
+    seconds = float(facts.train_log.get("train_runtime_s") or 0) + float(facts.run.get("wall_time_s") or 0)
+    return cost_text(seconds, hourly=hourly)
+
+
+def duration(seconds: float) -> str:
+    seconds = round(float(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def cost_text(seconds: float, *, hourly: float) -> str:
+    if hourly <= 0:
+        return "$0 extra on your own machine (set `report.hourly_cost_usd` to price a cloud GPU)"
+    hours = seconds / 3600
+    usd = hours * hourly
+    return f"${usd:.2f} ({hours:.2f} h x ${hourly:g}/h, `report.hourly_cost_usd`; excludes set-up and idle time)"

@@ -1,0 +1,154 @@
+"""Model registry, promotion gate, loading a model by URI, and finding a run's config, read back through
+MLflow's own client."""
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from {{ cookiecutter.package_name }}.registry import CANDIDATE, CHAMPION, fetch_model, is_model_uri, promote
+from {{ cookiecutter.package_name }}.runs import CONFIG_FILE, run_config_path
+from {{ cookiecutter.package_name }}.tracking import TrackingError
+from {{ cookiecutter.package_name }}.tracking import client as tracking_client  # the test store, whatever a test set before
+
+
+def tracked(run_dir: Path) -> dict:
+    return json.loads((run_dir / "tracking.json").read_text())
+
+
+@pytest.mark.e2e
+def test_first_version_is_candidate_and_champion(smoke_run, smoke_report, smoke_config):
+    config = smoke_config()
+    client = tracking_client()
+    version = tracked(smoke_run)["model_version"]
+    registered = client.get_model_version(config.project, version)
+    assert registered.run_id == tracked(smoke_run)["run_id"]
+    assert str(client.get_model_version_by_alias(config.project, CANDIDATE).version) == version
+    assert str(client.get_model_version_by_alias(config.project, CHAMPION).version) == version
+    assert registered.tags["promotion.decision"] == "promoted"
+    decision = json.loads((Path(config.eval.report_dir) / "promotion.json").read_text())
+    assert decision["promoted"] is True
+    assert decision["reason"] == "no champion yet"
+
+    again = promote(config, report_dir=Path(config.eval.report_dir) / "again")  # re-judging the champion
+    assert again.promoted and again.reason == f"version {version} is already champion"
+    assert client.get_model_version(config.project, version).tags["promotion.reason"] == "no champion yet"
+
+
+@pytest.mark.e2e
+def test_champion_loads_with_the_trained_weights(smoke_run, smoke_report, smoke_config):
+    source = fetch_model(f"models:/{smoke_config().project}@{CHAMPION}")
+    assert source.version == tracked(smoke_run)["model_version"]
+    assert source.run_id == tracked(smoke_run)["run_id"]
+    assert Path(source.base_model) == Path(smoke_config().model.base_model).resolve()
+    assert (source.tokenizer_dir / "chat_template.jinja").is_file()
+    logged = load_file(source.adapter_dir / "adapter_model.safetensors")
+    trained = load_file(smoke_run / "adapter" / "adapter_model.safetensors")
+    assert logged.keys() == trained.keys()
+    assert all((logged[key] == trained[key]).all() for key in trained)
+    by_run = fetch_model(f"runs:/{source.run_id}/model")
+    assert by_run.adapter_dir.joinpath("adapter_config.json").is_file()
+
+
+@pytest.mark.e2e
+def test_each_uri_form_names_the_model_version_and_run(smoke_run, smoke_report, smoke_config):
+    project, version, run_id = smoke_config().project, tracked(smoke_run)["model_version"], tracked(smoke_run)["run_id"]
+    identities = {
+        uri: (source.name, source.version, source.run_id)
+        for uri in (f"models:/{project}@{CHAMPION}", f"models:/{project}/{version}", f"runs:/{run_id}/model")
+        for source in [fetch_model(uri)]
+    }
+    assert identities == {
+        f"models:/{project}@{CHAMPION}": (project, version, run_id),  # the alias resolved to its version
+        f"models:/{project}/{version}": (project, version, run_id),
+        f"runs:/{run_id}/model": (run_id, None, run_id),  # a run's model has no registered version
+    }
+    # A version's source is the logged model's own URI (models:/m-<id>): named by its artifact, no version.
+    logged_model_uri = tracking_client().get_model_version(project, version).source
+    by_id = fetch_model(logged_model_uri)
+    assert (by_id.name, by_id.version, by_id.run_id) == ("model", None, run_id)
+
+
+@pytest.mark.parametrize("uri", ["models:/no-such-model@champion", "models:/no-such-model/3"])
+def test_unknown_model_uri_is_a_clear_error(uri):
+    with pytest.raises(TrackingError, match="no-such-model"):
+        fetch_model(uri)
+
+
+def test_local_folder_that_is_not_an_adapter_is_a_clear_error(tmp_path):
+    with pytest.raises(TrackingError, match=r"not a LoRA adapter folder \(no adapter_config\.json\)"):
+        fetch_model(str(tmp_path))
+    with pytest.raises(TrackingError, match="no such folder"):
+        fetch_model(str(tmp_path / "missing"))
+
+
+def test_model_uris_are_told_from_local_folders(tmp_path):
+    uris = ["models:/shop@champion", "models:/shop/3", "runs:/0123abcd/model", "MODELS:/shop@champion"]
+    folders = ["outputs/smoke-1/adapter", str(tmp_path), tmp_path / "adapter", "latest", "", "models/shop", "C:/runs"]
+    assert [is_model_uri(uri) for uri in uris] == [True] * len(uris)
+    assert [is_model_uri(folder) for folder in folders] == [False] * len(folders)
+
+
+def register_scored_version(client: MlflowClient, name: str, *, loss: float) -> str:
+    """A registered version whose run scored `loss`: the real registry, with the metric chosen by the test."""
+    experiment = client.get_experiment_by_name(name)
+    run = client.create_run(experiment.experiment_id if experiment else client.create_experiment(name))
+    client.log_metric(run.info.run_id, "finetuned.eval_loss", loss)
+    client.set_terminated(run.info.run_id)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    return str(version.version)
+
+
+def test_gate_keeps_the_champion_against_a_worse_candidate(smoke_config, tmp_path):
+    config = smoke_config("project=gate-test", "tracking.promotion_metric=finetuned.eval_loss")
+    client = tracking_client()
+    first = register_scored_version(client, "gate-test", loss=1.0)
+    assert promote(config, version=first, report_dir=tmp_path).promoted
+
+    worse = register_scored_version(client, "gate-test", loss=2.0)
+    decision = promote(config, version=worse, report_dir=tmp_path)
+    assert not decision.promoted
+    assert decision.reason == "candidate 2 does not beat champion 1 (minimize)"
+    assert str(client.get_model_version_by_alias("gate-test", CHAMPION).version) == first
+    assert client.get_model_version("gate-test", worse).tags["promotion.decision"] == "rejected"
+    assert json.loads((tmp_path / "promotion.json").read_text())["champion_version"] == first
+
+    better = register_scored_version(client, "gate-test", loss=0.5)
+    assert promote(config, version=better, report_dir=tmp_path).promoted
+    assert str(client.get_model_version_by_alias("gate-test", CHAMPION).version) == better
+
+
+def test_run_config_comes_from_the_run_folder_then_mlflow_then_nowhere(tmp_path):
+    client = tracking_client()
+    experiment = client.create_experiment("run-config", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    logged = tmp_path / "logged" / CONFIG_FILE
+    logged.parent.mkdir()
+    logged.write_text("project: from-mlflow\n")
+    client.log_artifact(run_id, str(logged))
+    run_dir = tmp_path / "outputs" / "smoke-1"
+    run_dir.mkdir(parents=True)
+
+    downloaded = run_config_path(run_dir=run_dir, run_id=run_id)  # the folder has no config.yaml yet
+    assert downloaded.name == CONFIG_FILE and downloaded.read_text() == "project: from-mlflow\n"
+    (run_dir / CONFIG_FILE).write_text("project: from-folder\n")
+    assert run_config_path(run_dir=run_dir, run_id=run_id) == run_dir / CONFIG_FILE
+    assert run_config_path(run_dir=tmp_path / "elsewhere", run_id=None) is None
+    assert run_config_path(run_id="0123456789abcdef0123456789abcdef") is None  # no such run
+    assert run_config_path() is None
+
+
+@pytest.mark.e2e
+def test_serving_the_champion_uses_its_logged_config(smoke_run, smoke_report, smoke_config):
+    from {{ cookiecutter.package_name }}.serve.loader import load_for_serving
+    from {{ cookiecutter.package_name }}.serve.settings import Settings
+    from {{ cookiecutter.package_name }}.task import SYSTEM_PROMPT
+
+    project = smoke_config().project
+    loaded = load_for_serving(Settings(model=f"models:/{project}@{CHAMPION}", device="cpu"))
+    assert (loaded.name, loaded.version) == (project, tracked(smoke_run)["model_version"])
+    assert loaded.system_prompt == SYSTEM_PROMPT  # from the config.yaml logged to the training run
