@@ -136,13 +136,42 @@ def test_pip_install_and_console_script(bake, tmp_path):
         assert re.search(rf"│ {command}\s", result.stdout), f"'{command}' missing from --help:\n{result.stdout}"
 
 
+# What differs between bakes is rendered text: names, licence, Python target, the chosen cloud. The Python
+# under src/ is copied verbatim, so it is byte-identical in every bake and the default bake's full suite
+# covers it; the other bakes run the tests that read rendered files, plus the import and structure checks.
+RENDERED_FILE_TESTS = [
+    "tests/test_architecture.py",  # every module imports under this bake's package name
+    "tests/test_configs.py",  # configs/*.yaml (project name, base model)
+    "tests/test_workflows.py",  # .github/workflows for this cloud and Python version
+    "tests/test_ops.py",  # Dockerfile, docker-compose.yml, ops/
+    "tests/test_deploy.py",  # Dockerfile stages, .gitignore, the bundled image
+    "tests/test_publish.py",  # README.md and pyproject.toml metadata
+    "tests/test_report.py",  # README.md results markers
+]
+
+
+def suite_selection(project: Path, answers: dict[str, str]) -> list[str]:
+    """pytest arguments for a bake's own suite: all of it for the default bake, else RENDERED_FILE_TESTS and
+    the chosen cloud's deploy tests, without training or servers."""
+    if not answers:
+        return []
+    cloud_tests = sorted(str(path.relative_to(project)) for path in project.glob("tests/test_deploy_*.py"))
+    return ["-m", "not e2e and not slow", *RENDERED_FILE_TESTS, *cloud_tests]
+
+
+def test_every_rendered_file_test_exists(bake):
+    project = bake()
+    assert [path for path in RENDERED_FILE_TESTS if not (project / path).is_file()] == []
+
+
 @pytest.mark.bake_suite
 @pytest.mark.parametrize("answers", MATRIX)
 def test_bake_own_test_suite_passes(bake, answers):
     project = bake(**answers)
-    # The default bake runs everything, including the end-to-end smoke training; the others differ
-    # only in names, licence and Python target, so their fast tests prove the rendering works.
-    selection = [] if not answers else ["-m", "not e2e and not slow"]
+    selection = suite_selection(project, answers)
     result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection], cwd=project)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
+    cloud = answers.get("cloud", CHOICES["cloud"][0])
+    if answers and cloud != "none":  # the chosen cloud's deploy tests were part of the selection
+        assert f"tests/test_deploy_{cloud.replace('-', '_')}.py" in selection

@@ -181,6 +181,36 @@ def test_config_keys_named_in_the_docs_exist(project_package):
             assert key in keys, f"docs/{page.name} names config key {key!r}, which config.py does not define"
 
 
+# ---- the module map -------------------------------------------------------------------------------------
+
+MAP_ROW = re.compile(r"^\| `([\w/]+(?:\.py|/))` \|", re.M)
+README_PATH = re.compile(r"`src/\{\{ cookiecutter\.package_name \}\}/([^`]+)`")
+
+
+def package_modules() -> set[str]:
+    """Every module of the generated package, relative to it: `registry.py`, `serve/routes/chat.py`, ..."""
+    return {
+        str(path.relative_to(PACKAGE_DIR))
+        for path in PACKAGE_DIR.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+
+
+def test_architecture_map_lists_exactly_the_modules_of_the_package():
+    rows = MAP_ROW.findall((DOCS / "architecture.md").read_text(encoding="utf-8"))
+    covered = {module for module in package_modules() for row in rows if module == row or module.startswith(row)}
+    assert package_modules() - covered == set(), "modules missing from the map in docs/architecture.md"
+    stale = [row for row in rows if not (PACKAGE_DIR / row).exists()]
+    assert stale == [], f"docs/architecture.md maps modules that do not exist: {stale}"
+
+
+def test_paths_in_the_generated_readme_exist():
+    named = README_PATH.findall((PROJECT / "README.md").read_text(encoding="utf-8"))
+    assert named, "the generated README names no src/ paths: did its 'What this project demonstrates' table move?"
+    missing = [path for path in named if not (PACKAGE_DIR / path).exists()]
+    assert missing == [], f"{{{{cookiecutter.project_slug}}}}/README.md names files that do not exist: {missing}"
+
+
 # ---- the site builds ------------------------------------------------------------------------------------
 
 
