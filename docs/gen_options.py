@@ -24,7 +24,7 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 COOKIECUTTER_JSON = TEMPLATE / "cookiecutter.json"
 PRE_GEN_HOOK = TEMPLATE / "hooks" / "pre_gen_project.py"
 OPTIONS_PAGE = TEMPLATE / "docs" / "options.md"
-USAGE = "cookiecutter gh:<org>/llm-portfolio --no-input"
+USAGE = "cookiecutter https://github.com/ORG/llm-portfolio --no-input"
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,11 @@ HEADER = """\
 Defaults of later questions follow your earlier answers: `project_slug` is made from `project_name`, and
 `package_name` from `project_slug`.
 
-To answer without prompts, pass `--no-input` and any `key=value` pairs. Keys you leave out take their default:
+To answer without prompts, pass `--no-input` and any `key=value` pairs. Keys you leave out take their default
+(`ORG` is the GitHub user or organisation that hosts the template; in a clone of it, `cookiecutter .`):
 
 ```bash
-cookiecutter gh:<org>/llm-portfolio --no-input project_name="Return Desk" license=Apache-2.0
+cookiecutter https://github.com/ORG/llm-portfolio --no-input project_name="Return Desk" license=Apache-2.0
 ```
 
 Before any file is written, `hooks/pre_gen_project.py` checks the answers. Each bad answer gets one line,

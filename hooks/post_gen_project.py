@@ -55,7 +55,10 @@ def next_steps(answers: dict) -> str:
             f"  cd {slug}",
             "  make install    # virtual environment + dependencies (see README for GPU / CPU-only torch)",
             "  make train      # example data, LoRA fine-tuning of the tiny offline model (configs/smoke.yaml)",
-            *([f"  DRY_RUN=1 make deploy   # what deploying runs (deploy/{cloud}/README.md)"] * (cloud != "none")),
+            *(
+                [f"  DRY_RUN=1 make deploy   # what deploying runs, once .env is filled (deploy/{cloud}/README.md)"]
+                * (cloud != "none")
+            ),
         ]
     )
 

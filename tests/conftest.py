@@ -79,6 +79,7 @@ src/{pkg}/serve/static/index.html
 src/{pkg}/publish.py
 src/{pkg}/registry.py
 src/{pkg}/report/__init__.py
+src/{pkg}/report/about.py
 src/{pkg}/report/card.py
 src/{pkg}/report/facts.py
 src/{pkg}/report/markdown.py
@@ -88,6 +89,7 @@ src/{pkg}/report/readme.py
 src/{pkg}/report/summary.py
 src/{pkg}/runs.py
 src/{pkg}/task.py
+src/{pkg}/task_init.py
 src/{pkg}/tracking.py
 src/{pkg}/train.py
 tests/conftest.py
@@ -108,6 +110,7 @@ tests/test_request_log.py
 tests/test_serve.py
 tests/test_serve_live.py
 tests/test_task.py
+tests/test_task_init.py
 tests/test_tracking.py
 tests/test_train.py
 tests/test_workflows.py

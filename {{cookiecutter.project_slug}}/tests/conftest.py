@@ -112,9 +112,11 @@ def served_adapter(workdir, smoke_config, tiny_model) -> Path:
     from peft import get_peft_model
 
     from {{ cookiecutter.package_name }}.config import dump_config
+    from {{ cookiecutter.package_name }}.data import load_splits, with_recorded_system_prompt
     from {{ cookiecutter.package_name }}.model import load_base_model, load_tokenizer, lora_config
 
     config = smoke_config()
+    config = with_recorded_system_prompt(config, load_splits(config.data)["train"]["messages"])  # as `train` does
     run_dir = workdir / "serving" / "untrained"
     peft_config = lora_config(config.lora)
     peft_config.init_lora_weights = False

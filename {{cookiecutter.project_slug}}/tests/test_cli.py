@@ -2,10 +2,13 @@
 
 import importlib
 import inspect
+import logging
 import os
 import pkgutil
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,8 +23,8 @@ from {{ cookiecutter.package_name }}.errors import ProjectError
 runner = CliRunner()
 
 # Every command the app has: a new one must be added here (and so gets its --help checked).
-COMMANDS = {"config", "data", "train", "evaluate", "promote", "report", "publish", "merge", "serve", "monitor"}
-SUBCOMMANDS = {"config": {"show", "keys"}, "data": {"synth", "validate"}, "monitor": {"drift"}}
+COMMANDS = {"config", "data", "task", "train", "evaluate", "promote", "report", "publish", "merge", "serve", "monitor"}
+SUBCOMMANDS = {"config": {"show", "keys"}, "data": {"synth", "validate"}, "task": {"init"}, "monitor": {"drift"}}
 # Errors that serving turns into HTTP responses (429, 400, 500, an API error body): never seen by the CLI.
 HTTP_ERRORS = {"APIError", "EngineBusy", "PromptError", "GenerationFailed"}
 
@@ -147,3 +150,76 @@ def test_python_dash_m_runs_the_same_app():
     )
     assert result.returncode == 0, result.stderr
     assert "config" in result.stdout
+
+
+# What the libraries print, word for word: the filters must drop exactly these and nothing similar.
+GRADIENT_CHECKPOINTING = (
+    "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` instead."
+)
+DATASET_SOURCE = (
+    "The specified dataset source can be interpreted in multiple ways: LocalArtifactDatasetSource, "
+    "LocalArtifactDatasetSource. MLflow will assume that this is a LocalArtifactDatasetSource source."
+)
+BPE_CLEAN_UP = "Ignoring clean_up_tokenization_spaces=True for BPE tokenizer TokenizersBackend. The clean_up..."
+WARNING_LINE = re.compile(r"Warning\b|warnings\.warn|^\[transformers\]")
+
+
+def test_only_the_known_harmless_library_warnings_are_silenced():
+    cases = [  # (message, category, module the warning comes from, shown?)
+        (GRADIENT_CHECKPOINTING, FutureWarning, "transformers.modeling_utils", False),
+        (GRADIENT_CHECKPOINTING, FutureWarning, "{{ cookiecutter.package_name }}.model", True),
+        (DATASET_SOURCE, UserWarning, "mlflow.data.dataset_source_registry", False),
+        (DATASET_SOURCE, FutureWarning, "mlflow.data.dataset_source_registry", True),
+        ("Something else went wrong", UserWarning, "mlflow.data.dataset_source_registry", True),
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert runner.invoke(app, ["config", "keys"]).exit_code == 0  # every command adds the filters first
+        for message, category, module, _ in cases:
+            warnings.warn_explicit(message, category, filename=f"{module}.py", lineno=1, module=module)
+    assert [str(warning.message) for warning in caught] == [case[0] for case in cases if case[3]]
+
+    logger, records = logging.getLogger("transformers.tokenization_utils_tokenizers"), []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        logger.warning(BPE_CLEAN_UP)
+        logger.warning("Ignoring something else")
+    finally:
+        logger.removeHandler(handler)
+    assert [record.getMessage() for record in records] == ["Ignoring something else"]
+
+
+@pytest.mark.e2e
+def test_a_smoke_pipeline_prints_no_library_warnings(workdir, tiny_model, tmp_path):
+    """train, evaluate and report as a user runs them (own processes, MLflow on, the model logged and
+    registered): stderr holds progress and our own messages, no warning that reads like an error."""
+    project = Path(__file__).parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(project / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",  # not the session's store: no extra versions
+    }
+    (tmp_path / "README.md").write_text((project / "README.md").read_text(encoding="utf-8"), encoding="utf-8")
+    smoke = [
+        *("--config", str(project / "configs" / "smoke.yaml")),
+        *(f"data.path={workdir / 'data' / 'shop_extraction'}", f"model.base_model={tiny_model}"),
+        *(f"train.output_dir={tmp_path / 'outputs'}", f"eval.report_dir={tmp_path / 'reports'}"),
+    ]
+
+    def run(*arguments: str) -> str:
+        command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", *arguments]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr
+
+    stderr = run("train", *smoke, "train.max_steps=2", "train.eval_steps=1", "train.save_steps=1")
+    [run_dir] = (tmp_path / "outputs").iterdir()
+    own_config = ("--config", str(run_dir / "config.yaml"))
+    stderr += run("evaluate", *own_config, "--adapter", str(run_dir / "adapter"), "eval.max_samples=2")
+    stderr += run("report", *own_config, "--readme", "README.md", "--model-card", "MODEL_CARD.md")
+    assert [line for line in stderr.splitlines() if WARNING_LINE.search(line)] == []
+    # MLflow really logged (the warnings were not silenced by switching tracking off):
+    assert "registered {{ cookiecutter.project_slug }} version 1 as @candidate" in stderr

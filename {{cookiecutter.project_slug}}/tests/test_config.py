@@ -16,11 +16,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_yaml_then_overrides_then_defaults(tmp_path):
     path = write(tmp_path, "project: demo\ntrain:\n  max_steps: 7\n  learning_rate: 1.0e-3\n")
-    config = load_config(path, ["train.max_steps=9", "lora.target_modules=[q_proj, v_proj]", "data.system_prompt=hi"])
+    config = load_config(path, ["train.max_steps=9", "lora.target_modules=[q_proj, v_proj]", "task.system_prompt=hi"])
     assert config.train.max_steps == 9  # the command line wins over the file
     assert config.train.learning_rate == 1e-3  # the file wins over the default
     assert config.lora.target_modules == ["q_proj", "v_proj"]
-    assert config.data.system_prompt == "hi"
+    assert config.task.system_prompt == "hi"
     assert config.lora.r == Config.model_fields["lora"].default_factory().r
 
 
@@ -104,3 +104,43 @@ def test_every_key_is_documented():
     assert len(rows) > 40
     undocumented = [key for key, _, text in rows if not text]
     assert undocumented == []
+
+
+def test_moved_keys_are_refused_with_their_new_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from {{ cookiecutter.package_name }}.cli import app
+
+    path = write(tmp_path, "project: demo\ndata:\n  path: data/x\n  task: generic\n  system_prompt: Be brief.\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).splitlines()[1:] == [
+        f"  {path}:4: data.task moved to task.kind (the `task` section)",
+        f"  {path}:5: data.system_prompt moved to task.system_prompt (the `task` section)",
+    ]
+    result = CliRunner().invoke(app, ["config", "show", "--config", str(path)])
+    assert result.exit_code == 2 and "data.task moved to task.kind" in result.output
+    with pytest.raises(ConfigError, match=r"command line \(data.task=generic\): data.task moved to task.kind"):
+        load_config(write(tmp_path, "project: demo\n"), ["data.task=generic"])
+
+
+def test_task_defaults_are_neutral_not_the_shop_example(tmp_path):
+    config = load_config(write(tmp_path, "project: ticket-triage\n"))
+    assert config.task.model_dump() == {
+        "name": "ticket-triage",  # the project's name until one is given
+        "description": "",
+        "kind": "extraction",
+        "fields": [],
+        "system_prompt": None,
+    }
+    config = load_config(write(tmp_path, "project: demo\ntask:\n  name: Ticket triage\n  fields: [category, x]\n"))
+    assert (config.task.name, config.task.fields) == ("Ticket triage", ["category", "x"])
+
+
+def test_shipped_configs_state_the_example_task():
+    configs = Path(__file__).parents[1] / "configs"
+    for name in ("smoke", "default", "gpu"):
+        task = load_config(configs / f"{name}.yaml").task
+        assert task.name == "Shop order extraction" and task.description.startswith("Reads a short customer message")
+        assert (task.kind, task.system_prompt) == ("extraction", None)
+        assert task.fields == ["intent", "order_id", "product", "quantity", "sentiment", "urgency"]

@@ -8,13 +8,16 @@ import pytest
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.config import DataConfig
+from {{ cookiecutter.package_name }}.config import DataConfig, TaskConfig
 from {{ cookiecutter.package_name }}.data import (
     DataError,
     Problem,
+    answer_object,
     length_problems,
     load_splits,
+    shared_system_prompt,
     validate_data,
+    with_recorded_system_prompt,
 )
 
 
@@ -74,7 +77,7 @@ def test_prompt_completion_csv_gets_the_system_prompt(tmp_path):
         pd.DataFrame({"prompt": [f"{split} p{i}" for i in range(3)], "completion": ["c"] * 3}).to_csv(
             tmp_path / f"{split}.csv", index=False
         )
-    splits = load_splits(DataConfig(path=str(tmp_path), system_prompt="Be brief."))
+    splits = load_splits(DataConfig(path=str(tmp_path)), system_prompt="Be brief.")
     assert splits["test"][1]["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "test p1"},
@@ -251,6 +254,103 @@ def test_validate_without_tokenizer_skips_lengths(tmp_path):
     chat_folder(tmp_path)
     write_jsonl(tmp_path / "train.jsonl", [chat("word " * 900)])
     assert validate_data(DataConfig(path=str(tmp_path), max_seq_length=16)) == []
+
+
+# --- the task: system prompt and answer schema ------------------------------------------------------
+
+
+def test_system_prompt_goes_first_only_in_rows_without_one(tmp_path):
+    chat_folder(tmp_path)
+    write_jsonl(tmp_path / "train.jsonl", [chat("own", system="Row's own."), chat("none")])
+    train = load_splits(DataConfig(path=str(tmp_path)), system_prompt="Task prompt.")["train"]["messages"]
+    assert [row[0] for row in train] == [
+        {"role": "system", "content": "Row's own."},
+        {"role": "system", "content": "Task prompt."},
+    ]
+    assert [len(row) for row in train] == [3, 3]
+
+
+def test_train_records_the_system_prompt_all_rows_share(smoke_config):
+    shared = [chat("a", system="S")["messages"], chat("b", system="S")["messages"]]
+    assert shared_system_prompt(shared) == "S"
+    assert shared_system_prompt([*shared, chat("c", system="T")["messages"]]) is None
+    assert shared_system_prompt([*shared, chat("c")["messages"]]) is None  # one row has none
+    config = smoke_config()
+    assert config.task.system_prompt is None
+    assert with_recorded_system_prompt(config, shared).task.system_prompt == "S"
+    assert with_recorded_system_prompt(config, [chat("c")["messages"]]).task.system_prompt is None
+    chosen = smoke_config("task.system_prompt=Mine")
+    assert with_recorded_system_prompt(chosen, shared).task.system_prompt == "Mine"  # a set prompt stays
+
+
+def ticket(text, answer, **extra):
+    return {"instruction": "Triage this ticket.", "input": text, "output": answer, **extra}
+
+
+TRIAGE = TaskConfig(kind="extraction", fields=["category", "priority"])
+
+
+def test_answer_object_is_strict():
+    assert answer_object('{"category": "billing"}') == {"category": "billing"}
+    assert answer_object('```json\n{"category": "billing"}\n```') is None  # the model would learn the fences
+    assert answer_object('["billing"]') is None
+    assert answer_object("billing") is None
+
+
+def test_validate_reports_non_json_answers_and_missing_fields_with_lines(tmp_path):
+    good = json.dumps({"category": "billing", "priority": "high"})
+    train = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            ticket("t1", good),
+            ticket("t2", json.dumps({"category": "billing"})),
+            ticket("t3", "billing, high"),
+            ticket("t4", '["billing", "high"]'),
+            ticket("t5", json.dumps({"priority": "low", "note": "x"})),
+        ],
+    )
+    write_jsonl(tmp_path / "validation.jsonl", [ticket("v1", good)])
+    write_jsonl(tmp_path / "test.jsonl", [ticket("s1", good)])
+    not_json = 'the answer is not a JSON object; write it as one JSON object such as {"key": "value"}, or set '
+    not_json += "task.kind=generic for free text"
+    lacks = "add them (null when a value is absent) or fix task.fields"
+    assert [str(problem) for problem in validate_data(DataConfig(path=str(tmp_path)), task=TRIAGE)] == [
+        f"{train}:2: the answer lacks priority; {lacks}",
+        f"{train}:3: {not_json}",
+        f"{train}:4: {not_json}",
+        f"{train}:5: the answer lacks category; {lacks}",
+    ]
+    assert validate_data(DataConfig(path=str(tmp_path))) == []  # no task given: answers are not checked
+    generic = validate_data(DataConfig(path=str(tmp_path)), task=TaskConfig(kind="generic", fields=["category"]))
+    assert generic == []
+
+
+def test_validate_says_when_the_schema_does_not_match_the_data(tmp_path):
+    rows = [ticket(f"t{i}", json.dumps({"category": "billing", "priority": "low"})) for i in range(10)]
+    rows[3]["output"] = json.dumps({"category": "billing", "priority": "low", "urgency": "high"})
+    path = write_jsonl(tmp_path / "tickets.jsonl", rows)
+    task = TaskConfig(kind="extraction", fields=["category", "urgency"])
+    problems = validate_data(DataConfig(path=str(path)), task=task)
+    assert len([p for p in problems if p.line and p.message.startswith("the answer lacks urgency")]) == 9
+    assert str(problems[-1]) == (
+        f"{path}: task.fields: `urgency` is missing from 9 of 10 answers: the schema does not match the data; "
+        "fix task.fields (`task init` infers it from the data) or the answers"
+    )
+    assert len(problems) == 10
+
+
+def test_cli_validate_checks_the_config_task(tmp_path, config_file):
+    rows = [ticket(f"t{i}", json.dumps({"category": "billing", "priority": "low"})) for i in range(10)]
+    rows[4]["output"] = "billing"
+    path = write_jsonl(tmp_path / "tickets.jsonl", rows)
+    overrides = [f"data.path={path}", "task.fields=[category, priority]"]
+    result = CliRunner().invoke(app, ["data", "validate", "--config", str(config_file), *overrides])
+    assert result.exit_code == 1
+    assert f"{path}:5: the answer is not a JSON object" in result.output
+    generic = CliRunner().invoke(
+        app, ["data", "validate", "--config", str(config_file), *overrides, "task.kind=generic"]
+    )
+    assert generic.exit_code == 0 and "no problems found" in generic.output
 
 
 def test_problem_str_is_path_line_message():

@@ -1,5 +1,7 @@
-"""Evaluation: metrics, the loss mask, and reports/eval.json + eval.md of base vs fine-tuned."""
+"""Evaluation: metrics, the loss mask, reports/eval.json + eval.md of base vs fine-tuned, and the run's own
+config: a disagreeing config refused, `--other-data` logged apart, the scored rows' digest recorded."""
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -8,9 +10,25 @@ import pytest
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.config import dump_config
-from {{ cookiecutter.package_name }}.evaluate import _loss_batch, evaluate, extraction_metrics, generic_metrics
+from {{ cookiecutter.package_name }}.config import dump_config, load_config
+from {{ cookiecutter.package_name }}.evaluate import (
+    COMMAND,
+    EvaluationError,
+    _loss_batch,
+    check_run_config,
+    config_differences,
+    evaluate,
+    extraction_metrics,
+    generic_metrics,
+)
 from {{ cookiecutter.package_name }}.model import ModelError, load_tokenizer
+from {{ cookiecutter.package_name }}.registry import ModelSource
+from {{ cookiecutter.package_name }}.tracking import client as tracking_client
+
+
+def tracked(run_dir: Path) -> dict:
+    return json.loads((run_dir / "tracking.json").read_text())
+
 
 EXPECTED = [
     '{"intent":"track","order_id":"A1","quantity":null}',
@@ -73,13 +91,33 @@ def test_cli_evaluate_with_a_missing_adapter_fails_cleanly(smoke_config, tmp_pat
 
 
 @pytest.mark.e2e
-def test_cli_evaluate_prints_both_models_and_generic_task_reports_rouge_l(smoke_config, smoke_run, tmp_path):
-    """One evaluation, two checks: the command prints both models' metrics, and `data.task=generic` scores
-    exact match and ROUGE-L instead of JSON fields (the extraction task's keys: the shared smoke_report)."""
+def test_cli_evaluate_on_other_data_on_purpose_prints_both_models_and_logs_a_separate_run(
+    smoke_config, smoke_run, smoke_report, tmp_path
+):
+    """One evaluation, several checks. The extraction-trained smoke adapter scored as a `generic` task is
+    refused without --other-data, nothing written or logged. With it: the command prints both models' metrics,
+    `task.kind=generic` scores exact match and ROUGE-L instead of JSON fields (the extraction task's keys: the
+    shared smoke_report), and the metrics go to a new MLflow run tagged evaluation_of=<training run>, never
+    over the training run's own, with no promotion gate."""
+    client = tracking_client()
+    run_id = tracked(smoke_run)["run_id"]
+    before = client.get_run(run_id)
+    runs_before = {run.info.run_id for run in client.search_runs([before.info.experiment_id])}
     config_file = tmp_path / "smoke.yaml"
-    dump_config(smoke_config("data.task=generic", "eval.max_samples=4", root=tmp_path), config_file)
+    overrides = ("task.kind=generic", "eval.max_samples=4", "tracking.enabled=true")
+    dump_config(smoke_config(*overrides, root=tmp_path), config_file)
     arguments = ["evaluate", "--config", str(config_file), "--adapter", str(smoke_run / "adapter")]
-    result = CliRunner().invoke(app, arguments)
+
+    refused = CliRunner().invoke(app, arguments)
+    assert refused.exit_code == 1
+    assert [line for line in refused.output.splitlines() if ": the run's " in line] == [
+        '  task.kind: the run\'s "extraction", given "generic"'
+    ]
+    assert "add --other-data" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "reports").exists()
+    assert {run.info.run_id for run in client.search_runs([before.info.experiment_id])} == runs_before
+
+    result = CliRunner().invoke(app, [*arguments, "--other-data"])
     assert result.exit_code == 0, result.output
     assert "     base: eval_loss " in result.output and "finetuned: eval_loss " in result.output
     assert (tmp_path / "reports" / "eval.json").is_file()
@@ -89,7 +127,129 @@ def test_cli_evaluate_prints_both_models_and_generic_task_reports_rouge_l(smoke_
         assert "json_valid_rate" not in report[model]
         assert f"{model:>9}: eval_loss {report[model]['eval_loss']:.3f}, " in result.output
     assert report["run"]["task"] == "generic" and report["run"]["num_examples"] == 4
+    assert report["run"]["other_data"] is True
     assert "| rouge_l |" in (tmp_path / "reports" / "eval.md").read_text()
+    assert "another config than the model's run (`--other-data`)" in (tmp_path / "reports" / "eval.md").read_text()
+    assert not (tmp_path / "reports" / "promotion.json").exists()  # the gate did not run
+
+    after = client.get_run(run_id)
+    assert (after.data.metrics, after.data.tags) == (before.data.metrics, before.data.tags)
+    (logged,) = [run for run in client.search_runs([before.info.experiment_id]) if run.info.run_id not in runs_before]
+    assert logged.data.tags["evaluation_of"] == run_id and logged.data.tags["other_data"] == "true"
+    assert logged.data.metrics["finetuned.rouge_l"] == pytest.approx(report["finetuned"]["rouge_l"])
+    assert logged.data.tags["evaluation.test_digest"] == report["run"]["test_digest"]
+    assert logged.data.tags["evaluation.test_rows"] == "4"
+    assert logged.info.status == "FINISHED"
+
+
+@pytest.mark.e2e
+def test_a_config_that_disagrees_with_the_run_is_refused_before_anything_is_written(
+    smoke_config, smoke_run, smoke_report
+):
+    client = tracking_client()
+    run_id, version = tracked(smoke_run)["run_id"], tracked(smoke_run)["model_version"]
+    metrics_before = client.get_run(run_id).data.metrics
+    eval_json = Path(smoke_config().eval.report_dir) / "eval.json"
+    written = eval_json.read_bytes()
+    own = load_config(smoke_run / "config.yaml")
+    # Training-only and eval-only settings may differ; the task and the data may not.
+    ignored = ("data.max_train_samples=8", "train.max_steps=1", "eval.max_samples=2", "lora.r=4")
+    config = smoke_config("tracking.enabled=true", "task.kind=generic", "data.max_seq_length=100", *ignored)
+
+    with pytest.raises(EvaluationError) as refused:
+        evaluate(config, adapter_dir=smoke_run / "adapter")
+    message = str(refused.value)
+    assert message.startswith(f"{smoke_run / 'adapter'} was trained with another config than the one given")
+    assert [line for line in message.splitlines() if ": the run's " in line] == [
+        '  task.kind: the run\'s "extraction", given "generic"',
+        f"  data.max_seq_length: the run's {own.data.max_seq_length}, given 100",
+    ]
+    assert f"\n  {COMMAND} evaluate --config {smoke_run / 'config.yaml'} --adapter {smoke_run / 'adapter'}\n" in message
+    assert "add --other-data (the metrics go to a new MLflow run tagged evaluation_of=<its run>" in message
+
+    uri = f"models:/{config.project}/{version}"  # compared with the config logged to its run
+    with pytest.raises(EvaluationError) as by_uri:
+        evaluate(config, adapter_dir=uri)
+    assert "  task.kind: the run's" in str(by_uri.value)
+    assert f"\n  {COMMAND} evaluate --adapter {uri}\n" in str(by_uri.value)  # its logged config is the default
+
+    assert eval_json.read_bytes() == written
+    assert client.get_run(run_id).data.metrics == metrics_before
+
+
+@pytest.mark.e2e
+def test_the_scored_rows_digest_is_in_eval_json_and_on_the_training_run(smoke_config, smoke_run, smoke_report):
+    from {{ cookiecutter.package_name }}.data import load_splits
+
+    config = smoke_config()
+    rows = list(load_splits(config.data, system_prompt=config.task.system_prompt)["test"]["messages"])[:32]
+    canonical = json.dumps(rows, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    assert (smoke_report["run"]["test_digest"], smoke_report["run"]["test_rows"]) == (digest, 32)
+    assert smoke_report["run"]["other_data"] is False
+    tags = tracking_client().get_run(tracked(smoke_run)["run_id"]).data.tags
+    assert (tags["evaluation.test_digest"], tags["evaluation.test_rows"]) == (digest, "32")
+
+
+@pytest.mark.e2e
+def test_cli_evaluate_without_config_takes_the_runs_own(smoke_config, smoke_run, smoke_report, monkeypatch):
+    import {{ cookiecutter.package_name }}.evaluate as evaluate_module
+
+    seen = []
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda config, **kwargs: seen.append(config) or smoke_report)
+    uri = f"models:/{smoke_config().project}/{tracked(smoke_run)['model_version']}"
+    outputs = []
+    for adapter in (str(smoke_run / "adapter"), uri):  # the run folder's config.yaml; the one logged to MLflow
+        result = CliRunner().invoke(app, ["evaluate", "--adapter", adapter, "eval.max_samples=3"])
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    assert f"config: {smoke_run / 'config.yaml'}\n" in outputs[0]
+    assert seen == [load_config(smoke_run / "config.yaml", ["eval.max_samples=3"])] * 2
+
+
+def test_cli_evaluate_without_config_uses_smoke_yaml_for_an_adapter_without_a_run_config(tmp_path, monkeypatch):
+    import {{ cookiecutter.package_name }}.evaluate as evaluate_module
+
+    seen = []
+    report = {"base": {"eval_loss": 1.0}, "finetuned": {"eval_loss": 0.5}}
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda config, **kwargs: seen.append(config) or report)
+    monkeypatch.chdir(Path(__file__).parents[1])  # the project root, where configs/smoke.yaml is
+    (tmp_path / "old" / "adapter").mkdir(parents=True)  # untracked, no config.yaml beside it
+    result = CliRunner().invoke(app, ["evaluate", "--adapter", str(tmp_path / "old" / "adapter")])
+    assert result.exit_code == 0, result.output
+    assert "config: configs/smoke.yaml\n" in result.output
+    assert seen == [load_config("configs/smoke.yaml")]
+
+
+def test_an_adapter_without_a_run_config_is_not_compared(smoke_config, tmp_path):
+    adapter = tmp_path / "old" / "adapter"
+    source = ModelSource(adapter, tokenizer_dir=adapter, base_model="x", name="old", version=None, run_id=None)
+    # Whatever the config says, there is nothing to compare it with: evaluated as before.
+    check_run_config(smoke_config("task.kind=generic"), source=source, requested=str(adapter), rows=[])
+
+
+def test_only_settings_that_change_what_is_scored_are_compared(smoke_config, workdir, monkeypatch):
+    own = smoke_config()
+    monkeypatch.chdir(workdir)
+    same = smoke_config(
+        "data.path=data/shop_extraction",  # the same folder, named relative to the project
+        "data.max_train_samples=8",
+        "train.max_steps=1",
+        "lora.r=4",
+        "eval.max_samples=2",
+        "eval.split=validation",
+        "tracking.enabled=true",
+    )
+    assert config_differences(same, own, compare_base_model=True) == {}
+    other = smoke_config("model.base_model=elsewhere", "task.fields=[intent]", "data.format=messages")
+    fields, base = own.task.fields, own.model.base_model
+    assert config_differences(other, own, compare_base_model=True) == {
+        "task.fields": (fields, ["intent"]),
+        "data.format": ("auto", "messages"),
+        "model.base_model": (base, "elsewhere"),
+    }
+    # A registry model names its own base model: only the task and the data count.
+    assert config_differences(other, own, compare_base_model=False).keys() == {"task.fields", "data.format"}
 
 
 @pytest.mark.e2e
@@ -107,6 +267,7 @@ def test_report_compares_base_and_finetuned(smoke_report, smoke_config, smoke_ru
     assert json.loads((report_dir / "eval.json").read_text()) == smoke_report
     markdown = (report_dir / "eval.md").read_text()
     assert "| eval_loss |" in markdown and "| field_accuracy |" in markdown
+    assert "--other-data" not in markdown
     assert markdown.count("### Example") == 5
     for row in ("| input |", "| expected |", "| base |", "| fine-tuned |"):
         assert sum(line.startswith(row) for line in markdown.splitlines()) == 5

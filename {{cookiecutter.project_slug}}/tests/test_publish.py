@@ -9,10 +9,16 @@ import pytest
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.config import dump_config, load_config
 from {{ cookiecutter.package_name }}.publish import PublishError, publish
 
 CONFIG_FILE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
+SMOKE_WARNING = (
+    "warning: the results in README.md and MODEL_CARD.md come from the smoke model ({where}base model "
+    "models/tiny-chat: tiny, randomly initialised, built offline). They show that the pipeline works, not that the "
+    "model is useful, and readers will take them for your results. For real results run "
+    "`make train evaluate CONFIG=configs/default.yaml` (or your own config) before publishing."
+)
 PLAN = [
     "  $ gh auth status    (check: logged in)",
     "  $ gh repo view octo/demo-proj    (check: must not exist yet)",
@@ -238,3 +244,52 @@ def test_hf_refuses_an_adapter_of_a_local_base_model_and_a_missing_token(project
     )
     with pytest.raises(PublishError, match="--hf needs HF_TOKEN"):
         publish(load_config(CONFIG_FILE), root=project, dry_run=True, hf=True)
+
+
+def _evaluated_smoke_run(root: Path, *, base_model: str = "models/tiny-chat", run_config: list[str] | None = None):
+    """reports/eval.json of a run whose folder holds config.yaml (`run_config`: smoke.yaml with these overrides;
+    None: no config.yaml, as when the run folder is not on this machine)."""
+    run_dir = root / "outputs" / "smoke-1"
+    (run_dir / "adapter").mkdir(parents=True)
+    if run_config is not None:
+        dump_config(load_config(CONFIG_FILE, run_config), run_dir / "config.yaml")
+    (root / "reports").mkdir()
+    run = {"adapter": "outputs/smoke-1/adapter", "base_model": base_model, "mlflow_run_id": None}
+    (root / "reports" / "eval.json").write_text(json.dumps({"base": {}, "finetuned": {}, "run": run}))
+
+
+def test_dry_run_warns_first_when_the_results_come_from_the_smoke_model(project):
+    _evaluated_smoke_run(project, run_config=[])
+    result = CliRunner().invoke(app, ["publish", "--dry-run", "--config", str(CONFIG_FILE)])
+    assert result.exit_code == 0, result.output
+    header = "Dry run: nothing is done. The real run would:"
+    assert result.output.splitlines() == [SMOKE_WARNING.format(where="run outputs/smoke-1, "), header, *PLAN]
+
+
+def test_a_real_publish_warns_before_its_plan_and_still_publishes(project):
+    _evaluated_smoke_run(project, run_config=[])
+    runner, lines = FakeGh(project), []
+    publish(load_config(CONFIG_FILE), root=project, yes=True, run=runner, which=on_path, echo=lines.append)
+    assert lines[:2] == [SMOKE_WARNING.format(where="run outputs/smoke-1, "), "Publishing will:"]
+    assert lines[-1] == "published: https://github.com/octo/demo-proj"
+
+
+@pytest.mark.parametrize(
+    ("run_config", "where"), [(None, ""), (["model.build_tiny=false"], "run outputs/smoke-1, ")], ids=["gone", "off"]
+)
+def test_the_tiny_base_model_is_recognised_by_its_folder(project, run_config, where):
+    """The run's config is not here, or it trained the tiny model with build_tiny off: the evaluated base model is
+    the given config's tiny model folder, however its path is written."""
+    _evaluated_smoke_run(project, base_model="./models/../models/tiny-chat", run_config=run_config)
+    lines = []
+    publish(load_config(CONFIG_FILE), root=project, dry_run=True, echo=lines.append)
+    shown = "base model ./models/../models/tiny-chat"
+    assert lines[0] == SMOKE_WARNING.format(where=where).replace("base model models/tiny-chat", shown)
+
+
+def test_results_of_a_real_base_model_get_no_warning(project):
+    real = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    _evaluated_smoke_run(project, base_model=real, run_config=["model.build_tiny=false", f"model.base_model={real}"])
+    lines = []
+    publish(load_config(CONFIG_FILE), root=project, dry_run=True, echo=lines.append)
+    assert lines == ["Dry run: nothing is done. The real run would:", *PLAN]

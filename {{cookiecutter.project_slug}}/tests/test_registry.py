@@ -8,10 +8,17 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from {{ cookiecutter.package_name }}.registry import CANDIDATE, CHAMPION, fetch_model, is_model_uri, promote
+from {{ cookiecutter.package_name }}.registry import (
+    CANDIDATE,
+    CHAMPION,
+    COMMAND,
+    fetch_model,
+    is_model_uri,
+    promote,
+)
 from {{ cookiecutter.package_name }}.runs import CONFIG_FILE, run_config_path
 from {{ cookiecutter.package_name }}.tracking import TrackingError
-from {{ cookiecutter.package_name }}.tracking import client as tracking_client  # the test store, whatever a test set before
+from {{ cookiecutter.package_name }}.tracking import client as tracking_client
 
 
 def tracked(run_dir: Path) -> dict:
@@ -91,11 +98,18 @@ def test_model_uris_are_told_from_local_folders(tmp_path):
     assert [is_model_uri(folder) for folder in folders] == [False] * len(folders)
 
 
-def register_scored_version(client: MlflowClient, name: str, *, loss: float) -> str:
-    """A registered version whose run scored `loss`: the real registry, with the metric chosen by the test."""
+def register_scored_version(
+    client: MlflowClient, name: str, *, loss: float | None, digest: str | None = None, rows: int = 32
+) -> str:
+    """A registered version whose run scored `loss` on test rows of `digest` (None: no record, as before
+    digests were recorded): the real registry, with the values chosen by the test."""
     experiment = client.get_experiment_by_name(name)
     run = client.create_run(experiment.experiment_id if experiment else client.create_experiment(name))
-    client.log_metric(run.info.run_id, "finetuned.eval_loss", loss)
+    if loss is not None:
+        client.log_metric(run.info.run_id, "finetuned.eval_loss", loss)
+    if digest is not None:
+        client.set_tag(run.info.run_id, "evaluation.test_digest", digest)
+        client.set_tag(run.info.run_id, "evaluation.test_rows", str(rows))
     client.set_terminated(run.info.run_id)
     if not client.search_registered_models(f"name='{name}'"):
         client.create_registered_model(name)
@@ -120,6 +134,65 @@ def test_gate_keeps_the_champion_against_a_worse_candidate(smoke_config, tmp_pat
     better = register_scored_version(client, "gate-test", loss=0.5)
     assert promote(config, version=better, report_dir=tmp_path).promoted
     assert str(client.get_model_version_by_alias("gate-test", CHAMPION).version) == better
+
+
+def test_gate_refuses_to_compare_versions_scored_on_different_test_data(smoke_config, tmp_path):
+    name, shop, tickets = "gate-digest", "a" * 64, "b" * 64
+    config = smoke_config(f"project={name}", "tracking.promotion_metric=finetuned.eval_loss")
+    client = tracking_client()
+    champion = register_scored_version(client, name, loss=1.0, digest=shop, rows=32)
+    assert promote(config, version=champion, report_dir=tmp_path).promoted
+
+    # A lower loss on other (here: 6) rows says nothing about which model is better.
+    other_data = register_scored_version(client, name, loss=0.5, digest=tickets, rows=6)
+    decision = promote(config, version=other_data, report_dir=tmp_path)
+    assert not decision.promoted
+    assert decision.reason == (
+        "not compared, the champion stays: candidate and champion were scored on different test data (candidate: "
+        f"6 rows, digest {'b' * 12}; champion version {champion}: 32 rows, digest {'a' * 12}). Evaluate both on the "
+        "same data and eval settings (split, max_samples); a model of another task belongs under another "
+        "`project` name (its own registered model)"
+    )
+    assert (decision.candidate_value, decision.champion_value) == (0.5, 1.0)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == champion
+    tags = client.get_model_version(name, other_data).tags
+    assert (tags["promotion.decision"], tags["promotion.reason"]) == ("rejected", decision.reason)
+    recorded = json.loads((tmp_path / "promotion.json").read_text())
+    assert (recorded["promoted"], recorded["champion_version"]) == (False, champion)
+    assert recorded["reason"] == decision.reason
+
+    unknown = register_scored_version(client, name, loss=0.5, digest=None)  # scored before digests existed
+    decision = promote(config, version=unknown, report_dir=tmp_path)
+    assert not decision.promoted
+    assert decision.reason == (
+        f"not compared, the champion stays: the candidate (version {unknown}) has no record of its test data "
+        f"(evaluated before test digests were recorded, or never); evaluate it (`{COMMAND} evaluate --adapter "
+        f"models:/{name}/{unknown}`)"
+    )
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == champion
+
+    same_data = register_scored_version(client, name, loss=0.5, digest=shop, rows=32)
+    assert promote(config, version=same_data, report_dir=tmp_path).promoted
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == same_data
+
+
+def test_gate_keeps_a_champion_that_has_no_value_for_the_metric(smoke_config, tmp_path):
+    name = "gate-no-metric"
+    config = smoke_config(f"project={name}", "tracking.promotion_metric=finetuned.eval_loss")
+    client = tracking_client()
+    champion = register_scored_version(client, name, loss=None, digest="c" * 64)
+    client.set_registered_model_alias(name, CHAMPION, champion)  # made champion by hand, never scored on it
+    candidate = register_scored_version(client, name, loss=0.5, digest="c" * 64)
+
+    decision = promote(config, version=candidate, report_dir=tmp_path)
+    assert not decision.promoted
+    assert decision.reason == (
+        f"not compared, the champion stays: champion version {champion} has no value for the metric; evaluate it "
+        f"(`{COMMAND} evaluate --adapter models:/{name}/{champion}`), then run the gate again (`{COMMAND} promote`)"
+    )
+    assert (decision.candidate_value, decision.champion_value) == (0.5, None)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == champion
+    assert json.loads((tmp_path / "promotion.json").read_text())["promoted"] is False
 
 
 def test_run_config_comes_from_the_run_folder_then_mlflow_then_nowhere(tmp_path):

@@ -1,5 +1,7 @@
-"""The portfolio report: PNG plots, the README results section (idempotent, markers only) and the model card."""
+"""The portfolio report: PNG plots, the README results section and task paragraph (idempotent, markers only) and
+the model card, each describing the run's own task and data."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,28 +11,39 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.config import dump_config, load_config
+from {{ cookiecutter.package_name }}.data import SPLITS, data_record, epochs_seen
 from {{ cookiecutter.package_name }}.report import (
     END,
     PLOTS,
     START,
+    TASK_END,
+    TASK_START,
     ReportError,
     RunFacts,
     gather,
     project_metadata,
     replace_results,
+    replace_task,
     write_report,
 )
+from {{ cookiecutter.package_name }}.report.about import NO_DESCRIPTION, task_section
 from {{ cookiecutter.package_name }}.report.card import TEMPLATE, model_card_text
 from {{ cookiecutter.package_name }}.report.markdown import answer_cell, table
-from {{ cookiecutter.package_name }}.report.readme import key_settings
+from {{ cookiecutter.package_name }}.report.readme import key_settings, results_section
 from {{ cookiecutter.package_name }}.report.summary import cost_text, settings
+from {{ cookiecutter.package_name }}.task import synthesize
 
 CONFIGS = Path(__file__).parents[1] / "configs"
+GENERATOR = "{{ cookiecutter.package_name | replace('_', '-') }} data synth"  # as dataset_info.json names it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 README = f"""# Demo
 
 Intro text with a trailing space \nand a [link](docs/x.md).
+
+{TASK_START}
+**Task: Shop order extraction.** Reads a short customer message to an online shop.
+{TASK_END}
 
 ## Results
 
@@ -42,6 +55,15 @@ _old results_
 
 Untouched | text.
 """
+
+
+def _outside_markers(text: str) -> str:
+    """The README without what lies between each pair of markers: what `report` must keep byte for byte."""
+    for start, end in ((START, END), (TASK_START, TASK_END)):
+        if start in text:
+            head, rest = text.split(start)
+            text = head + start + end + rest.split(end)[1]
+    return text
 
 
 def test_replace_results_rewrites_only_between_the_markers_and_is_idempotent():
@@ -102,6 +124,45 @@ def test_readme_without_markers_fails_before_anything_is_written(tmp_path, monke
     assert not (tmp_path / "MODEL_CARD.md").exists()
 
 
+def test_an_evaluation_on_other_data_is_not_reported_as_the_model_s_results(tmp_path, monkeypatch):
+    (tmp_path / "reports").mkdir()
+    results = {"base": {"eval_loss": 2.0}, "finetuned": {"eval_loss": 1.0}, "run": {"other_data": True}}
+    (tmp_path / "reports" / "eval.json").write_text(json.dumps(results))
+    (tmp_path / "README.md").write_text(README)
+    result = _cli(cwd=tmp_path, monkeypatch=monkeypatch)
+    assert result.exit_code == 1
+    assert "scores the model on other data (`evaluate --other-data`)" in result.output
+    assert "nothing was written" in result.output
+    assert (tmp_path / "README.md").read_text() == README
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["eval.json"]
+    assert not (tmp_path / "MODEL_CARD.md").exists()
+
+
+def test_broken_task_markers_fail_before_anything_is_written(tmp_path, monkeypatch):
+    (tmp_path / "reports").mkdir()
+    results = {"base": {"eval_loss": 2.0}, "finetuned": {"eval_loss": 1.0}, "run": {}}
+    (tmp_path / "reports" / "eval.json").write_text(json.dumps(results))
+    broken = README.replace(TASK_END, "")
+    (tmp_path / "README.md").write_text(broken)
+    result = _cli(cwd=tmp_path, monkeypatch=monkeypatch)
+    assert result.exit_code == 1
+    expected = "README.md: needs exactly one '<!-- task:start -->' line followed by one '<!-- task:end -->'"
+    assert expected in result.output
+    assert "(found 1 start and 0 end marker(s))" in result.output and "nothing was written" in result.output
+    assert (tmp_path / "README.md").read_text() == broken
+    assert not (tmp_path / "MODEL_CARD.md").exists()
+
+
+def test_replace_task_rewrites_only_between_the_task_markers():
+    once = replace_task(README, "**Task: Ticket triage.** Reads a support ticket.")
+    assert once == replace_task(once, "**Task: Ticket triage.** Reads a support ticket.")
+    assert f"{TASK_START}\n**Task: Ticket triage.** Reads a support ticket.\n{TASK_END}" in once
+    assert "Shop order extraction" not in once
+    assert _outside_markers(once) == _outside_markers(README)
+    hand_written = "# Demo\n\nMy own intro about the shop.\n"  # no task markers: the intro is the user's
+    assert replace_task(hand_written, "**Task: x.**") == hand_written
+
+
 @pytest.fixture
 def report_project(tmp_path, monkeypatch, smoke_report, smoke_config) -> Path:
     """A project folder holding the smoke run's eval.json and promotion.json, a README with markers and a
@@ -136,8 +197,15 @@ def test_report_on_the_smoke_run_writes_pngs_readme_and_model_card(report_projec
             assert len(colors) > 50, f"{plot.name} looks blank"
 
     text = readme.read_text()
-    head, tail = README.split(START)[0], README.split(END)[1]
-    assert text.startswith(head) and text.endswith(tail)  # everything outside the markers kept
+    assert _outside_markers(text) == _outside_markers(README)  # everything outside the markers kept
+    intro = text.split(TASK_START)[1].split(TASK_END)[0]
+    assert intro == (
+        f"\n**Task: {config.task.name}.** {' '.join(config.task.description.split())}\n"
+        "Scored against the reference answers of held-out rows: valid JSON rate, accuracy of each JSON field "
+        "(`intent`, `order_id`, `product`, `quantity`, `sentiment`, `urgency`) and exact match.\n"
+        "This is the template's example task, on generated data (`make data`); "
+        "`demo-model task init DATA_FILE` starts one of your own.\n"
+    )
     section = text.split(START)[1].split(END)[0]
     tuned, base = smoke_report["finetuned"], smoke_report["base"]
     assert f"| Valid JSON | {base['json_valid_rate']:.1%} | {tuned['json_valid_rate']:.1%} |" in section
@@ -150,6 +218,16 @@ def test_report_on_the_smoke_run_writes_pngs_readme_and_model_card(report_projec
     assert "LoRA r=16, alpha=32" in section and "the MLflow run's metric history" in section
     assert "| Hardware | CPU: " in section and "| Wall time | training " in section
     assert "smoke run: a tiny, randomly initialised model" in section
+    assert f"fine-tuned with LoRA for **{config.task.name}**" in section
+    data_dir = Path(config.data.path)
+    digest = hashlib.sha256(b"".join((data_dir / f"{split}.jsonl").read_bytes() for split in SPLITS))
+    assert (
+        f"| Data | `{data_dir}`, generated by `{GENERATOR}` (seed 0): "
+        f"960 train, 120 validation, 120 test rows; sha256 `{digest.hexdigest()}` |"
+    ) in section
+    assert "; 60 steps = 1.0 epochs of 960 training rows;" in section  # 60 steps x 16 rows / 960 rows
+    assert "> **Scored on only 32 examples (`eval.max_samples` scored 32 of the 120 test rows).**" in section
+    assert "Each training row was seen" not in section  # one epoch: no overfitting warning
 
     card = ModelCard.load(card_path)
     assert card.data.library_name == "peft"
@@ -164,6 +242,12 @@ def test_report_on_the_smoke_run_writes_pngs_readme_and_model_card(report_projec
     assert {"base_model", "library_name", "license", "datasets", "tags", "pipeline_tag", "model-index"} <= set(metadata)
     for heading in ("Intended use", "Limitations", "Training data", "Training procedure", "Evaluation"):
         assert f"\n## {heading}\n" in card.text
+    # The run trained on the generated example: the card may (and does) say so, with the example's own texts.
+    assert f"**{config.task.name}.** Reads a short customer message to an online shop" in card.text
+    assert "Reading a short customer message to a shop and answering with one JSON object" in card.text
+    assert "The example dataset is synthetic" in card.text and f"generated by `{GENERATOR}`" in card.text
+    assert "| training length | 60 steps = 1.0 epochs of 960 training rows |" in card.text
+    assert "- **Scored on only 32 examples" in card.text
 
     before = {path: path.read_bytes() for path in [*plots, card_path, readme]}
     write_report(config, readme=readme, model_card=card_path)
@@ -185,7 +269,10 @@ def test_loss_curves_fall_back_to_train_log_json_without_mlflow(smoke_config, sm
         range(config.train.eval_steps, config.train.max_steps + 1, config.train.eval_steps)
     )
     train_log = json.loads((smoke_run / "train_log.json").read_text())
-    assert train_log["train_runtime_s"] > 0 and train_log["rows"]["train"] == 960
+    assert train_log["train_runtime_s"] > 0 and train_log["epochs"] == 1.0  # 60 steps x 16 rows / 960 rows
+    assert train_log["data"]["rows"] == {"train": 960, "validation": 120, "test": 120}
+    assert train_log["data"]["origin"] == f"generated by `{GENERATOR}` (seed 0)"
+    assert train_log["data"]["path"] == smoke_config().data.path and len(train_log["data"]["digest"]) == 64
 
 
 def test_the_hourly_cost_help_quotes_a_dated_price_that_gpu_yaml_charges():
@@ -212,18 +299,24 @@ def test_markdown_tables_escape_cells_so_an_answer_cannot_break_them():
 PROJECT = {"name": "demo-model", "description": "", "license": "MIT", "repository": ""}
 
 
-def _facts(*overrides: str) -> RunFacts:
+def _facts(
+    *overrides: str, train_log: dict | None = None, num_examples: int = 4, results: dict | None = None
+) -> RunFacts:
     """A generic-task run evaluated from the registry, without tracking or a run folder: facts by hand,
     no training needed."""
-    rates = {"base": {"eval_loss": 2.0, "exact_match": 0.0}, "finetuned": {"eval_loss": 1.0, "exact_match": 0.5}}
-    run = {"adapter": "models:/demo-model@champion", "split": "test", "num_examples": 4}
+    rates = results or {
+        "base": {"eval_loss": 2.0, "exact_match": 0.0},
+        "finetuned": {"eval_loss": 1.0, "exact_match": 0.5},
+    }
+    run = {"adapter": "models:/demo-model@champion", "split": "test", "num_examples": num_examples}
     return RunFacts(
         results={**rates, "run": run},
-        run_config=load_config(CONFIGS / "smoke.yaml", ["data.task=generic", "model.build_tiny=false", *overrides]),
+        run_config=load_config(CONFIGS / "smoke.yaml", ["task.kind=generic", "model.build_tiny=false", *overrides]),
         config_source="the config given to `report`",
         config_name=None,
         history={"loss": [], "eval_loss": []},
         history_source="",
+        train_log=train_log or {},
     )
 
 
@@ -235,9 +328,14 @@ def test_model_card_and_readme_show_the_same_settings():
     card = model_card_text(facts, project=PROJECT, hourly_cost=0.0)
     assert "| LoRA r / alpha / dropout | 16 / 32 / 0.05 |\n| target modules | all-linear |" in card
     assert "| learning rate, schedule, warm-up | 0.0002, cosine, 0.05 |" in card
+    assert "| training length | 60 steps |" in card  # no train_log.json: the configured steps, no epochs
     assert "| Exact match | 0.0% | 50.0% | +50.0 pp |" in card
-    assert "Answering prompts in the style of its training data." in card  # the generic task's use
-    assert "A LoRA adapter fine-tuned with TRL's SFTTrainer." in card  # the text without a description
+    # The generic task's use and scoring; the data was not recorded, so the example's texts stay out.
+    assert "on inputs like those of its training data; anything else is outside" in card
+    assert "Scored against the reference answers of held-out rows: exact match and ROUGE-L" in card
+    assert "answers can still be wrong: check them before acting on them" in card
+    assert "origin and digest unknown" in card and "The example dataset is synthetic" not in card
+    assert "Reading a short customer message to a shop" not in card
     assert "smoke model" not in card and "MLflow run:" not in card  # a real base model; no MLflow run
     assert 'adapter = "outputs/<run>/adapter"' in card  # a registry URI is no folder a reader has
 
@@ -245,13 +343,190 @@ def test_model_card_and_readme_show_the_same_settings():
 def test_editing_the_model_card_template_changes_the_card(tmp_path):
     from huggingface_hub import ModelCard
 
-    facts = _facts()
+    facts = _facts(num_examples=400)
     shipped = model_card_text(facts, project=PROJECT, hourly_cost=0.0)
     edited = tmp_path / "model_card.md"
     # "{" * 2: this file is rendered by cookiecutter, which must leave the template's Jinja tag alone.
     extra_line = "- Reviewed by " + "{" * 2 + " name }}.\n"
     edited.write_text(TEMPLATE.read_text().replace("## Limitations\n\n", "## Limitations\n\n" + extra_line))
     card = model_card_text(facts, project=PROJECT, hourly_cost=0.0, template=edited)
-    assert "## Limitations\n\n- Reviewed by demo-model.\n- Scored on 4 held-out examples" in card
+    assert "## Limitations\n\n- Reviewed by demo-model.\n- Scored on 400 held-out examples" in card
     assert card.replace("- Reviewed by demo-model.\n", "") == shipped  # nothing else moved
     assert ModelCard(card).data.license == "mit"  # the YAML header is still there
+
+
+# A user's own task, as `task init` writes it and `train` records it: 60 rows of tickets, 48 for training.
+TICKETS = [
+    "project=ticket-triage",
+    "task.name=Ticket triage",
+    "task.description=Reads a support ticket and answers with its category and priority as one JSON object.",
+    "task.kind=extraction",
+    "task.fields=[category, priority]",
+    "data.path=data/tickets.jsonl",
+    "train.batch_size=8",
+]
+TICKET_RESULTS = {
+    "base": {"json_valid_rate": 0.5, "field_accuracy": 0.25, "field_accuracy_category": 0.5,
+             "field_accuracy_priority": 0.0, "exact_match": 0.0, "eval_loss": 2.0},
+    "finetuned": {"json_valid_rate": 1.0, "field_accuracy": 0.75, "field_accuracy_category": 1.0,
+                  "field_accuracy_priority": 0.5, "exact_match": 0.5, "eval_loss": 1.0},
+}  # fmt: skip
+TICKET_DIGEST = "ab" * 32
+
+
+def _ticket_log(*, epochs: float | None = 10.0, origin: str = "your data") -> dict:
+    rows = {"train": 48, "validation": 6, "test": 6}
+    log = {"data": {"path": "data/tickets.jsonl", "origin": origin, "digest": TICKET_DIGEST, "rows": rows}}
+    log["log_history"] = [{"step": step, "loss": 1.0 / step} for step in (10, 20, 30, 40, 50, 60)]
+    return {**log, "epochs": epochs} if epochs is not None else log
+
+
+def _ticket_facts(*overrides: str, train_log: dict | None = None, num_examples: int = 6) -> RunFacts:
+    return _facts(*TICKETS, *overrides, train_log=train_log or _ticket_log(), num_examples=num_examples,
+                  results=TICKET_RESULTS)  # fmt: skip
+
+
+EXAMPLE_TEXTS = ("shop", "customer message", "data synth", "example task", "synthetic")
+
+
+def test_a_user_task_is_described_by_its_own_config_never_by_the_shop_example(tmp_path):
+    facts = _ticket_facts()
+    intro = task_section(facts, command="ticket-triage")
+    assert intro == (
+        "**Task: Ticket triage.** Reads a support ticket and answers with its category and priority as one JSON "
+        "object.\nScored against the reference answers of held-out rows: valid JSON rate, accuracy of each JSON "
+        "field (`category`, `priority`) and exact match."
+    )
+    section = results_section(facts, plots={}, readme_dir=tmp_path, config=facts.run_config)
+    card = model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+    for text in (intro, section, card):
+        assert not [phrase for phrase in EXAMPLE_TEXTS if phrase in text.lower()], text
+    assert "fine-tuned with LoRA for **Ticket triage**" in section
+    data = "`data/tickets.jsonl`, the project's own data: 48 train, 6 validation, 6 test rows"
+    data += f"; sha256 `{TICKET_DIGEST}`"
+    assert f"| Data | {data} |" in section
+    assert f"## Training data\n\n{data} (task `extraction`).\n" in card
+    assert "**Ticket triage.** Reads a support ticket" in card
+    assert "Ticket triage, on inputs like those of its training data" in card  # intended use: the task's
+    assert "answers can still be invalid JSON or wrong fields" in card
+    assert "| Field accuracy (mean) | 25.0% | 75.0% | +50.0 pp |" in card
+
+
+def test_many_epochs_and_a_small_test_split_are_warned_about(tmp_path):
+    facts = _ticket_facts()  # 60 steps x 8 rows / 48 training rows = 10 epochs; 6 test examples
+    section = results_section(facts, plots={}, readme_dir=tmp_path, config=facts.run_config)
+    card = model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+    epochs = (
+        "**Each training row was seen 10.0 times** (60 steps x batch 8 x accumulation 1 / 48 training rows): "
+        "watch the validation loss for overfitting"
+    )
+    small = (
+        "**Scored on only 6 examples.** One answer more or less right moves a rate by 16.7%, so treat differences "
+        "below 41% as noise"
+    )
+    assert f"> {epochs}" in section and f"> {small}" in section
+    assert f"- {epochs}" in card and f"- {small}" in card  # limitations
+    assert "; 60 steps = 10.0 epochs of 48 training rows;" in section
+    assert "| training length | 60 steps = 10.0 epochs of 48 training rows |" in card
+
+
+def test_the_epochs_warning_quotes_a_rising_validation_loss():
+    facts = _ticket_facts()
+    facts.history = {"loss": [(20, 1.0), (40, 0.5), (60, 0.2)], "eval_loss": [(20, 1.2), (40, 0.9), (60, 1.4)]}
+    card = model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+    assert "(here it ended at 1.400, above its lowest 0.900 at step 40)" in card
+
+
+@pytest.mark.parametrize(("scored", "warned"), [(6, True), (99, True), (100, False), (120, False)])
+def test_the_small_test_warning_appears_under_100_examples_only(scored, warned):
+    card = model_card_text(_ticket_facts(num_examples=scored), project=PROJECT, hourly_cost=0.0)
+    assert (f"**Scored on only {scored} examples" in card) is warned
+
+
+def test_one_epoch_on_the_example_data_is_not_warned_about_and_says_it_is_the_example(tmp_path):
+    rows = {"train": 960, "validation": 120, "test": 120}
+    log = {**_ticket_log(epochs=1.0, origin="generated by `demo-model data synth` (seed 0)"), "data": {
+        "path": "data/shop_extraction", "origin": "generated by `demo-model data synth` (seed 0)",
+        "digest": TICKET_DIGEST, "rows": rows}}  # fmt: skip
+    facts = _facts("task.kind=extraction", train_log=log, num_examples=120, results=TICKET_RESULTS)
+    intro = task_section(facts, command="demo-model")
+    assert intro.endswith(
+        "\nThis is the template's example task, on generated data (`make data`); "
+        "`demo-model task init DATA_FILE` starts one of your own."
+    )
+    card = model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+    assert "generated by `demo-model data synth` (seed 0): 960 train, 120 validation, 120 test rows" in card
+    assert "The example dataset is synthetic" in card and "Reading a short customer message to a shop" in card
+    assert "| training length | 60 steps = 1.0 epochs of 960 training rows |" in card
+    assert "Each training row was seen" not in card and "Scored on only" not in card
+
+
+def test_epochs_are_steps_times_batch_over_training_rows():
+    assert epochs_seen(steps=60, batch_size=16, accumulation=1, train_rows=960) == 1.0
+    assert epochs_seen(steps=60, batch_size=8, accumulation=1, train_rows=48) == 10.0
+    assert epochs_seen(steps=60, batch_size=8, accumulation=4, train_rows=48, devices=2) == 80.0
+    assert epochs_seen(steps=7, batch_size=1, accumulation=1, train_rows=3) == 2.33
+    assert epochs_seen(steps=60, batch_size=8, accumulation=1, train_rows=0) is None
+    # A train_log.json written before epochs were recorded: from its logged steps, rows and the config.
+    old = _ticket_log(epochs=None)
+    assert settings(_ticket_facts(train_log=old).run_config, old).epochs == 10.0
+
+
+def test_a_task_without_a_description_says_how_to_add_one(tmp_path):
+    facts = _ticket_facts('task.description=""')
+    intro = task_section(facts, command="ticket-triage")
+    assert intro.startswith(f"**Task: Ticket triage.** {NO_DESCRIPTION}\n")
+    assert "`task.description`" in NO_DESCRIPTION and "make report" in NO_DESCRIPTION
+    assert f"**Ticket triage.** {NO_DESCRIPTION}" in model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+
+
+def test_the_data_record_names_generated_data_only_while_it_is_unchanged(tmp_path):
+    from {{ cookiecutter.package_name }}.config import DataConfig
+
+    folder = tmp_path / "example"
+    synthesize(folder, n=50, seed=3)
+    rows = {"train": 40, "validation": 5, "test": 5}
+    record = data_record(DataConfig(path=str(folder)), rows=rows)
+    files = b"".join((folder / f"{split}.jsonl").read_bytes() for split in SPLITS)
+    assert record == {
+        "path": str(folder),
+        "origin": f"generated by `{GENERATOR}` (seed 3)",
+        "digest": hashlib.sha256(files).hexdigest(),
+        "rows": rows,
+    }
+    single = data_record(DataConfig(path=str(folder / "train.jsonl")), rows=rows)
+    assert single["origin"] == record["origin"]
+    assert single["digest"] == hashlib.sha256((folder / "train.jsonl").read_bytes()).hexdigest()
+    with (folder / "train.jsonl").open("a") as train:  # the user added a row of their own
+        train.write(json.dumps({"prompt": "Printer on fire", "completion": '{"category": "hardware"}'}) + "\n")
+    changed = data_record(DataConfig(path=str(folder)), rows=rows)
+    assert changed["origin"] == "your data" and changed["digest"] != record["digest"]
+    own = tmp_path / "tickets.jsonl"
+    own.write_text(json.dumps({"prompt": "Refund please", "completion": '{"category": "billing"}'}) + "\n")
+    assert data_record(DataConfig(path=str(own)), rows={"train": 1})["origin"] == "your data"
+
+
+def test_report_rewrites_readme_and_card_for_a_user_task_from_the_run_folder(tmp_path, monkeypatch):
+    """`make report` on a user's run: the run's own config.yaml and train_log.json, found from eval.json."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(CONFIGS / "smoke.yaml", [*TICKETS, "model.build_tiny=false", "tracking.enabled=false"])
+    run_dir = tmp_path / "outputs" / "tickets-1"
+    (run_dir / "adapter").mkdir(parents=True)
+    dump_config(config, run_dir / "config.yaml")
+    (run_dir / "train_log.json").write_text(json.dumps({**_ticket_log(), "config_name": "tickets"}))
+    (tmp_path / "reports").mkdir()
+    run = {"adapter": "outputs/tickets-1/adapter", "split": "test", "num_examples": 6}
+    (tmp_path / "reports" / "eval.json").write_text(json.dumps({**TICKET_RESULTS, "run": run}))
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "ticket-triage"\n')
+    shipped = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    (tmp_path / "README.md").write_text(shipped)
+    # The command line config is the shipped smoke one: the report follows the run's own config.
+    smoke = load_config(CONFIGS / "smoke.yaml", ["tracking.enabled=false"])
+    write_report(smoke, readme=tmp_path / "README.md", model_card=tmp_path / "MODEL_CARD.md")
+    readme, card = (tmp_path / "README.md").read_text(), (tmp_path / "MODEL_CARD.md").read_text()
+    assert _outside_markers(readme) == _outside_markers(shipped)
+    intro = readme.split(TASK_START)[1].split(TASK_END)[0]
+    assert intro.startswith("\n**Task: Ticket triage.** Reads a support ticket")
+    for text in (intro, readme.split(START)[1].split(END)[0], card):
+        assert not [phrase for phrase in EXAMPLE_TEXTS if phrase in text.lower()], text
+    assert "10.0 epochs" in card and TICKET_DIGEST in card and TICKET_DIGEST in readme

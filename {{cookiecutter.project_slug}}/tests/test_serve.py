@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -30,7 +31,7 @@ from {{ cookiecutter.package_name }}.task import SYSTEM_PROMPT
 CHAT = "/v1/chat/completions"
 MODEL = "{{ cookiecutter.project_slug }}"
 HELLO = [{"role": "user", "content": "Where is my order B11688?"}]
-# What the model sees for HELLO: the run's config says task=extraction, so the training system prompt leads.
+# What the model sees for HELLO: the run's config records the prompt training used (`train` does), so it leads.
 SEEN = [{"role": "system", "content": SYSTEM_PROMPT}, *HELLO]
 
 
@@ -291,6 +292,82 @@ def test_system_prompt_setting_is_added_when_a_request_has_none(served_adapter, 
         explicit = chat(client, [system, *HELLO], max_tokens=1).json()["usage"]
     expected = tokenizer.apply_chat_template([system, *HELLO], add_generation_prompt=True, return_dict=True)
     assert usage["prompt_tokens"] == explicit["prompt_tokens"] == len(expected["input_ids"])
+
+
+def served_prompt_ids(client: TestClient, user_message: str, monkeypatch) -> list[int]:
+    """The prompt token ids the chat route builds for one plain user message (no system message)."""
+    engine, built = client.app.state.server.engine, []
+    encode = engine.encode
+    monkeypatch.setattr(engine, "encode", lambda messages: built.append(encode(messages)) or built[-1])
+    assert chat(client, [{"role": "user", "content": user_message}], max_tokens=1).status_code == 200
+    return built[0]
+
+
+def evaluated_prompt_ids(adapter: Path, row: list[dict[str, str]]) -> list[int]:
+    """The prompt token ids evaluation generates from for one test row, with its config and tokenizer."""
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.evaluate import generate_answers
+
+    class Recorder:  # stands in for the model: keeps each prompt (padding dropped), generates nothing
+        def __init__(self, eos_token_id: int):
+            self.generation_config = SimpleNamespace(eos_token_id=eos_token_id)
+            self.prompts: list[list[int]] = []
+
+        def generate(self, input_ids, attention_mask, **_):
+            self.prompts += [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
+            return input_ids
+
+    tokenizer = load_tokenizer(adapter)
+    recorder = Recorder(tokenizer.eos_token_id)
+    eval_cfg = load_config(adapter.parent / "config.yaml").eval
+    generate_answers(recorder, tokenizer=tokenizer, rows=[row], eval_cfg=eval_cfg, device="cpu")
+    return recorder.prompts[0]
+
+
+def test_served_prompt_equals_evaluated_prompt_for_the_example_rows(served_adapter, tmp_path, monkeypatch):
+    """The example's `messages` rows carry the system prompt; `train` records it in the run's config, so a
+    plain user message is served with the same prompt tokens as evaluation scored that row with."""
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import load_splits
+
+    config = load_config(served_adapter.parent / "config.yaml")
+    assert config.task.system_prompt == SYSTEM_PROMPT
+    row = load_splits(config.data, system_prompt=config.task.system_prompt)["test"]["messages"][0]
+    assert [message["role"] for message in row] == ["system", "user", "assistant"]
+    with serving(served_adapter, tmp_path) as client:
+        served = served_prompt_ids(client, row[1]["content"], monkeypatch)
+    assert served == evaluated_prompt_ids(served_adapter, row)
+
+
+def test_served_prompt_equals_evaluated_prompt_for_a_user_instruction_task(served_adapter, tmp_path, monkeypatch):
+    """A user's own task: instruction rows without a system message and a task.system_prompt in the config.
+    Data loading puts the prompt first in each row and the server in each request: the same tokens."""
+    import shutil
+
+    from {{ cookiecutter.package_name }}.config import dump_config, load_config
+    from {{ cookiecutter.package_name }}.data import load_splits
+
+    data = tmp_path / "tickets.jsonl"
+    rows = [
+        {"instruction": "Triage this ticket.", "input": f"Ticket {i}: my invoice {i} is wrong", "output": "{}"}
+        for i in range(20)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    run = tmp_path / "tickets-run"
+    shutil.copytree(served_adapter, run / "adapter")
+    prompt = "Reply with JSON only. Keys: category, priority."
+    example = load_config(served_adapter.parent / "config.yaml")
+    task = {"name": "Ticket triage", "fields": ["category", "priority"], "system_prompt": prompt}
+    data_path = {"path": str(data)}
+    updates = {"task": example.task.model_copy(update=task), "data": example.data.model_copy(update=data_path)}
+    dump_config(example.model_copy(update=updates), run / "config.yaml")
+
+    config = load_config(run / "config.yaml")
+    row = load_splits(config.data, system_prompt=config.task.system_prompt)["test"]["messages"][0]
+    assert row[0] == {"role": "system", "content": prompt} and row[1]["content"].startswith("Triage this ticket.\n\n")
+    with serving(run / "adapter", tmp_path / "logs") as client:
+        served = served_prompt_ids(client, row[1]["content"], monkeypatch)
+    assert served == evaluated_prompt_ids(run / "adapter", row)
 
 
 # ---- limits and errors ----------------------------------------------------------------------------------

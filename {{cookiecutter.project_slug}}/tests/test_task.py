@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from {{ cookiecutter.package_name }}.data import DATASET_INFO
 from {{ cookiecutter.package_name }}.task import (
     FIELDS,
     INTENTS,
@@ -24,9 +25,19 @@ def _rows(path):
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(synth_dir, tmp_path):
     assert synthesize(tmp_path / "again", n=1200, seed=0) == {"train": 960, "validation": 120, "test": 120}
     synthesize(tmp_path / "other", n=1200, seed=1)
-    for name in SPLIT_FILES:
+    for name in (*SPLIT_FILES, DATASET_INFO):
         assert (tmp_path / "again" / name).read_bytes() == (synth_dir / name).read_bytes()
     assert (tmp_path / "other" / "train.jsonl").read_bytes() != (synth_dir / "train.jsonl").read_bytes()
+
+
+def test_synth_records_its_generator_seed_and_rows(tmp_path):
+    synthesize(tmp_path, n=50, seed=7)
+    assert json.loads((tmp_path / DATASET_INFO).read_text(encoding="utf-8")) == {
+        "generator": "{{ cookiecutter.package_name | replace('_', '-') }} data synth",
+        "seed": 7,
+        "rows": {"train": 40, "validation": 5, "test": 5},
+    }
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*SPLIT_FILES, DATASET_INFO])
 
 
 def test_split_sizes_and_no_user_message_in_two_splits(synth_dir):

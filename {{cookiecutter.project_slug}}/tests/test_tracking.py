@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from {{ cookiecutter.package_name }}.registry import CHAMPION, fetch_model
 from {{ cookiecutter.package_name }}.tracking import TrackingError, flatten
-from {{ cookiecutter.package_name }}.tracking import client as tracking_client  # the test store, whatever a test set before
+from {{ cookiecutter.package_name }}.tracking import client as tracking_client
 from {{ cookiecutter.package_name }}.train import train
 
 

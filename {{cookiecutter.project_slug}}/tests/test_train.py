@@ -171,8 +171,12 @@ def test_cli_reports_a_bad_base_model_in_one_line(smoke_config, tmp_path):
 @pytest.mark.e2e
 def test_smoke_run_writes_exactly_the_adapter_files_and_resolved_config(smoke_run):
     assert {p.name for p in (smoke_run / "adapter").iterdir()} == ADAPTER_FILES
+    from {{ cookiecutter.package_name }}.task import SYSTEM_PROMPT
+
     saved = load_config(smoke_run / "config.yaml")
     assert saved.train.run_name == smoke_run.name  # the generated name is recorded
+    # smoke.yaml leaves task.system_prompt null; the example rows all start with this one, so the run records it.
+    assert saved.task.system_prompt == SYSTEM_PROMPT
     assert saved.train.max_steps == 60
     # Checkpoints every save_steps=20, the newest save_total_limit=2 kept.
     assert sorted(p.name for p in smoke_run.glob("checkpoint-*")) == ["checkpoint-40", "checkpoint-60"]

@@ -14,6 +14,13 @@ ROOT = Path(__file__).parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
 CLOUD = "{{ cookiecutter.cloud }}"
 USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)(.*)$", re.MULTILINE)
+DRIFT_CONFIG = "${{ '{{' }} inputs.config || vars.DRIFT_CONFIG || 'configs/default.yaml' {{ '}}' }}"
+# What the README says of drift.yml, word for word (line breaks aside): it must match the workflow's triggers.
+DRIFT_README = (
+    "`.github/workflows/drift.yml` runs the same check by hand (Actions > drift > Run workflow) on a request log "
+    "given by URL, against the committed training data of a config; its weekly schedule is off until you set the "
+    "`DRIFT_LOG_URL` variable and uncomment its two `schedule` lines."
+)
 LOGIN = {
     "aws": ("aws-actions/configure-aws-credentials", {"role-to-assume", "aws-region"}),
     "gcp": ("google-github-actions/auth", {"workload_identity_provider", "service_account"}),
@@ -105,6 +112,21 @@ def test_drift_check_is_manual_and_its_schedule_opt_in():
     assert drift["permissions"] == {"contents": "read"}
     [job] = drift["jobs"].values()
     assert "monitor drift" in runs(job)
+
+
+def test_drift_reference_is_the_task_data_of_a_config_never_generated():
+    [job] = load("drift.yml")["jobs"].values()
+    assert "data synth" not in runs(job), "the shop example's generated data is the wrong reference for your task"
+    assert 'monitor drift --config "$CONFIG"' in runs(job)
+    assert job["env"]["CONFIG"] == DRIFT_CONFIG and (ROOT / "configs" / "default.yaml").is_file()
+
+
+def test_readme_describes_the_drift_schedule_as_the_workflow_has_it():
+    """Manual with an opt-in schedule; the README says exactly that, never that it is a scheduled job."""
+    assert "schedule" not in load("drift.yml")["on"]
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert DRIFT_README in readme
+    assert "scheduled job (`.github/workflows/drift.yml`)" not in readme
 
 
 def test_actionlint_finds_nothing():

@@ -2,8 +2,9 @@
 
     <project> config show --config configs/smoke.yaml train.max_steps=5
     <project> config keys
+    <project> task init data/tickets.jsonl [--name "Ticket triage"]   # a config for your own task
     <project> train --config configs/smoke.yaml [--resume] [key=value ...]
-    <project> evaluate --config configs/smoke.yaml [--adapter outputs/<run>/adapter]
+    <project> evaluate [--adapter outputs/<run>/adapter] [--config FILE [--other-data]]
     <project> merge --adapter outputs/<run>/adapter --out outputs/<run>/merged
     <project> serve [--model outputs/<run>/adapter] [--host 127.0.0.1] [--port 8000]
     <project> report --config configs/smoke.yaml    # plots, README results, MODEL_CARD.md
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +37,44 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configuration files and the settings they can hold.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+
+# Library warnings known to be harmless, as (message, category, module): each is silenced on its own, so a
+# newcomer does not read it as an error, and every other warning still shows.
+HARMLESS_WARNINGS = [
+    # peft asks each model `is_gradient_checkpointing`, which transformers 5 renamed; the answer is the same.
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning, r"transformers\.modeling_utils"),
+    # mlflow.data.from_pandas with a local path: MLflow has its local-artifact source registered twice and says
+    # which one it took; both are the same class, so the logged dataset is the same.
+    (
+        r"The specified dataset source can be interpreted in multiple ways",
+        UserWarning,
+        r"mlflow\.data\.dataset_source_registry",
+    ),
+]
+# MLflow checks a logged model by decoding with clean_up_tokenization_spaces=True; transformers skips that
+# clean-up for BPE tokenizers (it would eat spaces) and logs so: the decoded text is right either way.
+HARMLESS_LOG_RECORDS = [("transformers.tokenization_utils_tokenizers", "Ignoring clean_up_tokenization_spaces=True")]
+
+
+class _DropRecordsStartingWith(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@app.callback()
+def _silence_harmless_warnings() -> None:
+    """Runs before every command: the narrow filters above, each added once."""
+    for message, category, module in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for logger_name, prefix in HARMLESS_LOG_RECORDS:
+        logger = logging.getLogger(logger_name)
+        if not any(getattr(known, "prefix", None) == prefix for known in logger.filters):
+            logger.addFilter(_DropRecordsStartingWith(prefix))
+
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file (see configs/).")]
 Overrides = Annotated[
@@ -100,7 +140,7 @@ def data_validate(config: ConfigOption = Path("configs/smoke.yaml"), overrides: 
         note = f"note: tokenizer of {resolved.model.base_model} is not available offline; token lengths not checked"
         typer.echo(note)
     try:
-        problems = validate_data(resolved.data, tokenizer=tokenizer)
+        problems = validate_data(resolved.data, tokenizer=tokenizer, task=resolved.task)
     except ProjectError as err:  # nothing readable (missing path, bad extension): no problem list possible
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -120,6 +160,34 @@ def _offline_tokenizer(base_model: str, revision: str | None):  # -> PreTrainedT
         return AutoTokenizer.from_pretrained(base_model, revision=revision, local_files_only=True)
     except (OSError, ValueError):  # not downloaded / not a model folder
         return None
+
+
+# --- task ------------------------------------------------------------------------------------
+
+task_app = typer.Typer(help="Start a task of your own from your data.", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+
+
+@task_app.command("init")
+def task_init(
+    data_file: Annotated[Path, typer.Argument(help="Your data: a .jsonl/.csv/.parquet file or a folder of splits.")],
+    name: Annotated[str | None, typer.Option(help="Short title of the task; default: from the file name.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Config to write; default: configs/<name>.yaml.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
+    base: Annotated[Path, typer.Option(help="Config whose other settings the new one takes.")] = Path(
+        "configs/default.yaml"
+    ),
+) -> None:
+    """Infer the task from your data (kind, JSON fields, system prompt) and write a config; print what to check."""
+    from .task_init import init_task
+
+    try:
+        _, lines = init_task(data_file, name=name, out=out, force=force, base=base, load_tokenizer=_offline_tokenizer)
+    except ProjectError as err:  # unreadable data, an existing --out: nothing was written
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    for line in lines:
+        typer.echo(line)
 
 
 # --- train, evaluate, merge ------------------------------------------------------------------
@@ -179,7 +247,16 @@ def train(
 
 @app.command()
 def evaluate(
-    config: ConfigOption = Path("configs/smoke.yaml"),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML config file; default: the evaluated run's own config.yaml (configs/smoke.yaml for an adapter "
+            "without one). One that disagrees with the run's on the data or the task is refused.",
+            show_default=False,
+        ),
+    ] = None,
     overrides: Overrides = None,
     adapter: Annotated[
         str | None,
@@ -188,15 +265,29 @@ def evaluate(
             "default: the newest outputs/*/adapter."
         ),
     ] = None,
+    other_data: Annotated[
+        bool,
+        typer.Option(
+            "--other-data",
+            help="Score the model on the data and task of --config although its run's differ, on purpose: the "
+            "metrics go to a new MLflow run tagged evaluation_of=<run>, never over the run's own; no promotion gate.",
+        ),
+    ] = False,
 ) -> None:
     """Score base vs fine-tuned on the held-out split; writes reports/eval.json and reports/eval.md.
     With tracking on, logs the metrics to the model's MLflow run and runs the promotion gate."""
+    from .config import TrainConfig
     from .evaluate import evaluate as run_evaluation
+    from .evaluate import run_config_file
 
-    resolved = _load(config, overrides)
     _show_progress_messages()
+    if config is None:
+        with _known_errors():  # no adapter yet, or a model URI that MLflow does not know
+            config = run_config_file(adapter, output_dir=TrainConfig().output_dir) or Path("configs/smoke.yaml")
+        typer.echo(f"config: {config}", err=True)
+    resolved = _load(config, overrides)
     with _known_errors():
-        report = run_evaluation(resolved, adapter_dir=adapter)
+        report = run_evaluation(resolved, adapter_dir=adapter, other_data=other_data)
     for name in ("base", "finetuned"):
         metrics = ", ".join(f"{key} {value:.3f}" for key, value in report[name].items() if "_accuracy_" not in key)
         typer.echo(f"{name:>9}: {metrics}")
@@ -225,7 +316,10 @@ def report(
     overrides: Overrides = None,
     readme: Annotated[
         Path,
-        typer.Option(help="README whose text between <!-- results:start --> and <!-- results:end --> is replaced."),
+        typer.Option(
+            help="README whose text between <!-- results:start --> and <!-- results:end --> (and between "
+            "<!-- task:start --> and <!-- task:end -->, the intro's task paragraph) is replaced."
+        ),
     ] = Path("README.md"),
     model_card: Annotated[Path, typer.Option(help="Hugging Face model card to write.")] = Path("MODEL_CARD.md"),
 ) -> None:

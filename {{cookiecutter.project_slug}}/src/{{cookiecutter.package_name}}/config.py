@@ -23,9 +23,31 @@ class ConfigError(ProjectError, ValueError):
     """A config file or override is invalid; the message lists every problem found."""
 
 
+# Keys that moved to another section: refused with the new name, so an old config says what to change.
+MOVED_KEYS = {"data.task": "task.kind", "data.system_prompt": "task.system_prompt"}
+
+
 class _Section(BaseModel):
     # extra="forbid": a misspelt key must fail loudly instead of being silently ignored.
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class TaskConfig(_Section):
+    name: str | None = None
+    """Short title of the task: the README's intro, the model card and the served model's description.
+    null uses `project`."""
+    description: str = ""
+    """One sentence for people: what goes in and what comes out. Empty: the README and model card say that
+    no description was given."""
+    kind: Literal["extraction", "generic"] = "extraction"
+    """`extraction`: each answer is one JSON object, scored per field; `generic`: free text, scored by exact
+    match and ROUGE-L."""
+    fields: list[str] = Field(default_factory=list)
+    """Extraction: the answer's JSON keys, scored per field in this order. Empty: taken from the data
+    (keys in first-seen order)."""
+    system_prompt: str | None = None
+    """System message of every prompt: put first in each row (and served request) that has none of its own.
+    null: `train` records the one all training rows start with, if they share one, in the run's config."""
 
 
 class DataConfig(_Section):
@@ -35,10 +57,6 @@ class DataConfig(_Section):
     format: Literal["auto", "messages", "prompt_completion", "instruction"] = "auto"
     """Row layout: chat `messages`, `prompt`/`completion`, or `instruction`/`input`/`output`.
     `auto` detects it from the columns."""
-    task: Literal["extraction", "generic"] = "extraction"
-    """`extraction` scores JSON fields (the shipped example); `generic` scores exact match and ROUGE-L."""
-    system_prompt: str | None = None
-    """System message prepended to prompt/completion and instruction rows (not to `messages` rows)."""
     max_seq_length: int = Field(512, gt=0)
     """Longest tokenized example, in tokens. Longer examples are reported by `data validate`."""
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
@@ -179,6 +197,7 @@ class ReportConfig(_Section):
 class Config(_Section):
     project: str
     """Project slug: the MLflow experiment and registered model name."""
+    task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -190,6 +209,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
+        if self.task.name is None:
+            self.task.name = self.project  # a neutral title, never the shop example's
         if self.model.load_in_4bit and self.train.device in ("cpu", "mps"):
             raise ValueError("model.load_in_4bit needs CUDA; set train.device=auto or cuda, or load_in_4bit=false")
         if self.eval.split == "validation" and self.train.early_stopping_patience:
@@ -294,6 +315,9 @@ def _describe(err: ValidationError, sources: dict[str, str], default_source: str
         loc = [part for part in loc if not any(ch in part for ch in "[]'\"")]
         key = ".".join(loc) or "(top level)"
         source = _nearest_source(key, sources, default_source)
+        if error["type"] == "extra_forbidden" and key in MOVED_KEYS:
+            problems.setdefault(key, f"{source}: {key} moved to {MOVED_KEYS[key]} (the `task` section)")
+            continue
         if error["type"] == "extra_forbidden":
             message = f"unknown key{_suggest(loc)}"
         elif error["type"] == "missing":

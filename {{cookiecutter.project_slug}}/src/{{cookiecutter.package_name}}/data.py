@@ -12,6 +12,7 @@ Locations: JSONL and CSV report the 1-based file line; Parquet and hub data the 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 import re
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DataConfig
+from .config import Config, DataConfig, TaskConfig
 from .errors import ProjectError
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class _Example:
     messages: list[dict[str, str]]
     file: str
     line: int
+    form: str  # the row's layout: a key of FORMS
 
     @property
     def prompt_key(self) -> str:
@@ -76,15 +78,16 @@ class _Example:
         return json.dumps(self.messages[:-1], sort_keys=True, ensure_ascii=False)
 
 
-def load_splits(cfg: DataConfig, seed: int = 0) -> DatasetDict:
+def load_splits(cfg: DataConfig, seed: int = 0, *, system_prompt: str | None = None) -> DatasetDict:
     """train/validation/test as `datasets` splits holding one `messages` column; raise DataError on bad data.
 
     A missing validation or test split is split off train with `cfg.validation_fraction` and
     `cfg.test_fraction`, shuffled with `seed` (fixed, so every run and command sees the same split).
+    `system_prompt` (the config's task.system_prompt) is put first in every row that has no system message.
     """
     from datasets import Dataset, DatasetDict
 
-    examples, problems = _collect(cfg, seed=seed)
+    examples, problems = _collect(cfg, seed=seed, system_prompt=system_prompt)
     problems += _empty_split_problems(examples, cfg)
     if problems:
         more = f" (and {len(problems) - 1} more problems; `data validate` lists them all)" if len(problems) > 1 else ""
@@ -96,14 +99,36 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> DatasetDict:
     )
 
 
-def validate_data(cfg: DataConfig, tokenizer: Any = None, seed: int = 0) -> list[Problem]:
-    """Every problem in the data: schema, empty fields, duplicates, leakage, and token lengths.
+def shared_system_prompt(rows: Iterable[list[dict[str, str]]]) -> str | None:
+    """The system message every row starts with, when all rows start with the same one; else None."""
+    prompts = {messages[0]["content"] if messages[0]["role"] == "system" else None for messages in rows}
+    return prompts.pop() if len(prompts) == 1 else None
 
-    Token lengths are checked only when a tokenizer is given (its chat template formats the rows
-    exactly as training will). Raises DataError only when nothing can be read (missing path, bad extension).
+
+def with_recorded_system_prompt(config: Config, train_rows: Iterable[list[dict[str, str]]]) -> Config:
+    """`config` whose null task.system_prompt is set to the system message all training rows share: what
+    `train` writes to the run's config.yaml, so the run says which prompt the model learned with (and
+    serving puts that one first). A set prompt, or rows without a shared one, leave it as it is."""
+    if config.task.system_prompt is not None:
+        return config
+    prompt = shared_system_prompt(train_rows)
+    return config.model_copy(update={"task": config.task.model_copy(update={"system_prompt": prompt})})
+
+
+def validate_data(
+    cfg: DataConfig, tokenizer: Any = None, seed: int = 0, *, task: TaskConfig | None = None
+) -> list[Problem]:
+    """Every problem in the data: row layout, empty fields, answers that do not fit `task` (extraction: not
+    a JSON object, or missing one of task.fields), duplicates, leakage, and token lengths.
+
+    Answers are checked only when a `task` is given, token lengths only when a tokenizer is (its chat
+    template formats the rows exactly as training will). Raises DataError only when nothing can be read
+    (missing path, bad extension).
     """
-    examples, problems = _collect(cfg, seed=seed)
+    examples, problems = _collect(cfg, seed=seed, system_prompt=task.system_prompt if task else None)
     problems += _empty_split_problems(examples, cfg)
+    if task is not None and task.kind == "extraction":
+        problems += _schema_problems([ex for rows in examples.values() for ex in rows], task.fields, cfg.path)
     for rows in examples.values():
         problems += _duplicate_problems(rows)
     for held_out in ("validation", "test"):
@@ -114,22 +139,58 @@ def validate_data(cfg: DataConfig, tokenizer: Any = None, seed: int = 0) -> list
     return problems
 
 
-def length_problems(cfg: DataConfig, tokenizer: Any, seed: int = 0) -> list[Problem]:
+def length_problems(
+    cfg: DataConfig, tokenizer: Any, seed: int = 0, *, system_prompt: str | None = None
+) -> list[Problem]:
     """Rows longer than `cfg.max_seq_length` tokens, with file and line: for training to refuse before it starts."""
-    examples, _ = _collect(cfg, seed=seed)
+    examples, _ = _collect(cfg, seed=seed, system_prompt=system_prompt)
     return [problem for rows in examples.values() for problem in _length_problems(rows, tokenizer, cfg.max_seq_length)]
+
+
+def answer_object(text: str) -> dict[str, Any] | None:
+    """An extraction answer as the JSON object it must be, or None. Strict (no text around the object):
+    training teaches the model to write exactly this."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """A data file or folder as `task init` sees it: each split's usable rows as messages (no system prompt
+    added), how many rows had each layout (a key of FORMS), and the rows that could not be used."""
+
+    splits: dict[str, list[list[dict[str, str]]]]
+    forms: dict[str, int]
+    problems: list[Problem]
+
+
+def summarize_data(path: str, seed: int = 0) -> DataSummary:
+    """Read `path` (a local file or folder) the way `load_splits` does; DataError when nothing is readable."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: no such file or folder")
+    examples, problems = _collect(DataConfig(path=path), seed=seed)
+    forms: dict[str, int] = {}
+    for example in (example for rows in examples.values() for example in rows):
+        forms[example.form] = forms.get(example.form, 0) + 1
+    splits = {name: [example.messages for example in rows] for name, rows in examples.items()}
+    return DataSummary(splits=splits, forms=forms, problems=problems)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading: path -> rows per split, each row remembering its file and line.
 
 
-def _collect(cfg: DataConfig, seed: int) -> tuple[dict[str, list[_Example]], list[Problem]]:
+def _collect(
+    cfg: DataConfig, seed: int, system_prompt: str | None = None
+) -> tuple[dict[str, list[_Example]], list[Problem]]:
     rows, problems = _read_source(cfg.path)
     rows = _split_missing(rows, cfg, seed=seed)
     examples: dict[str, list[_Example]] = {}
     for name in SPLITS:
-        examples[name], found = _convert_split(rows[name], cfg)
+        examples[name], found = _convert_split(rows[name], cfg, system_prompt=system_prompt)
         problems += found
     return examples, problems
 
@@ -281,15 +342,18 @@ def _split_missing(rows: dict[str, list[_Row]], cfg: DataConfig, seed: int) -> d
 # Formatting: any accepted row form -> messages.
 
 
-def _convert_split(rows: list[_Row], cfg: DataConfig) -> tuple[list[_Example], list[Problem]]:
+def _convert_split(
+    rows: list[_Row], cfg: DataConfig, system_prompt: str | None
+) -> tuple[list[_Example], list[Problem]]:
     examples, problems = [], []
     for row in rows:
         try:
-            messages = _to_messages(row.values, cfg)
+            form = _detect_form(row.values, cfg.format)
+            messages = _with_system_prompt(_to_messages(row.values, form), system_prompt)
         except ValueError as err:
             problems.append(Problem(row.file, row.line, str(err)))
             continue
-        examples.append(_Example(messages, row.file, row.line))
+        examples.append(_Example(messages, row.file, row.line, form))
     return examples, problems
 
 
@@ -303,8 +367,7 @@ def _detect_form(values: dict[str, Any], wanted: str) -> str:
     raise ValueError(f"missing columns: found {found}; expected {expected} (data.format={wanted})")
 
 
-def _to_messages(values: dict[str, Any], cfg: DataConfig) -> list[dict[str, str]]:
-    form = _detect_form(values, cfg.format)
+def _to_messages(values: dict[str, Any], form: str) -> list[dict[str, str]]:
     if form == "messages":
         return _check_messages(values["messages"])
     if form == "prompt_completion" and isinstance(values["prompt"], list):
@@ -319,8 +382,14 @@ def _to_messages(values: dict[str, Any], cfg: DataConfig) -> list[dict[str, str]
         extra = values.get("input")
         if isinstance(extra, str) and extra.strip():
             user = f"{user}\n\n{extra.strip()}"
-    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-    return [*system, {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def _with_system_prompt(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    # A row's own system message wins, as a served request's does (serve/routes/chat.py).
+    if not system_prompt or messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
 
 
 def _text(values: dict[str, Any], column: str) -> str:
@@ -362,6 +431,33 @@ def _empty_split_problems(examples: dict[str, list[_Example]], cfg: DataConfig) 
         for split, rows in examples.items()
         if not rows
     ]
+
+
+def _schema_problems(examples: list[_Example], fields: list[str], path: str) -> list[Problem]:
+    """Extraction answers that are not a JSON object, rows missing one of `fields`, and a summary for each
+    field missing from most answers (then task.fields does not describe this data)."""
+    problems, missing_counts, answers = [], dict.fromkeys(fields, 0), 0
+    for example in examples:
+        answer = answer_object(example.messages[-1]["content"])
+        if answer is None:
+            fix = 'write it as one JSON object such as {"key": "value"}, or set task.kind=generic for free text'
+            problems.append(Problem(example.file, example.line, f"the answer is not a JSON object; {fix}"))
+            continue
+        answers += 1
+        missing = [field for field in fields if field not in answer]
+        for field in missing:
+            missing_counts[field] += 1
+        if missing:
+            fix = "add them (null when a value is absent) or fix task.fields"
+            problems.append(Problem(example.file, example.line, f"the answer lacks {', '.join(missing)}; {fix}"))
+    for field, count in missing_counts.items():
+        if count > answers / 2:
+            message = (
+                f"task.fields: `{field}` is missing from {count} of {answers} answers: the schema does not match "
+                "the data; fix task.fields (`task init` infers it from the data) or the answers"
+            )
+            problems.append(Problem(path, None, message))
+    return problems
 
 
 def _duplicate_problems(rows: Iterable[_Example]) -> list[Problem]:
@@ -406,3 +502,62 @@ def token_length(messages: list[dict[str, str]], tokenizer: Any) -> int:
     template and tokenizes in this one call (special tokens come from the template alone, no second BOS), for
     `messages` and prompt/completion rows alike. `data validate` and `train`'s refusal both count with it."""
     return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: what train_log.json records about the data a run saw (the report shows it).
+
+DATASET_INFO = "dataset_info.json"  # `data synth` writes it next to the files it generates: generator, seed, rows
+USER_DATA = "your data"
+
+
+def data_record(cfg: DataConfig, *, rows: dict[str, int]) -> dict[str, Any]:
+    """train_log.json's `data`: path, origin, digest (sha256 over the split files' bytes, in split order;
+    None for a hub dataset, which has no local files) and the rows per split that training used."""
+    files = _source_files(cfg.path)
+    digest = hashlib.sha256()
+    for path in files.values():
+        digest.update(path.read_bytes())
+    return {
+        "path": cfg.path,
+        "origin": _origin(files),
+        "digest": digest.hexdigest() if files else None,
+        "rows": rows,
+    }
+
+
+def _source_files(path_or_id: str) -> dict[str, Path]:
+    path = Path(path_or_id)
+    if path.is_dir():
+        return _split_files(path)
+    return {path.stem: path} if path.is_file() else {}
+
+
+def _origin(files: dict[str, Path]) -> str:
+    """Generated (by which command, with which seed) when the files sit next to `data synth`'s
+    dataset_info.json and still hold the rows it wrote (an edited or replaced file is the user's); else USER_DATA."""
+    folders = {path.parent for path in files.values()}
+    if len(folders) != 1:
+        return USER_DATA
+    try:
+        info = json.loads((folders.pop() / DATASET_INFO).read_text(encoding="utf-8"))
+        written = info["rows"]
+        generated = all(
+            path.suffix == ".jsonl" and written.get(split) == _count_rows(path) for split, path in files.items()
+        )
+        return f"generated by `{info['generator']}` (seed {info['seed']})" if generated else USER_DATA
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no (or a broken) dataset_info.json
+        return USER_DATA
+
+
+def _count_rows(path: Path) -> int:
+    with path.open(encoding="utf-8") as lines:
+        return sum(1 for line in lines if line.strip())
+
+
+def epochs_seen(*, steps: int, batch_size: int, accumulation: int, train_rows: int, devices: int = 1) -> float | None:
+    """Passes over the training rows: rows consumed (steps x batch x accumulation x devices) / training rows,
+    2 decimals; None without rows. `train` records it; `report` warns when it is high (overfitting)."""
+    if train_rows <= 0:
+        return None
+    return round(steps * batch_size * accumulation * devices / train_rows, 2)

@@ -1,7 +1,11 @@
 """Score the base model and the fine-tuned adapter on held-out data, side by side.
 
-    <project> evaluate --config configs/smoke.yaml                            # newest outputs/*/adapter
+    <project> evaluate                                    # newest outputs/*/adapter, with its run's own config
     <project> evaluate --config configs/smoke.yaml --adapter outputs/<run>/adapter
+    <project> evaluate --config configs/other.yaml --other-data   # on purpose: another config's data or task
+
+A config that disagrees with the run's own (outputs/<run>/config.yaml, or the one logged to MLflow) on the
+data or the task is refused, listing the keys: scores on other data must never pass for the model's own.
 
 Both models see identical prompts: the same base weights (the adapter switched off for `base`) and the
 tokenizer + chat template saved with the adapter. Writes reports/eval.json and reports/eval.md.
@@ -16,6 +20,7 @@ Metrics, per model:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -24,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, EvalConfig
+from .config import Config, EvalConfig, ModelConfig, load_config
+from .errors import ProjectError
 from .model import (
     Device,
     check_adapter_dir,
@@ -35,10 +41,14 @@ from .model import (
     resolve_device,
 )
 from .report.markdown import answer_cell, table
+from .runs import run_config_path
+from .tracking import flatten
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
+
+    from .registry import ModelSource
 
 log = logging.getLogger(__name__)
 Conversation = list[dict[str, str]]
@@ -52,39 +62,54 @@ class Scored:
     answers: list[str]
 
 
-def evaluate(config: Config, *, adapter_dir: Path | str | None = None) -> dict[str, Any]:
+class EvaluationError(ProjectError, ValueError):
+    """The config given to `evaluate` disagrees with the run's own on what is scored; the message lists the
+    differing keys and the two ways on."""
+
+
+# The settings that decide which rows are scored, and how (data.max_train_samples only trims training): a
+# model scored with other values than its run's own is scored on other data, or as another task.
+DATA_KEYS = ("data.path", "data.format", "data.max_seq_length", "data.validation_fraction", "data.test_fraction")
+COMMAND = __package__.replace("_", "-")  # the console script, as in __main__.py: named in the fixes
+
+
+def evaluate(config: Config, *, adapter_dir: Path | str | None = None, other_data: bool = False) -> dict[str, Any]:
     """Score base and fine-tuned on `config.eval.split`; write eval.json + eval.md; return the report.
 
     `adapter_dir` is an adapter folder or an MLflow model URI (models:/<name>@champion, runs:/<id>/model);
-    default: the newest outputs/*/adapter. With tracking on, the metrics go to the model's training run
-    and the promotion gate runs."""
-    from .data import load_splits
+    default: the newest outputs/*/adapter. A config that disagrees with the run's own config.yaml on the data
+    or the task is refused (EvaluationError), unless `other_data`: then the metrics go to a new MLflow run
+    tagged `evaluation_of=<training run>` and the gate does not run. Otherwise, with tracking on, the metrics
+    go to the model's training run and the promotion gate runs."""
     from .registry import fetch_model, is_model_uri
 
     started = time.perf_counter()
-    source = fetch_model(str(adapter_dir or newest_adapter(config.train.output_dir)))
+    requested = str(adapter_dir or newest_adapter(config.train.output_dir))
+    source = fetch_model(requested)
     check_adapter_dir(source.adapter_dir)
+    rows = scored_rows(config, system_prompt=config.task.system_prompt)
+    if not other_data:  # before any model is loaded or anything written
+        check_run_config(config, source=source, requested=requested, rows=rows)
     # A registry model names its own base; a local adapter uses the config's, and load_finetuned refuses
     # an adapter trained on another base (the wrong config would otherwise score and log the wrong model).
-    from_registry = is_model_uri(str(adapter_dir or ""))
+    from_registry = is_model_uri(requested)
     model_cfg = config.model.model_copy(update={"base_model": source.base_model}) if from_registry else config.model
-    rows = list(load_splits(config.data)[config.eval.split]["messages"])[: config.eval.max_samples]
     device = resolve_device(config.train.device)
-    tokenizer = load_tokenizer(source.tokenizer_dir)  # carries the chat template training used
-    model = load_finetuned(model_cfg, adapter_dir=source.adapter_dir, device=device)
-    with model.disable_adapter():
-        base = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.data.task, device=device)
-    finetuned = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.data.task, device=device)
+    base, finetuned = _score_both(config, source=source, model_cfg=model_cfg, rows=rows, device=device)
     examples = _example_rows(rows, base=base, finetuned=finetuned)
     report = {
         "base": base.metrics,
         "finetuned": finetuned.metrics,
         "run": {
-            "adapter": str(adapter_dir or source.adapter_dir),
+            "adapter": requested,
             "base_model": model_cfg.base_model,
             "split": config.eval.split,
             "num_examples": len(rows),
-            "task": config.data.task,
+            # Which rows were scored: the promotion gate compares only versions scored on the same ones.
+            "test_digest": rows_digest(rows),
+            "test_rows": len(rows),
+            "other_data": other_data,  # scored with another config than the run's own, on purpose
+            "task": config.task.kind,
             "max_new_tokens": config.eval.max_new_tokens,
             "mlflow_run_id": source.run_id,
             "model_version": source.version,
@@ -100,12 +125,118 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None) -> dict[s
     return report
 
 
-def _track(config: Config, *, report: dict[str, Any], report_dir: Path, examples: list[dict[str, str]]) -> None:
-    """Log the held-out metrics to the model's training run, then run the promotion gate on its version."""
-    from .registry import promote
-    from .tracking import log_evaluation
+def scored_rows(config: Config, *, system_prompt: str | None) -> list[Conversation]:
+    """The conversations `evaluate` scores: the first eval.max_samples of eval.split, `system_prompt` first
+    in each row that has no system message of its own."""
+    from .data import load_splits
 
-    log_evaluation(run_id=report["run"]["mlflow_run_id"], report=report, report_dir=report_dir, examples=examples)
+    splits = load_splits(config.data, system_prompt=system_prompt)
+    return list(splits[config.eval.split]["messages"])[: config.eval.max_samples]
+
+
+def rows_digest(rows: list[Conversation]) -> str:
+    """sha256 of the scored rows as canonical JSON (sorted keys, no spaces), in order: equal digests, same rows."""
+    text = json.dumps(rows, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _score_both(
+    config: Config, *, source: ModelSource, model_cfg: ModelConfig, rows: list[Conversation], device: Device
+) -> tuple[Scored, Scored]:
+    """The base model (adapter switched off) and the fine-tuned one, on the same rows and prompts."""
+    tokenizer = load_tokenizer(source.tokenizer_dir)  # carries the chat template training used
+    model = load_finetuned(model_cfg, adapter_dir=source.adapter_dir, device=device)
+    with model.disable_adapter():
+        base = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.task.kind, device=device)
+    finetuned = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.task.kind, device=device)
+    return base, finetuned
+
+
+# ---- the run's own config ------------------------------------------------------------------------------
+
+
+def run_config_file(adapter_dir: Path | str | None, *, output_dir: Path | str) -> Path | None:
+    """The config.yaml that trained the model `evaluate` would score (the default of `evaluate --config`):
+    the run folder's, else the copy logged to its MLflow run; None for an untracked adapter without one."""
+    from .registry import is_model_uri, model_run_id
+
+    requested = str(adapter_dir or newest_adapter(output_dir))
+    run_dir = None if is_model_uri(requested) else Path(requested).parent
+    return run_config_path(run_dir=run_dir, run_id=model_run_id(requested))
+
+
+def check_run_config(config: Config, *, source: ModelSource, requested: str, rows: list[Conversation]) -> None:
+    """Refuse (EvaluationError) to score a model with a config that disagrees with its run's own on the data
+    or the task: its scores would describe other data, and land on its run as if they were its own. An
+    untracked adapter without a config.yaml has nothing to compare with and passes."""
+    from .registry import is_model_uri
+
+    from_registry = is_model_uri(requested)
+    # With tracking off, MLflow is not asked: a local run folder holds its config.yaml anyway.
+    run_id = source.run_id if from_registry or config.tracking.enabled else None
+    path = run_config_path(run_dir=None if from_registry else source.adapter_dir.parent, run_id=run_id)
+    if path is None:
+        return
+    own = load_config(path)
+    differences = config_differences(config, own, compare_base_model=not from_registry)
+    # Training records the system message its rows carried (null in the file): the same prompts, not a difference.
+    if "task.system_prompt" in differences and scored_rows(config, system_prompt=own.task.system_prompt) == rows:
+        del differences["task.system_prompt"]
+    if differences:
+        own_config = "" if from_registry else f" --config {path}"
+        raise EvaluationError(
+            f"{requested} was trained with another config than the one given: scored with it, the metrics would "
+            "describe other data or another task, not this model's own.\n"
+            + "".join(
+                f"  {key}: the run's {_shown(ours)}, given {_shown(given)}\n"
+                for key, (ours, given) in differences.items()
+            )
+            + "Evaluate it with its own config (the default when --config is left out, as in `make evaluate` "
+            f"without CONFIG=):\n  {COMMAND} evaluate{own_config} --adapter {requested}\n"
+            "or score it on the given config's data on purpose: add --other-data (the metrics go to a new MLflow "
+            "run tagged evaluation_of=<its run>, never over its own; the promotion gate does not run)."
+        )
+
+
+def config_differences(config: Config, own: Config, *, compare_base_model: bool) -> dict[str, tuple[Any, Any]]:
+    """{key: (the run's value, the given value)} for each setting that changes what is scored: task.*, the
+    data keys of DATA_KEYS and, for a local adapter, model.base_model (a registry model names its own base)."""
+    given, ours = flatten(config.model_dump(mode="json")), flatten(own.model_dump(mode="json"))
+    keys = [key for key in ours if key.startswith("task.")] + list(DATA_KEYS)
+    keys += ["model.base_model"] if compare_base_model else []
+    return {key: (ours.get(key), given.get(key)) for key in keys if not _same(key, ours.get(key), given.get(key))}
+
+
+def _same(key: str, ours: Any, given: Any) -> bool:
+    if ours == given:
+        return True
+    # A local folder named two ways (relative and absolute) is the same folder; a hub id is compared as text.
+    if key in ("data.path", "model.base_model") and Path(str(ours)).exists() and Path(str(given)).exists():
+        return Path(str(ours)).resolve() == Path(str(given)).resolve()
+    return False
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + '..."'
+
+
+def _track(config: Config, *, report: dict[str, Any], report_dir: Path, examples: list[dict[str, str]]) -> None:
+    """Log the held-out metrics to the model's training run, then run the promotion gate on its version; an
+    evaluation on other data goes to a new run instead, and is never judged by the gate."""
+    from .registry import promote
+    from .tracking import log_evaluation, log_other_data_evaluation
+
+    run_id = report["run"]["mlflow_run_id"]
+    if report["run"]["other_data"]:
+        logged = log_other_data_evaluation(
+            config, run_id=run_id, report=report, report_dir=report_dir, examples=examples
+        )
+        log.info(
+            "logged to MLflow run %s (evaluation_of=%s); the training run and the gate are untouched", logged, run_id
+        )
+        return
+    log_evaluation(run_id=run_id, report=report, report_dir=report_dir, examples=examples)
     version = report["run"]["model_version"]
     if config.tracking.promote and version:
         decision = promote(config, version=version, report_dir=report_dir)
@@ -304,6 +435,12 @@ def _metrics_table(report: dict[str, Any]) -> list[str]:
         f"`{run['split']}` split, greedy decoding (at most {run['max_new_tokens']} new tokens).",
         "",
     ]
+    if run.get("other_data"):
+        lines += [
+            "Scored on purpose with another config than the model's run (`--other-data`): these numbers describe "
+            "that data or task, not the model's own results.",
+            "",
+        ]
     base, tuned = report["base"], report["finetuned"]
     rows = [(name, f"{base[name]:.4f}", f"{tuned[name]:.4f}", f"{tuned[name] - base[name]:+.4f}") for name in base]
     return lines + table(("metric", "base", "fine-tuned", "change"), rows, align="lrrr")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .errors import ProjectError
 
 PLACEHOLDER_USER = "your-github-username"  # the template's default answer for github_username
@@ -76,6 +76,9 @@ def publish(
     outside world, replaced in tests. Every check that needs no network runs before anything is done."""
     run = run or _runner(root)
     project = _project(root)
+    smoke = smoke_results_warning(config, root=root)
+    if smoke:
+        echo(smoke)
     repo = repo or _repo_from_url(project["repository"])
     _check_repo_name(repo)
     if which("git") is None:
@@ -141,6 +144,48 @@ def _project(root: Path) -> dict[str, str]:
         raise PublishError(f"{root}: no pyproject.toml here; run `publish` in the project's root folder")
     project = project_metadata(root)
     return project | {"slug": project["name"]}
+
+
+def smoke_results_warning(config: Config, *, root: Path) -> str | None:
+    """A warning when the results README.md and MODEL_CARD.md show come from the smoke model (the tiny, random
+    model built offline): published as they are, a reader would take them for the project's results.
+
+    The smoke model is recognised by the evaluated run's own config (`model.build_tiny`) or, when that config
+    is not on this machine, by the evaluated base model being the tiny model's folder of `config` or of the
+    run's config. Read from local files only: a dry run asks no server."""
+    from .report import ReportError, find_run_dir, read_results
+    from .runs import run_config_path
+
+    try:
+        results = read_results(root / config.eval.report_dir)
+    except ReportError:
+        return None  # no evaluation yet: the README shows no results to warn about
+    run = results["run"]
+    run_dir = find_run_dir(run, output_dir=root / config.train.output_dir)
+    run_config = _loadable(run_config_path(run_dir=root / run_dir)) if run_dir else None
+    tiny_folders = {_folder(root, cfg.model.base_model) for cfg in (config, run_config) if cfg and cfg.model.build_tiny}
+    base = run.get("base_model") or (run_config.model.base_model if run_config else None)
+    if not (run_config and run_config.model.build_tiny) and (base is None or _folder(root, base) not in tiny_folders):
+        return None
+    where = f"run {run_dir}, " if run_dir else ""
+    return (
+        f"warning: the results in README.md and MODEL_CARD.md come from the smoke model ({where}base model {base}: "
+        "tiny, randomly initialised, built offline). They show that the pipeline works, not that the model is "
+        "useful, and readers will take them for your results. For real results run "
+        "`make train evaluate CONFIG=configs/default.yaml` (or your own config) before publishing."
+    )
+
+
+def _loadable(path: Path | None) -> Config | None:
+    try:
+        return load_config(path) if path else None
+    except ConfigError:  # a run config from another version of the project: judge by the base model alone
+        return None
+
+
+def _folder(root: Path, model: str) -> Path:
+    """A base model as an absolute folder, so `models/tiny-chat` and `./models/tiny-chat` compare equal."""
+    return (root / model).resolve()
 
 
 def _repo_from_url(url: str) -> str:

@@ -6,7 +6,8 @@
     <project> serve --model models:/<project>@champion
 
 Registered model name = the config's `project`; alias `candidate` = the newest version, `champion` = the
-version that won the gate (it beats the champion on `tracking.promotion_metric`). Evaluation, serving and
+version that won the gate (it beats the champion on `tracking.promotion_metric`, scored on the same test rows:
+the `evaluation.test_digest` tags of both training runs must agree). Evaluation, serving and
 deployment load a model through one function, `fetch_model`, whatever the source: `models:/<name>@<alias>`,
 `models:/<name>/<version>`, `runs:/<run id>/model`, or a local adapter folder.
 """
@@ -22,7 +23,15 @@ from urllib.parse import urlparse
 
 from .config import Config
 from .runs import read_tracking_file
-from .tracking import TrackingError, client, inside_run, library_versions, tracking_uri
+from .tracking import (
+    TEST_DIGEST_TAG,
+    TEST_ROWS_TAG,
+    TrackingError,
+    client,
+    inside_run,
+    library_versions,
+    tracking_uri,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 MODEL_ARTIFACT = "model"  # name of the logged MLflow model inside each run
+COMMAND = __package__.replace("_", "-")  # the console script, as in __main__.py: named in the reasons
 
 
 def is_model_uri(source: str | Path) -> bool:
@@ -103,26 +113,26 @@ class Decision:
 
 def promote(config: Config, *, version: str | None = None, report_dir: Path | None = None) -> Decision:
     """Make the candidate (or `version`) `champion` if it beats the current champion on the configured
-    metric, or if there is no champion yet. A losing candidate leaves the champion untouched."""
+    metric, or if there is no champion yet. A losing candidate leaves the champion untouched, and so does one
+    that cannot be compared: scored on other test rows than the champion, or a champion without the metric."""
     mlflow_client = client()
     name, metric = config.project, config.tracking.promotion_metric
     candidate = _version(mlflow_client, name, version=version, alias=None if version else CANDIDATE)
     champion = _alias_or_none(mlflow_client, name, CHAMPION)
-    candidate_value = _run_metric(mlflow_client, candidate.run_id, metric)
-    champion_value = _run_metric(mlflow_client, champion.run_id, metric) if champion else None
-    promoted, reason = _judge(
-        candidate_value, champion_value, direction=config.tracking.promotion_direction, has_champion=bool(champion)
-    )
+    candidate_score = _score(mlflow_client, candidate, metric)
+    champion_score = _score(mlflow_client, champion, metric) if champion else None
     if champion is not None and str(champion.version) == str(candidate.version):
         promoted, reason = True, f"version {candidate.version} is already {CHAMPION}"
+    else:
+        promoted, reason = _judge(candidate_score, champion_score, direction=config.tracking.promotion_direction)
     decision = Decision(
         model=name,
         candidate_version=str(candidate.version),
         champion_version=str(champion.version) if champion else None,
         metric=metric,
         direction=config.tracking.promotion_direction,
-        candidate_value=candidate_value,
-        champion_value=champion_value,
+        candidate_value=candidate_score.value,
+        champion_value=champion_score.value if champion_score else None,
         promoted=promoted,
         reason=reason,
     )
@@ -130,16 +140,60 @@ def promote(config: Config, *, version: str | None = None, report_dir: Path | No
     return decision
 
 
-def _judge(candidate: float | None, champion: float | None, *, direction: str, has_champion: bool) -> tuple[bool, str]:
-    if candidate is None:
+@dataclass
+class _Score:
+    """A version's evaluation as its training run recorded it: the metric and which test rows gave it."""
+
+    version: ModelVersion
+    value: float | None
+    test_digest: str | None
+    test_rows: str | None
+
+    def evaluate_command(self) -> str:
+        return f"`{COMMAND} evaluate --adapter models:/{self.version.name}/{self.version.version}`"
+
+
+def _score(mlflow_client: MlflowClient, version: ModelVersion, metric: str) -> _Score:
+    run = mlflow_client.get_run(version.run_id)
+    tags = run.data.tags
+    return _Score(version, run.data.metrics.get(metric), tags.get(TEST_DIGEST_TAG), tags.get(TEST_ROWS_TAG))
+
+
+def _judge(candidate: _Score, champion: _Score | None, *, direction: str) -> tuple[bool, str]:
+    if candidate.value is None:
         return False, "the candidate has no value for the metric: run `evaluate` first"
-    if not has_champion:
-        return True, "no champion yet"
     if champion is None:
-        return True, "the champion has no value for the metric"
-    better = candidate > champion if direction == "maximize" else candidate < champion
+        return True, "no champion yet"
+    not_comparable = _not_comparable(candidate, champion)
+    if not_comparable:
+        return False, f"not compared, the champion stays: {not_comparable}"
+    if champion.value is None:
+        return False, (
+            f"not compared, the champion stays: champion version {champion.version.version} has no value for the "
+            f"metric; evaluate it ({champion.evaluate_command()}), then run the gate again (`{COMMAND} promote`)"
+        )
+    better = candidate.value > champion.value if direction == "maximize" else candidate.value < champion.value
     verdict = "beats" if better else "does not beat"
-    return better, f"candidate {candidate:.4g} {verdict} champion {champion:.4g} ({direction})"
+    return better, f"candidate {candidate.value:.4g} {verdict} champion {champion.value:.4g} ({direction})"
+
+
+def _not_comparable(candidate: _Score, champion: _Score) -> str | None:
+    """Why the two scores cannot be compared (other test rows, or one unknown), or None when they can.
+    Two versions scored before digests were recorded are compared as they always were."""
+    if candidate.test_digest == champion.test_digest:
+        return None
+    for score, role in ((candidate, "candidate"), (champion, "champion")):
+        if score.test_digest is None:
+            return (
+                f"the {role} (version {score.version.version}) has no record of its test data (evaluated before "
+                f"test digests were recorded, or never); evaluate it ({score.evaluate_command()})"
+            )
+    return (
+        f"candidate and champion were scored on different test data (candidate: {candidate.test_rows} rows, "
+        f"digest {candidate.test_digest[:12]}; champion version {champion.version.version}: {champion.test_rows} "
+        f"rows, digest {champion.test_digest[:12]}). Evaluate both on the same data and eval settings (split, "
+        "max_samples); a model of another task belongs under another `project` name (its own registered model)"
+    )
 
 
 def _record(mlflow_client: MlflowClient, decision: Decision, *, report_dir: Path | None) -> None:
@@ -183,10 +237,6 @@ def _alias_or_none(mlflow_client: MlflowClient, name: str, alias: str) -> ModelV
         return None
 
 
-def _run_metric(mlflow_client: MlflowClient, run_id: str, metric: str) -> float | None:
-    return mlflow_client.get_run(run_id).data.metrics.get(metric)
-
-
 # ---- loading by URI -------------------------------------------------------------------------------------
 
 
@@ -209,6 +259,14 @@ def fetch_model(source: str, *, download_dir: Path | None = None) -> ModelSource
     if is_model_uri(source):
         return _fetch_from_mlflow(source, download_dir=download_dir)
     return _local_source(Path(source))
+
+
+def model_run_id(source: str) -> str | None:
+    """The MLflow run that trained `source` (a model URI or an adapter folder), found without downloading the
+    model; None for an untracked local adapter."""
+    if is_model_uri(source):
+        return _identify(source)[2]
+    return (read_tracking_file(Path(source).parent) or {}).get("run_id")
 
 
 def _local_source(adapter_dir: Path) -> ModelSource:

@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .data import DATASET_INFO
+
 FIELDS = ("intent", "order_id", "product", "quantity", "sentiment", "urgency")
 INTENTS = ("purchase", "track", "cancel", "change", "return", "complaint", "delivery", "question", "praise")
 SENTIMENTS = ("positive", "neutral", "negative")
@@ -52,7 +54,7 @@ def synthesize(out_dir: str | Path, n: int = 1200, seed: int = 0) -> dict[str, i
     """Write n unique examples as train/validation/test.jsonl (80/10/10) in out_dir; return rows per split.
 
     The same (n, seed) always gives byte-identical files. Duplicates are removed before splitting,
-    so no user message appears in two splits.
+    so no user message appears in two splits. DATASET_INFO records the generator, seed and row counts.
     """
     rng = random.Random(seed)
     examples: dict[str, dict[str, Any]] = {}  # user text -> labels; dict keeps first-seen order
@@ -77,7 +79,10 @@ def synthesize(out_dir: str | Path, n: int = 1200, seed: int = 0) -> dict[str, i
     for name, rows in splits.items():
         lines = [json.dumps({"messages": to_messages(text, labels)}, ensure_ascii=False) for text, labels in rows]
         (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
-    return {name: len(rows) for name, rows in splits.items()}
+    counts = {name: len(rows) for name, rows in splits.items()}
+    info = {"generator": f"{__package__.replace('_', '-')} data synth", "seed": seed, "rows": counts}
+    (out / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8", newline="\n")
+    return counts
 
 
 def to_messages(text: str, labels: dict[str, Any]) -> list[dict[str, str]]:

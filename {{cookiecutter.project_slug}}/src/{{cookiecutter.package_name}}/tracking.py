@@ -2,6 +2,7 @@
 
     <project> train --config configs/smoke.yaml     # one MLflow run: the config, the data, the curves
     <project> evaluate --config configs/smoke.yaml  # adds the held-out metrics and reports to that run
+    <project> evaluate --config other.yaml --other-data  # a new run, tagged evaluation_of=<training run>
     make mlflow-ui                                  # browse runs, curves, datasets and models
 
 Embedded by default: runs and the registry live in ./mlflow.db (SQLite) and artifacts in ./mlruns, no
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from transformers import TrainerCallback
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Run tags of an evaluation: which rows were scored (sha256 of the rows, their number), so the promotion gate
+# compares only versions scored on the same data; and, on a run of `evaluate --other-data`, the training run.
+TEST_DIGEST_TAG, TEST_ROWS_TAG = "evaluation.test_digest", "evaluation.test_rows"
+EVALUATION_OF_TAG, OTHER_DATA_TAG = "evaluation_of", "other_data"
 
 
 class TrackingError(ProjectError, RuntimeError):
@@ -194,17 +199,42 @@ def inside_run(run_id: str) -> Iterator[None]:
 
 
 def log_evaluation(*, run_id: str, report: dict[str, Any], report_dir: Path, examples: list[dict[str, str]]) -> None:
-    """Held-out metrics as `base.<metric>` / `finetuned.<metric>` on the training run, plus the reports."""
+    """Held-out metrics as `base.<metric>` / `finetuned.<metric>` on the training run, plus the reports, and
+    which rows were scored (tags `evaluation.test_digest`, `evaluation.test_rows`: the promotion gate compares them)."""
+    with inside_run(run_id):
+        _log_scores(report=report, report_dir=report_dir, examples=examples)
+
+
+def log_other_data_evaluation(
+    config: Config, *, run_id: str, report: dict[str, Any], report_dir: Path, examples: list[dict[str, str]]
+) -> str:
+    """An evaluation on other data than the run's own (`evaluate --other-data`): logged as a NEW run of the
+    project's experiment tagged `evaluation_of=<run_id>`, never over the training run's own metrics, which
+    the promotion gate reads. Returns the new run's id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    training_name = client().get_run(run_id).info.run_name
+    tags = {EVALUATION_OF_TAG: run_id, OTHER_DATA_TAG: "true"}
+    with mlflow.start_run(
+        experiment_id=_experiment_id(config.project), run_name=f"{training_name}-other-data", tags=tags
+    ) as run:
+        _log_scores(report=report, report_dir=report_dir, examples=examples)
+    return run.info.run_id
+
+
+def _log_scores(*, report: dict[str, Any], report_dir: Path, examples: list[dict[str, str]]) -> None:
+    """Into the active run: the metrics, what was scored, eval.json / eval.md and the sample generations."""
     import mlflow
 
     metrics = {f"{model}.{name}": value for model in ("base", "finetuned") for name, value in report[model].items()}
-    with inside_run(run_id):
-        mlflow.log_metrics(metrics)
-        for name in ("eval.json", "eval.md"):
-            if (report_dir / name).is_file():
-                mlflow.log_artifact(str(report_dir / name), artifact_path="evaluation")
-        if examples:
-            mlflow.log_table(data=_columns(examples), artifact_file="evaluation/sample_generations.json")
+    mlflow.log_metrics(metrics)
+    mlflow.set_tags({TEST_DIGEST_TAG: report["run"]["test_digest"], TEST_ROWS_TAG: report["run"]["test_rows"]})
+    for name in ("eval.json", "eval.md"):
+        if (report_dir / name).is_file():
+            mlflow.log_artifact(str(report_dir / name), artifact_path="evaluation")
+    if examples:
+        mlflow.log_table(data=_columns(examples), artifact_file="evaluation/sample_generations.json")
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

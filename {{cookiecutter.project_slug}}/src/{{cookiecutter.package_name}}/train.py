@@ -1,6 +1,6 @@
 """LoRA supervised fine-tuning with TRL's SFTTrainer: loss on the assistant's tokens only.
 
-    <project> train --config configs/smoke.yaml                 # tiny offline model, ~1 min on a CPU
+    <project> train --config configs/smoke.yaml                 # tiny offline model, ~55 s on a 2-core CPU
     <project> train --config configs/default.yaml train.max_steps=50 lora.r=8
     <project> train --config configs/smoke.yaml --resume        # continue the newest smoke run
 
@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import Config, ModelConfig, TrainConfig, dump_config
-from .data import load_splits, token_length
+from .data import data_record, epochs_seen, load_splits, token_length, with_recorded_system_prompt
 from .errors import ProjectError
 from .model import (
     Device,
@@ -59,7 +59,8 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
     if config.tracking.enabled:
         check_tracking_server()  # an unreachable server must fail now, not after an hour of training
     run_dir = _run_dir(config.train, config_name=config_name, resume=resume)
-    splits = load_splits(config.data)
+    splits = load_splits(config.data, system_prompt=config.task.system_prompt)
+    config = with_recorded_system_prompt(config, splits["train"]["messages"])
     device = resolve_device(config.train.device)
     precision = _precision(config.train.precision, device=device)
     model, tokenizer, loss_mode = _load_model(config, splits=splits, device=device)
@@ -97,7 +98,8 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
             runtime_s=result.metrics.get("train_runtime", 0.0),
             device=device,
             config_name=config_name,
-            rows={name: len(rows) for name, rows in splits.items()},
+            data=data_record(config.data, rows={name: len(rows) for name, rows in splits.items()}),
+            epochs=_epochs(trainer, train_cfg=config.train, train_rows=len(splits["train"])),
         )
         (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; it names no base for local models
         log.info("saved %s", run_dir / "adapter")
@@ -309,10 +311,18 @@ def _callbacks(train_cfg: TrainConfig) -> list[TrainerCallback]:
 
 
 def write_train_log(
-    run_dir: Path, *, log_history: list[dict], runtime_s: float, device: Device, config_name: str, rows: dict[str, int]
+    run_dir: Path,
+    *,
+    log_history: list[dict],
+    runtime_s: float,
+    device: Device,
+    config_name: str,
+    data: dict[str, Any],
+    epochs: float | None,
 ) -> None:
-    """outputs/<run>/train_log.json: what `report` needs without MLflow (loss by step, wall time, hardware).
-    A resumed run adds its time to the earlier sessions'; the Trainer's log history already holds them."""
+    """outputs/<run>/train_log.json: what `report` needs without MLflow (loss by step, wall time, hardware,
+    the data's origin and digest, epochs). A resumed run adds its time to the earlier sessions'; the Trainer's
+    log history already holds them."""
     path = run_dir / TRAIN_LOG
     earlier = json.loads(path.read_text(encoding="utf-8"))["train_runtime_s"] if path.is_file() else 0.0
     record = {
@@ -320,10 +330,25 @@ def write_train_log(
         "device": device,
         "hardware": describe_hardware(device),
         "train_runtime_s": round(earlier + runtime_s, 1),
-        "rows": rows,
+        "data": data,  # data.data_record: path, origin, digest, rows per split
+        "epochs": epochs,
         "log_history": log_history,
     }
     path.write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
+
+
+def _epochs(trainer: SFTTrainer, *, train_cfg: TrainConfig, train_rows: int) -> float | None:
+    """Passes over the training rows (`data.epochs_seen`). With packing a batch holds packed sequences, not
+    rows, so the Trainer's own count (passes over its packed dataset) is the honest one."""
+    if train_cfg.packing:
+        return round(trainer.state.epoch or 0.0, 2)
+    return epochs_seen(
+        steps=trainer.state.global_step,
+        batch_size=train_cfg.batch_size,
+        accumulation=train_cfg.gradient_accumulation_steps,
+        train_rows=train_rows,
+        devices=trainer.args.world_size,  # each device takes its own batch per step (DDP)
+    )
 
 
 def describe_hardware(device: Device) -> str:

@@ -90,7 +90,8 @@ def check_drift(
             "wait for more traffic or lower monitor.min_requests"
         )
     data_cfg = config.data.model_copy(update={"path": reference}) if reference else config.data
-    train_rows = load_splits(data_cfg)["train"]  # the split and rows training used
+    # The split and rows training used, with the prompt training put first.
+    train_rows = load_splits(data_cfg, system_prompt=config.task.system_prompt)["train"]
     reference_values, current_values = reference_features(train_rows, tokenizer), current_features(records)
     vocabulary = None
     if current_values["texts"]:

@@ -6,15 +6,19 @@
 Reads reports/eval.json (written by `evaluate`), the run's loss history (its MLflow run, or
 outputs/<run>/train_log.json when tracking is off), the run's resolved config.yaml and
 reports/promotion.json. Writes reports/loss_curves.png, reports/metrics.png, reports/field_accuracy.png
-(extraction task), MODEL_CARD.md, and the README text between `<!-- results:start -->` and
-`<!-- results:end -->`; everything outside the markers is kept byte for byte. The output depends only
-on those inputs (no dates, fixed figure size and dpi, no software version in the PNGs), so a second run
-writes the same bytes.
+(extraction task), MODEL_CARD.md, and two parts of the README: the results between `<!-- results:start -->`
+and `<!-- results:end -->`, and the intro's task paragraph between `<!-- task:start -->` and
+`<!-- task:end -->` (from the run's `task` config); everything outside the markers is kept byte for byte.
+README and card describe the run's own task and data (origin and digest, epochs, warnings when the test
+split is small or the rows were seen many times), never the shipped example unless the run trained on it.
+The output depends only on those inputs (no dates, fixed figure size and dpi, no software version in the
+PNGs), so a second run writes the same bytes.
 
     facts.py          the run's facts, gathered once (RunFacts)
     summary.py        metrics table, settings, hardware, time and cost: shown by README and card alike
+    about.py          the task, the data's origin and digest, and the warnings: shown by README and card alike
     plots.py          the PNGs
-    readme.py         the README section between the markers
+    readme.py         the README's results section and task paragraph, each between its markers
     card.py           MODEL_CARD.md, rendered from the template model_card.md (edit the wording there)
     markdown.py       the one Markdown table writer (reports/eval.md uses it too)
 """
@@ -25,15 +29,18 @@ import logging
 from pathlib import Path
 
 from ..config import Config
+from .about import task_section
 from .card import model_card_text
 from .facts import ReportError, RunFacts, find_run_dir, gather, project_metadata, read_results
 from .plots import PLOTS, write_plots
-from .readme import END, START, read_readme, replace_results, results_section
+from .readme import END, START, TASK_END, TASK_START, read_readme, replace_results, replace_task, results_section
 
 __all__ = [
     "END",
     "PLOTS",
     "START",
+    "TASK_END",
+    "TASK_START",
     "ReportError",
     "RunFacts",
     "find_run_dir",
@@ -41,6 +48,7 @@ __all__ = [
     "project_metadata",
     "read_results",
     "replace_results",
+    "replace_task",
     "write_report",
 ]
 
@@ -48,8 +56,8 @@ log = logging.getLogger(__name__)
 
 
 def write_report(config: Config, *, readme: Path, model_card: Path) -> list[Path]:
-    """Plots, MODEL_CARD.md and the README results section for the evaluation in eval.report_dir.
-    Every check (eval.json present, README markers) runs before anything is written."""
+    """Plots, MODEL_CARD.md, the README results section and task paragraph for the evaluation in
+    eval.report_dir. Every check (eval.json present, README markers) runs before anything is written."""
     report_dir = Path(config.eval.report_dir)
     results = read_results(report_dir)
     readme_text = read_readme(readme)
@@ -60,6 +68,7 @@ def write_report(config: Config, *, readme: Path, model_card: Path) -> list[Path
     model_card.write_bytes(card.encode("utf-8"))
     section = results_section(facts, plots=plots, readme_dir=readme.resolve().parent, config=config)
     updated = replace_results(readme_text, section, readme=readme)
+    updated = replace_task(updated, task_section(facts, command=project["name"]), readme=readme)
     if updated != readme_text:
         readme.write_bytes(updated.encode("utf-8"))
     written = [*plots.values(), model_card, readme]

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..registry import is_model_uri
+from .about import data_record, data_text, is_example_data, scoring_text, task_description, task_name, warnings
 from .facts import RunFacts, display_path
 from .markdown import table
-from .summary import LABELS, RATES, Settings, cost, hardware, metrics_table, settings, wall_time
+from .summary import LABELS, RATES, Settings, cost, hardware, length_text, metrics_table, settings, wall_time
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCardData
@@ -36,16 +37,19 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
     """Every value the template shows, by name (the YAML metadata comes separately, as `card_data`)."""
     run, cfg = facts.run, facts.run_config
     adapter = str(run.get("adapter") or "")
-    rows = facts.train_log.get("rows")
     return {
         "name": project["name"],
-        "description": project["description"],
         "repository": project["repository"],
         "base_model": cfg.model.base_model,
         "smoke_model": cfg.model.build_tiny,
-        "task": cfg.data.task,
-        "data_path": cfg.data.path,
-        "row_counts": ", ".join(f"{n} {split}" for split, n in rows.items()) if rows else "",
+        "task_name": task_name(cfg),
+        "task_description": task_description(cfg),
+        "task": cfg.task.kind,
+        "scoring": scoring_text(facts),
+        "example_data": is_example_data(facts),  # the shipped example's own texts only for its generated data
+        "data_known": bool(data_record(facts)),
+        "data": data_text(facts),
+        "warnings": warnings(facts),
         "num_examples": run.get("num_examples", "?"),
         "split": run.get("split", "test"),
         "hyperparameters": "\n".join(hyperparameter_table(settings(cfg, facts.train_log))),
@@ -66,7 +70,7 @@ def hyperparameter_table(values: Settings) -> list[str]:
         ("LoRA r / alpha / dropout", f"{values.lora_r} / {values.lora_alpha} / {values.lora_dropout}"),
         ("target modules", values.target_modules),
         ("4-bit base (QLoRA)", values.qlora),
-        ("epochs / max steps", f"{values.epochs} / {values.max_steps}"),
+        ("training length", length_text(values)),
         ("batch size x accumulation", f"{values.batch_size} x {values.accumulation}"),
         ("learning rate, schedule, warm-up", f"{values.learning_rate}, {values.lr_scheduler}, {values.warmup_ratio}"),
         ("weight decay", values.weight_decay),
@@ -92,7 +96,7 @@ def card_data(facts: RunFacts, *, project: dict[str, str]) -> ModelCardData:
         library_name="peft",
         license=license_id,
         datasets=[dataset],
-        tags=["lora", "peft", "sft", "trl", "transformers", cfg.data.task],
+        tags=["lora", "peft", "sft", "trl", "transformers", cfg.task.kind],
         pipeline_tag="text-generation",
         model_name=project["name"],
         eval_results=[

@@ -58,6 +58,11 @@ def read_results(report_dir: Path) -> dict[str, Any]:
     missing = [key for key in ("base", "finetuned", "run") if key not in results]
     if missing:
         raise ReportError(f"{path}: missing {', '.join(missing)}; it predates this version: run `make evaluate` again")
+    if results["run"].get("other_data"):  # the README and card show a model's results on its own test split
+        raise ReportError(
+            f"{path} scores the model on other data (`evaluate --other-data`), not on its own test split; "
+            "run `make evaluate` (the run's own config) first; nothing was written"
+        )
     return results
 
 

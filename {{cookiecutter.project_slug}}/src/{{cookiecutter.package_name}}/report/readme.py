@@ -1,6 +1,8 @@
-"""The README's results section: the text between `<!-- results:start -->` and `<!-- results:end -->`.
+"""The README's two written parts: the results section, between `<!-- results:start -->` and
+`<!-- results:end -->`, and the intro's task paragraph, between `<!-- task:start -->` and `<!-- task:end -->`.
 
 Everything outside the markers is kept byte for byte; the markers are checked before anything is written.
+The results markers are required; a README without task markers keeps its intro as it is.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from .about import data_text, task_name, warnings
 from .facts import ReportError, RunFacts, display_path
 from .markdown import answer_cell, table
-from .summary import Settings, cost, hardware, metrics_table, settings, wall_time
+from .summary import Settings, cost, hardware, length_text, metrics_table, settings, wall_time
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+TASK_START, TASK_END = "<!-- task:start -->", "<!-- task:end -->"
+RESULTS = (START, END, "the results section", "where the results should go")
+TASK = (TASK_START, TASK_END, "the intro's task paragraph", "around the paragraph that describes the task")
 TITLES = {"loss": "Training and validation loss", "metrics": "Base vs fine-tuned", "fields": "Per-field accuracy"}
 SAMPLE_ROWS = (("input", "input"), ("expected", "expected"), ("base", "base"), ("finetuned", "fine-tuned"))
 SAMPLE_CHARS = 200  # per cell: a long, rambling answer must not push the rest of the README off the screen
@@ -30,29 +36,48 @@ def read_readme(readme: Path) -> str:
         raise ReportError(
             f"{readme}: not UTF-8 text (byte {err.start}); save it as UTF-8; nothing was written"
         ) from None
-    _check_markers(text, readme=readme)
+    _check_markers(text, readme=readme, markers=RESULTS)
+    if _has_task_markers(text):
+        _check_markers(text, readme=readme, markers=TASK)
     return text
 
 
-def _check_markers(text: str, *, readme: Path | str) -> None:
-    starts, ends = text.count(START), text.count(END)
-    if starts == 1 and ends == 1 and text.index(START) < text.index(END):
+def _has_task_markers(text: str) -> bool:
+    return TASK_START in text or TASK_END in text
+
+
+def _check_markers(text: str, *, readme: Path | str, markers: tuple[str, str, str, str]) -> None:
+    start, end, section, where = markers
+    starts, ends = text.count(start), text.count(end)
+    if starts == 1 and ends == 1 and text.index(start) < text.index(end):
         return
     order = " in the wrong order" if starts == ends == 1 else ""
     raise ReportError(
-        f"{readme}: needs exactly one '{START}' line followed by one '{END}' line around the results "
-        f"section (found {starts} start and {ends} end marker(s){order}). Add the two lines where the results "
-        "should go; nothing was written"
+        f"{readme}: needs exactly one '{start}' line followed by one '{end}' line around {section} "
+        f"(found {starts} start and {ends} end marker(s){order}). Add the two lines {where}; nothing was written"
     )
 
 
 def replace_results(text: str, section: str, *, readme: Path | str = "README.md") -> str:
     """`text` with everything between the results markers replaced by `section`; the rest unchanged."""
-    _check_markers(text, readme=readme)
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
+    return _replace_between(text, section, readme=readme, markers=RESULTS)
+
+
+def replace_task(text: str, section: str, *, readme: Path | str = "README.md") -> str:
+    """`text` with everything between the task markers replaced by `section`; unchanged without task markers
+    (an intro written by hand stays as it is)."""
+    if not _has_task_markers(text):
+        return text
+    return _replace_between(text, section, readme=readme, markers=TASK)
+
+
+def _replace_between(text: str, section: str, *, readme: Path | str, markers: tuple[str, str, str, str]) -> str:
+    _check_markers(text, readme=readme, markers=markers)
+    start, end = markers[:2]
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
     body = section.strip("\n")
-    return f"{head}{START}\n{body}\n{END}{tail}"
+    return f"{head}{start}\n{body}\n{end}{tail}"
 
 
 def results_section(facts: RunFacts, *, plots: dict[str, Path], readme_dir: Path, config: Config) -> str:
@@ -62,16 +87,18 @@ def results_section(facts: RunFacts, *, plots: dict[str, Path], readme_dir: Path
         f"<!-- Written by `report` from {display_path(Path(config.eval.report_dir) / 'eval.json')} and the "
         "training run; edits here are overwritten. -->",
         "",
-        f"`{cfg.model.base_model}` fine-tuned with LoRA, scored against the base model on "
-        f"{run.get('num_examples', '?')} held-out examples of the `{run.get('split', 'test')}` split "
+        f"`{cfg.model.base_model}` fine-tuned with LoRA for **{task_name(cfg)}**, scored against the base model "
+        f"on {run.get('num_examples', '?')} held-out examples of the `{run.get('split', 'test')}` split "
         f"(greedy decoding, at most {run.get('max_new_tokens', '?')} new tokens).",
         "",
         *metrics_table(facts.results),
         "",
     ]
+    for warning in warnings(facts):
+        lines += [f"> {warning}", ""]
     if cfg.model.build_tiny:
         lines += [
-            "> These figures come from the smoke run: a tiny, randomly initialised model trained for a minute. "
+            "> These figures come from the smoke run: a tiny, randomly initialised model trained for about a minute. "
             "They show that the pipeline learns (the loss falls, the answers become JSON), not that the model is "
             "useful. `make train evaluate CONFIG=configs/default.yaml` gives real results.",
             "",
@@ -104,6 +131,7 @@ def run_table(facts: RunFacts, *, config: Config) -> list[str]:
         ),
         ("Model", _model_text(run, facts.promotion, project=facts.run_config.project)),
         ("Config", _config_text(facts)),
+        ("Data", data_text(facts)),
         ("Key settings", key_settings(settings(facts.run_config, facts.train_log))),
         ("Loss curves from", facts.history_source or "no training history found (train_log.json or MLflow)"),
         ("Hardware", hardware(facts)),
@@ -118,7 +146,7 @@ def key_settings(values: Settings) -> str:
     lora = f"LoRA r={values.lora_r}, alpha={values.lora_alpha}, dropout={values.lora_dropout}"
     parts = [
         f"{lora}, targets {values.target_modules}" + (" on a 4-bit base (QLoRA)" if values.qlora else ""),
-        values.length + (f" over {values.train_rows} training rows" if values.train_rows else ""),
+        length_text(values),
         f"batch {values.batch_size} x {values.accumulation} accumulation",
         f"learning rate {values.learning_rate} ({values.lr_scheduler}, warm-up {values.warmup_ratio})",
         f"max {values.max_seq_length} tokens, precision {values.precision}, seed {values.seed}",

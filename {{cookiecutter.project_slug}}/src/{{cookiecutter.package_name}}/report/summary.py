@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
+from ..data import epochs_seen
 from .facts import RunFacts
 from .markdown import table
 
@@ -57,9 +58,8 @@ class Settings:
     lora_dropout: str
     target_modules: str
     qlora: bool  # LoRA on a 4-bit quantized base
-    epochs: str
-    max_steps: int
     length: str  # what training ran for: the logged steps, else the configured steps or epochs
+    epochs: float | None  # passes over the training rows (train_log.json), None when unknown
     train_rows: int | None
     batch_size: int
     accumulation: int
@@ -77,6 +77,7 @@ def settings(cfg: Config, train_log: dict[str, Any]) -> Settings:
     lora, train = cfg.lora, cfg.train
     steps = [entry["step"] for entry in train_log.get("log_history", []) if "step" in entry]
     configured = f"{train.max_steps} steps" if train.max_steps > 0 else f"{train.num_epochs:g} epochs"
+    train_rows = ((train_log.get("data") or {}).get("rows") or {}).get("train")
     return Settings(
         base_model=cfg.model.base_model,
         lora_r=lora.r,
@@ -84,10 +85,9 @@ def settings(cfg: Config, train_log: dict[str, Any]) -> Settings:
         lora_dropout=f"{lora.dropout:g}",
         target_modules=lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules),
         qlora=cfg.model.load_in_4bit,
-        epochs=f"{train.num_epochs:g}",
-        max_steps=train.max_steps,
         length=f"{max(steps)} steps" if steps else configured,
-        train_rows=train_log.get("rows", {}).get("train"),
+        epochs=_epochs(cfg, train_log=train_log, steps=max(steps, default=0), train_rows=train_rows),
+        train_rows=train_rows,
         batch_size=train.batch_size,
         accumulation=train.gradient_accumulation_steps,
         learning_rate=f"{train.learning_rate:g}",
@@ -99,6 +99,28 @@ def settings(cfg: Config, train_log: dict[str, Any]) -> Settings:
         packing=train.packing,
         seed=train.seed,
     )
+
+
+def _epochs(cfg: Config, *, train_log: dict[str, Any], steps: int, train_rows: int | None) -> float | None:
+    """As `train` recorded it; for a log written before epochs were recorded, from its steps and rows (one device)."""
+    if train_log.get("epochs") is not None:
+        return float(train_log["epochs"])
+    if not steps or not train_rows or cfg.train.packing:  # packed batches hold sequences, not rows
+        return None
+    return epochs_seen(
+        steps=steps,
+        batch_size=cfg.train.batch_size,
+        accumulation=cfg.train.gradient_accumulation_steps,
+        train_rows=train_rows,
+    )
+
+
+def length_text(values: Settings) -> str:
+    """What training ran for, in steps and in passes over the data: `60 steps = 1.0 epochs of 960 rows`."""
+    if values.epochs is None:
+        return values.length + (f" over {values.train_rows} training rows" if values.train_rows else "")
+    passes = f"{values.epochs:.1f}" if values.epochs >= 0.1 else f"{values.epochs:.2f}"
+    return f"{values.length} = {passes} epochs of {values.train_rows} training rows"
 
 
 def hardware(facts: RunFacts) -> str:

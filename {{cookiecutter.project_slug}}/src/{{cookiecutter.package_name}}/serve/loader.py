@@ -26,7 +26,6 @@ from ..model import (
 )
 from ..registry import ModelSource, fetch_model, is_model_uri
 from ..runs import run_config_path
-from ..task import SYSTEM_PROMPT
 from ..tracking import TrackingError
 
 if TYPE_CHECKING:
@@ -52,7 +51,8 @@ class LoadedModel:
     version: str
     base_model: str
     system_prompt: str | None
-    """Put first when a request has no system message: LLM_SYSTEM_PROMPT, else the one training used."""
+    """Put first when a request has no system message: LLM_SYSTEM_PROMPT, else the run config's
+    task.system_prompt (the one training used), else none."""
 
 
 def resolve_model_source(source: str, *, output_dir: str | Path = "outputs") -> ModelSource:
@@ -103,18 +103,10 @@ def load_for_serving(settings: Settings) -> LoadedModel:
         name=settings.served_model_name or (config.project if config else source.name),
         version=source.version or source.name,
         base_model=model_cfg.base_model,
-        system_prompt=settings.system_prompt or _training_system_prompt(config),
+        # The prompt training used (train records it in the run's config), so a plain user message gets the
+        # same prompt tokens as in evaluation; never another task's prompt.
+        system_prompt=settings.system_prompt or (config.task.system_prompt if config else None),
     )
-
-
-def _training_system_prompt(config: Config | None) -> str | None:
-    """The system message the model saw in training: the config's, or the example task's (whose rows carry
-    it), so a plain user message gets the answer the model learned to give."""
-    if config is None:
-        return None
-    if config.data.system_prompt:
-        return config.data.system_prompt
-    return SYSTEM_PROMPT if config.data.task == "extraction" else None
 
 
 def _run_config(source: ModelSource, *, fallback: Path | None) -> Config | None:

@@ -32,8 +32,8 @@ class Settings(BaseSettings):
     served_model_name: str | None = None
     """The name clients put in `model` and /v1/models lists; default: the config's project name."""
     system_prompt: str | None = None
-    """System message put first when a request has none; unset: the one training used (the run config's
-    data.system_prompt, or the example task's SYSTEM_PROMPT for data.task=extraction)."""
+    """System message put first when a request has none; unset: the one training used (task.system_prompt of
+    the run's config, or of `config` when the run has none); none when that is null."""
 
     max_prompt_tokens: int = Field(1024, gt=0)
     """Longest prompt accepted, in tokens after the chat template; longer prompts get 400."""
