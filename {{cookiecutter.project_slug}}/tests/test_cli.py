@@ -26,7 +26,7 @@ runner = CliRunner()
 COMMANDS = {"config", "data", "task", "train", "evaluate", "promote", "report", "publish", "merge", "serve", "monitor"}
 SUBCOMMANDS = {"config": {"show", "keys"}, "data": {"synth", "validate"}, "task": {"init"}, "monitor": {"drift"}}
 # Errors that serving turns into HTTP responses (429, 400, 500, an API error body): never seen by the CLI.
-HTTP_ERRORS = {"APIError", "EngineBusy", "PromptError", "GenerationFailed"}
+HTTP_ERRORS = {"APIError", "EngineBusy", "PromptError", "GenerationFailed", "_ClientLeft"}
 
 
 def test_help_lists_subcommands():

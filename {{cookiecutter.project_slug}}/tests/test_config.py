@@ -144,3 +144,18 @@ def test_shipped_configs_state_the_example_task():
         assert task.name == "Shop order extraction" and task.description.startswith("Reads a short customer message")
         assert (task.kind, task.system_prompt) == ("extraction", None)
         assert task.fields == ["intent", "order_id", "product", "quantity", "sentiment", "urgency"]
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999"])
+def test_seed_outside_numpys_range_is_refused_by_name(tmp_path, seed):
+    # numpy seeds are 0 .. 2**32-1; anything else used to fail deep inside the Trainer with a ValueError.
+    with pytest.raises(ConfigError, match=rf"train.seed: Input should be .* (0|4294967295) \(got {seed}\)"):
+        load_config(write(tmp_path, "project: demo\n"), [f"train.seed={seed}"])
+    assert load_config(write(tmp_path, "project: demo\n"), ["train.seed=4294967295"]).train.seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("run_name", ["../../../x", "a/b", "..", ".", "a\\b"])
+def test_run_name_that_leaves_the_output_folder_is_refused(tmp_path, run_name):
+    with pytest.raises(ConfigError, match=r"train.run_name: .*must be a plain folder name under train.output_dir"):
+        load_config(write(tmp_path, "project: demo\n"), [f"train.run_name={run_name}"])
+    assert load_config(write(tmp_path, "project: demo\n"), ["train.run_name=a..b"]).train.run_name == "a..b"

@@ -177,6 +177,24 @@ def test_newest_adapter_and_missing_adapter(tmp_path):
     assert newest_adapter(tmp_path) == tmp_path / "new" / "adapter"
 
 
+@pytest.mark.parametrize("command", ["serve", "evaluate", "merge"])
+def test_corrupt_adapter_config_names_the_file_and_line(tmp_path, command):
+    from {{ cookiecutter.package_name }}.serve.loader import resolve_model_source
+
+    adapter = tmp_path / "outputs" / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{\n  "r": 16,\n  "base_model_name_or_path": \n}\n')
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    expected = rf"{adapter / 'adapter_config.json'}:4: not valid JSON \(Expecting value\)"
+    with pytest.raises(ModelError, match=expected):
+        if command == "serve":
+            resolve_model_source(str(adapter), output_dir=tmp_path / "outputs")
+        elif command == "evaluate":  # `evaluate` without --adapter, and `serve --model latest`, pick the newest
+            newest_adapter(tmp_path / "outputs")
+        else:
+            merge_adapter(adapter, tmp_path / "merged")
+
+
 def test_cli_merge_with_a_missing_adapter_fails_cleanly(tmp_path):
     result = CliRunner().invoke(app, ["merge", "--adapter", str(tmp_path / "nope"), "--out", str(tmp_path / "merged")])
     assert result.exit_code == 1

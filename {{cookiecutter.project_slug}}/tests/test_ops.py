@@ -191,12 +191,39 @@ def compose_command() -> list[str] | None:
     return [standalone] if standalone else None
 
 
-def test_compose_file_validates():
+PASSWORDS = ("GRAFANA_ADMIN_PASSWORD", "MLFLOW_DB_PASSWORD")
+
+
+def compose_config(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess:
+    """`compose config --quiet` with exactly `variables` set (an empty env file: the developer's .env is ignored)."""
     command = compose_command()
     if command is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
-    result = subprocess.run([*command, "config", "--quiet"], cwd=ROOT, capture_output=True, text=True, check=False)
+    (tmp_path / "empty.env").write_text("")
+    env = {name: value for name, value in os.environ.items() if name not in PASSWORDS} | variables
+    arguments = [*command, "--env-file", str(tmp_path / "empty.env"), "config", "--quiet"]
+    return subprocess.run(arguments, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+
+
+def test_compose_file_validates(tmp_path):
+    result = compose_config(tmp_path, GRAFANA_ADMIN_PASSWORD="0123abcd", MLFLOW_DB_PASSWORD="4567ef89")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", PASSWORDS)
+def test_compose_refuses_to_start_without_each_password(missing, tmp_path):
+    result = compose_config(tmp_path, **{name: "0123abcd" for name in PASSWORDS if name != missing})
+    assert result.returncode != 0
+    assert f"set {missing} in .env (see .env.example)" in result.stderr
+
+
+def test_compose_ships_no_default_password_and_env_example_documents_them():
+    text = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+    for name in PASSWORDS:
+        uses = re.findall(r"\$\{" + name + r"([^}]*)\}", text)
+        assert uses and all(use.startswith(":?") for use in uses), (name, uses)
+        assert re.search(rf"^{name}=$", (ROOT / ".env.example").read_text(encoding="utf-8"), re.MULTILINE)
+    assert "openssl rand -hex 16" in (ROOT / ".env.example").read_text(encoding="utf-8")
 
 
 def exec_form(instruction: str, arguments: str) -> list[str]:

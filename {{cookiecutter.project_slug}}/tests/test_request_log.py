@@ -58,3 +58,18 @@ def test_texts_are_left_out_unless_enabled(tmp_path):
     log.write({"status": 200}, prompt="secret", response="secret")
     log.close()
     assert tuple(json.loads((tmp_path / "requests.jsonl").read_text())) == RECORD_KEYS
+
+
+def test_a_lone_surrogate_is_written_escaped_and_other_lines_stay_byte_identical(tmp_path):
+    log = RequestLog(tmp_path / "requests.jsonl", log_texts=True)
+    plain = {"request_id": "a", "status": 200, "time": "2026-01-01T00:00:00.000+00:00"}
+    log.write(plain, prompt="héllo ✓", response="ok")
+    log.write({"request_id": "b", "status": 400}, prompt="bad \ud800 half", response=None)  # must not raise
+    log.write({"request_id": "c", "status": 200}, prompt="after", response="ok")
+    log.close()
+    lines = (tmp_path / "requests.jsonl").read_bytes().splitlines()
+    expected = {**{key: plain.get(key) for key in RECORD_KEYS}, "prompt": "héllo ✓", "response": "ok"}
+    assert lines[0] == json.dumps(expected, ensure_ascii=False).encode()  # non-ASCII text stays readable
+    records = [json.loads(line) for line in lines]
+    assert [r["request_id"] for r in records] == ["a", "b", "c"]
+    assert records[1]["prompt"] == "bad \ud800 half" and b'"bad \\ud800 half"' in lines[1]

@@ -155,11 +155,15 @@ def test_health_answers_at_once_and_ready_is_503_until_the_model_is_loaded(serve
     assert ready == {"status": "ready", "model": "{{ cookiecutter.project_slug }}", "version": "untrained"}
 
 
-def test_a_model_that_cannot_load_is_reported_by_ready_while_health_stays_up(tmp_path):
+def test_a_model_that_cannot_load_fails_liveness_and_readiness(tmp_path):
+    # Liveness fails too: a container that will never serve must be restarted or flagged, not "healthy".
     app = create_app(make_settings(tmp_path / "no-such-adapter", tmp_path))
     with TestClient(app) as client:
         wait_for(lambda: client.get("/ready").json()["status"] == "failed")
-        assert client.get("/health").status_code == 200
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert "no-such-adapter: no such folder" in health.json()["error"]
+        assert client.get("/ready").status_code == 503
         assert "no-such-adapter: no such folder" in client.get("/ready").json()["error"]
         assert "failed to load" in assert_error(client.post(CHAT, json={"messages": HELLO}), 503)["message"]
 
@@ -572,3 +576,207 @@ def test_serve_command_fails_fast_with_a_clear_error(args, env, exit_code, messa
     assert result.exit_code == exit_code, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+# ---- stalled uploads and failed loads (issue 18, items 3 and 4) -------------------------------------------
+
+
+def call_app(app, receive, *, content_length: int = 1000) -> list[dict]:
+    """One POST /v1/chat/completions straight into the ASGI app with the given `receive`; the messages sent."""
+    import asyncio
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": CHAT,
+        "raw_path": CHAT.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(content_length).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def part_of_the_body_then(last: dict | None):
+    """A client that sends 10 of its 1000 bytes, then `last` (None: nothing ever again, a stalled upload)."""
+    import asyncio
+
+    messages = [{"type": "http.request", "body": b'{"messages"', "more_body": True}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        if last is None:
+            await asyncio.Event().wait()  # never set: the rest of the body never comes
+        return last
+
+    return receive
+
+
+def test_a_stalled_upload_gets_408_within_the_body_timeout_and_is_counted_as_408(served_adapter, tmp_path):
+    app = create_app(make_settings(served_adapter, tmp_path, body_timeout_s=0.3))
+    started = time.monotonic()
+    sent = call_app(app, part_of_the_body_then(None))
+    assert time.monotonic() - started < 5
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    error = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))["error"]
+    assert error["code"] == "body_timeout" and "0.3 s" in error["message"]
+    metrics = TestClient(app)  # no lifespan needed to read /metrics
+    assert sample(metrics, "llm_requests_total", status="408", finish_reason="none") == 1
+    assert sample(metrics, "llm_requests_total", status="413", finish_reason="none") == 0
+    assert sample(metrics, "llm_requests_in_flight") == 0
+
+
+def test_a_client_that_leaves_mid_body_is_counted_as_499_not_413(served_adapter, tmp_path):
+    app = create_app(make_settings(served_adapter, tmp_path, body_timeout_s=5))
+    sent = call_app(app, part_of_the_body_then({"type": "http.disconnect"}))
+    assert sent == []  # nobody to answer
+    metrics = TestClient(app)
+    assert sample(metrics, "llm_requests_total", status="499", finish_reason="none") == 1
+    assert sample(metrics, "llm_requests_total", status="413", finish_reason="none") == 0
+
+
+def test_liveness_is_200_while_the_model_loads(served_adapter, tmp_path, monkeypatch):
+    from {{ cookiecutter.package_name }}.serve import app as app_module
+
+    release = threading.Event()
+
+    def slow_load(settings):
+        release.wait(30)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(app_module, "load_for_serving", slow_load)
+    with TestClient(create_app(make_settings(served_adapter, tmp_path))) as client:
+        try:
+            assert client.get("/health").json() == {"status": "ok"}
+            assert client.get("/ready").status_code == 503 and client.get("/ready").json() == {"status": "loading"}
+        finally:
+            release.set()
+
+
+# ---- one request cannot hurt another (issue 18) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"temperature": 1e-40}, "temperature"),  # overflows float32 logits: the sampler failed its batch
+        ({"temperature": 1, "top_p": 5e-324}, "top_p"),  # 0 in float32: nothing left to sample
+        ({"temperature": 1, "seed": 2**64}, "seed"),  # beyond torch's 64-bit seeds
+        ({"temperature": 1, "seed": -1}, "seed"),
+        ({"stop": ["x" * 257]}, "stop"),
+        ({"stop": "x" * 60_000}, "stop"),
+    ],
+    ids=["tiny-temperature", "tiny-top-p", "seed-2**64", "negative-seed", "stop-257-chars", "stop-60k-chars"],
+)
+def test_values_that_would_break_the_sampler_or_the_stop_check_are_refused(client, params, param):
+    assert_error(chat(client, max_tokens=1, **params), 422, code="invalid_value", param=param)
+
+
+def test_the_limits_of_the_sampling_values_are_accepted(client):
+    for params in ({"temperature": 0.01}, {"temperature": 1, "top_p": 1e-6, "seed": 2**63 - 1}, {"stop": "x" * 256}):
+        assert chat(client, max_tokens=2, **params).status_code == 200, params
+
+
+def test_a_request_that_breaks_generation_fails_alone_in_its_batch(served_adapter, served_model, tmp_path, monkeypatch):
+    from {{ cookiecutter.package_name }}.serve import engine as engine_module
+
+    sample_row = engine_module._RowSampler._sample
+
+    def poisoned(logits, row):  # the poison the bounds now refuse, simulated: this row's sampler raises
+        if row.params.seed == 13:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return sample_row(logits, row)
+
+    monkeypatch.setattr(engine_module._RowSampler, "_sample", staticmethod(poisoned))
+    prompts = [[{"role": "user", "content": "x" * n}] for n in (1, 5, 12, 30, 60, 3, 9)]
+
+    def ask(prompt, stream):
+        body = {"messages": prompt, "temperature": 0, "max_tokens": 6, "stream": stream}
+        return client.post(CHAT, json=body)
+
+    with serving(served_adapter, tmp_path, max_batch_size=8, batch_wait_ms=0, loaded=served_model) as client:
+        alone = [answer(client, p, max_tokens=6) for p in prompts]
+        with generation_held(client, monkeypatch) as release, ThreadPoolExecutor(9) as pool:
+            blocker = pool.submit(answer, client, HELLO, max_tokens=2)  # holds the worker in its own batch
+            engine = client.app.state.server.engine
+            wait_for(lambda: engine.admitted == 1)
+            innocent = [pool.submit(ask, p, i % 3 == 0) for i, p in enumerate(prompts)]  # 3 of them streamed
+            poison = pool.submit(chat, client, max_tokens=6, temperature=1, seed=13)
+            wait_for(lambda: engine.admitted == 9)
+            release.set()
+            assert blocker.result()
+            responses = [future.result() for future in innocent]
+            assert_error(poison.result(), 500, code="generation_failed")
+        assert [r.status_code for r in responses] == [200] * 7
+        for i, response in enumerate(responses):
+            if i % 3:
+                assert response.json()["choices"][0]["message"]["content"] == alone[i]
+            else:
+                events = sse_events(response.text)
+                chunks = [json.loads(event) for event in events[:-1]]
+                assert events[-1] == "[DONE]" and all("error" not in chunk for chunk in chunks)
+                assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == alone[i]
+        assert sample(client, "llm_requests_total", status="500", finish_reason="none") == 1
+
+
+def test_stop_scanner_finds_the_earliest_stop_and_holds_back_what_may_become_one():
+    from {{ cookiecutter.package_name }}.serve.engine import StopScanner
+
+    scanner = StopScanner(("abcd", "bc", "aab"))
+    assert scanner.scan("xxa") is None and scanner.safe_end == 2  # "a" may start "abcd" or "aab"
+    assert scanner.scan("xxaa") is None and scanner.safe_end == 2  # "aa" may start "aab"
+    assert scanner.scan("xxaab\ufffd") == 2  # "aab" is complete; the partial character is ignored
+    scanner = StopScanner(("abcd", "bc"))
+    assert scanner.scan("a") is None and scanner.scan("abc") == 1  # "bc" ends first: cut before it
+    scanner = StopScanner(("abac",))
+    assert scanner.scan("ababa") is None and scanner.safe_end == 2  # overlapping: "aba" is held
+    assert scanner.scan("ababac") == 2
+    scanner = StopScanner(("x\n",))
+    assert scanner.scan("say x") is None and scanner.safe_end == 4
+    assert scanner.scan("said x\n") == 5  # decoding rewrote earlier text: scanned again from the start
+    assert StopScanner(()).scan("anything") is None
+
+
+def test_stop_check_cost_per_token_does_not_grow_with_the_stop_length():
+    from {{ cookiecutter.package_name }}.serve.engine import StopScanner
+
+    # 1,500 tokens of 4 characters each; long stops that the text almost matches all the time (the worst
+    # case for testing every prefix), against 1-character stops, timed in this same test: only the ratio counts.
+    texts = ["x" * (4 * n) for n in range(1, 1501)]
+
+    def best_time(stops: tuple[str, ...]) -> float:
+        times = []
+        for _ in range(3):
+            scanner, started = StopScanner(stops), time.perf_counter()
+            for text in texts:
+                assert scanner.scan(text) is None
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    short = best_time(("y", "z", "w", "v"))
+    long = best_time(tuple("x" * 255 + end for end in "yzwv"))
+    assert long < 3 * short, (long, short)
+
+
+def test_a_prompt_with_a_lone_surrogate_still_gets_its_request_log_line(served_adapter, served_model, tmp_path):
+    body = {"messages": [{"role": "user", "content": "order \ud800 B11688"}], "temperature": 0, "max_tokens": 2}
+    raw = json.dumps(body).encode()  # valid JSON ("\\ud800" escaped), though no UTF-8 text can hold it
+    with serving(served_adapter, tmp_path, log_texts=True, loaded=served_model) as client:
+        first = client.post(CHAT, content=raw, headers={"content-type": "application/json"})
+        assert chat(client, max_tokens=2).status_code == 200
+    records = read_log(tmp_path / "requests.jsonl")
+    assert [r["status"] for r in records] == [first.status_code, 200]
+    assert records[0]["prompt"] == "order \ud800 B11688"

@@ -5,6 +5,7 @@ import asyncio
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -227,3 +228,45 @@ def devtools_caller(connection) -> Callable[..., dict]:
         return message
 
     return call
+
+
+# ---- stalled uploads (issue 18, item 3) --------------------------------------------------------------------
+
+
+def stalled_upload(url: str) -> socket.socket:
+    """A connection that sent its headers (Content-Length: 1000) and 11 bytes of the body, then nothing."""
+    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    connection = socket.create_connection((host, port), timeout=30)
+    headers = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    connection.sendall(headers.encode() + b'{"messages"')
+    return connection
+
+
+def test_a_stalled_upload_gets_408_and_its_connection_closed(served_adapter, tmp_path, running_server):
+    with running_server(served_adapter, tmp_path, LLM_API_KEY=API_KEY, LLM_BODY_TIMEOUT_S="1") as url:
+        started = time.monotonic()
+        with stalled_upload(url) as connection:
+            answer = b""
+            while chunk := connection.recv(65536):  # until the server closes the connection
+                answer += chunk
+        assert time.monotonic() - started < 10
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b'"code":"body_timeout"' in answer
+        assert sample(url, "llm_requests_total", status="408") == 1
+        assert sample(url, "llm_requests_total", status="413") == 0
+        assert sample(url, "llm_requests_in_flight") == 0
+
+
+def test_sigterm_with_a_stalled_upload_exits_within_the_shutdown_timeout(served_adapter, tmp_path, running_server):
+    # The body timeout is far away: only the graceful-shutdown timeout can end the server in time.
+    settings = {"LLM_API_KEY": API_KEY, "LLM_BODY_TIMEOUT_S": "120", "LLM_SHUTDOWN_TIMEOUT_S": "1"}
+    with running_server(served_adapter, tmp_path, **settings) as url:
+        connection = stalled_upload(url)  # kept open until the server has gone: a client that never leaves
+        time.sleep(0.5)  # the request is in the server, waiting for the rest of its body
+        stopping = time.monotonic()
+        # Leaving the block sends SIGTERM and waits (at most 30 s) for the exit.
+    assert time.monotonic() - stopping < 10
+    connection.close()

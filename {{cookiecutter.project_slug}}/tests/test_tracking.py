@@ -62,6 +62,59 @@ def test_unreachable_tracking_server_fails_before_training(smoke_config, tmp_pat
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.fixture
+def not_mlflow_server():
+    """An HTTP server on 127.0.0.1 answering 200 with an HTML page to every GET (a wrong port, say)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class AnyPage(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html><body>OK</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AnyPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_server_that_is_not_mlflow_fails_before_writing(not_mlflow_server, smoke_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", not_mlflow_server)
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{not_mlflow_server}/health") as response:
+        assert response.status == 200  # what the old /health check accepted
+    with pytest.raises(TrackingError, match=r"answers, but not as an MLflow tracking server.*Nothing was trained"):
+        train(smoke_config("tracking.enabled=true", "train.run_name=mine", root=tmp_path), config_name="smoke")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_mlflow_refusing_the_run_leaves_no_run_folder(smoke_config, tiny_model, tmp_path, monkeypatch):
+    """Any failure before training starts (here: MLflow refusing to open the run) removes the new run folder,
+    so the same train.run_name can be used again."""
+    from {{ cookiecutter.package_name }} import train as train_module
+
+    def refusing(*args, **kwargs):
+        raise TrackingError("MLflow refused the run")
+
+    monkeypatch.setattr(train_module, "training_run", refusing)
+    config = smoke_config("tracking.enabled=true", "train.run_name=mine", "data.max_train_samples=16", root=tmp_path)
+    with pytest.raises(TrackingError, match="MLflow refused the run"):
+        train(config, config_name="smoke")
+    assert not (tmp_path / "outputs" / "mine").exists()
+
+
 def test_interrupted_training_ends_killed_not_running(smoke_config, tiny_model, tmp_path, monkeypatch):
     import trl
 
@@ -76,6 +129,27 @@ def test_interrupted_training_ends_killed_not_running(smoke_config, tiny_model, 
     experiment = client.get_experiment_by_name("interrupted")
     runs = client.search_runs([experiment.experiment_id])
     assert [run.info.status for run in runs] == ["KILLED"]
+
+
+def test_resumed_run_logs_each_metric_step_once():
+    """--resume trains the steps after the last checkpoint again: their metrics, already in the run, are
+    not logged a second time; new steps are."""
+    import mlflow
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from {{ cookiecutter.package_name }}.tracking import metrics_callback, tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    with mlflow.start_run() as run:  # the stopped session logged steps 1..5
+        for step in range(1, 6):
+            mlflow.log_metrics({"loss": 1.0 / step}, step=step)
+    with mlflow.start_run(run_id=run.info.run_id):  # resumed from the checkpoint at step 4
+        callback = metrics_callback()
+        for step in (5, 6):
+            state = TrainerState(global_step=step)
+            callback.on_log(TrainingArguments(output_dir="unused"), state, TrainerControl(), logs={"loss": 0.1})
+    history = tracking_client().get_metric_history(run.info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25), (5, 0.2), (6, 0.1)]
 
 
 def test_flatten_makes_dotted_keys():
@@ -101,7 +175,7 @@ def mlflow_server(tmp_path, free_port, wait_until_ready):
         )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
-        # /health is what check_tracking_server asks before any run: the server is usable once it answers.
+        # Up once /health answers; check_tracking_server then asks its experiments API before any run.
         wait_until_ready(f"{uri}/health", process=server, output=log, timeout_s=60)
         yield uri
     finally:

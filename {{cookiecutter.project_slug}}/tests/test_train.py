@@ -148,6 +148,75 @@ def test_examples_longer_than_max_seq_length_fail_before_any_output(smoke_config
     assert not (tmp_path / "outputs").exists()
 
 
+def test_unknown_lora_target_module_names_the_key_and_real_modules(smoke_config, tiny_model, tmp_path):
+    config = smoke_config("lora.target_modules=[no_such_module]", "train.run_name=mine", root=tmp_path)
+    with pytest.raises(TrainError, match=r"lora.target_modules=\['no_such_module'\] matches no layer") as err:
+        train(config, config_name="smoke")
+    assert "q_proj" in str(err.value) and "all-linear" in str(err.value)
+    assert not (tmp_path / "outputs" / "mine").exists()
+
+
+@pytest.mark.e2e
+def test_sigterm_during_training_ends_killed_and_resumes(smoke_config, tiny_model, tmp_path):
+    """`docker stop` or a spot instance's SIGTERM: the MLflow run ends KILLED with an end time (not RUNNING),
+    the last checkpoint stays, and --resume finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import {{ cookiecutter.package_name }}
+    from {{ cookiecutter.package_name }}.config import dump_config
+    from {{ cookiecutter.package_name }}.tracking import client
+
+    overrides = ("tracking.enabled=true", "project=stopped", "train.run_name=stopped", "data.max_train_samples=32")
+    steps = ("train.batch_size=2", "train.save_steps=1", "train.eval_steps=1000", "train.logging_steps=1")
+    dump_config(smoke_config(*overrides, *steps, "train.max_steps=1000", root=tmp_path), tmp_path / "smoke.yaml")
+    run_dir = tmp_path / "outputs" / "stopped"
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "train"]
+    with (tmp_path / "train.log").open("w") as log:
+        training = subprocess.Popen(
+            [*command, "--config", str(tmp_path / "smoke.yaml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # The package as the tests import it (src/ is on pytest's path, not necessarily installed).
+            env={**os.environ, "PYTHONPATH": str(Path({{ cookiecutter.package_name }}.__file__).parents[1])},
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(run_dir.glob("checkpoint-*/trainer_state.json")) and training.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.2)
+        time.sleep(4)  # a few more steps and checkpoints: the run's time so far must survive the stop
+        assert training.poll() is None, (tmp_path / "train.log").read_text()
+        training.send_signal(signal.SIGTERM)
+        returncode = training.wait(timeout=60)
+    finally:
+        training.kill()
+    output = (tmp_path / "train.log").read_text()
+    assert returncode not in (0, -signal.SIGTERM), output  # stopped by our handler, not killed by the signal
+    run = client().get_run(json.loads((run_dir / "tracking.json").read_text())["run_id"])
+    assert (run.info.status, run.info.end_time is not None) == ("KILLED", True)
+    done = max(int(p.parent.name.split("-")[1]) for p in run_dir.glob("checkpoint-*/trainer_state.json"))
+    assert done < 1000
+
+    config = smoke_config(*overrides, *steps, f"train.max_steps={done + 2}", root=tmp_path)
+    assert train(config, config_name="smoke", resume=True) == run_dir
+    state = json.loads((run_dir / f"checkpoint-{done + 2}" / "trainer_state.json").read_text())
+    assert state["global_step"] == done + 2
+    assert {p.name for p in (run_dir / "adapter").iterdir()} == ADAPTER_FILES
+    resumed = client().get_run(run.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.params["train.max_steps"] == "1000"  # MLflow keeps a parameter's first value ...
+    assert resumed.data.tags["resumed.train.max_steps"] == str(done + 2)  # ... and --resume's goes to a tag
+    # Each step's loss once, though the steps after the last checkpoint ran twice (before the stop, and resumed).
+    loss_steps = [m.step for m in client().get_metric_history(run.info.run_id, "loss")]
+    assert sorted(loss_steps) == sorted(set(loss_steps)) and max(loss_steps) == done + 2
+    # The wall time covers the stopped session too (up to its checkpoint), not only the resumed one.
+    # (The stopped session trained >= 3 s before its last checkpoint; the resumed one, 2 steps, well under that.)
+    assert json.loads((run_dir / "train_log.json").read_text())["train_runtime_s"] >= 3.0
+
+
 def test_resume_without_a_checkpoint_is_refused(smoke_config, tmp_path):
     with pytest.raises(TrainError, match="no run of 'smoke' with a checkpoint"):
         train(smoke_config(root=tmp_path), config_name="smoke", resume=True)

@@ -415,7 +415,8 @@ def serve(
     with _known_errors():  # a wrong --model fails here, before the server starts
         source = resolve_model_source(settings.model, output_dir=settings.output_dir)
     typer.echo(f"serving {source.adapter_dir} at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
-    uvicorn.run(create_app(settings), host=host, port=port)
+    # After SIGTERM, in-flight requests get shutdown_timeout_s to finish; then their connections are closed.
+    uvicorn.run(create_app(settings), host=host, port=port, timeout_graceful_shutdown=settings.shutdown_timeout_s)
 
 
 def _serve_settings(*, model: str | None, config: Path | None):  # -> serve.settings.Settings

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ProjectError
 
@@ -96,10 +96,11 @@ class LoraConfig(_Section):
 
 class TrainConfig(_Section):
     run_name: str | None = None
-    """Name of the run folder under `output_dir`; null makes `<config name>-<YYYYmmdd-HHMMSS>`."""
+    """Name of the run folder under `output_dir` (a plain folder name: no `/`, `\\` or `..`); null makes
+    `<config name>-<YYYYmmdd-HHMMSS>`."""
     output_dir: str = "outputs"
     """Where run folders go; each run writes `<output_dir>/<run_name>/adapter/` and `config.yaml`."""
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's seed range
     """Seed for data shuffling, LoRA initialisation and dropout, so a rerun gives the same numbers."""
     num_epochs: float = Field(1.0, gt=0)
     """Passes over the training data (ignored when `max_steps` > 0)."""
@@ -135,6 +136,14 @@ class TrainConfig(_Section):
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     packing: bool = False
     """Pack several short examples into one sequence: faster on GPUs for short data."""
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain_folder_name(cls, run_name: str | None) -> str | None:
+        # A name with a separator or `..` would write outside output_dir (and --resume would read there).
+        if run_name is not None and (run_name in ("", ".", "..") or any(ch in run_name for ch in "/\\")):
+            raise ValueError("must be a plain folder name under train.output_dir (no '/', '\\', '.' or '..')")
+        return run_name
 
 
 class EvalConfig(_Section):

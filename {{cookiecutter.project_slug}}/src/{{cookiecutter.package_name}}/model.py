@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ProjectError
 
@@ -187,7 +187,7 @@ def load_finetuned(model_cfg: ModelConfig, *, adapter_dir: Path, device: Device)
     from peft import PeftModel
 
     check_adapter_dir(adapter_dir)
-    trained_on = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    trained_on = read_adapter_config(adapter_dir).get("base_model_name_or_path")
     if trained_on and not _same_model(trained_on, model_cfg.base_model):
         raise ModelError(
             f"{adapter_dir} was trained on {trained_on!r} but model.base_model={model_cfg.base_model!r}; "
@@ -209,6 +209,35 @@ def check_adapter_dir(adapter_dir: Path) -> None:
     missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
     if missing:
         raise ModelError(f"{adapter_dir}: not a LoRA adapter folder (missing {', '.join(missing)})")
+    read_adapter_config(adapter_dir)  # a corrupt file fails here, named, not as a traceback deep in peft
+
+
+def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """The adapter's adapter_config.json; ModelError naming the file and line when it is not a JSON object."""
+    path = adapter_dir / "adapter_config.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelError(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg}); restore the file or train the adapter again"
+        ) from None
+    except UnicodeDecodeError:
+        raise ModelError(f"{path}: not UTF-8 text; restore the file or train the adapter again") from None
+    if not isinstance(settings, dict):
+        raise ModelError(f"{path}: expected a JSON object of LoRA settings; restore the file or train again")
+    return settings
+
+
+def module_names(model: PreTrainedModel, *, limit: int = 8) -> list[str]:
+    """Distinct short names of the model's linear layers (what lora.target_modules may list), first `limit`."""
+    import torch
+
+    names: list[str] = []
+    for name, module in model.named_modules():
+        short = name.rpartition(".")[2]
+        if isinstance(module, torch.nn.Linear) and short not in names:
+            names.append(short)
+    return names[:limit]
 
 
 def newest_adapter(output_dir: str | Path) -> Path:
@@ -216,7 +245,9 @@ def newest_adapter(output_dir: str | Path) -> Path:
     adapters = [p.parent for p in Path(output_dir).glob("*/adapter/adapter_config.json")]
     if not adapters:
         raise ModelError(f"no trained adapter under {output_dir}/; run `train` first or pass --adapter PATH")
-    return max(adapters, key=lambda p: (p / "adapter_config.json").stat().st_mtime)
+    newest = max(adapters, key=lambda p: (p / "adapter_config.json").stat().st_mtime)
+    read_adapter_config(newest)  # a corrupt file fails here, before MLflow or serving parse it
+    return newest
 
 
 def end_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -374,7 +405,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     check_adapter_dir(adapter_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ModelError(f"{out_dir} already exists and is not empty; choose another --out (nothing was written)")
-    base_name = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_name = read_adapter_config(adapter_dir)["base_model_name_or_path"]
     check_model_source(base_name)
     # Full precision, never 4-bit: merging into quantized weights would lose the update.
     base = AutoModelForCausalLM.from_pretrained(base_name, dtype="auto")

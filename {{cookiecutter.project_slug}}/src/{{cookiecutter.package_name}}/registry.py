@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from .config import Config
+from .model import read_adapter_config
 from .runs import read_tracking_file
 from .tracking import (
     TEST_DIGEST_TAG,
@@ -276,7 +277,7 @@ def _local_source(adapter_dir: Path) -> ModelSource:
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
         raise TrackingError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json) nor a URI ({uris})")
-    base = json.loads(config_file.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    base = read_adapter_config(adapter_dir)["base_model_name_or_path"]
     tracked = read_tracking_file(adapter_dir.parent) or {}
     return ModelSource(
         adapter_dir=adapter_dir,

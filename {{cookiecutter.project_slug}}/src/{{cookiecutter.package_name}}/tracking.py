@@ -12,6 +12,7 @@ The model versions, their aliases and the promotion gate are in registry.py.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -49,20 +50,47 @@ def tracking_uri() -> str:
 def check_tracking_server(
     uri: str | None = None, *, timeout_s: float = 5.0, consequence: str = "Nothing was trained."
 ) -> None:
-    """Fail before the work, not after: an HTTP tracking server must answer its /health endpoint.
-    `consequence` ends the message: what the failure left undone."""
+    """Fail before the work, not after: an HTTP tracking server must answer MLflow's own API (listing one
+    experiment), not merely some page: a wrong port can answer 200 on /health. `consequence` ends the
+    message: what the failure left undone."""
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
+    fix = f"Start it, fix MLFLOW_TRACKING_URI, or unset it to track into ./mlflow.db. {consequence}"
+    request = urllib.request.Request(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", headers=_auth_headers()
+    )
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
-            response.read()
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            answer = response.read()
+    except urllib.error.HTTPError as err:
+        raise TrackingError(
+            f"{uri} answers HTTP {err.code} to MLflow's experiments API: not an MLflow tracking server, a wrong "
+            f"port, or missing credentials (MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN). {fix}"
+        ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}). {fix}") from None
+    try:
+        is_mlflow = isinstance(json.loads(answer), dict)  # {"experiments": [...]}, or {} when there are none
+    except ValueError:
+        is_mlflow = False
+    if not is_mlflow:
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({reason}). Start it, fix MLFLOW_TRACKING_URI, or "
-            f"unset it to track into ./mlflow.db. {consequence}"
-        ) from None
+            f"{uri} answers, but not as an MLflow tracking server (its experiments API returned no JSON "
+            f"object; a wrong port?). {fix}"
+        )
+
+
+def _auth_headers() -> dict[str, str]:
+    """The credentials MLflow's own client would send (a server with auth refuses the API without them)."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}
 
 
 def client() -> MlflowClient:
@@ -133,15 +161,27 @@ def log_training_inputs(config: Config, *, splits: DatasetDict, config_file: Pat
     import mlflow
     import pandas as pd
 
-    mlflow.log_params(flatten(config.model_dump(mode="json")))
-    mlflow.log_params({f"data.rows.{name}": len(rows) for name, rows in splits.items()})
-    mlflow.log_params({f"version.{name}": version for name, version in library_versions().items()} | {"device": device})
+    params = flatten(config.model_dump(mode="json")) | {f"data.rows.{name}": len(rows) for name, rows in splits.items()}
+    params |= {f"version.{name}": version for name, version in library_versions().items()} | {"device": device}
+    _log_params(params)
     mlflow.log_artifact(str(config_file))
     for split, rows in splits.items():
         # One JSON string per conversation: MLflow hashes the content into the dataset's digest.
         frame = pd.DataFrame({"messages": [json.dumps(messages) for messages in rows["messages"]]})
         dataset = mlflow.data.from_pandas(frame, source=config.data.path, name=f"{Path(config.data.path).name}-{split}")
         mlflow.log_input(dataset, context=split)
+
+
+def _log_params(params: dict[str, Any]) -> None:
+    """Log `params` to the active run. A resumed run (--resume train.max_steps=...) may change some: MLflow
+    refuses to change a parameter, so a changed value goes to tag `resumed.<key>` and the original stays."""
+    import mlflow
+
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({key: value for key, value in params.items() if key not in logged})
+    changed = {f"resumed.{key}": value for key, value in params.items() if key in logged and logged[key] != str(value)}
+    if changed:
+        mlflow.set_tags(changed)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -168,17 +208,33 @@ def metrics_callback() -> TrainerCallback:
     Ours rather than transformers' MLflowCallback (`report_to="mlflow"`). That one would log into our run
     (it starts a run only when none is active and ends only a run it started), but it also logs every
     TrainingArguments field and the model's config as parameters, over a hundred of them beside our
-    flattened config, and it is configured by MLFLOW_* environment variables, not by the project's config."""
+    flattened config, and it is configured by MLFLOW_* environment variables, not by the project's config.
+
+    In a resumed run, the steps after the last checkpoint are trained again: a metric already logged at a
+    step is not logged there a second time."""
     import mlflow
     from transformers import TrainerCallback
 
+    last_step = _last_logged_steps(mlflow.active_run().info.run_id)
+
     class MlflowMetrics(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            numbers = {key: float(value) for key, value in (logs or {}).items() if isinstance(value, int | float)}
+            numbers = {
+                key: float(value)
+                for key, value in (logs or {}).items()
+                if isinstance(value, int | float) and state.global_step > last_step.get(key, -1)
+            }
             if numbers and state.is_world_process_zero:
                 mlflow.log_metrics(numbers, step=state.global_step)
 
     return MlflowMetrics()
+
+
+def _last_logged_steps(run_id: str) -> dict[str, int]:
+    """The newest step of each metric of run `run_id` (none for a new run)."""
+    mlflow_client = client()
+    metrics = mlflow_client.get_run(run_id).data.metrics
+    return {key: max(m.step for m in mlflow_client.get_metric_history(run_id, key)) for key in metrics}
 
 
 # ---- logging into a finished run -----------------------------------------------------------------------

@@ -16,7 +16,10 @@ import logging
 import os
 import platform
 import shutil
-from collections.abc import Iterator
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +38,7 @@ from .model import (
     load_base_model,
     load_tokenizer,
     lora_config,
+    module_names,
     prepare_chat_template,
     resolve_device,
 )
@@ -48,6 +52,8 @@ if TYPE_CHECKING:
     from trl import SFTConfig, SFTTrainer
 
 log = logging.getLogger(__name__)
+# In each checkpoint-<step>/: the run's training seconds up to it, so --resume adds the earlier sessions' time.
+CHECKPOINT_RUNTIME = "train_runtime.json"
 
 
 class TrainError(ProjectError, ValueError):
@@ -64,7 +70,9 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
     device = resolve_device(config.train.device)
     precision = _precision(config.train.precision, device=device)
     model, tokenizer, loss_mode = _load_model(config, splits=splits, device=device)
-    with _removed_on_failure(run_dir):  # the Trainer creates run_dir; a failure here leaves nothing behind
+    # Until training starts, any failure (a bad lora.target_modules, MLflow refusing the run) removes the new
+    # run_dir, so the same train.run_name is free next time; from then on its checkpoints are kept for --resume.
+    with _removed_on_failure(run_dir) as training_started:
         trainer = build_trainer(
             config,
             model=model,
@@ -75,38 +83,74 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
             device=device,
             precision=precision,
         )
-    resolved = config.model_copy(update={"train": config.train.model_copy(update={"run_name": run_dir.name})})
-    dump_config(resolved, run_dir / CONFIG_FILE)
-    log.info(
-        "%s %s on %s (%s), loss on %s tokens",
-        "resuming" if resume else "training",
-        run_dir,
-        device,
-        precision,
-        loss_mode.split("_")[0],
-    )
-    with _mlflow_run(config, run_dir=run_dir, config_name=config_name, resume=resume) as run_id:
-        if run_id:
-            write_tracking_file(run_dir, run_id=run_id, version=None)  # so --resume finds the run if this stops
-            log_training_inputs(resolved, splits=splits, config_file=run_dir / CONFIG_FILE, device=device)
-            trainer.add_callback(metrics_callback())
-        result = trainer.train(resume_from_checkpoint=_last_checkpoint(run_dir) if resume else None)
-        _save_adapter(trainer, tokenizer=tokenizer, adapter_dir=run_dir / "adapter")
-        write_train_log(
-            run_dir,
-            log_history=trainer.state.log_history,
-            runtime_s=result.metrics.get("train_runtime", 0.0),
-            device=device,
-            config_name=config_name,
-            data=data_record(config.data, rows={name: len(rows) for name, rows in splits.items()}),
-            epochs=_epochs(trainer, train_cfg=config.train, train_rows=len(splits["train"])),
-        )
-        (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; it names no base for local models
-        log.info("saved %s", run_dir / "adapter")
-        if run_id:
-            version = log_and_register(config, run_id=run_id, model=trainer.model, tokenizer=tokenizer)
-            write_tracking_file(run_dir, run_id=run_id, version=version)
+        resolved = config.model_copy(update={"train": config.train.model_copy(update={"run_name": run_dir.name})})
+        dump_config(resolved, run_dir / CONFIG_FILE)
+        action, masked = "resuming" if resume else "training", loss_mode.split("_")[0]
+        log.info("%s %s on %s (%s), loss on %s tokens", action, run_dir, device, precision, masked)
+        with _mlflow_run(config, run_dir=run_dir, config_name=config_name, resume=resume) as run_id:
+            if run_id:
+                write_tracking_file(run_dir, run_id=run_id, version=None)  # so --resume finds the run if this stops
+                log_training_inputs(resolved, splits=splits, config_file=run_dir / CONFIG_FILE, device=device)
+                trainer.add_callback(metrics_callback())
+            training_started()
+            runtime_s = _run_training(trainer, run_dir=run_dir, resume=resume)
+            _save_adapter(trainer, tokenizer=tokenizer, adapter_dir=run_dir / "adapter")
+            write_train_log(
+                run_dir,
+                log_history=trainer.state.log_history,
+                runtime_s=runtime_s,
+                device=device,
+                config_name=config_name,
+                data=data_record(config.data, rows={name: len(rows) for name, rows in splits.items()}),
+                epochs=_epochs(trainer, train_cfg=config.train, train_rows=len(splits["train"])),
+            )
+            (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; names no base for local models
+            log.info("saved %s", run_dir / "adapter")
+            if run_id:
+                version = log_and_register(config, run_id=run_id, model=trainer.model, tokenizer=tokenizer)
+                write_tracking_file(run_dir, run_id=run_id, version=version)
     return run_dir
+
+
+def _run_training(trainer: SFTTrainer, *, run_dir: Path, resume: bool) -> float:
+    """Train, from the last checkpoint when resuming; return the run's training seconds over all its sessions
+    (a stopped session counts up to its last checkpoint: the steps after it are trained again)."""
+    checkpoint = _last_checkpoint(run_dir) if resume else None
+    earlier_s = _earlier_runtime_s(run_dir, checkpoint=checkpoint)
+    trainer.add_callback(_runtime_recorder(earlier_s))
+    with sigterm_as_interrupt(trainer):  # `docker stop`, a spot instance: the run ends KILLED, checkpoints kept
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    return earlier_s + result.metrics.get("train_runtime", 0.0)
+
+
+def _earlier_runtime_s(run_dir: Path, *, checkpoint: str | None) -> float:
+    """Training seconds before `checkpoint`: recorded in it, else (a checkpoint of an older version) in
+    train_log.json of a run that finished before being resumed, else 0."""
+    if checkpoint is None:
+        return 0.0
+    for record in (Path(checkpoint) / CHECKPOINT_RUNTIME, run_dir / TRAIN_LOG):
+        if record.is_file():
+            return float(json.loads(record.read_text(encoding="utf-8"))["train_runtime_s"])
+    return 0.0
+
+
+def _runtime_recorder(earlier_s: float) -> TrainerCallback:
+    """A callback writing the run's training seconds so far into each checkpoint, for a later --resume."""
+    from transformers import TrainerCallback
+
+    class RuntimeRecorder(TrainerCallback):
+        started = time.monotonic()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                seconds = round(earlier_s + time.monotonic() - self.started, 1)
+                (folder / CHECKPOINT_RUNTIME).write_text(json.dumps({"train_runtime_s": seconds}) + "\n")
+
+    return RuntimeRecorder()
 
 
 @contextmanager
@@ -137,15 +181,57 @@ def _load_model(
 
 
 @contextmanager
-def _removed_on_failure(run_dir: Path) -> Iterator[None]:
-    """Delete `run_dir` if the block fails and the folder did not exist before it (never an earlier run)."""
-    existed = run_dir.exists()
+def _removed_on_failure(run_dir: Path) -> Iterator[Callable[[], None]]:
+    """Delete `run_dir` if the block fails before it calls the yielded function (training started) and the
+    folder did not exist before the block (never an earlier run)."""
+    existed, started = run_dir.exists(), False
+
+    def mark_started() -> None:
+        nonlocal started
+        started = True
+
     try:
-        yield
+        yield mark_started
     except BaseException:
-        if not existed:
+        if not existed and not started:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+@contextmanager
+def sigterm_as_interrupt(trainer: SFTTrainer) -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt as Ctrl-C does, so the MLflow run ends KILLED (not
+    RUNNING) and the last checkpoint stays for --resume; the previous handler is restored after. Should a
+    library swallow that exception, a callback raises it again at the next step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    stop = threading.Event()
+
+    def interrupt(signum: int, frame: object) -> None:
+        stop.set()
+        raise KeyboardInterrupt(f"stopped by signal {signum} (SIGTERM)")
+
+    trainer.add_callback(_stop_on(stop))
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on(stop: threading.Event) -> TrainerCallback:
+    """A callback raising KeyboardInterrupt at the next step (or evaluation batch) once `stop` is set."""
+    from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.is_set():
+                raise KeyboardInterrupt("stopped by SIGTERM")
+
+        on_substep_end = on_prediction_step = on_save = on_step_end
+
+    return StopOnSignal()
 
 
 def _run_dir(train_cfg: TrainConfig, *, config_name: str, resume: bool) -> Path:
@@ -180,9 +266,14 @@ def _newest_run(root: Path, *, config_name: str) -> Path:
 
 
 def _last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    """The newest complete checkpoint-<step>/: one a stop (SIGTERM, Ctrl-C) cut short while it was being
+    written has no trainer_state.json yet (the Trainer writes it last), and resuming from it would fail."""
+    steps = {
+        int(path.name.removeprefix("checkpoint-")): path
+        for path in (run_dir.glob("checkpoint-*") if run_dir.is_dir() else [])
+        if path.name.removeprefix("checkpoint-").isdigit() and (path / "trainer_state.json").is_file()
+    }
+    return str(steps[max(steps)]) if steps else None
 
 
 def _ensure_base_model(model_cfg: ModelConfig, *, splits: DatasetDict, seed: int) -> None:
@@ -225,15 +316,23 @@ def build_trainer(
     """An SFTTrainer that trains a fresh LoRA adapter on `splits["train"]` and evaluates on "validation"."""
     from trl import SFTTrainer
 
-    return SFTTrainer(
-        model=model,
-        args=sft_config(config, output_dir=run_dir, loss_mode=loss_mode, device=device, precision=precision),
-        train_dataset=_for_loss_mode(splits["train"], loss_mode),
-        eval_dataset=_for_loss_mode(splits["validation"], loss_mode),
-        processing_class=tokenizer,
-        peft_config=lora_config(config.lora),
-        callbacks=_callbacks(config.train),
-    )
+    try:
+        return SFTTrainer(
+            model=model,
+            args=sft_config(config, output_dir=run_dir, loss_mode=loss_mode, device=device, precision=precision),
+            train_dataset=_for_loss_mode(splits["train"], loss_mode),
+            eval_dataset=_for_loss_mode(splits["validation"], loss_mode),
+            processing_class=tokenizer,
+            peft_config=lora_config(config.lora),
+            callbacks=_callbacks(config.train),
+        )
+    except ValueError as err:  # peft wraps the model here: lora.target_modules naming no layer of it
+        if "target modules" not in str(err).lower():
+            raise
+        raise TrainError(
+            f"lora.target_modules={config.lora.target_modules!r} matches no layer of {config.model.base_model}; "
+            f"its linear layers include {', '.join(module_names(model))} (or use all-linear)"
+        ) from None
 
 
 def _for_loss_mode(rows: Dataset, loss_mode: LossMode) -> Dataset:
@@ -321,15 +420,14 @@ def write_train_log(
     epochs: float | None,
 ) -> None:
     """outputs/<run>/train_log.json: what `report` needs without MLflow (loss by step, wall time, hardware,
-    the data's origin and digest, epochs). A resumed run adds its time to the earlier sessions'; the Trainer's
-    log history already holds them."""
+    the data's origin and digest, epochs). `runtime_s` covers every session of a resumed run
+    (`_run_training`); the Trainer's log history already holds them all."""
     path = run_dir / TRAIN_LOG
-    earlier = json.loads(path.read_text(encoding="utf-8"))["train_runtime_s"] if path.is_file() else 0.0
     record = {
         "config_name": config_name,
         "device": device,
         "hardware": describe_hardware(device),
-        "train_runtime_s": round(earlier + runtime_s, 1),
+        "train_runtime_s": round(runtime_s, 1),
         "data": data,  # data.data_record: path, origin, digest, rows per split
         "epochs": epochs,
         "log_history": log_history,

@@ -121,6 +121,7 @@ def service_manifest(values: dict[str, str]) -> dict[str, Any]:
                                 "timeoutSeconds": 5,
                                 "failureThreshold": 30,
                             },
+                            # /health turns 503 when the model failed to load: Cloud Run restarts it.
                             "livenessProbe": {
                                 "httpGet": {"path": "/health", "port": PORT},
                                 "periodSeconds": 30,

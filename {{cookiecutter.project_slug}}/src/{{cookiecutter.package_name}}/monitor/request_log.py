@@ -12,11 +12,14 @@ added, both through `redact`: the log must not become a store of customers' cont
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 RECORD_KEYS = (
     "time",
@@ -64,19 +67,25 @@ class RequestLog:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Line-buffered append: each record reaches the file whole, even if the server is killed later.
-        self._file = self.path.open("a", encoding="utf-8", buffering=1)
+        # backslashreplace: text UTF-8 cannot encode (a lone surrogate such as "\ud800", which JSON escapes
+        # can carry) is written as its JSON escape, so the line is kept and every other line is unchanged.
+        self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace", buffering=1)
 
     def write(self, record: dict[str, Any], *, prompt: str | None = None, response: str | None = None) -> None:
-        """Append `record` (RECORD_KEYS; `time` is filled in when missing) and, if enabled, the redacted texts."""
+        """Append `record` (RECORD_KEYS; `time` is filled in when missing) and, if enabled, the redacted texts.
+        Never raises: a request must not fail because of its log line (a full disk is logged instead)."""
         line = {key: record.get(key) for key in RECORD_KEYS}
         line["time"] = line["time"] or utc_now_iso()
         if self.log_texts:
             line["prompt"] = redact(prompt) if prompt is not None else None
             line["response"] = redact(response) if response is not None else None
-        text = json.dumps(line, ensure_ascii=False) + "\n"
+        text = json.dumps(line, ensure_ascii=False, default=str) + "\n"
         with self._lock:
-            if not self._file.closed:
-                self._file.write(text)
+            try:
+                if not self._file.closed:
+                    self._file.write(text)
+            except (OSError, ValueError):
+                log.exception("could not write request %s to %s", line["request_id"], self.path)
 
     def close(self) -> None:
         with self._lock:

@@ -5,7 +5,7 @@
 
 The model loads in a background thread started by the lifespan, so /health answers at once (a big model
 can take minutes to load; a liveness probe must not kill the server meanwhile) and /ready turns 200 when
-the model can answer.
+the model can answer. A failed load turns both to 503 with the error.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, loaded: LoadedModel | None =
     for module in (health, models, chat, metrics, demo, sagemaker):
         app.include_router(module.router)
     # Added last = outermost: accounting sees the 413s of the size limit, and every other outcome.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestAccounting, recorder=state.recorder)
     return app
 
@@ -73,8 +73,8 @@ async def _lifespan(app: FastAPI, *, preloaded: LoadedModel | None) -> AsyncIter
 
 
 async def _load(state: ServerState, *, preloaded: LoadedModel | None) -> None:
-    """Load the model off the event loop (unless `preloaded`); on failure keep serving /health and report
-    it on /ready."""
+    """Load the model off the event loop (unless `preloaded`); on failure keep serving and report the error
+    on /health (liveness fails: the container gets restarted) and /ready."""
     settings = state.settings
     try:
         loaded = preloaded or await asyncio.to_thread(load_for_serving, settings)

@@ -10,6 +10,7 @@ its own max_tokens, stop sequences, temperature, top_p and seed, through two hoo
   and leaves only that token possible, so one greedy `generate` serves greedy and sampling rows together.
 
 Generation never runs on the event loop, and the bounded queue turns overload into 429s, not latency.
+A batch that fails is generated again row by row, so one request that breaks `generate` fails alone.
 The batch runs until its longest row ends: a short answer batched with a long one waits for it (no
 continuous batching; see vLLM or TGI for that).
 """
@@ -76,6 +77,9 @@ class Job:
         self.params = params
         self.stream = stream
         self.cancelled = False  # set on the event loop (timeout, client gone); the worker drops the row
+        # Set by the worker: a job that has sent text cannot be generated again, one that has ended is done.
+        self.started = False
+        self.finished = False
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[str | Completion | Exception] = asyncio.Queue()
 
@@ -96,6 +100,8 @@ class Job:
 
     def emit(self, event: str | Completion | Exception) -> None:
         """Called from the worker thread."""
+        self.started = True
+        self.finished = self.finished or not isinstance(event, str)
         # RuntimeError: the event loop is closed (the server is shutting down), nobody is waiting.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._events.put_nowait, event)
@@ -169,15 +175,28 @@ class Engine:
         while (batch := self._next_batch()) is not None:
             live = [job for job in batch if not job.cancelled]  # timed out while queued: nobody waits
             try:
-                if live:
-                    self._generate(live)
-            except Exception as err:  # one bad batch must not stop the server: fail its jobs, go on
-                log.exception("generation failed for a batch of %d", len(live))
-                for job in live:
-                    job.emit(GenerationFailed(f"generation failed: {type(err).__name__}: {err}"))
+                self._generate_isolated(live)
             finally:
                 with self._lock:
                     self._admitted -= len(batch)
+
+    def _generate_isolated(self, jobs: list[Job]) -> None:
+        """Generate `jobs` as one batch; when that fails, each job that has sent nothing yet is generated alone,
+        so a row that breaks `generate` (or an out-of-memory batch) fails only itself. Never raises."""
+        try:
+            if jobs:
+                self._generate(jobs)
+            return
+        except Exception as err:
+            log.exception("generation failed for a batch of %d", len(jobs))
+            failure = err
+        for job in jobs:
+            if job.cancelled or job.finished:
+                continue
+            if len(jobs) > 1 and not job.started:
+                self._generate_isolated([job])
+            else:  # alone, or text already streamed (it cannot be taken back): this job fails
+                job.emit(GenerationFailed(f"generation failed: {type(failure).__name__}: {failure}"))
 
     def _next_batch(self) -> list[Job] | None:
         """The next jobs to generate together, or None to stop. Waits batch_wait_s for company only when
@@ -243,6 +262,7 @@ class _Row:
         self._sent = 0  # characters of the answer already streamed
         # Decoding each step costs time: only rows that stream or watch for stop sequences need it.
         self._watch_text = job.stream or bool(job.params.stop)
+        self._stops = StopScanner(job.params.stop)
 
     def add(self, token: int) -> None:
         """Take the row's next token; end the row at an end-of-turn token, a stop sequence or max_tokens."""
@@ -264,12 +284,12 @@ class _Row:
     def _check_text(self) -> bool:
         """End the row at its first stop sequence (which is not returned), else stream what is safe to send."""
         text = self._decoder.decode(self._ids, skip_special_tokens=True)
-        cut = first_stop(text, self.params.stop)
+        cut = self._stops.scan(text)
         if cut is not None:
             self.finish("stop", text=text[:cut])
             return True
         if self.job.stream:
-            end = safe_end(text, self.params.stop, start=self._sent)
+            end = max(self._sent, self._stops.safe_end)
             if end > self._sent:
                 self.job.emit(text[self._sent : end])
                 self._sent = end
@@ -285,20 +305,63 @@ class _Row:
         self.job.emit(Completion(text=text, finish_reason=reason, completion_tokens=self._generated))
 
 
-def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Where the earliest stop sequence starts in `text`, or None."""
-    found = [index for stop in stops if (index := text.find(stop)) >= 0]
-    return min(found) if found else None
+class StopScanner:
+    """Finds stop sequences in an answer that grows token by token, at a cost per new character that does
+    not depend on their length: one KMP automaton per sequence, whose state is the longest end of the text
+    that is a beginning of the sequence (what a stream must hold back, as it may still become a stop)."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self._fallbacks = [_kmp_fallbacks(stop) for stop in stops]
+        self._reset()
+
+    def _reset(self) -> None:
+        self._states = [0] * len(self.stops)
+        self._scanned = ""  # the text fed so far: the answer without its trailing partial characters
+        self.safe_end = 0
+        """Characters of the text that can be streamed: none that may grow into a stop sequence."""
+
+    def scan(self, text: str) -> int | None:
+        """Feed the answer so far; where the earliest stop sequence in it starts, or None."""
+        end = len(text)
+        while end > 0 and text[end - 1] == "\ufffd":  # byte-level tokens split UTF-8 characters
+            end -= 1
+        if not text.startswith(self._scanned):
+            self._reset()  # decoding rewrote earlier text (rare): scan it all again
+        start = len(self._scanned)
+        found: int | None = None
+        for position in range(start, end):
+            for index, stop in enumerate(self.stops):
+                state = self._advance(index, text[position])
+                if state == len(stop):
+                    begin = position + 1 - state
+                    found = begin if found is None else min(found, begin)
+                    self._states[index] = self._fallbacks[index][state - 1]
+        self._scanned = text[:end]
+        self.safe_end = end - max(self._states, default=0)
+        return found
+
+    def _advance(self, index: int, char: str) -> int:
+        stop, fallbacks, state = self.stops[index], self._fallbacks[index], self._states[index]
+        while state and stop[state] != char:
+            state = fallbacks[state - 1]
+        if stop[state] == char:
+            state += 1
+        self._states[index] = state
+        return state
 
 
-def safe_end(text: str, stops: tuple[str, ...], *, start: int) -> int:
-    """How much of `text` can be streamed: not a trailing partial character (byte-level tokens split
-    UTF-8 characters) nor a tail that may grow into a stop sequence (it must never reach the client)."""
-    end = len(text)
-    while end > start and text[end - 1] == "\ufffd":
-        end -= 1
-    held = max((k for stop in stops for k in range(1, len(stop)) if text[:end].endswith(stop[:k])), default=0)
-    return max(start, end - held)
+def _kmp_fallbacks(stop: str) -> list[int]:
+    """For each prefix stop[:i+1], the length of its longest proper prefix that is also its suffix."""
+    fallbacks = [0] * len(stop)
+    length = 0
+    for i in range(1, len(stop)):
+        while length and stop[i] != stop[length]:
+            length = fallbacks[length - 1]
+        if stop[i] == stop[length]:
+            length += 1
+        fallbacks[i] = length
+    return fallbacks
 
 
 class _BatchTracker(StoppingCriteria):
@@ -341,5 +404,6 @@ class _RowSampler(LogitsProcessor):
             # Nucleus: the smallest set of most likely tokens whose mass reaches top_p (never empty).
             sorted_probs, order = probs.sort(descending=True)
             keep = sorted_probs.cumsum(-1) - sorted_probs < row.params.top_p
+            keep[0] = True  # the top token always: a top_p that rounds to 0 in float32 would keep nothing
             probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
         return torch.multinomial(probs, 1, generator=row.generator)[0]

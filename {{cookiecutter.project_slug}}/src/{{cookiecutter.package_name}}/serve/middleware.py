@@ -8,6 +8,8 @@ The route fills in what only it knows (tokens, finish reason, texts) on the requ
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..monitor.accounting import RequestOutcome, RequestRecorder
@@ -17,6 +19,10 @@ CHAT_PATH = "/v1/chat/completions"
 # SageMaker's route for the same request (routes/sagemaker.py): counted and logged the same way.
 CHAT_PATHS = frozenset({CHAT_PATH, "/invocations"})
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer was complete"
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before it finished sending its request body."""
 
 
 class RequestAccounting:
@@ -55,11 +61,13 @@ class RequestAccounting:
 
 class BodySizeLimit:
     """Refuse request bodies over `max_bytes` with 413 before any parsing, whether or not the client sent
-    Content-Length. The body is read here (it is small by definition) and replayed to the app."""
+    Content-Length, and bodies not received within `timeout_s` with 408. The body is read here (it is small
+    by definition) and replayed to the app. A client that leaves mid-body is counted as 499, not 413."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -69,19 +77,28 @@ class BodySizeLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._refuse(scope, receive, send, declared=declared)
             return
-        body = await self._read(receive)
+        try:
+            body = await asyncio.wait_for(self._read(receive), self.timeout_s)
+        except TimeoutError:
+            await self._time_out(scope, receive, send)
+            return
+        except _ClientLeft:
+            # Nobody is left to answer; the accounting counts what happened, not a refusal.
+            if "outcome" in scope.get("state", {}):
+                scope["state"]["outcome"].status = CLIENT_CLOSED
+            return
         if body is None:
             await self._refuse(scope, receive, send, declared=None)
             return
         await self.app(scope, _replay(body, receive), send)
 
     async def _read(self, receive: Receive) -> bytes | None:
-        """The whole body, or None when it grows past the limit (or the client disconnects)."""
+        """The whole body, or None when it grows past the limit; `_ClientLeft` when the client disconnects."""
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return None
+                raise _ClientLeft
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
@@ -95,6 +112,12 @@ class BodySizeLimit:
             error = APIError(400, "invalid Content-Length header", code="invalid_content_length")
         else:
             error = APIError(413, f"request body over the {self.max_bytes}-byte limit", code="body_too_large")
+        await error_response(error)(scope, receive, send)
+
+    async def _time_out(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Connection: close, as the rest of the body may still arrive and must not be read as a next request.
+        message = f"request body not received within {self.timeout_s:g} s"
+        error = APIError(408, message, code="body_timeout", headers={"Connection": "close"})
         await error_response(error)(scope, receive, send)
 
 

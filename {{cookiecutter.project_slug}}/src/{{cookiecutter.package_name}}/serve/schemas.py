@@ -10,6 +10,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Limits that keep one request from hurting the others (each is stated in the OpenAPI schema):
+MIN_TEMPERATURE = 0.01
+"""Lowest temperature above 0: logits are divided by it in float32, and 1e-40 overflows them to inf (the
+sampler then fails); at 0.01 logits of +-100 stay +-1e4, and sampling is already all but greedy."""
+MIN_TOP_P = 1e-6
+"""Lowest top_p: every nucleus this small is the top token alone (its probability is at least 1/vocabulary,
+1e-6 for a million tokens), while 5e-324 (a valid float) rounds to 0 in float32 and kept no token."""
+MAX_SEED = 2**63 - 1
+"""Seeds are 0..2**63-1: what torch's generators take (64 bits) and what int64 clients can send."""
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+"""Characters per stop sequence (OpenAI states none; 256 covers any end marker, and bounds the text
+that is held back from a stream while it may still grow into a stop sequence)."""
+
 
 class TextPart(BaseModel):
     type: Literal["text"]
@@ -45,26 +59,40 @@ class ChatCompletionRequest(BaseModel):
     """Most tokens to generate; default and upper limit: the server's LLM_MAX_TOKENS."""
     max_completion_tokens: int | None = Field(None, ge=1)
     """OpenAI's newer name for max_tokens; wins when both are given."""
-    temperature: float = Field(1.0, ge=0, le=2)
+    temperature: float = Field(
+        1.0, ge=0, le=2, description=f"0 decodes greedily; otherwise {MIN_TEMPERATURE} to 2 (OpenAI's range is 0-2)."
+    )
     """0 is greedy (deterministic); OpenAI's default 1.0 samples."""
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = None
+    top_p: float = Field(1.0, ge=MIN_TOP_P, le=1)
+    stop: str | list[str] | None = Field(
+        None,
+        description=f"Up to {MAX_STOP_SEQUENCES} sequences of 1 to {MAX_STOP_CHARS} characters each.",
+    )
     """Up to 4 sequences that end the answer; the sequence itself is not returned."""
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     """Makes sampling repeatable."""
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     tools: None = None
 
+    @field_validator("temperature")
+    @classmethod
+    def _check_temperature(cls, temperature: float) -> float:
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return temperature
+
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
         stops = [stop] if isinstance(stop, str) else stop or []
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop sequences must be at most {MAX_STOP_CHARS} characters")
         return stop
 
     def stop_sequences(self) -> tuple[str, ...]:

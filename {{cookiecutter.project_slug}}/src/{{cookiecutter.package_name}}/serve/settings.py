@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     """Most tokens one answer may generate; also the default when a request gives no max_tokens."""
     max_body_bytes: int = Field(65_536, gt=0)
     """Largest request body; bigger bodies get 413 before any parsing."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Seconds a client may take to send its whole request body; then 408 (a stalled upload must not hold
+    a request slot, or shutdown, forever)."""
     generation_timeout_s: float = Field(60.0, gt=0)
     """Seconds a request may take from arrival to its last token (queueing included); then 504."""
     max_batch_size: int = Field(8, gt=0)
@@ -50,6 +53,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(32, ge=0)
     """Requests that may wait for a free batch slot; more concurrent requests than max_batch_size +
     max_queue get 429 (with Retry-After) instead of an ever-growing queue."""
+    shutdown_timeout_s: float = Field(90.0, gt=0)
+    """Seconds `serve` lets in-flight requests finish after SIGTERM before it closes their connections;
+    keep it above generation_timeout_s so answers under way can finish."""
 
     api_key: SecretStr | None = None
     """When set, /v1/* requests need `Authorization: Bearer <api_key>` (401 otherwise)."""

@@ -1,7 +1,7 @@
 """Liveness and readiness, for load balancers, Docker HEALTHCHECK and Kubernetes probes.
 
-curl -i localhost:8000/health    # 200 while the process serves HTTP, even during model loading
-curl -i localhost:8000/ready     # 503 until the model is loaded, then 200
+curl -i localhost:8000/health    # 200 while the process serves, even during model loading; 503 once loading failed
+curl -i localhost:8000/ready     # 503 until the model is loaded (or when loading failed), then 200
 """
 
 from fastapi import APIRouter
@@ -12,9 +12,12 @@ from ..deps import StateDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
-def health() -> dict[str, str]:
-    """Liveness: the server answers. Never depends on the model, so a slow load is not a restart."""
+@router.get("/health", response_model=None)
+def health(state: StateDep) -> dict[str, str] | JSONResponse:
+    """Liveness: 200 while the server works, including a slow model load (no restart mid-load); 503 with the
+    error once loading failed, so the container turns unhealthy and gets restarted instead of serving nothing."""
+    if state.load_error:
+        return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
     return {"status": "ok"}
 
 
