@@ -85,7 +85,7 @@ def test_instruction_file_with_json_answers_becomes_an_extraction_task(project, 
         assert getattr(config, section) == getattr(default, section), section
     assert validate_data(config.data, task=config.task) == []  # the written config fits its data
 
-    assert "# TODO one sentence for people" in written.read_text(encoding="utf-8")
+    assert "# write one sentence for people here" in written.read_text(encoding="utf-8")
     lines = result.output.splitlines()
     assert lines[:4] == [
         f"read data/{data.name}: 120 rows (`instruction` / `input` / `output`); split 96 train, 12 validation, 12 test",

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,8 @@ def draft_task(summary: DataSummary, *, name: str, tokenizer: Any = None) -> Tas
     objects = [answer for answer in answers if answer is not None]
     json_share = len(objects) / len(rows)
     kind = "extraction" if json_share >= EXTRACTION_SHARE else "generic"
-    coverage = {key: sum(key in answer for answer in objects) / len(objects) for answer in objects for key in answer}
+    counts = Counter(key for answer in objects for key in answer)  # first-seen order, one pass
+    coverage = {key: count / len(objects) for key, count in counts.items()}
     fields = [key for key, share in coverage.items() if share >= FIELD_SHARE] if kind == "extraction" else []
     prompt, source = shared_system_prompt(rows), "the system message every row starts with"
     if prompt is None and kind == "extraction":
@@ -181,8 +183,8 @@ def _task_lines(draft: TaskDraft) -> list[str]:
     share = ", ".join(f"{key} {draft.coverage[key]:.0%}" for key in draft.fields)
     return [
         "task:",
-        f"  name: {_scalar(draft.name)}  # short title: README intro, model card, served model description",
-        '  description: ""  # TODO one sentence for people: what goes in, what comes out',
+        f"  name: {_scalar(draft.name)}  # short title: README intro and model card",
+        '  description: ""  # write one sentence for people here: what goes in, what comes out',
         f"  kind: {draft.kind}  # {draft.json_share:.0%} of the answers are JSON objects",
         f"  fields: {_scalar(draft.fields)}  # answer keys scored per field, in this order ({share or 'none'})",
         f"  system_prompt: {_scalar(draft.system_prompt)}  # {draft.prompt_source}",
