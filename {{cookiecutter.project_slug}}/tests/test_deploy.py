@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.deploy.bundle import BundleError, bundle_model, choose_source
+from {{ cookiecutter.package_name }}.deploy.bundle import main as bundle_main
 from {{ cookiecutter.package_name }}.deploy.settings import (
     DeploySettingsError,
     Var,
@@ -25,6 +28,7 @@ from {{ cookiecutter.package_name }}.deploy.settings import (
     resolve,
     shell_exports,
 )
+from {{ cookiecutter.package_name }}.model import ModelError
 from {{ cookiecutter.package_name }}.serve.app import create_app
 from {{ cookiecutter.package_name }}.serve.loader import load_for_serving, resolve_model_source
 from {{ cookiecutter.package_name }}.serve.settings import Settings
@@ -160,6 +164,23 @@ def test_bundle_replaces_an_earlier_bundle_but_never_another_folder(bundle, serv
     with pytest.raises(BundleError, match="is not a model bundle"):
         bundle_model(source, other, origin="x")
     assert (other / "notes.txt").read_text() == "keep me" and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_a_corrupt_adapter_config_is_named_and_no_bundle_is_left(served_adapter, tmp_path):
+    adapter = tmp_path / "run" / "adapter"
+    shutil.copytree(served_adapter, adapter)
+    source = resolve_model_source(str(adapter))  # read while the file was sound; it breaks before bundling
+    broken = adapter / "adapter_config.json"
+    broken.write_text('{"r": 8,\n  "lora_alpha": }')
+    with pytest.raises(ModelError, match=rf"{broken}:2: not valid JSON"):
+        bundle_model(source, tmp_path / "out" / "model", origin="x", mount_dir="/app/model")
+    assert list((tmp_path / "out").iterdir()) == []  # nothing left behind, not even the staging folder
+    command = typer.Typer()
+    command.command()(bundle_main)
+    result = CliRunner().invoke(command, ["--model", str(adapter), "--out", str(tmp_path / "out" / "model")])
+    # Exit status 1 with `error: <file>:<line>: ...`, as the project's CLI answers every expected error.
+    assert result.exit_code == 1 and f"{broken}:2: not valid JSON" in result.output, result.output
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_the_fallback_is_used_when_the_champion_is_missing(served_adapter, tmp_path):

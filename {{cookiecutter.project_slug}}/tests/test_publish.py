@@ -246,6 +246,17 @@ def test_hf_refuses_an_adapter_of_a_local_base_model_and_a_missing_token(project
         publish(load_config(CONFIG_FILE), root=project, dry_run=True, hf=True)
 
 
+def test_hf_with_a_corrupt_adapter_config_names_the_file_and_does_nothing(project, monkeypatch):
+    adapter = _evaluated_adapter(project, base_model="org/model")
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "org/model",\n  "r": }')
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    before = sorted(path.relative_to(project) for path in project.rglob("*"))
+    result = CliRunner().invoke(app, ["publish", "--dry-run", "--hf", "--config", str(CONFIG_FILE)])
+    assert result.exit_code == 1, result.output  # the CLI's status for every expected error (cli._known_errors)
+    assert f"error: {adapter / 'adapter_config.json'}:2: not valid JSON" in result.output
+    assert sorted(path.relative_to(project) for path in project.rglob("*")) == before
+
+
 def _evaluated_smoke_run(root: Path, *, base_model: str = "models/tiny-chat", run_config: list[str] | None = None):
     """reports/eval.json of a run whose folder holds config.yaml (`run_config`: smoke.yaml with these overrides;
     None: no config.yaml, as when the run folder is not on this machine)."""

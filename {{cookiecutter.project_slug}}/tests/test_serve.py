@@ -394,6 +394,16 @@ def test_served_prompt_equals_evaluated_prompt_for_a_user_instruction_task(serve
         ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 422, "invalid_value", "stop"),
         ({"messages": HELLO, "stop": ""}, 422, "invalid_value", "stop"),
         ({"messages": HELLO, "n": 2}, 422, "invalid_value", "n"),
+        # Strict types, as OpenAI's API: no coercion of strings or booleans into booleans or numbers.
+        ({"messages": HELLO, "stream": "yes"}, 422, "invalid_value", "stream"),
+        ({"messages": HELLO, "max_tokens": True}, 422, "invalid_value", "max_tokens"),
+        ({"messages": HELLO, "temperature": "0.5"}, 422, "invalid_value", "temperature"),
+        (
+            {"messages": HELLO, "stream_options": {"include_usage": 1}},
+            422,
+            "invalid_value",
+            "stream_options.include_usage",
+        ),
         ([1, 2, 3], 422, "invalid_value", None),
     ],
     ids=lambda value: None if isinstance(value, dict | list) else str(value),
@@ -508,6 +518,7 @@ def test_metrics_count_every_request_with_its_labels(served_adapter, served_mode
         assert sample(client, "llm_requests_in_flight") == 0
         info = {"name": "{{ cookiecutter.project_slug }}", "version": "untrained"}
         assert sample(client, "llm_model_info", **info) == 1
+        assert sample(client, "process_resident_memory_bytes") > 50e6  # the process's own, read from /proc
 
 
 def test_request_log_gets_one_record_per_request_without_texts(served_adapter, served_model, tmp_path, tokenizer):
@@ -633,6 +644,7 @@ def test_a_stalled_upload_gets_408_within_the_body_timeout_and_is_counted_as_408
     assert (b"connection", b"close") in sent[0]["headers"]
     error = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))["error"]
     assert error["code"] == "body_timeout" and "0.3 s" in error["message"]
+    assert error["type"] == "timeout_error" and error["param"] is None  # OpenAI's shape, as documented
     metrics = TestClient(app)  # no lifespan needed to read /metrics
     assert sample(metrics, "llm_requests_total", status="408", finish_reason="none") == 1
     assert sample(metrics, "llm_requests_total", status="413", finish_reason="none") == 0
@@ -688,6 +700,13 @@ def test_values_that_would_break_the_sampler_or_the_stop_check_are_refused(clien
 def test_the_limits_of_the_sampling_values_are_accepted(client):
     for params in ({"temperature": 0.01}, {"temperature": 1, "top_p": 1e-6, "seed": 2**63 - 1}, {"stop": "x" * 256}):
         assert chat(client, max_tokens=2, **params).status_code == 200, params
+
+
+def test_integral_floats_are_integers_as_the_schema_says_and_other_floats_are_not(client):
+    # Found by schemathesis: JSON Schema's "integer" includes 1508.0, which strict validation had refused (422).
+    whole = answer(client, max_tokens=3, seed=1508)
+    assert answer(client, max_tokens=3.0, seed=1508.0, n=1.0) == whole
+    assert_error(chat(client, max_tokens=2.5), 422, code="invalid_value", param="max_tokens")
 
 
 def test_a_request_that_breaks_generation_fails_alone_in_its_batch(served_adapter, served_model, tmp_path, monkeypatch):

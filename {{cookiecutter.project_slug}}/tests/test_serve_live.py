@@ -24,6 +24,7 @@ PACKAGE = "{{ cookiecutter.package_name }}"
 API_KEY = "live-test-key"
 HELLO = [{"role": "user", "content": "Where is my order B11688?"}]
 SRC = Path(__file__).parents[1] / "src"
+LOAD_SCRIPT = Path(__file__).parents[1] / "scripts" / "load_test.py"
 CHROMIUM = Path("/usr/bin/chromium")
 # Real servers on real ports: part of the end-to-end run (`make test`), not of `make test-fast`.
 pytestmark = pytest.mark.e2e
@@ -136,6 +137,21 @@ async def _load(url: str, *, total: int, concurrency: int, time_cap_s: float) ->
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as http, asyncio.timeout(time_cap_s):
         return list(await asyncio.gather(*(one(http, i) for i in range(total))))
+
+
+def test_load_script_with_bad_requests_and_streams_finds_no_5xx_and_no_failed_good_request(server):
+    url, _ = server
+    command = [sys.executable, str(LOAD_SCRIPT), "--url", url, "--requests", "40", "--concurrency", "8"]
+    command += ["--bad-share", "0.1", "--stream-share", "0.3", "--api-key", API_KEY, "--max-tokens", "8", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["good"], report["bad"]) == (36, 4) and report["passed"] is True
+    assert report["good_by_status"] == {"200": 36} and report["server_errors"] == 0
+    # The first four kinds of bad request, each refused with its 4xx: invalid JSON, wrong type x2, over the limit.
+    assert report["bad_by_status"] == {"400": 2, "422": 2}, report["bad_by_status"]
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["p99"]
+    assert report["rss_mb_before"] > 10 and report["rss_mb_after"] > 10, report["rss_source"]
 
 
 def test_a_client_leaving_mid_stream_frees_its_slot_and_is_counted_499(server):

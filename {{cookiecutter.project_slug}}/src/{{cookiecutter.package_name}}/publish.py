@@ -12,7 +12,6 @@ not made for you: uncommitted changes are reported, not published.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -25,6 +24,7 @@ from typing import Any
 
 from .config import Config, ConfigError, load_config
 from .errors import ProjectError
+from .model import read_adapter_config
 
 PLACEHOLDER_USER = "your-github-username"  # the template's default answer for github_username
 Runner = Callable[[list[str]], subprocess.CompletedProcess]
@@ -310,7 +310,9 @@ def _hf_inputs(config: Config, *, root: Path) -> dict[str, Path]:
             f"--hf: the evaluated adapter ({results['run'].get('adapter')}) is not under {config.train.output_dir}/; "
             "train and evaluate on this machine first (make train evaluate)"
         )
-    base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    base = read_adapter_config(adapter).get("base_model_name_or_path")  # a corrupt file: ModelError naming it
+    if not isinstance(base, str):
+        raise PublishError(f"--hf: {adapter / 'adapter_config.json'} names no base_model_name_or_path; train again")
     if Path(base).exists() or (root / base).exists():
         shown = adapter.relative_to(root) if adapter.is_relative_to(root) else adapter
         raise PublishError(

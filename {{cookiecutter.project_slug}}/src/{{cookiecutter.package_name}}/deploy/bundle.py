@@ -30,7 +30,7 @@ import typer
 
 from ..config import load_config
 from ..errors import ProjectError
-from ..model import ModelError
+from ..model import ModelError, read_adapter_config
 from ..registry import ModelSource
 from ..runs import CONFIG_FILE, TRACKING_FILE, run_config_path
 from ..serve.loader import ModelSourceError, resolve_model_source
@@ -95,13 +95,12 @@ def bundle_model(source: ModelSource, out_dir: Path, *, origin: str, mount_dir: 
 
 def _copy_adapter(source: ModelSource, target: Path, *, base_path: str) -> None:
     """Adapter weights + tokenizer files in one folder, the adapter's base pointing at the bundled base."""
+    settings = read_adapter_config(source.adapter_dir)  # read first: an error names the user's file, not a copy
     shutil.copytree(source.adapter_dir, target)
     if source.tokenizer_dir != source.adapter_dir:  # an MLflow model keeps its tokenizer apart
         shutil.copytree(source.tokenizer_dir, target, dirs_exist_ok=True)
-    adapter_config = target / "adapter_config.json"
-    settings = json.loads(adapter_config.read_text(encoding="utf-8"))
     settings["base_model_name_or_path"] = base_path
-    adapter_config.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    (target / "adapter_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
 def _copy_base(base_model: str, target: Path) -> None:

@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from functools import partial
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 # Seconds: a tiny model answers in ~0.05 s, a 1B model on a CPU in tens of seconds.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -34,6 +42,9 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_resident_memory_bytes, CPU seconds, open files (Linux /proc): what scripts/load_test.py and a
+        # memory alert read; the default registry would hold them, but this one is the app's own.
+        ProcessCollector(registry=self.registry)
         histogram = partial(Histogram, registry=self.registry)
         self.requests = Counter(
             "llm_requests", "Chat completion requests by outcome.", ["status", "finish_reason"], registry=self.registry

@@ -26,6 +26,7 @@ from .engine import Engine
 from .errors import install_error_handlers
 from .loader import LoadedModel, load_for_serving
 from .middleware import BodySizeLimit, RequestAccounting
+from .openapi import install_openapi
 from .routes import chat, demo, health, metrics, models, sagemaker
 from .settings import Settings
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, *, loaded: LoadedModel | None =
     )
     app.state.server = state
     install_error_handlers(app)
+    install_openapi(app, settings=settings)
     for module in (health, models, chat, metrics, demo, sagemaker):
         app.include_router(module.router)
     # Added last = outermost: accounting sees the 413s of the size limit, and every other outcome.

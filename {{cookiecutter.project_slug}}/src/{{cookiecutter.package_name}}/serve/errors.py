@@ -10,6 +10,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    408: "timeout_error",  # the request body did not arrive within LLM_BODY_TIMEOUT_S
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -26,6 +28,50 @@ ERROR_TYPES = {
     503: "server_error",
     504: "timeout_error",
 }
+
+# What each status means here, for the OpenAPI schema; every one of them has the ErrorResponse body.
+ERROR_DESCRIPTIONS = {
+    400: "Malformed request: invalid JSON, not JSON, a prompt over LLM_MAX_PROMPT_TOKENS or max_tokens over "
+    "LLM_MAX_TOKENS",
+    401: "Missing or wrong API key (only when the server has LLM_API_KEY set)",
+    404: "Unknown model name",
+    408: "The request body did not arrive within LLM_BODY_TIMEOUT_S",
+    413: "Request body over LLM_MAX_BODY_BYTES",
+    422: "A field of the wrong type or out of its range; `param` names the first such field",
+    429: "Queue full; retry after the Retry-After seconds",
+    500: "Generation failed (only this request's; the others of its batch are answered)",
+    503: "The model is loading or failed to load; retry after the Retry-After seconds",
+    504: "No complete answer within LLM_GENERATION_TIMEOUT_S",
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    message: str
+    type: str
+    """OpenAI's error type for the status: invalid_request_error, authentication_error, rate_limit_error, ..."""
+    param: str | None
+    """The request field at fault, when there is one (`messages.0.content`)."""
+    code: str | None
+    """A stable, machine-readable reason (`max_tokens_exceeded`, `queue_full`, ...)."""
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, the one shape of every error this API answers."""
+
+    error: ErrorDetail
+
+
+def documented_errors(*statuses: int) -> dict[int | str, dict]:
+    """The `responses` of a route that can answer `statuses`, each with OpenAI's error body."""
+    responses: dict[int | str, dict] = {}
+    for status in statuses:
+        responses[status] = {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]}
+        if status in (429, 503):
+            responses[status]["headers"] = RETRY_AFTER
+    return responses
 
 
 class APIError(Exception):
@@ -88,13 +134,14 @@ async def _invalid_request(request: Request, error: RequestValidationError) -> J
 
 def _field(loc: tuple) -> str:
     """`messages.0.content` from FastAPI's ('body', 'messages', 0, 'content', 'str'): without the body
-    prefix and the union member tags pydantic adds (`str`, `list[TextPart]`, ...)."""
+    prefix and the union member tags pydantic adds (`str`, `list[TextPart]`, `constrained-str`, ...)."""
     parts = [str(part) for part in loc if part != "body" and not _is_union_tag(part)]
     return ".".join(parts) or "body"
 
 
 def _is_union_tag(part: object) -> bool:
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part)
+    plain = ("str", "int", "float", "bool", "none")
+    return isinstance(part, str) and (part in plain or "[" in part or part.startswith("constrained-"))
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -18,7 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 from ...monitor.accounting import RequestOutcome
 from ..deps import EngineDep, LoadedDep, OutcomeDep, SettingsDep, require_api_key
 from ..engine import Completion, Engine, EngineBusy, GenerationFailed, GenerationParams, Job, PromptError
-from ..errors import APIError, error_body
+from ..errors import APIError, documented_errors, error_body
 from ..loader import LoadedModel
 from ..schemas import (
     AssistantMessage,
@@ -35,7 +35,28 @@ from ..settings import Settings
 router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require_api_key)])
 
 
-@router.post("/chat/completions", response_model=None, responses={200: {"model": ChatCompletion}})
+# Each event's `data` is a ChatCompletionChunk as JSON, an error object (a failure after the 200 went out), or
+# the final `[DONE]`. In OpenAPI 3.1 a text/event-stream schema describes one event.
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "description": "A ChatCompletionChunk or an ErrorResponse as JSON, or [DONE]"},
+        "event": {"type": "string"},
+    },
+}
+# Answers of every chat request: JSON, or server-sent events with `stream: true`; and each error it can get.
+CHAT_RESPONSES: dict[int | str, dict] = {
+    200: {
+        "model": ChatCompletion,
+        "description": "The answer; with `stream: true`, server-sent events ending with `data: [DONE]`",
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+    },
+    **documented_errors(400, 404, 408, 413, 422, 429, 500, 503, 504),
+}
+
+
+@router.post("/chat/completions", response_model=None, responses=CHAT_RESPONSES)
 async def chat_completions(
     body: ChatCompletionRequest, engine: EngineDep, loaded: LoadedDep, settings: SettingsDep, outcome: OutcomeDep
 ) -> Response:

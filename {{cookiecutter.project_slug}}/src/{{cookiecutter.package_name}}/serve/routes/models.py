@@ -3,18 +3,18 @@
 from fastapi import APIRouter, Depends
 
 from ..deps import LoadedDep, StateDep, require_api_key
-from ..errors import APIError
+from ..errors import APIError, documented_errors
 from ..schemas import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
 
 
-@router.get("/models")
+@router.get("/models", responses=documented_errors(503))
 def list_models(loaded: LoadedDep, state: StateDep) -> ModelList:
     return ModelList(data=[_card(loaded.name, state)])
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", responses=documented_errors(404, 503))
 def get_model(model_id: str, loaded: LoadedDep, state: StateDep) -> ModelCard:
     if model_id != loaded.name:
         raise APIError(

@@ -15,13 +15,17 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..deps import EngineDep, LoadedDep, OutcomeDep, SettingsDep, StateDep, require_api_key
-from ..schemas import ChatCompletion, ChatCompletionRequest
+from ..schemas import ChatCompletion, ChatCompletionRequest, ReadyStatus
 from . import chat
 
 router = APIRouter(tags=["sagemaker"])
 
 
-@router.get("/ping", response_model=None)
+@router.get(
+    "/ping",
+    response_model=None,
+    responses={200: {"model": ReadyStatus}, 503: {"model": ReadyStatus, "description": "Loading, or loading failed"}},
+)
 def ping(state: StateDep) -> dict[str, str] | JSONResponse:
     """Health in SageMaker's sense: 200 when the model is loaded, 503 while it loads or after it failed."""
     if state.loaded is None:
@@ -29,7 +33,9 @@ def ping(state: StateDep) -> dict[str, str] | JSONResponse:
     return {"status": "ready"}
 
 
-@router.post("/invocations", response_model=None, dependencies=[Depends(require_api_key)])
+@router.post(
+    "/invocations", response_model=None, responses=chat.CHAT_RESPONSES, dependencies=[Depends(require_api_key)]
+)
 async def invocations(
     body: ChatCompletionRequest, engine: EngineDep, loaded: LoadedDep, settings: SettingsDep, outcome: OutcomeDep
 ) -> ChatCompletion | StreamingResponse:
