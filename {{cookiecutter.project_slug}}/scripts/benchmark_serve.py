@@ -53,6 +53,7 @@ from {{ cookiecutter.package_name }}.model import end_token_ids
 from {{ cookiecutter.package_name }}.serve.loader import LoadedModel, load_for_serving
 from {{ cookiecutter.package_name }}.serve.settings import Settings
 from {{ cookiecutter.package_name }}.tracking import tracking_uri
+from {{ cookiecutter.package_name }}.train import describe_hardware
 
 Conversation = list[dict[str, str]]
 Answer = Callable[[Conversation], int]
@@ -92,7 +93,10 @@ def main() -> None:
         nullcontext(None) if args.skip_mlflow else running_mlflow_server(mlflow_model)
     )
     with running_server(args.model, url=args.url) as url, mlflow_server as mlflow_url, ExitStack() as clients:
-        modes = {"direct": direct(loaded, args.max_tokens), "api": api(url, args.max_tokens, clients)}
+        modes = {
+            "direct": direct(loaded, args.max_tokens),
+            "api": api(url, args.max_tokens, clients, model=loaded.name),
+        }
         if mlflow_url:
             modes["mlflow"] = mlflow_serve(mlflow_url, args.max_tokens, clients)
         # One client: the modes take turns request by request. Eight clients: run by run.
@@ -101,7 +105,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for mode, answer in modes.items():
                 runs.setdefault((mode, 8), []).append(measure(answer, prompts, clients=8))
-    report([summarize(mode, clients, done) for (mode, clients), done in runs.items()], out=args.out)
+    hardware = describe_hardware(loaded.device)  # the README names what it ran on
+    report([summarize(mode, clients, done) for (mode, clients), done in runs.items()], out=args.out, hardware=hardware)
 
 
 def _parse_args() -> argparse.Namespace:
@@ -116,7 +121,11 @@ def _parse_args() -> argparse.Namespace:
         "--mlflow-model", metavar="URI", help="Model for `mlflow models serve` (default: models:/<project>@champion)."
     )
     parser.add_argument("--skip-mlflow", action="store_true", help="Leave out the `mlflow models serve` mode.")
-    parser.add_argument("--out", type=Path, help="Also write the figures as JSON here.")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="Also write the figures as JSON here; `report` shows reports/benchmark_serve.json in the README.",
+    )
     return parser.parse_args()
 
 
@@ -147,12 +156,13 @@ def direct(loaded: LoadedModel, max_tokens: int) -> Answer:
     return answer
 
 
-def api(url: str, max_tokens: int, clients: ExitStack) -> Answer:
-    """POST /v1/chat/completions per prompt (up to 8 connections at once)."""
+def api(url: str, max_tokens: int, clients: ExitStack, *, model: str) -> Answer:
+    """POST /v1/chat/completions per prompt (up to 8 connections at once). `model` is named in every request:
+    vLLM serving the adapter (`serve-vllm`) answers a request without it with the base model alone."""
     http = clients.enter_context(httpx.Client(base_url=url, timeout=300, limits=httpx.Limits(max_connections=8)))
 
     def answer(messages: Conversation) -> int:
-        body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
         response = http.post("/v1/chat/completions", json=body)
         response.raise_for_status()
         return response.json()["usage"]["completion_tokens"]
@@ -316,7 +326,7 @@ def _wait_ready(
 # ---- report ---------------------------------------------------------------------------------------------
 
 
-def report(results: list[Figures], *, out: Path | None) -> None:
+def report(results: list[Figures], *, out: Path | None, hardware: str = "") -> None:
     print(f"{'mode':<8}{'clients':>8}{'requests':>10}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'tokens/s':>10}")
     for r in results:
         print(
@@ -340,6 +350,7 @@ def report(results: list[Figures], *, out: Path | None) -> None:
             "overhead_p50": overhead,
             "throughput_ratio_8": throughput,
             "throughput_ratio_vs_mlflow_8": versus_mlflow,
+            "hardware": hardware,
         }
         out.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"wrote {out}")

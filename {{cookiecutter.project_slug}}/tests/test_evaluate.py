@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from {{ cookiecutter.package_name }}.baselines import BaselineError, row_digest
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import dump_config, load_config
 from {{ cookiecutter.package_name }}.evaluate import (
@@ -120,6 +121,7 @@ def test_cli_evaluate_on_other_data_on_purpose_prints_both_models_and_logs_a_sep
     result = CliRunner().invoke(app, [*arguments, "--other-data"])
     assert result.exit_code == 0, result.output
     assert "     base: eval_loss " in result.output and "finetuned: eval_loss " in result.output
+    assert " majority: json_valid_rate " in result.output and " few_shot: eval_loss " in result.output
     assert (tmp_path / "reports" / "eval.json").is_file()
     report = json.loads((tmp_path / "reports" / "eval.json").read_text())
     for model in ("base", "finetuned"):
@@ -187,8 +189,17 @@ def test_the_scored_rows_digest_is_in_eval_json_and_on_the_training_run(smoke_co
     digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     assert (smoke_report["run"]["test_digest"], smoke_report["run"]["test_rows"]) == (digest, 32)
     assert smoke_report["run"]["other_data"] is False
-    tags = tracking_client().get_run(tracked(smoke_run)["run_id"]).data.tags
+    logged = tracking_client().get_run(tracked(smoke_run)["run_id"]).data
+    tags = logged.tags
     assert (tags["evaluation.test_digest"], tags["evaluation.test_rows"]) == (digest, "32")
+    # The baselines, the headline intervals and the error-kind shares are metrics of the run too.
+    majority = smoke_report["baselines"]["majority"]["field_accuracy"]
+    assert logged.metrics["majority.field_accuracy"] == pytest.approx(majority)
+    gain = smoke_report["intervals"]["differences"]["finetuned_minus_few_shot"]["field_accuracy"]
+    assert logged.metrics["finetuned_minus_few_shot.field_accuracy.ci_low"] == pytest.approx(gain["low"])
+    shares = smoke_report["error_analysis"]["error_kinds"]["shares"]
+    assert logged.metrics["errors.missing_key_share"] == pytest.approx(shares["missing_key"])
+    assert "finetuned.field_accuracy_intent.ci_low" not in logged.metrics  # per-field intervals: eval.json only
 
 
 @pytest.mark.e2e
@@ -271,3 +282,48 @@ def test_report_compares_base_and_finetuned(smoke_report, smoke_config, smoke_ru
     assert markdown.count("### Example") == 5
     for row in ("| input |", "| expected |", "| base |", "| fine-tuned |"):
         assert sum(line.startswith(row) for line in markdown.splitlines()) == 5
+    assert "| metric | majority | base | few-shot | fine-tuned | fine-tuned - base |" in markdown
+    assert "## Error analysis (fine-tuned)" in markdown and "## The 5 worst rows (fine-tuned)" in markdown
+
+
+@pytest.mark.e2e
+def test_baselines_intervals_and_error_analysis_on_the_smoke_run(smoke_report, synth_dir):
+    """The four columns on the same rows: majority (most common training values; 50% field accuracy on these
+    rows), few-shot (3 training examples, none a scored row), intervals for every metric and difference."""
+    majority, few_shot = smoke_report["baselines"]["majority"], smoke_report["baselines"]["few_shot"]
+    assert json.loads(majority["answer"]) == {
+        "intent": "change", "order_id": None, "product": None, "quantity": None, "sentiment": "neutral",
+        "urgency": "low",
+    }  # fmt: skip
+    assert majority["field_accuracy"] == pytest.approx(0.5) and majority["json_valid_rate"] == 1.0
+    test_rows = [json.loads(line)["messages"] for line in (synth_dir / "test.jsonl").read_text().splitlines()]
+    assert few_shot["k"] == 3 and len(few_shot["example_digests"]) == 3
+    assert not set(few_shot["example_digests"]) & {row_digest(row) for row in test_rows}
+    assert few_shot["prompt_tokens"]["mean"] > 200 and few_shot["prompt_tokens"]["max"] < 2048 - 64
+    intervals = smoke_report["intervals"]
+    assert (intervals["resamples"], intervals["rows"]) == (1000, 32)
+    for column, values in [("majority", majority), ("base", smoke_report["base"]), ("few_shot", few_shot)]:
+        assert set(intervals["columns"][column]) == {name for name in smoke_report["finetuned"] if "loss" not in name
+                                                      and name != "perplexity"}  # fmt: skip
+        for name, entry in intervals["columns"][column].items():
+            assert values[name] == pytest.approx(entry["estimate"])
+            assert entry["low"] <= entry["estimate"] <= entry["high"]
+        gain = intervals["differences"][f"finetuned_minus_{column}"]["field_accuracy"]
+        assert gain["estimate"] == pytest.approx(smoke_report["finetuned"]["field_accuracy"] - values["field_accuracy"])
+    kinds = smoke_report["error_analysis"]["error_kinds"]
+    assert set(kinds["counts"]) == {"invalid_json", "missing_key", "extra_key", "wrong_type", "wrong_value"}
+    assert sum(kinds["shares"].values()) == pytest.approx(1.0)
+    assert set(smoke_report["error_analysis"]["confusion"]) == {"intent", "sentiment", "urgency"}
+    assert len(smoke_report["error_analysis"]["worst_rows"]) == 5
+    assert len(smoke_report["row_scores"]["finetuned"]["field_accuracy"]) == 32
+
+
+@pytest.mark.e2e
+def test_few_shot_settings_that_cannot_work_are_refused_before_generating(smoke_config, smoke_run, tmp_path):
+    too_many = smoke_config("eval.few_shot=5000", root=tmp_path)
+    with pytest.raises(BaselineError, match=r"eval.few_shot=5000 asks for 5000 training examples .* only 960 rows"):
+        evaluate(too_many, adapter_dir=smoke_run / "adapter")
+    too_long = smoke_config("eval.max_new_tokens=1900", root=tmp_path)  # 3 examples + 1,900 tokens > 2,048
+    with pytest.raises(BaselineError, match=r"eval.few_shot=3: the longest few-shot prompt has \d+ tokens"):
+        evaluate(too_long, adapter_dir=smoke_run / "adapter")
+    assert not (tmp_path / "reports").exists()

@@ -176,6 +176,50 @@ def test_gate_refuses_to_compare_versions_scored_on_different_test_data(smoke_co
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == same_data
 
 
+def register_row_scored_version(client: MlflowClient, name: str, *, rows: list[float] | None, tmp_path: Path) -> str:
+    """A version whose run logged eval.json with per-row field accuracy `rows` (None: an eval.json without
+    per-row scores, as evaluated before they were recorded), on the same test rows as every other."""
+    version = register_scored_version(client, name, loss=None, digest="c" * 64, rows=40)
+    run_id = client.get_model_version(name, version).run_id
+    client.log_metric(run_id, "finetuned.field_accuracy", sum(rows or [0.0]) / len(rows or [0.0]))
+    report = {"row_scores": {"finetuned": {"field_accuracy": rows}}} if rows is not None else {}
+    folder = tmp_path / f"v{version}"
+    folder.mkdir()
+    (folder / "eval.json").write_text(json.dumps(report))
+    client.log_artifact(run_id, str(folder / "eval.json"), artifact_path="evaluation")
+    return version
+
+
+def test_gate_requiring_significance_promotes_only_a_gain_whose_interval_excludes_zero(smoke_config, tmp_path):
+    name = "gate-significant"
+    metric = ("tracking.promotion_metric=finetuned.field_accuracy", "tracking.promotion_direction=maximize")
+    config = smoke_config(f"project={name}", *metric, "tracking.require_significant=true")
+    client = tracking_client()
+    champion = register_row_scored_version(client, name, rows=[1.0] * 20 + [0.0] * 20, tmp_path=tmp_path)
+    assert promote(config, version=champion, report_dir=tmp_path).promoted
+
+    # One row more right out of 40: better on the point estimate, but well within the noise.
+    slightly = register_row_scored_version(client, name, rows=[1.0] * 21 + [0.0] * 19, tmp_path=tmp_path)
+    decision = promote(config, version=slightly, report_dir=tmp_path)
+    assert not decision.promoted
+    assert decision.reason.startswith("candidate 0.525 vs champion 0.5: the difference +0.025 [+0, +0.075]")
+    assert decision.reason.endswith("includes 0, so it may be noise (tracking.require_significant); the champion stays")
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == champion
+    without_option = smoke_config(f"project={name}", *metric)
+    assert promote(without_option, version=slightly, report_dir=tmp_path).promoted
+
+    unrecorded = register_row_scored_version(client, name, rows=None, tmp_path=tmp_path)
+    client.log_metric(client.get_model_version(name, unrecorded).run_id, "finetuned.field_accuracy", 0.9)
+    decision = promote(config, version=unrecorded, report_dir=tmp_path)
+    assert not decision.promoted
+    assert f"the candidate (version {unrecorded}) has no per-row scores of finetuned.field_accuracy" in decision.reason
+
+    clearly = register_row_scored_version(client, name, rows=[1.0] * 36 + [0.0] * 4, tmp_path=tmp_path)
+    decision = promote(config, version=clearly, report_dir=tmp_path)
+    assert decision.promoted, decision.reason
+    assert decision.reason.startswith("candidate 0.9 beats champion 0.525 (maximize): +0.375 [")
+
+
 def test_gate_keeps_a_champion_that_has_no_value_for_the_metric(smoke_config, tmp_path):
     name = "gate-no-metric"
     config = smoke_config(f"project={name}", "tracking.promotion_metric=finetuned.eval_loss")

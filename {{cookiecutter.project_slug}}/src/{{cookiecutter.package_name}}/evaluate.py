@@ -16,6 +16,12 @@ Metrics, per model:
 - extraction task: json_valid_rate (answers holding a JSON object), field_accuracy (mean over fields)
   and field_accuracy_<field>, exact_match (every field right). Fields are the keys of the expected answers.
 - generic task: exact_match (after trimming whitespace) and rouge_l (ROUGE-L F1, `rouge-score`).
+Every rate is the mean of per-row scores (metrics.py), which also give:
+- baselines (baselines.py): `majority` (each field's most common training value, no model) and `few_shot`
+  (the base model with eval.few_shot training examples as earlier chat turns), on the same rows and decoding;
+- intervals (bootstrap.py): paired-bootstrap 95% intervals for every metric of every column and for the
+  fine-tuned model's lead over each other column;
+- error_analysis (error_analysis.py): confusion per categorical field, error kinds, the worst rows.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .baselines import check_context, few_shot_rows, majority_answer, pick_examples, prompt_token_stats, row_digest
+from .bootstrap import paired_intervals
 from .config import Config, EvalConfig, ModelConfig, load_config
 from .errors import ProjectError
+from .metrics import RowScores, extraction_row_scores, generic_row_scores, means, row_scores
 from .model import (
     Device,
     check_adapter_dir,
@@ -60,6 +69,7 @@ class Scored:
 
     metrics: dict[str, float]
     answers: list[str]
+    row_scores: RowScores = field(default_factory=dict)  # metric -> one value per row; the rates are their means
 
 
 class EvaluationError(ProjectError, ValueError):
@@ -90,32 +100,38 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None, other_dat
     rows = scored_rows(config, system_prompt=config.task.system_prompt)
     if not other_data:  # before any model is loaded or anything written
         check_run_config(config, source=source, requested=requested, rows=rows)
+    judged = _judge_ready(config)  # an unreachable judge fails now, before minutes of scoring
     # A registry model names its own base; a local adapter uses the config's, and load_finetuned refuses
     # an adapter trained on another base (the wrong config would otherwise score and log the wrong model).
     from_registry = is_model_uri(requested)
     model_cfg = config.model.model_copy(update={"base_model": source.base_model}) if from_registry else config.model
     device = resolve_device(config.train.device)
-    base, finetuned = _score_both(config, source=source, model_cfg=model_cfg, rows=rows, device=device)
+    train_rows = training_rows(config)
+    columns, few_shot = _score_columns(
+        config, source=source, model_cfg=model_cfg, rows=rows, train_rows=train_rows, device=device
+    )
+    base, finetuned = columns["base"], columns["finetuned"]
     examples = _example_rows(rows, base=base, finetuned=finetuned)
+    judge = _judge(config, rows=rows, columns=columns) if judged else None
     report = {
         "base": base.metrics,
         "finetuned": finetuned.metrics,
-        "run": {
-            "adapter": requested,
-            "base_model": model_cfg.base_model,
-            "split": config.eval.split,
-            "num_examples": len(rows),
-            # Which rows were scored: the promotion gate compares only versions scored on the same ones.
-            "test_digest": rows_digest(rows),
-            "test_rows": len(rows),
-            "other_data": other_data,  # scored with another config than the run's own, on purpose
-            "task": config.task.kind,
-            "max_new_tokens": config.eval.max_new_tokens,
-            "mlflow_run_id": source.run_id,
-            "model_version": source.version,
-            "device": device,
-            "wall_time_s": round(time.perf_counter() - started, 1),  # loading + scoring both models
+        "baselines": _baselines(columns, few_shot=few_shot),
+        "intervals": paired_intervals(
+            {name: column.row_scores for name, column in columns.items()},
+            resamples=config.eval.bootstrap_resamples,
+            seed=config.train.seed,
+        ),
+        "error_analysis": _error_analysis(config, rows=rows, train_rows=train_rows, columns=columns),
+        **({"judge": judge} if judge else {}),
+        # The promotion gate's significance check pairs these with the champion's, row by row.
+        "row_scores": {
+            "finetuned": {name: [round(v, 6) for v in values] for name, values in finetuned.row_scores.items()}
         },
+        "run": _run_record(
+            config, requested=requested, source=source, model_cfg=model_cfg, rows=rows, device=device, started=started
+        )
+        | {"other_data": other_data},  # scored with another config than the run's own, on purpose
         # The first eval.num_examples answers side by side, for `report` (README and model card).
         "examples": examples[: config.eval.num_examples],
     }
@@ -123,6 +139,34 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None, other_dat
     if config.tracking.enabled and source.run_id:
         _track(config, report=report, report_dir=out, examples=examples)
     return report
+
+
+def _run_record(
+    config: Config,
+    *,
+    requested: str,
+    source: ModelSource,
+    model_cfg: ModelConfig,
+    rows: list[Conversation],
+    device: Device,
+    started: float,
+) -> dict[str, Any]:
+    """eval.json's `run`: what was scored, on which rows, with which model, and how long it took."""
+    return {
+        "adapter": requested,
+        "base_model": model_cfg.base_model,
+        "split": config.eval.split,
+        "num_examples": len(rows),
+        # Which rows were scored: the promotion gate compares only versions scored on the same ones.
+        "test_digest": rows_digest(rows),
+        "test_rows": len(rows),
+        "task": config.task.kind,
+        "max_new_tokens": config.eval.max_new_tokens,
+        "mlflow_run_id": source.run_id,
+        "model_version": source.version,
+        "device": device,
+        "wall_time_s": round(time.perf_counter() - started, 1),  # loading + scoring every column
+    }
 
 
 def scored_rows(config: Config, *, system_prompt: str | None) -> list[Conversation]:
@@ -140,16 +184,95 @@ def rows_digest(rows: list[Conversation]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _score_both(
-    config: Config, *, source: ModelSource, model_cfg: ModelConfig, rows: list[Conversation], device: Device
-) -> tuple[Scored, Scored]:
-    """The base model (adapter switched off) and the fine-tuned one, on the same rows and prompts."""
+def training_rows(config: Config) -> list[Conversation]:
+    """The training split's conversations: where the baselines take their answers and examples from."""
+    from .data import load_splits
+
+    return list(load_splits(config.data, system_prompt=config.task.system_prompt)["train"]["messages"])
+
+
+def _score_columns(
+    config: Config,
+    *,
+    source: ModelSource,
+    model_cfg: ModelConfig,
+    rows: list[Conversation],
+    train_rows: list[Conversation],
+    device: Device,
+) -> tuple[dict[str, Scored], dict[str, Any] | None]:
+    """Every column on the same rows: `majority` (no model), then one model load for `base` and `few_shot`
+    (the adapter switched off) and `finetuned`. Returns the columns and the few-shot settings (None when
+    eval.few_shot is 0). A few-shot setting that cannot work is refused before anything is generated."""
+    k, task = config.eval.few_shot, config.task.kind
+    examples = pick_examples(train_rows, k=k, seed=config.train.seed, scored_rows=rows) if k else []
     tokenizer = load_tokenizer(source.tokenizer_dir)  # carries the chat template training used
     model = load_finetuned(model_cfg, adapter_dir=source.adapter_dir, device=device)
+    shot_rows = few_shot_rows(rows, examples=examples) if k else []
+    prompt_tokens = [len(_chat_ids(tokenizer, row[:-1], add_generation_prompt=True)) for row in shot_rows]
+    context = getattr(model.config, "max_position_embeddings", None)
+    check_context(prompt_tokens, max_new_tokens=config.eval.max_new_tokens, context=context, k=k)
+    columns = {"majority": score_answers([majority_answer(train_rows, task=task)] * len(rows), rows=rows, task=task)}
+    scoring = {"tokenizer": tokenizer, "eval_cfg": config.eval, "task": task, "device": device}
     with model.disable_adapter():
-        base = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.task.kind, device=device)
-    finetuned = score(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, task=config.task.kind, device=device)
-    return base, finetuned
+        columns["base"] = score(model, rows=rows, **scoring)
+        if k:
+            columns["few_shot"] = score(model, rows=shot_rows, **scoring)
+    columns["finetuned"] = score(model, rows=rows, **scoring)
+    few_shot = None
+    if k:
+        # Recorded so that anyone can check that no scored row was shown as an example.
+        few_shot = {"k": k, "prompt_tokens": prompt_token_stats(prompt_tokens), "seed": config.train.seed}
+        few_shot["example_digests"] = [row_digest(example) for example in examples]
+    return columns, few_shot
+
+
+def _judge_ready(config: Config) -> bool:
+    """Whether the LLM judge scores this evaluation (generic task, eval.judge.base_url set); its endpoint is
+    checked now (JudgeError naming the URL when it does not answer)."""
+    if not config.eval.judge.base_url or config.task.kind != "generic":
+        return False
+    from .judge import check_reachable
+
+    check_reachable(config.eval.judge)
+    return True
+
+
+def _judge(config: Config, *, rows: list[Conversation], columns: dict[str, Scored]) -> dict[str, Any]:
+    """The LLM judge's scores of the base and fine-tuned answers (generic task, eval.judge.base_url set)."""
+    from .judge import judge_answers
+
+    judged = {
+        name: judge_answers(config.eval.judge, rows=rows, answers=columns[name].answers)
+        for name in ("base", "finetuned")
+    }
+    for name, result in judged.items():
+        log.info("judge %s: mean score %s, %d failures", name, result["mean_score"], result["judge_failures"])
+    return judged
+
+
+def _baselines(columns: dict[str, Scored], *, few_shot: dict[str, Any] | None) -> dict[str, Any]:
+    """eval.json's `baselines`: each baseline's metrics, with what it answered (majority) or how (few-shot)."""
+    baselines: dict[str, Any] = {
+        "majority": columns["majority"].metrics
+        | {"answer": columns["majority"].answers[0] if columns["majority"].answers else ""}
+    }
+    if few_shot is not None:
+        baselines["few_shot"] = columns["few_shot"].metrics | few_shot
+    return baselines
+
+
+def _error_analysis(
+    config: Config, *, rows: list[Conversation], train_rows: list[Conversation], columns: dict[str, Scored]
+) -> dict[str, Any]:
+    """The fine-tuned model's errors (extraction task), or its worst rows by ROUGE-L (generic task)."""
+    from .error_analysis import analyse, worst_rows
+
+    answers = {name: column.answers for name, column in columns.items() if name != "majority"}
+    if config.task.kind != "extraction":
+        scores = columns["finetuned"].row_scores
+        return {"model": "finetuned", "worst_rows": worst_rows(rows, scores=scores, metric="rouge_l", answers=answers)}
+    train_answers = [row[-1]["content"] for row in train_rows]
+    return analyse(rows, train_answers=train_answers, scores=columns["finetuned"].row_scores, answers=answers)
 
 
 # ---- the run's own config ------------------------------------------------------------------------------
@@ -267,10 +390,15 @@ def score(
     """Loss, greedy answers and task metrics of `model` as it is now (adapter on or off)."""
     loss = answer_loss(model, tokenizer=tokenizer, rows=rows, batch_size=eval_cfg.batch_size, device=device)
     answers = generate_answers(model, tokenizer=tokenizer, rows=rows, eval_cfg=eval_cfg, device=device)
-    expected = [row[-1]["content"] for row in rows]
+    scored = score_answers(answers, rows=rows, task=task)
     metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}  # capped: exp overflows past ~709
-    metrics |= extraction_metrics(answers, expected) if task == "extraction" else generic_metrics(answers, expected)
-    return Scored(metrics=metrics, answers=answers)
+    return Scored(metrics=metrics | scored.metrics, answers=answers, row_scores=scored.row_scores)
+
+
+def score_answers(answers: list[str], *, rows: list[Conversation], task: str) -> Scored:
+    """The task metrics of given answers to `rows` (per row, and their means); no loss, no model."""
+    scores = row_scores(answers, [row[-1]["content"] for row in rows], task=task)
+    return Scored(metrics=means(scores), answers=answers, row_scores=scores)
 
 
 # ---- loss -----------------------------------------------------------------------------------------------
@@ -374,40 +502,12 @@ def generate_answers(
 
 def extraction_metrics(answers: list[str], expected: list[str]) -> dict[str, float]:
     """JSON validity, per-field and mean accuracy, and exact match of the extracted objects."""
-    from .task import parse_prediction
-
-    predicted = [parse_prediction(answer) for answer in answers]
-    targets = [parse_prediction(text) or {} for text in expected]
-    fields = list(dict.fromkeys(key for target in targets for key in target))  # in first-seen order
-    n = max(len(answers), 1)
-    metrics = {"json_valid_rate": sum(p is not None for p in predicted) / n}
-    for field in fields:
-        metrics[f"field_accuracy_{field}"] = (
-            sum(_right(p, t, field) for p, t in zip(predicted, targets, strict=True)) / n
-        )
-    metrics["field_accuracy"] = sum(metrics[f"field_accuracy_{f}"] for f in fields) / max(len(fields), 1)
-    metrics["exact_match"] = (
-        sum(all(_right(p, t, f) for f in fields) for p, t in zip(predicted, targets, strict=True)) / n
-    )
-    return metrics
-
-
-def _right(predicted: dict | None, target: dict, field: str) -> bool:
-    """A field is right when the answer has the key with the expected value (a missing key is wrong, even
-    where null is expected: the schema asks for every key)."""
-    return predicted is not None and field in predicted and predicted[field] == target.get(field)
+    return means(extraction_row_scores(answers, expected))
 
 
 def generic_metrics(answers: list[str], expected: list[str]) -> dict[str, float]:
     """Exact match after trimming whitespace, and mean ROUGE-L F1 (longest common subsequence of words)."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    n = max(len(answers), 1)
-    return {
-        "exact_match": sum(a.strip() == e.strip() for a, e in zip(answers, expected, strict=True)) / n,
-        "rouge_l": sum(scorer.score(e, a)["rougeL"].fmeasure for a, e in zip(answers, expected, strict=True)) / n,
-    }
+    return means(generic_row_scores(answers, expected))
 
 
 # ---- reports --------------------------------------------------------------------------------------------
@@ -441,9 +541,62 @@ def _metrics_table(report: dict[str, Any]) -> list[str]:
             "that data or task, not the model's own results.",
             "",
         ]
-    base, tuned = report["base"], report["finetuned"]
-    rows = [(name, f"{base[name]:.4f}", f"{tuned[name]:.4f}", f"{tuned[name] - base[name]:+.4f}") for name in base]
-    return lines + table(("metric", "base", "fine-tuned", "change"), rows, align="lrrr")
+    return lines + _columns_table(report)
+
+
+def _columns_table(report: dict[str, Any]) -> list[str]:
+    """Every metric in every column (majority, base, few-shot, fine-tuned) with its 95% interval, then the
+    fine-tuned model's lead over the base model with the interval of that difference."""
+    from .error_analysis import markdown as error_markdown
+
+    base, tuned, intervals = report["base"], report["finetuned"], report.get("intervals") or {}
+    baselines = report.get("baselines") or {}
+    columns = {"majority": baselines.get("majority"), "base": base, "few_shot": baselines.get("few_shot")}
+    columns = {name: values for name, values in (columns | {"finetuned": tuned}).items() if values is not None}
+    lead = (intervals.get("differences") or {}).get("finetuned_minus_base", {})
+    rows = []
+    for name in base:
+        cells = [
+            _with_interval(values.get(name), (intervals.get("columns") or {}).get(column, {}).get(name))
+            for column, values in columns.items()
+        ]
+        change = lead.get(name) or {"estimate": tuned[name] - base[name]}
+        rows.append((name, *cells, _with_interval(change["estimate"], lead.get(name), sign="+")))
+    headers = ("metric", *(COLUMN_TITLES[column] for column in columns), "fine-tuned - base")
+    lines = table(headers, rows, align="l" + "r" * (len(headers) - 1))
+    resamples = intervals.get("resamples")
+    if resamples:
+        lines += [
+            "",
+            f"[low, high]: 95% paired-bootstrap interval over the scored rows ({resamples} resamples, "
+            f"seed {intervals.get('seed')}). A change whose interval holds 0 may be noise.",
+        ]
+    few_shot = baselines.get("few_shot")
+    if few_shot:
+        lines += [
+            "",
+            f"few-shot: the base model with {few_shot['k']} training examples as earlier chat turns "
+            f"(prompts of {few_shot['prompt_tokens']['mean']:g} tokens on average, "
+            f"{few_shot['prompt_tokens']['max']} at most).",
+        ]
+    for column, judged in (report.get("judge") or {}).items():
+        mean = "none" if judged["mean_score"] is None else f"{judged['mean_score']:.2f}"
+        lines += [
+            "",
+            f"judge `{judged['model']}` on {column}: mean score {mean} (1-5), {judged['judge_failures']} "
+            f"failures (not scored); rubric sha256 `{judged['rubric_sha256'][:12]}`, raw answers in eval.json.",
+        ]
+    return lines + error_markdown(report.get("error_analysis") or {})
+
+
+COLUMN_TITLES = {"majority": "majority", "base": "base", "few_shot": "few-shot", "finetuned": "fine-tuned"}
+
+
+def _with_interval(value: float | None, interval: dict[str, float] | None, *, sign: str = "") -> str:
+    if value is None:
+        return ""
+    text = f"{value:{sign}.4f}"
+    return f"{text} [{interval['low']:{sign}.4f}, {interval['high']:{sign}.4f}]" if interval else text
 
 
 def _examples(rows: list[Conversation], *, base: Scored, finetuned: Scored, n: int) -> list[str]:

@@ -126,6 +126,8 @@ def promote(config: Config, *, version: str | None = None, report_dir: Path | No
         promoted, reason = True, f"version {candidate.version} is already {CHAMPION}"
     else:
         promoted, reason = _judge(candidate_score, champion_score, direction=config.tracking.promotion_direction)
+        if promoted and champion_score is not None and config.tracking.require_significant:
+            promoted, reason = _significant(mlflow_client, candidate_score, champion_score, config=config)
     decision = Decision(
         model=name,
         candidate_version=str(candidate.version),
@@ -195,6 +197,53 @@ def _not_comparable(candidate: _Score, champion: _Score) -> str | None:
         f"rows, digest {champion.test_digest[:12]}). Evaluate both on the same data and eval settings (split, "
         "max_samples); a model of another task belongs under another `project` name (its own registered model)"
     )
+
+
+def _significant(
+    mlflow_client: MlflowClient, candidate: _Score, champion: _Score, *, config: Config
+) -> tuple[bool, str]:
+    """tracking.require_significant: the candidate wins only when the paired-bootstrap interval of its
+    improvement over the champion, row by row on the same test rows, excludes zero. Both runs' eval.json
+    (logged by `evaluate`) must hold per-row scores of the metric; without them nothing is promoted."""
+    from .bootstrap import excludes_zero, paired_intervals
+
+    model, _, metric = config.tracking.promotion_metric.partition(".")
+    scores = {}
+    for role, score in (("candidate", candidate), ("champion", champion)):
+        values = _row_scores(mlflow_client, score.version.run_id).get(model, {}).get(metric)
+        if values is None:
+            return False, (
+                f"not compared, the champion stays: the {role} (version {score.version.version}) has no per-row "
+                f"scores of {config.tracking.promotion_metric} for tracking.require_significant (evaluated by an "
+                f"older version); evaluate it again ({score.evaluate_command()})"
+            )
+        scores[role] = {metric: values}
+    intervals = paired_intervals(
+        scores, resamples=config.eval.bootstrap_resamples, seed=config.train.seed, reference="candidate"
+    )
+    gain = intervals["differences"]["candidate_minus_champion"][metric]
+    direction = config.tracking.promotion_direction
+    shown = f"{gain['estimate']:+.4g} [{gain['low']:+.4g}, {gain['high']:+.4g}] (95% paired bootstrap)"
+    if excludes_zero(gain, direction=direction):
+        return True, f"candidate {candidate.value:.4g} beats champion {champion.value:.4g} ({direction}): {shown}"
+    return False, (
+        f"candidate {candidate.value:.4g} vs champion {champion.value:.4g}: the difference {shown} includes 0, "
+        "so it may be noise (tracking.require_significant); the champion stays"
+    )
+
+
+def _row_scores(mlflow_client: MlflowClient, run_id: str) -> dict[str, dict[str, list[float]]]:
+    """eval.json's `row_scores` from the run's `evaluation/` artifacts; {} when it has none."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = mlflow_client.download_artifacts(run_id, "evaluation/eval.json", folder)
+            return json.loads(Path(path).read_text(encoding="utf-8")).get("row_scores") or {}
+        except (MlflowException, OSError, json.JSONDecodeError):
+            return {}
 
 
 def _record(mlflow_client: MlflowClient, decision: Decision, *, report_dir: Path | None) -> None:

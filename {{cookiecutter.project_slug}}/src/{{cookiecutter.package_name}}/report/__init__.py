@@ -5,10 +5,12 @@
 
 Reads reports/eval.json (written by `evaluate`), the run's loss history (its MLflow run, or
 outputs/<run>/train_log.json when tracking is off), the run's resolved config.yaml and
-reports/promotion.json. Writes reports/loss_curves.png, reports/metrics.png, reports/field_accuracy.png
-(extraction task), MODEL_CARD.md, and two parts of the README: the results between `<!-- results:start -->`
-and `<!-- results:end -->`, and the intro's task paragraph between `<!-- task:start -->` and
-`<!-- task:end -->` (from the run's `task` config); everything outside the markers is kept byte for byte.
+reports/promotion.json (and reports/benchmark_serve.json when the serving benchmark wrote it). Writes
+reports/loss_curves.png, reports/metrics.png (every column, 95% error bars), reports/field_accuracy.png and
+reports/confusion.png (extraction task), MODEL_CARD.md, and two parts of the README: the results between
+`<!-- results:start -->` and `<!-- results:end -->`, and the intro's task paragraph between
+`<!-- task:start -->` and `<!-- task:end -->` (from the run's `task` config); everything outside the markers
+is kept byte for byte.
 README and card describe the run's own task and data (origin and digest, epochs, warnings when the test
 split is small or the rows were seen many times), never the shipped example unless the run trained on it.
 The output depends only on those inputs (no dates, fixed figure size and dpi, no software version in the

@@ -15,7 +15,7 @@ from typing import Any
 from ..config import Config
 from ..data import USER_DATA
 from .facts import RunFacts
-from .summary import Settings, settings
+from .summary import LABELS, Settings, settings
 
 SMALL_TEST = 100  # scored examples: below this one answer moves a rate by more than a percentage point
 MANY_EPOCHS = 3  # passes over the training rows: beyond this a small model starts to learn the rows by heart
@@ -93,6 +93,8 @@ def warnings(facts: RunFacts) -> list[str]:
     scored = facts.run.get("num_examples")
     if isinstance(scored, int) and 0 < scored < SMALL_TEST:
         found.append(small_test_warning(scored, split=facts.run.get("split", "test"), record=data_record(facts)))
+    elif isinstance(scored, int) and scored >= SMALL_TEST:
+        found += wide_interval_warning(facts.results)
     values = settings(facts.run_config, facts.train_log)
     if values.epochs is not None and values.epochs > MANY_EPOCHS:
         found.append(epochs_warning(values, eval_loss=facts.history.get("eval_loss", [])))
@@ -113,6 +115,25 @@ def small_test_warning(scored: int, *, split: str, record: dict[str, Any]) -> st
         f"{1 / scored:.1%}, so treat differences below {noise:.0%} as noise (about two standard errors of a rate "
         "near 50%). More held-out rows give firmer numbers."
     )
+
+
+WIDE_INTERVAL = 0.10  # a 95% interval wider than 10 points cannot tell most fine-tuning changes from noise
+
+
+def wide_interval_warning(results: dict[str, Any]) -> list[str]:
+    """A warning when the fine-tuned headline metric's 95% interval is wider than WIDE_INTERVAL."""
+    for name in ("field_accuracy", "rouge_l", "exact_match"):
+        bounds = (((results.get("intervals") or {}).get("columns") or {}).get("finetuned") or {}).get(name)
+        if bounds:
+            width = bounds["high"] - bounds["low"]
+            if width <= WIDE_INTERVAL:
+                return []
+            return [
+                f"**The 95% interval of the fine-tuned {LABELS[name].lower()} is {width * 100:.0f} points wide** "
+                f"(over {WIDE_INTERVAL * 100:.0f}): changes smaller than that are not established. More held-out rows "
+                "narrow it (its width shrinks with the square root of their number)."
+            ]
+    return []
 
 
 def epochs_warning(values: Settings, *, eval_loss: list[tuple[int, float]]) -> str:

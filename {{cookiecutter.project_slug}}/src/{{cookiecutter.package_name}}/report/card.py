@@ -14,7 +14,20 @@ from ..registry import is_model_uri
 from .about import data_record, data_text, is_example_data, scoring_text, task_description, task_name, warnings
 from .facts import RunFacts, display_path
 from .markdown import table
-from .summary import LABELS, RATES, Settings, cost, hardware, length_text, metrics_table, settings, wall_time
+from .summary import (
+    LABELS,
+    RATES,
+    Settings,
+    cost,
+    error_kinds_text,
+    hardware,
+    interval_notes,
+    length_text,
+    metrics_table,
+    parameters_text,
+    settings,
+    wall_time,
+)
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCardData
@@ -57,6 +70,8 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
         "wall_time": wall_time(facts),
         "cost": cost(facts, hourly=hourly_cost),
         "metrics": "\n".join(metrics_table(facts.results)),
+        "metric_notes": [*interval_notes(facts.results), *filter(None, [error_kinds_text(facts.results)])],
+        "parameters": parameters_text(facts.train_log),
         # A registry URI is no folder a reader has: point at where training writes the adapter instead.
         "usage_adapter": "outputs/<run>/adapter" if is_model_uri(adapter) else display_path(Path(adapter)),
         "mlflow_run_id": run.get("mlflow_run_id"),

@@ -1,4 +1,5 @@
-"""The report's PNGs: loss curves, base vs fine-tuned metrics, per-field accuracy (extraction task).
+"""The report's PNGs: loss curves, every column's metrics with 95% error bars, per-field accuracy and the
+confusion of the categorical fields (extraction task).
 
 Same inputs, same bytes: fixed figure size and dpi, matplotlib's default style whatever the user's
 matplotlibrc says, and no software version or date in the files.
@@ -9,12 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from .facts import RunFacts
-from .summary import LABELS, RATES
+from .summary import COLUMNS, LABELS, RATES, columns, interval
 
-PLOTS = {"loss": "loss_curves.png", "metrics": "metrics.png", "fields": "field_accuracy.png"}
+PLOTS = {
+    "loss": "loss_curves.png",
+    "metrics": "metrics.png",
+    "fields": "field_accuracy.png",
+    "confusion": "confusion.png",
+}
 DPI = 100  # with FIGSIZE: 900 x 450 pixels, sharp on GitHub without a heavy file
 FIGSIZE = (9.0, 4.5)  # inches
 BASE_COLOR, TUNED_COLOR = "#9e9e9e", "#1f77b4"
+COLORS = {"majority": "#d9d9d9", "base": BASE_COLOR, "few_shot": "#ff7f0e", "finetuned": TUNED_COLOR}
 SHORT = {"json_valid_rate": "Valid\nJSON", "field_accuracy": "Field accuracy\n(mean)", "exact_match": "Exact\nmatch"}
 
 
@@ -29,9 +36,12 @@ def write_plots(facts: RunFacts, *, out: Path) -> dict[str, Path]:
     with matplotlib.style.context("default"):  # the user's matplotlibrc must not change the bytes
         if facts.history["loss"]:
             plots["loss"] = _save(_loss_figure(facts), out / PLOTS["loss"])
-        plots["metrics"] = _save(_metrics_figure(base, tuned), out / PLOTS["metrics"])
+        plots["metrics"] = _save(_metrics_figure(facts.results), out / PLOTS["metrics"])
         if fields:
             plots["fields"] = _save(_fields_figure(base, tuned, fields), out / PLOTS["fields"])
+        confusion = (facts.results.get("error_analysis") or {}).get("confusion")
+        if confusion:
+            plots["confusion"] = _save(_confusion_figure(confusion), out / PLOTS["confusion"])
     return plots
 
 
@@ -70,24 +80,54 @@ def _loss_figure(facts: RunFacts):
     return figure
 
 
-def _metrics_figure(base: dict[str, float], tuned: dict[str, float]):
+def _metrics_figure(results: dict):
+    """Rates of every column, with the 95% interval as error bars; the loss of the model columns beside."""
     import numpy as np
     from matplotlib.ticker import PercentFormatter
 
     figure, (left, right) = _figure(width_ratios=(2, 1))
-    rates = [name for name in RATES if name in tuned]
-    x = np.arange(len(rates))
-    for offset, values, label, color in ((-0.2, base, "base", BASE_COLOR), (0.2, tuned, "fine-tuned", TUNED_COLOR)):
-        bars = left.bar(x + offset, [values[name] for name in rates], width=0.4, label=label, color=color)
-        left.bar_label(bars, labels=[f"{values[name]:.0%}" for name in rates], fontsize=8)
-    left.set(xticks=x, yticks=np.linspace(0, 1, 6), ylim=(0, 1.25), title="Held-out metrics (higher is better)")
+    shown = columns(results)
+    rates = [name for name in RATES if name in results["finetuned"]]
+    x, width = np.arange(len(rates)), 0.8 / len(shown)
+    for i, (key, values) in enumerate(shown.items()):
+        heights = [values.get(name, 0.0) for name in rates]
+        bounds = [interval(results, "columns", key, name) for name in rates]
+        errors = [
+            [h - b["low"] if b else 0.0 for h, b in zip(heights, bounds, strict=True)],
+            [b["high"] - h if b else 0.0 for h, b in zip(heights, bounds, strict=True)],
+        ]
+        offset = (i - (len(shown) - 1) / 2) * width
+        bars = left.bar(x + offset, heights, width=width, label=COLUMNS[key], color=COLORS[key], yerr=errors, capsize=3)
+        left.bar_label(bars, labels=[f"{h:.0%}" for h in heights], fontsize=7, padding=2)
+    left.set(xticks=x, yticks=np.linspace(0, 1, 6), ylim=(0, 1.3), title="Held-out metrics, 95% intervals")
     left.set_xticklabels([SHORT.get(name, LABELS[name]) for name in rates])
     left.yaxis.set_major_formatter(PercentFormatter(1.0))
-    left.legend(loc="upper center", ncols=2)
-    losses = [base["eval_loss"], tuned["eval_loss"]]
-    bars = right.bar(["base", "fine-tuned"], losses, color=[BASE_COLOR, TUNED_COLOR], width=0.6)
+    left.legend(loc="upper center", ncols=len(shown), fontsize=8)
+    with_loss = [key for key, values in shown.items() if "eval_loss" in values]
+    losses = [shown[key]["eval_loss"] for key in with_loss]
+    bars = right.bar([COLUMNS[key].replace(" ", "\n") for key in with_loss], losses,
+                     color=[COLORS[key] for key in with_loss], width=0.6)  # fmt: skip
     right.bar_label(bars, labels=[f"{value:.2f}" for value in losses], fontsize=8)
     right.set(title="Loss per answer token\n(lower is better)", ylim=(0, max(losses) * 1.15 or 1))
+    return figure
+
+
+def _confusion_figure(confusion: dict):
+    """One heat-map panel per categorical field: expected label (rows) against answered label (columns)."""
+    figure, axes = _figure(width_ratios=tuple(max(len(c["answered"]), 3) for c in confusion.values()))
+    for ax, (field, counts) in zip(axes, confusion.items(), strict=True):
+        matrix = counts["counts"]
+        ax.imshow(matrix, cmap="Blues", aspect="auto")
+        peak = max((max(row) for row in matrix), default=0)
+        for r, row in enumerate(matrix):
+            for c, count in enumerate(row):
+                if count:
+                    color = "white" if count > peak / 2 else "black"
+                    ax.text(c, r, str(count), ha="center", va="center", fontsize=7, color=color)
+        ax.set_xticks(range(len(counts["answered"])), counts["answered"], rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(counts["expected"])), counts["expected"], fontsize=7)
+        ax.set(title=field, xlabel="answered", ylabel="expected")
+    figure.suptitle("Fine-tuned answers per categorical field (diagonal = right)")
     return figure
 
 

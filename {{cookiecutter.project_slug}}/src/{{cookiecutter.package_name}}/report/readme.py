@@ -15,13 +15,30 @@ from ..config import Config
 from .about import data_text, task_name, warnings
 from .facts import ReportError, RunFacts, display_path
 from .markdown import answer_cell, table
-from .summary import Settings, cost, hardware, length_text, metrics_table, settings, wall_time
+from .summary import (
+    Settings,
+    cost,
+    error_kinds_text,
+    hardware,
+    interval_notes,
+    length_text,
+    metrics_table,
+    parameters_text,
+    serving_lines,
+    settings,
+    wall_time,
+)
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TASK_START, TASK_END = "<!-- task:start -->", "<!-- task:end -->"
 RESULTS = (START, END, "the results section", "where the results should go")
 TASK = (TASK_START, TASK_END, "the intro's task paragraph", "around the paragraph that describes the task")
-TITLES = {"loss": "Training and validation loss", "metrics": "Base vs fine-tuned", "fields": "Per-field accuracy"}
+TITLES = {
+    "loss": "Training and validation loss",
+    "metrics": "Baselines vs fine-tuned, 95% intervals",
+    "fields": "Per-field accuracy",
+    "confusion": "Confusion of the categorical fields",
+}
 SAMPLE_ROWS = (("input", "input"), ("expected", "expected"), ("base", "base"), ("finetuned", "fine-tuned"))
 SAMPLE_CHARS = 200  # per cell: a long, rambling answer must not push the rest of the README off the screen
 
@@ -87,13 +104,16 @@ def results_section(facts: RunFacts, *, plots: dict[str, Path], readme_dir: Path
         f"<!-- Written by `report` from {display_path(Path(config.eval.report_dir) / 'eval.json')} and the "
         "training run; edits here are overwritten. -->",
         "",
-        f"`{cfg.model.base_model}` fine-tuned with LoRA for **{task_name(cfg)}**, scored against the base model "
+        f"`{cfg.model.base_model}` fine-tuned with LoRA for **{task_name(cfg)}**, scored against its baselines "
         f"on {run.get('num_examples', '?')} held-out examples of the `{run.get('split', 'test')}` split "
         f"(greedy decoding, at most {run.get('max_new_tokens', '?')} new tokens).",
         "",
         *metrics_table(facts.results),
         "",
     ]
+    lines += [*(f"{note}\n" for note in interval_notes(facts.results))]
+    errors = error_kinds_text(facts.results)
+    lines += [f"{errors}\n"] if errors else []
     for warning in warnings(facts):
         lines += [f"> {warning}", ""]
     if cfg.model.build_tiny:
@@ -105,6 +125,7 @@ def results_section(facts: RunFacts, *, plots: dict[str, Path], readme_dir: Path
         ]
     for key, path in plots.items():
         lines += [f"![{TITLES[key]}]({Path(os.path.relpath(path, readme_dir)).as_posix()})", ""]
+    lines += serving_lines(Path(config.eval.report_dir))
     lines += [
         *samples_markdown(facts.results.get("examples", [])[: config.report.num_samples]),
         *run_table(facts, config=config),
@@ -133,6 +154,7 @@ def run_table(facts: RunFacts, *, config: Config) -> list[str]:
         ("Config", _config_text(facts)),
         ("Data", data_text(facts)),
         ("Key settings", key_settings(settings(facts.run_config, facts.train_log))),
+        ("Trained parameters", parameters_text(facts.train_log) or "not recorded (trained before this was measured)"),
         ("Loss curves from", facts.history_source or "no training history found (train_log.json or MLflow)"),
         ("Hardware", hardware(facts)),
         ("Wall time", wall_time(facts)),

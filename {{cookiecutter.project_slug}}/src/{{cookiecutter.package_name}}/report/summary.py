@@ -5,6 +5,7 @@ the metrics table, the training settings, hardware, wall time and cost.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import Config
@@ -23,16 +24,137 @@ LABELS = {
 RATES = ("json_valid_rate", "field_accuracy", "exact_match", "rouge_l")  # shares in [0, 1]
 
 
+COLUMNS = {"majority": "Majority", "base": "Base zero-shot", "few_shot": "Base few-shot", "finetuned": "Fine-tuned"}
+HEADLINE = ("field_accuracy", "rouge_l", "exact_match")  # the first one a task has is its headline metric
+
+
+def columns(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The scored columns in display order: majority and few-shot when eval.json has them (older ones do not)."""
+    baselines = results.get("baselines") or {}
+    found = {"majority": baselines.get("majority"), "base": results["base"], "few_shot": baselines.get("few_shot")}
+    return {name: values for name, values in (found | {"finetuned": results["finetuned"]}).items() if values}
+
+
+def interval(results: dict[str, Any], group: str, key: str, name: str) -> dict[str, float] | None:
+    """eval.json's interval of metric `name` for a column (group "columns") or a difference ("differences")."""
+    return (((results.get("intervals") or {}).get(group) or {}).get(key) or {}).get(name)
+
+
 def metrics_table(results: dict[str, Any]) -> list[str]:
-    """Base vs fine-tuned for every metric both have: rates in percent, changes in percentage points."""
-    base, tuned = results["base"], results["finetuned"]
+    """Every column for every metric the fine-tuned model has: rates in percent with their 95% interval
+    ("79.4% [75.0, 83.3]"), changes (fine-tuned minus base zero-shot) in percentage points."""
+    shown, base, tuned = columns(results), results["base"], results["finetuned"]
     names = [*(n for n in RATES if n in tuned), "eval_loss", "perplexity"]
-    rows = [
-        (LABELS[name], _fmt(name, base[name]), _fmt(name, tuned[name]), _delta(name, base[name], tuned[name]))
-        for name in names
-        if name in tuned and name in base
+    rows = []
+    for name in (n for n in names if n in tuned and n in base):
+        cells = [
+            _cell(name, values.get(name), interval(results, "columns", key, name)) for key, values in shown.items()
+        ]
+        change = _delta(name, base[name], tuned[name])
+        gain = interval(results, "differences", "finetuned_minus_base", name)
+        rows.append(
+            (LABELS[name], *cells, change + (f" [{_points(gain['low'])}, {_points(gain['high'])}]" if gain else ""))
+        )
+    headers = (
+        "Metric",
+        *(COLUMNS[key] if len(shown) > 2 else COLUMNS[key].removesuffix(" zero-shot") for key in shown),
+    )
+    return table((*headers, "Change"), rows, align="l" + "r" * (len(headers)))
+
+
+def _cell(name: str, value: float | None, bounds: dict[str, float] | None) -> str:
+    if value is None:
+        return "n/a"  # the majority baseline has no loss: it is no model
+    if name in RATES and bounds:
+        return f"{value:.1%} [{bounds['low'] * 100:.1f}, {bounds['high'] * 100:.1f}]"
+    return _fmt(name, value)
+
+
+def _points(value: float) -> str:
+    return f"{value * 100:+.1f}"
+
+
+def interval_notes(results: dict[str, Any]) -> list[str]:
+    """What the brackets mean, and the fine-tuned model's lead over each baseline on the headline metric."""
+    intervals = results.get("intervals") or {}
+    headline = next((name for name in HEADLINE if name in results["finetuned"]), None)
+    if not intervals.get("differences") or headline is None:
+        return []
+    leads = []
+    for key, label in COLUMNS.items():
+        gain = interval(results, "differences", f"finetuned_minus_{key}", headline)
+        if gain:
+            leads.append(
+                f"{label.lower()} {_points(gain['estimate'])} pp [{_points(gain['low'])}, {_points(gain['high'])}]"
+            )
+    return [
+        f"[low, high]: 95% paired-bootstrap interval over the {intervals.get('rows')} scored rows "
+        f"({intervals.get('resamples')} resamples); Change = fine-tuned minus base zero-shot. Fine-tuned "
+        f"{LABELS[headline].lower()} minus {', minus '.join(leads)}: an interval that holds 0 is no evidence of a "
+        "difference."
     ]
-    return table(("Metric", "Base", "Fine-tuned", "Change"), rows, align="lrrr")
+
+
+def error_kinds_text(results: dict[str, Any]) -> str | None:
+    """One line: the share of each kind of error of the fine-tuned answers (extraction task)."""
+    kinds = (results.get("error_analysis") or {}).get("error_kinds")
+    if not kinds or not kinds.get("errors"):
+        return None
+    shares = ", ".join(
+        f"{kind.replace('_', ' ')} {share:.0%}" for kind, share in kinds["shares"].items() if kinds["counts"][kind]
+    )
+    return (
+        f"**Errors of the fine-tuned model** ({kinds['errors']} wrong fields or extra keys): {shares}. "
+        "`reports/eval.md` has the confusion tables and the worst rows."
+    )
+
+
+SERVING_FILE = "benchmark_serve.json"  # scripts/benchmark_serve.py --out reports/benchmark_serve.json
+
+
+def serving_lines(report_dir: Path) -> list[str]:
+    """The serving benchmark's p50/p95 latency and throughput per mode, when scripts/benchmark_serve.py wrote
+    its results to reports/benchmark_serve.json."""
+    import json
+
+    path = report_dir / SERVING_FILE
+    try:
+        figures = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return []
+    results = figures.get("results") or []
+    if not results:
+        return []
+    rows = [
+        (r["mode"], r["clients"], f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}", f"{r['requests_per_s']:.2f}",
+         f"{r['tokens_per_s']:.0f}")
+        for r in results
+    ]  # fmt: skip
+    hardware_text = figures.get("hardware") or "not recorded"
+    return [
+        f"**Serving** (`scripts/benchmark_serve.py`, {results[0]['requests']} requests per run; hardware: "
+        f"{hardware_text}):",
+        "",
+        *table(("Mode", "Clients", "p50 ms", "p95 ms", "Requests/s", "Tokens/s"), rows, align="lrrrrr"),
+        "",
+    ]
+
+
+def parameters_text(train_log: dict[str, Any]) -> str | None:
+    """`1.2M of 135M parameters trained (0.9%)`, as `train` measured it; None for runs that did not record it."""
+    counts = train_log.get("parameters")
+    if not counts:
+        return None
+    return (
+        f"{_count(counts['trainable'])} of {_count(counts['total'])} parameters trained ({counts['share']:.2%}, LoRA)"
+    )
+
+
+def _count(n: int) -> str:
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 def _fmt(name: str, value: float) -> str:

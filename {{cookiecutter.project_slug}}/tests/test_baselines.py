@@ -1,0 +1,60 @@
+"""The majority and few-shot baselines (baselines.py): built from the training split only, never a scored row."""
+
+import json
+
+import pytest
+
+from {{ cookiecutter.package_name }}.baselines import (
+    BaselineError,
+    check_context,
+    few_shot_rows,
+    majority_answer,
+    pick_examples,
+    prompt_token_stats,
+    row_digest,
+)
+
+
+def chat(user: str, answer: str, system: str | None = "Extract.") -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+TRAIN = [
+    chat("a", '{"intent": "track", "qty": 1, "tags": ["x"]}'),
+    chat("b", '{"intent": "cancel", "qty": 1, "tags": ["x"]}'),
+    chat("c", '{"intent": "track", "qty": 2, "tags": []}'),
+    chat("d", '{"intent": "cancel", "qty": null, "tags": ["x"]}'),
+    chat("e", '{"intent": "track", "qty": null, "tags": ["x"]}'),
+]
+
+
+def test_majority_answer_is_each_fields_most_common_training_value():
+    assert json.loads(majority_answer(TRAIN, task="extraction")) == {"intent": "track", "qty": 1, "tags": ["x"]}
+    assert majority_answer([chat("q", "yes"), chat("r", "no"), chat("s", "no")], task="generic") == "no"
+
+
+def test_few_shot_examples_come_from_training_never_a_scored_row_and_are_seeded():
+    scored = [chat("c", '{"intent": "track", "qty": 2, "tags": []}', system="Other system prompt"), chat("z", "{}")]
+    picks = [pick_examples(TRAIN, k=4, seed=seed, scored_rows=scored) for seed in (0, 0, 1)]
+    assert picks[0] == picks[1] and {row_digest(r) for r in picks[0]} == {row_digest(r) for r in picks[2]}
+    assert row_digest(scored[0]) not in {row_digest(row) for row in picks[0]}  # "c" is a scored row: skipped
+    with pytest.raises(BaselineError, match=r"eval.few_shot=5 .* only 4 rows .* at most 4 \(0 turns"):
+        pick_examples(TRAIN, k=5, seed=0, scored_rows=scored)
+
+
+def test_few_shot_rows_put_the_examples_as_earlier_turns_after_the_system_prompt():
+    examples = TRAIN[:2]
+    (row,) = few_shot_rows([chat("new", "{}")], examples=examples)
+    assert [m["role"] for m in row] == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    assert [m["content"] for m in row[1:3]] == ["a", TRAIN[0][-1]["content"]]
+    assert row[-2:] == chat("new", "{}")[-2:]
+    (plain,) = few_shot_rows([chat("new", "{}", system=None)], examples=examples)
+    assert [m["role"] for m in plain][:2] == ["user", "assistant"]
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_naming_the_key():
+    check_context([100, 400], max_new_tokens=100, context=500, k=3)  # fits exactly
+    with pytest.raises(BaselineError, match=r"eval.few_shot=3: the longest few-shot prompt has 401 tokens.*2048"):
+        check_context([401], max_new_tokens=1648, context=2048, k=3)
+    assert prompt_token_stats([10, 20, 33]) == {"mean": 21.0, "max": 33, "total": 63}
