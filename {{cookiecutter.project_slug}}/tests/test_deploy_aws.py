@@ -22,6 +22,11 @@ ROLE = "arn:aws:iam::111122223333:role/sagemaker-exec"
 GOOD = {"AWS_REGION": REGION, "SAGEMAKER_ROLE_ARN": ROLE, "IMAGE_TAG": "v1"}
 REGISTRY = f"111122223333.dkr.ecr.{REGION}.amazonaws.com"
 IMAGE = f"{REGISTRY}/{PROJECT}:v1"
+VARIANT_RESOURCE = {
+    "ServiceNamespace": "sagemaker",
+    "ResourceId": f"endpoint/{PROJECT}/variant/AllTraffic",
+    "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+}
 
 
 def script(name: str, **env: str) -> subprocess.CompletedProcess:
@@ -63,7 +68,9 @@ def test_dry_run_prints_the_whole_deploy_in_order():
         f"+ aws ecr get-login-password --region {REGION} | docker login --username AWS --password-stdin {REGISTRY}",
         f"+ docker push {IMAGE}",
     ]
-    [(model_call, model), (config_call, config), (endpoint_call, endpoint), (wait_call, wait)] = map(call, lines[5:])
+    [(model_call, model), (config_call, config), (endpoint_call, endpoint), (wait_call, wait), *scaling] = map(
+        call, lines[5:]
+    )
     assert model_call == "sagemaker.create_model"
     assert model == {
         "ModelName": f"{PROJECT}-v1",
@@ -80,6 +87,24 @@ def test_dry_run_prints_the_whole_deploy_in_order():
         {"EndpointName": PROJECT, "EndpointConfigName": f"{PROJECT}-v1", "Tags": [aws.CREATED_BY]},
     )
     assert wait_call == "sagemaker.get_waiter('endpoint_in_service').wait" and wait == {"EndpointName": PROJECT}
+    assert variant["InitialInstanceCount"] == 1  # SAGEMAKER_MIN_INSTANCES
+    assert scaling == [
+        ("application-autoscaling.register_scalable_target", {**VARIANT_RESOURCE, "MinCapacity": 1, "MaxCapacity": 2}),
+        (
+            "application-autoscaling.put_scaling_policy",
+            {
+                "PolicyName": f"{PROJECT}-invocations",
+                **VARIANT_RESOURCE,
+                "PolicyType": "TargetTrackingScaling",
+                "TargetTrackingScalingPolicyConfiguration": {
+                    "TargetValue": 30.0,
+                    "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+                    "ScaleOutCooldown": 60,
+                    "ScaleInCooldown": 300,
+                },
+            },
+        ),
+    ]
 
 
 def test_dry_run_of_make_deploy_prints_the_same_sequence():
@@ -101,6 +126,8 @@ def test_dry_run_teardown_names_what_it_deletes():
     result = script("teardown.sh", DRY_RUN="1", **GOOD)
     assert result.returncode == 0, result.stderr
     assert [call(line) for line in steps(result.stdout)] == [
+        ("application-autoscaling.delete_scaling_policy", {"PolicyName": f"{PROJECT}-invocations", **VARIANT_RESOURCE}),
+        ("application-autoscaling.deregister_scalable_target", VARIANT_RESOURCE),
         ("sagemaker.delete_endpoint", {"EndpointName": PROJECT}),
         ("ecr.delete_repository", {"force": True, "repositoryName": PROJECT}),
     ]
@@ -143,6 +170,19 @@ def clients(monkeypatch):
         yield boto3.client("ecr", region_name=REGION), boto3.client("sagemaker", region_name=REGION)
 
 
+@pytest.fixture
+def autoscaling(clients):
+    """Application Auto Scaling on the same in-memory AWS."""
+    return boto3.client("application-autoscaling", region_name=REGION)
+
+
+def scaling_state(autoscaling) -> tuple[list, list]:
+    """(scalable targets, scaling policies) of SageMaker in the region."""
+    targets = autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    policies = autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    return targets, policies
+
+
 def push(ecr, repository: str, tag: str) -> None:
     """What `docker push` leaves in ECR: an image manifest under the tag."""
     manifest = {
@@ -167,7 +207,7 @@ def leftovers(ecr, sagemaker) -> dict[str, list]:
     }
 
 
-def test_deploy_reaches_in_service_and_teardown_leaves_nothing(clients):
+def test_deploy_reaches_in_service_scales_and_teardown_leaves_nothing(clients, autoscaling):
     ecr, sagemaker = clients
     values = aws.settings(GOOD, project=PROJECT)
     uri = aws.ensure_repository(ecr, values["ECR_REPOSITORY"])
@@ -175,9 +215,16 @@ def test_deploy_reaches_in_service_and_teardown_leaves_nothing(clients):
     assert aws.ensure_repository(ecr, values["ECR_REPOSITORY"]) == uri, "a second deploy reuses the repository"
     push(ecr, values["ECR_REPOSITORY"], values["IMAGE_TAG"])
 
-    endpoint = aws.deploy_endpoint(sagemaker, values, delay_s=0, max_attempts=3)
+    endpoint = aws.deploy_endpoint(sagemaker, values, autoscaling=autoscaling, delay_s=0, max_attempts=3)
 
     assert endpoint["EndpointStatus"] == "InService"
+    [target], [policy] = scaling_state(autoscaling)
+    assert target["ResourceId"] == VARIANT_RESOURCE["ResourceId"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 2)
+    assert policy["PolicyName"] == f"{PROJECT}-invocations" and policy["PolicyType"] == "TargetTrackingScaling"
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == 30.0
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
     assert endpoint["EndpointConfigName"] == f"{PROJECT}-v1"
     model = sagemaker.describe_model(ModelName=f"{PROJECT}-v1")
     assert model["PrimaryContainer"]["Image"] == IMAGE and model["ExecutionRoleArn"] == ROLE
@@ -185,11 +232,19 @@ def test_deploy_reaches_in_service_and_teardown_leaves_nothing(clients):
     config = sagemaker.describe_endpoint_config(EndpointConfigName=f"{PROJECT}-v1")
     assert config["ProductionVariants"][0]["InstanceType"] == "ml.m5.xlarge"
 
-    deleted = aws.delete_endpoint(sagemaker, PROJECT, delay_s=0, max_attempts=3)
+    deleted = aws.delete_endpoint(sagemaker, PROJECT, autoscaling=autoscaling, delay_s=0, max_attempts=3)
     assert aws.delete_repository(ecr, PROJECT)
-    assert deleted == [f"endpoint:{PROJECT}", f"endpoint-config:{PROJECT}-v1", f"model:{PROJECT}-v1"]
+    assert deleted == [
+        f"scaling-policy:{PROJECT}-invocations",
+        f"scalable-target:{VARIANT_RESOURCE['ResourceId']}",
+        f"endpoint:{PROJECT}",
+        f"endpoint-config:{PROJECT}-v1",
+        f"model:{PROJECT}-v1",
+    ]
     assert leftovers(ecr, sagemaker) == {"endpoints": [], "endpoint_configs": [], "models": [], "repositories": []}
-    assert aws.delete_endpoint(sagemaker, PROJECT, delay_s=0, max_attempts=3) == [], "teardown twice is harmless"
+    assert scaling_state(autoscaling) == ([], [])
+    again = aws.delete_endpoint(sagemaker, PROJECT, autoscaling=autoscaling, delay_s=0, max_attempts=3)
+    assert again == [], "teardown twice is harmless"
     assert not aws.delete_repository(ecr, PROJECT)
 
 
@@ -292,6 +347,45 @@ def test_a_second_deploy_switches_the_existing_endpoint_to_the_new_config():
         "describe_endpoint",
     ]
     assert sagemaker.arguments["update_endpoint"] == {"EndpointName": PROJECT, "EndpointConfigName": f"{PROJECT}-v2"}
+
+
+class RecordingAutoscaling:
+    """Application Auto Scaling with deploy's target and policy registered: records the calls made."""
+
+    def __init__(self):
+        self.calls = []
+
+    def describe_scaling_policies(self, **kwargs):
+        return {"ScalingPolicies": [{"PolicyName": f"{PROJECT}-invocations"}]}
+
+    def describe_scalable_targets(self, **kwargs):
+        return {"ScalableTargets": [{"ResourceId": VARIANT_RESOURCE["ResourceId"]}]}
+
+    def __getattr__(self, operation):
+        return lambda **kwargs: self.calls.append(operation)
+
+
+def test_a_second_deploy_detaches_scaling_for_the_update_and_attaches_it_again():
+    sagemaker, autoscaling = RecordingSageMaker(), RecordingAutoscaling()
+    aws.deploy_endpoint(sagemaker, aws.settings({**GOOD, "IMAGE_TAG": "v2"}, project=PROJECT), autoscaling=autoscaling)
+    assert autoscaling.calls == [
+        "delete_scaling_policy",
+        "deregister_scalable_target",
+        "register_scalable_target",
+        "put_scaling_policy",
+    ]
+    assert sagemaker.calls[-3:] == ["update_endpoint", "wait:endpoint_in_service", "describe_endpoint"]
+
+
+def test_scaling_settings_have_safe_defaults_and_min_above_max_is_refused():
+    values = aws.settings(GOOD, project=PROJECT)
+    exports = aws.shell_exports(values, aws.VARIABLES)
+    for line in ("SAGEMAKER_MIN_INSTANCES=1", "SAGEMAKER_MAX_INSTANCES=2", "SAGEMAKER_TARGET_INVOCATIONS=30"):
+        assert f"export {line}\n" in exports
+    with pytest.raises(DeploySettingsError, match="SAGEMAKER_MIN_INSTANCES=3 is above SAGEMAKER_MAX_INSTANCES=2"):
+        aws.settings({**GOOD, "SAGEMAKER_MIN_INSTANCES": "3"}, project=PROJECT)
+    with pytest.raises(DeploySettingsError, match="SAGEMAKER_MAX_INSTANCES='0' must be a whole number"):
+        aws.settings({**GOOD, "SAGEMAKER_MAX_INSTANCES": "0"}, project=PROJECT)
 
 
 def test_names_too_long_for_sagemaker_are_refused():

@@ -1,7 +1,9 @@
 """Deploy to an Azure ML managed online endpoint: the azure-ai-ml entities built without credentials, dumped
 to YAML and loaded back; the calls made on a recording client; the dry run; bad settings stopping early."""
 
+import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +67,7 @@ def test_endpoint_and_deployment_round_trip_through_yaml(tmp_path):
     deployment = load_online_deployment(tmp_path / "deployment.yml")
     assert deployment.name == "blue" and deployment.endpoint_name == ENDPOINT
     assert deployment.instance_type == "Standard_DS3_v2" and deployment.instance_count == 1
+    assert deployment.scale_settings.type == "default"  # managed deployments: autoscale is Azure Monitor's
     assert deployment.environment.image == IMAGE
     assert deployment.environment_variables == {"LLM_DEVICE": "cpu"}
     assert deployment.request_settings.request_timeout_ms == 90_000
@@ -97,6 +100,56 @@ class Poller:
         if self._error:
             raise self._error
         return self._result
+
+
+# ---- autoscale (Azure Monitor, applied with the az CLI) ---------------------------------------------------
+
+
+def test_autoscale_commands_cover_the_instance_range_and_cpu_rules():
+    group = ["--resource-group", "rg-llm"]
+    deployment = (
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-llm/providers/Microsoft.MachineLearningServices"
+        f"/workspaces/ws-llm/onlineEndpoints/{ENDPOINT}/deployments/blue"
+    )
+    rule = ["az", "monitor", "autoscale", "rule", "create", *group, "--autoscale-name", f"{ENDPOINT}-autoscale"]
+    assert azure.autoscale_commands(values(AZURE_MAX_INSTANCES="3", AZURE_SCALE_OUT_CPU="80")) == [
+        ["az", "monitor", "autoscale", "create", *group, "--name", f"{ENDPOINT}-autoscale", "--resource", deployment,
+         "--min-count", "1", "--max-count", "3", "--count", "1", "--tags", "created-by=deploy/azure"],
+        [*rule, "--condition", "CpuUtilizationPercentage > 80 avg 5m", "--scale", "out", "1", "--cooldown", "5"],
+        [*rule, "--condition", "CpuUtilizationPercentage < 40 avg 5m", "--scale", "in", "1", "--cooldown", "15"],
+    ]  # fmt: skip
+
+
+def test_scaling_settings_have_safe_defaults_and_are_checked():
+    exports = azure.shell_exports(values(), azure.VARIABLES)
+    for line in ("AZURE_INSTANCE_COUNT=1", "AZURE_MAX_INSTANCES=2", "AZURE_SCALE_OUT_CPU=70"):
+        assert f"export {line}\n" in exports
+    with pytest.raises(DeploySettingsError, match="AZURE_INSTANCE_COUNT=3 is above AZURE_MAX_INSTANCES=2"):
+        values(AZURE_INSTANCE_COUNT="3")
+    with pytest.raises(DeploySettingsError, match="AZURE_SCALE_OUT_CPU='100' must be a percentage from 20 to 99"):
+        values(AZURE_SCALE_OUT_CPU="100")
+
+
+@pytest.mark.parametrize(
+    ("listed", "deleted"),
+    [
+        ([{"name": f"{ENDPOINT}-autoscale", "tags": {"created-by": "deploy/azure"}}], True),
+        ([{"name": f"{ENDPOINT}-autoscale", "tags": {"owner": "someone else"}}], False),
+        ([{"name": "other-autoscale", "tags": {"created-by": "deploy/azure"}}], False),
+        ([], False),
+    ],
+    ids=["ours", "same-name-not-ours", "another-endpoints", "none"],
+)
+def test_remove_autoscale_deletes_only_the_setting_deploy_made(listed, deleted):
+    ran: list[list[str]] = []
+
+    def run(command: list[str]) -> str:
+        ran.append(command)
+        return json.dumps(listed) if command[3] == "list" else ""
+
+    assert azure.remove_autoscale(values(), run=run) is deleted
+    delete = ["az", "monitor", "autoscale", "delete", "--resource-group", "rg-llm", "--name", f"{ENDPOINT}-autoscale"]
+    assert (delete in ran) is deleted and len(ran) == 1 + deleted
 
 
 class RecordingOperations:
@@ -207,6 +260,7 @@ def test_dry_run_prints_the_whole_deploy_in_order():
         "+ ml_client.online_endpoints.begin_create_or_update(build/azure/endpoint.yml)",
         "+ ml_client.online_deployments.begin_create_or_update(build/azure/deployment.yml)",
         "+ ml_client.online_endpoints.begin_create_or_update(traffic={'blue': 100})",
+        *(f"+ {shlex.join(command)}" for command in azure.autoscale_commands(values())),
     ]
     deployment = load_online_deployment(ROOT / "build" / "azure" / "deployment.yml")
     assert deployment.environment.image == IMAGE
@@ -216,6 +270,7 @@ def test_dry_run_teardown_deletes_the_endpoint_and_the_image_repository():
     result = script("teardown.sh", DRY_RUN="1", **GOOD)
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stdout.splitlines() if line.startswith("+ ")] == [
+        f"+ az monitor autoscale delete --resource-group rg-llm --name {ENDPOINT}-autoscale",
         f"+ ml_client.online_endpoints.begin_delete(name={ENDPOINT!r})",
         f"+ az acr repository delete --name llmregistry --repository {PROJECT} --yes",
     ]

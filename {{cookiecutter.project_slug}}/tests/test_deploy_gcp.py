@@ -62,8 +62,17 @@ def test_manifest_is_a_knative_service_with_image_port_resources_scaling_and_pro
     assert startup["httpGet"] == {"path": "/ready", "port": 8080}  # traffic only once the model is loaded
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 240, "a few minutes to load the model"
     assert liveness["httpGet"] == {"path": "/health", "port": 8080}
-    assert template["spec"]["containerConcurrency"] >= 1 and template["spec"]["timeoutSeconds"] <= 3600
+    assert template["spec"]["containerConcurrency"] == 8  # CLOUD_RUN_CONCURRENCY: the server's batch size
+    assert template["spec"]["timeoutSeconds"] <= 3600
     assert manifest["spec"]["traffic"] == [{"percent": 100, "latestRevision": True}]
+
+
+def test_concurrency_setting_reaches_the_manifest_and_bad_values_are_refused():
+    values = gcp.settings({**GOOD, "CLOUD_RUN_CONCURRENCY": "16"}, project=PROJECT, tag="x")
+    assert gcp.service_manifest(values)["spec"]["template"]["spec"]["containerConcurrency"] == 16
+    assert "export CLOUD_RUN_CONCURRENCY=16\n" in gcp.shell_exports(values, gcp.VARIABLES)
+    with pytest.raises(DeploySettingsError, match="CLOUD_RUN_CONCURRENCY='0' must be a whole number from 1 to 999"):
+        gcp.settings({**GOOD, "CLOUD_RUN_CONCURRENCY": "0"}, project=PROJECT, tag="x")
 
 
 def test_manifest_probes_are_routes_the_server_has():

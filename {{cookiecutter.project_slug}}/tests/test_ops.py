@@ -23,6 +23,17 @@ ROOT = Path(__file__).parents[1]
 OPS = ROOT / "ops"
 SCRAPE_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 METRIC = re.compile(r"\bllm_[a-z_]+\b")
+VLLM_METRIC = re.compile(r"\bvllm:[a-z_]+\b")
+# The vLLM (v1) series the dashboard and alerts use, from https://docs.vllm.ai/en/stable/usage/metrics/ (vLLM
+# cannot run here); vllm:gpu_cache_usage_perc was renamed vllm:kv_cache_usage_perc in v1.
+VLLM_EXPORTED = {
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:time_to_first_token_seconds_bucket",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+}
 SELECTOR = re.compile(r"\b([a-zA-Z_:][\w:]*)\{([^}]*)\}")
 
 
@@ -51,6 +62,10 @@ def check_query(expr: str, exported: dict[str, set[str]]) -> None:
     names = set(METRIC.findall(expr))
     assert names <= set(exported), f"{expr!r} uses {sorted(names - set(exported))}, which the API does not export"
     labels = set().union(*(exported[name] for name in names), SCRAPE_LABELS)
+    vllm_names = set(VLLM_METRIC.findall(expr))
+    assert vllm_names <= VLLM_EXPORTED, f"{expr!r} uses {sorted(vllm_names - VLLM_EXPORTED)}, not a vLLM v1 series"
+    if vllm_names:  # vLLM labels each series with model_name and engine; histogram buckets with le
+        labels |= {"model_name", "engine"} | ({"le"} if any(name.endswith("_bucket") for name in vllm_names) else set())
     for name, matchers in SELECTOR.findall(expr):
         used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
         assert used <= labels | {"job"}, f"{expr!r}: {name} has no label {sorted(used - labels)}"
@@ -69,23 +84,29 @@ def test_prometheus_scrapes_the_api_service(compose):
     for name in config["rule_files"]:
         groups = yaml.safe_load((OPS / "prometheus" / name).read_text(encoding="utf-8"))["groups"]
         assert groups and all(group["name"] and group["rules"] for group in groups), name
-    [job] = config["scrape_configs"]
-    assert job["job_name"] == "llm-api" and job["metrics_path"] == "/metrics"
-    [target] = [target for group in job["static_configs"] for target in group["targets"]]
-    service, port = target.split(":")
-    assert service in compose["services"]
-    assert any(str(mapping).endswith(f":{port}") for mapping in compose["services"][service]["ports"])
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"llm-api", "vllm"}
+    for name, service_name in (("llm-api", "app"), ("vllm", "vllm")):
+        assert jobs[name]["metrics_path"] == "/metrics"
+        [target] = [target for group in jobs[name]["static_configs"] for target in group["targets"]]
+        service, port = target.split(":")
+        assert service == service_name
+        assert any(str(mapping).endswith(f":{port}") for mapping in compose["services"][service]["ports"])
 
 
 def test_alert_rules_cover_downtime_latency_and_errors_on_exported_metrics(exported):
     rules = yaml.safe_load((OPS / "prometheus" / "alerts.yml").read_text(encoding="utf-8"))
     alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
     assert {"LLMApiDown", "LLMHighLatencyP95", "LLMHighErrorRate"} <= set(alerts)
+    assert {"VLLMDown", "VLLMRequestsQueueing", "VLLMKVCacheFull", "VLLMSlowFirstToken"} <= set(alerts)
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert rule["annotations"]["summary"] and re.fullmatch(r"\d+[smh]", rule["for"]), name
-        assert 'job="llm-api"' in rule["expr"], f"{name} must select the scrape job of prometheus.yml"
+        job = "vllm" if name.startswith("VLLM") else "llm-api"
+        assert f'job="{job}"' in rule["expr"], f"{name} must select the scrape job of prometheus.yml"
         check_query(rule["expr"], exported)
+    # Without the gpu profile the vllm target is down by design: only a server seen within the hour alerts.
+    assert 'max_over_time(up{job="vllm"}[1h]) == 1' in alerts["VLLMDown"]["expr"]
     assert alerts["LLMApiDown"]["expr"].startswith("up{")
     latency = alerts["LLMHighLatencyP95"]
     assert "histogram_quantile(0.95" in latency["expr"] and "llm_request_duration_seconds_bucket" in latency["expr"]
@@ -109,7 +130,7 @@ def test_dashboard_panels_query_exported_metrics(exported):
             check_query(target["expr"], exported)
             legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
             assert legend_labels <= set().union(*exported.values()), panel["title"]
-            queried |= set(METRIC.findall(target["expr"]))
+            queried |= set(METRIC.findall(target["expr"])) | set(VLLM_METRIC.findall(target["expr"]))
     bases = {re.sub(r"_(bucket|sum|count)$", "", name) for name in queried}
     assert bases >= {
         "llm_requests_total",
@@ -119,6 +140,8 @@ def test_dashboard_panels_query_exported_metrics(exported):
         "llm_completion_tokens",
         "llm_requests_in_flight",
     }
+    vllm_series = {name for name in queried if name.startswith("vllm:")}
+    assert vllm_series == VLLM_EXPORTED  # running/waiting, TTFT, tokens/s in and out, KV cache
 
 
 def test_grafana_provisioning_matches_the_compose_services_and_mounts(compose):
@@ -174,7 +197,11 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_compose_names_the_services(compose):
-    assert set(compose["services"]) == {"app", "mlflow", "postgres", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"app", "mlflow", "postgres", "prometheus", "grafana", "vllm"}
+    assert compose["services"]["vllm"]["profiles"] == ["gpu"]  # `make up` never starts it
+    [gpu] = compose["services"]["vllm"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", compose["services"]["vllm"]["image"])  # pinned
     mlflow = compose["services"]["mlflow"]
     assert any(arg.startswith("--backend-store-uri=postgresql://") for arg in mlflow["command"])
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -194,19 +221,20 @@ def compose_command() -> list[str] | None:
 PASSWORDS = ("GRAFANA_ADMIN_PASSWORD", "MLFLOW_DB_PASSWORD")
 
 
-def compose_config(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess:
+def compose_config(tmp_path: Path, *options: str, **variables: str) -> subprocess.CompletedProcess:
     """`compose config --quiet` with exactly `variables` set (an empty env file: the developer's .env is ignored)."""
     command = compose_command()
     if command is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
     (tmp_path / "empty.env").write_text("")
     env = {name: value for name, value in os.environ.items() if name not in PASSWORDS} | variables
-    arguments = [*command, "--env-file", str(tmp_path / "empty.env"), "config", "--quiet"]
+    arguments = [*command, "--env-file", str(tmp_path / "empty.env"), *options, "config", "--quiet"]
     return subprocess.run(arguments, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
 
 
-def test_compose_file_validates(tmp_path):
-    result = compose_config(tmp_path, GRAFANA_ADMIN_PASSWORD="0123abcd", MLFLOW_DB_PASSWORD="4567ef89")
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
+def test_compose_file_validates(tmp_path, profile):
+    result = compose_config(tmp_path, *profile, GRAFANA_ADMIN_PASSWORD="0123abcd", MLFLOW_DB_PASSWORD="4567ef89")
     assert result.returncode == 0, result.stderr
 
 

@@ -252,6 +252,23 @@ def test_smoke_run_writes_exactly_the_adapter_files_and_resolved_config(smoke_ru
 
 
 @pytest.mark.e2e
+def test_a_single_process_run_logs_its_shape(smoke_run):
+    """Without --nproc, training is one plain process: so say the run's parameters (tests/test_distributed.py
+    checks a 2-process run's)."""
+    from mlflow import MlflowClient
+
+    run_id = json.loads((smoke_run / "tracking.json").read_text())["run_id"]
+    params = MlflowClient().get_run(run_id).data.params
+    shape = {key: params[key] for key in params if key.startswith("distributed.")}
+    assert shape == {
+        "distributed.world_size": "1",
+        "distributed.backend": "none",
+        "distributed.strategy": "none",
+        "distributed.effective_batch_size": "16",  # configs/smoke.yaml: batch 16, no accumulation
+    }
+
+
+@pytest.mark.e2e
 def test_base_weights_unchanged_and_lora_weights_trained(smoke_run, tiny_model, tiny_model_digest):
     assert hashlib.sha256((tiny_model / "model.safetensors").read_bytes()).hexdigest() == tiny_model_digest
     tensors = load_file(smoke_run / "adapter" / "adapter_model.safetensors")

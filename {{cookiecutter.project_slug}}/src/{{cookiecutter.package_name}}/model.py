@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from .distributed import local_rank, placement
 from .errors import ProjectError
 
 if TYPE_CHECKING:
@@ -172,14 +173,15 @@ def load_base_model(model_cfg: ModelConfig, *, device: Device) -> PreTrainedMode
     kwargs["dtype"] = resolve_dtype(model_cfg.dtype, device=device)
     if model_cfg.load_in_4bit:
         kwargs["quantization_config"] = quantization_config(device=device)
-        kwargs["device_map"] = {"": 0}  # bitsandbytes places the quantized weights itself
+        kwargs["device_map"] = {"": local_rank()}  # bitsandbytes places them: on this process's GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(model_cfg.base_model, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelError(
             f"model.base_model={model_cfg.base_model!r}: cannot load: {str(err).splitlines()[0]}"
         ) from None
-    return model if model_cfg.load_in_4bit else model.to(device)
+    target = placement(device)  # this process's GPU; None: FSDP/DeepSpeed place the weights themselves
+    return model if model_cfg.load_in_4bit or target is None else model.to(target)
 
 
 def load_finetuned(model_cfg: ModelConfig, *, adapter_dir: Path, device: Device) -> PeftModel:

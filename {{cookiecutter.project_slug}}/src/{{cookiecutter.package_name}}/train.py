@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import distributed
 from .config import Config, ModelConfig, TrainConfig, dump_config
 from .data import data_record, epochs_seen, load_splits, token_length, with_recorded_system_prompt
 from .errors import ProjectError
@@ -36,6 +37,7 @@ from .model import (
     build_tiny_model,
     check_model_source,
     load_base_model,
+    load_finetuned,
     load_tokenizer,
     lora_config,
     module_names,
@@ -64,10 +66,12 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
     """Fine-tune `config.model.base_model` with LoRA; return the run folder holding adapter/ and config.yaml."""
     if config.tracking.enabled:
         check_tracking_server()  # an unreachable server must fail now, not after an hour of training
-    run_dir = _run_dir(config.train, config_name=config_name, resume=resume)
+    device = resolve_device(config.train.device)
+    distributed.check_launched(device=device, load_in_4bit=config.model.load_in_4bit)
+    # Launched as several processes, all write to one folder: rank 0 names it (a timestamp), the others follow.
+    run_dir = distributed.agree_on(lambda: _run_dir(config.train, config_name=config_name, resume=resume), device)
     splits = load_splits(config.data, system_prompt=config.task.system_prompt)
     config = with_recorded_system_prompt(config, splits["train"]["messages"])
-    device = resolve_device(config.train.device)
     precision = _precision(config.train.precision, device=device)
     model, tokenizer, loss_mode = _load_model(config, splits=splits, device=device)
     # Until training starts, any failure (a bad lora.target_modules, MLflow refusing the run) removes the new
@@ -84,7 +88,8 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
             precision=precision,
         )
         resolved = config.model_copy(update={"train": config.train.model_copy(update={"run_name": run_dir.name})})
-        dump_config(resolved, run_dir / CONFIG_FILE)
+        if distributed.is_main_process():  # the other processes of a launch write nothing but checkpoint parts
+            dump_config(resolved, run_dir / CONFIG_FILE)
         action, masked = "resuming" if resume else "training", loss_mode.split("_")[0]
         log.info("%s %s on %s (%s), loss on %s tokens", action, run_dir, device, precision, masked)
         with _mlflow_run(config, run_dir=run_dir, config_name=config_name, resume=resume) as run_id:
@@ -95,6 +100,8 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
             training_started()
             runtime_s = _run_training(trainer, run_dir=run_dir, resume=resume)
             _save_adapter(trainer, tokenizer=tokenizer, adapter_dir=run_dir / "adapter")
+            if not distributed.is_main_process():
+                return run_dir
             write_train_log(
                 run_dir,
                 log_history=trainer.state.log_history,
@@ -103,11 +110,13 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
                 config_name=config_name,
                 data=data_record(config.data, rows={name: len(rows) for name, rows in splits.items()}),
                 epochs=_epochs(trainer, train_cfg=config.train, train_rows=len(splits["train"])),
+                parameters=trainable_parameters(trainer.model),
             )
             (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; names no base for local models
             log.info("saved %s", run_dir / "adapter")
             if run_id:
-                version = log_and_register(config, run_id=run_id, model=trainer.model, tokenizer=tokenizer)
+                model = _model_to_register(trainer, config=config, adapter_dir=run_dir / "adapter")
+                version = log_and_register(config, run_id=run_id, model=model, tokenizer=tokenizer)
                 write_tracking_file(run_dir, run_id=run_id, version=version)
     return run_dir
 
@@ -156,7 +165,7 @@ def _runtime_recorder(earlier_s: float) -> TrainerCallback:
 @contextmanager
 def _mlflow_run(config: Config, *, run_dir: Path, config_name: str, resume: bool) -> Iterator[str | None]:
     """The MLflow run of this training (reopened when resuming); yields None when tracking is off."""
-    if not config.tracking.enabled:
+    if not config.tracking.enabled or not distributed.is_main_process():
         yield None
         return
     previous = read_tracking_file(run_dir) if resume else None
@@ -170,7 +179,8 @@ def _load_model(
     config: Config, *, splits: DatasetDict, device: Device
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossMode]:
     """Base model and tokenizer, the chat template ready for masked loss, and every example checked to fit."""
-    _ensure_base_model(config.model, splits=splits, seed=config.train.seed)
+    with distributed.local_main_process_first(device):  # one process builds the tiny model, the others load it
+        _ensure_base_model(config.model, splits=splits, seed=config.train.seed)
     model_cfg = config.model
     tokenizer = load_tokenizer(
         model_cfg.base_model, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
@@ -388,6 +398,7 @@ def sft_config(
         assistant_only_loss=loss_mode == "assistant_only",
         completion_only_loss=loss_mode == "completion_only",
         report_to="none",  # MLflow comes through tracking.py's callback, not the built-in reporter
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in each forward: DDP need not search
         dataloader_pin_memory=device == "cuda",
     )
 
@@ -418,6 +429,7 @@ def write_train_log(
     config_name: str,
     data: dict[str, Any],
     epochs: float | None,
+    parameters: dict[str, Any] | None = None,
 ) -> None:
     """outputs/<run>/train_log.json: what `report` needs without MLflow (loss by step, wall time, hardware,
     the data's origin and digest, epochs). `runtime_s` covers every session of a resumed run
@@ -430,9 +442,19 @@ def write_train_log(
         "train_runtime_s": round(runtime_s, 1),
         "data": data,  # data.data_record: path, origin, digest, rows per split
         "epochs": epochs,
+        "parameters": parameters,  # trainable (LoRA) vs all parameters, as peft counts them
         "log_history": log_history,
     }
     path.write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
+
+
+def trainable_parameters(model: Any) -> dict[str, Any] | None:
+    """{"trainable", "total", "share"} as peft's get_nb_trainable_parameters counts them (4-bit weights counted
+    unpacked); None for a model without it (no LoRA)."""
+    if not hasattr(model, "get_nb_trainable_parameters"):
+        return None
+    trainable, total = model.get_nb_trainable_parameters()
+    return {"trainable": int(trainable), "total": int(total), "share": trainable / total if total else 0.0}
 
 
 def _epochs(trainer: SFTTrainer, *, train_cfg: TrainConfig, train_rows: int) -> float | None:
@@ -471,14 +493,35 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def _model_to_register(trainer: SFTTrainer, *, config: Config, adapter_dir: Path) -> PreTrainedModel:
+    """The trained PeftModel, or under FSDP/DeepSpeed (its weights sharded over the GPUs, not whole in any
+    one process) the adapter just saved, on the base model on the CPU."""
+    if distributed.active_strategy() not in ("fsdp", "deepspeed"):
+        return trainer.model
+    return load_finetuned(config.model, adapter_dir=adapter_dir, device="cpu")
+
+
 def _save_adapter(trainer: SFTTrainer, *, tokenizer: PreTrainedTokenizerBase, adapter_dir: Path) -> None:
     """Write exactly the LoRA weights + config and the tokenizer with its chat template, so evaluation and
-    serving format prompts as training did. Staged and renamed, so a crash leaves the previous adapter."""
-    staging = adapter_dir.with_name("adapter.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(str(staging))  # with load_best_model_at_end: the best checkpoint's weights
+    serving format prompts as training did. Staged and renamed, so a crash leaves the previous adapter.
+    Launched as several processes, every one takes part (FSDP/DeepSpeed gather their shards) and rank 0 writes."""
+    digest_dir = os.environ.get(distributed.WEIGHT_DIGEST_DIR_ENV)
+    if digest_dir:  # tests only: each process's LoRA weights, to check the replicas agree
+        distributed.write_weight_digest(trainer.model, Path(digest_dir))
+    main, staging = distributed.is_main_process(), adapter_dir.with_name("adapter.partial")
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    if distributed.active_strategy() in ("fsdp", "deepspeed"):
+        if trainer.is_fsdp_enabled:  # checkpoints stay sharded (fast, per rank); the adapter is gathered whole
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(staging))  # gathered to rank 0, saved as a plain adapter (peft picks its weights)
+    elif main:
+        trainer.model.save_pretrained(str(staging))  # with load_best_model_at_end: the best checkpoint's weights
+    if not main:
+        return
     tokenizer.save_pretrained(str(staging))
-    (staging / "README.md").unlink(missing_ok=True)  # peft's empty model-card stub
+    for extra in ("README.md", "training_args.bin"):  # peft's empty model-card stub; save_model's arguments
+        (staging / extra).unlink(missing_ok=True)
     if adapter_dir.exists():  # only when resuming: the run's own earlier adapter
         shutil.rmtree(adapter_dir)
     staging.rename(adapter_dir)

@@ -6,7 +6,9 @@
 
 Each deploy creates a model and an endpoint config named <endpoint>-<image tag>, then creates the endpoint
 or switches an existing one to the new config (SageMaker then replaces the instances without downtime).
-Every function takes its boto3 client, so the tests run the whole flow against moto.
+The endpoint variant then scales with Application Auto Scaling between SAGEMAKER_MIN_INSTANCES and
+SAGEMAKER_MAX_INSTANCES, tracking SAGEMAKER_TARGET_INVOCATIONS per instance per minute; teardown removes that
+policy and scalable target first. Every function takes its boto3 client, so the tests run the whole flow against moto.
 """
 
 from __future__ import annotations
@@ -50,6 +52,28 @@ VARIABLES = [
         rule="must be 1-47 letters, digits and single dashes",
     ),
     Var(
+        "SAGEMAKER_MIN_INSTANCES",
+        "the fewest instances the endpoint scales in to (also its first instance count); 1 keeps it answering",
+        default="1",
+        pattern=r"[1-9]\d{0,2}",
+        rule="must be a whole number from 1 to 999",
+    ),
+    Var(
+        "SAGEMAKER_MAX_INSTANCES",
+        "the most instances the endpoint scales out to; each one is billed per hour",
+        default="2",
+        pattern=r"[1-9]\d{0,2}",
+        rule="must be a whole number from 1 to 999",
+    ),
+    Var(
+        "SAGEMAKER_TARGET_INVOCATIONS",
+        "requests per instance per minute that auto scaling keeps each instance at (SageMakerVariantInvocations"
+        "PerInstance); a CPU instance answers about one request a second with the small model (an estimate)",
+        default="30",
+        pattern=r"[1-9]\d{0,5}",
+        rule="must be a whole number of requests per minute, 1 or more",
+    ),
+    Var(
         "ECR_REPOSITORY",
         "the ECR repository of the image",
         default="{project}",
@@ -66,6 +90,9 @@ VARIABLES = [
     ),
 ]
 VARIANT = "AllTraffic"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+# Scale out within a minute of a burst, scale in only after 5 quiet minutes: a new instance takes minutes to start.
+SCALE_OUT_COOLDOWN_S, SCALE_IN_COOLDOWN_S = 60, 300
 # Seconds SageMaker waits for /ping to answer 200 after the container starts: loading + merging the model.
 STARTUP_TIMEOUT_S = 600
 
@@ -78,6 +105,11 @@ def image_tag() -> str:
 def settings(environ: dict[str, str], *, project: str, tag: str | None = None) -> dict[str, str]:
     """The deploy variables, checked, plus what follows from them: account, registry and image URI."""
     values = resolve(VARIABLES, environ, project=project, tag=tag or image_tag())
+    if int(values["SAGEMAKER_MIN_INSTANCES"]) > int(values["SAGEMAKER_MAX_INSTANCES"]):
+        raise DeploySettingsError(
+            f"SAGEMAKER_MIN_INSTANCES={values['SAGEMAKER_MIN_INSTANCES']} is above SAGEMAKER_MAX_INSTANCES="
+            f"{values['SAGEMAKER_MAX_INSTANCES']}; lower the first or raise the second (nothing was created)"
+        )
     account = values["SAGEMAKER_ROLE_ARN"].split(":")[4]
     registry = f"{account}.dkr.ecr.{values['AWS_REGION']}.amazonaws.com"
     return {
@@ -150,7 +182,7 @@ def endpoint_calls(values: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
                         "VariantName": VARIANT,
                         "ModelName": name,
                         "InstanceType": values["SAGEMAKER_INSTANCE_TYPE"],
-                        "InitialInstanceCount": 1,
+                        "InitialInstanceCount": int(values["SAGEMAKER_MIN_INSTANCES"]),
                         "ContainerStartupHealthCheckTimeoutInSeconds": STARTUP_TIMEOUT_S,
                     }
                 ],
@@ -164,9 +196,12 @@ def endpoint_calls(values: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def deploy_endpoint(sagemaker, values: dict[str, str], *, delay_s: int = 30, max_attempts: int = 60) -> dict:
+def deploy_endpoint(
+    sagemaker, values: dict[str, str], *, autoscaling=None, delay_s: int = 30, max_attempts: int = 60
+) -> dict:
     """Create the model and endpoint config, create the endpoint (or point an existing one that deploy made
-    at the new config), wait until it is InService (`delay_s` x `max_attempts`); returns describe_endpoint's
+    at the new config), wait until it is InService (`delay_s` x `max_attempts`), then, given the
+    `autoscaling` client (application-autoscaling), attach scaling_calls; returns describe_endpoint's
     answer. An existing endpoint that deploy did not make (no CREATED_BY tag) is refused before anything is
     created: SAGEMAKER_ENDPOINT_NAME may name an endpoint that serves something else."""
     endpoint = values["SAGEMAKER_ENDPOINT_NAME"]
@@ -176,6 +211,10 @@ def deploy_endpoint(sagemaker, values: dict[str, str], *, delay_s: int = 30, max
             f"SAGEMAKER_ENDPOINT_NAME={endpoint}: that endpoint exists and `make deploy` did not create it (no tag "
             f"{CREATED_BY['Key']}={CREATED_BY['Value']}); choose another name. Nothing was created."
         )
+    if existing and autoscaling is not None:
+        # SageMaker refuses to update an endpoint whose variant is a registered scalable target: detach
+        # scaling for the switch, attach it again once the new config is in service.
+        remove_scaling(autoscaling, endpoint)
     for operation, kwargs in endpoint_calls(values):
         if operation == "create_endpoint" and existing:
             operation = "update_endpoint"
@@ -183,7 +222,75 @@ def deploy_endpoint(sagemaker, values: dict[str, str], *, delay_s: int = 30, max
         getattr(sagemaker, operation)(**kwargs)
     waiter = sagemaker.get_waiter("endpoint_in_service")
     waiter.wait(EndpointName=endpoint, WaiterConfig={"Delay": delay_s, "MaxAttempts": max_attempts})
+    if autoscaling is not None:
+        for operation, kwargs in scaling_calls(values):
+            getattr(autoscaling, operation)(**kwargs)
     return sagemaker.describe_endpoint(EndpointName=endpoint)
+
+
+def _variant_resource(endpoint: str) -> dict[str, str]:
+    """The endpoint variant as Application Auto Scaling names it."""
+    return {
+        "ServiceNamespace": "sagemaker",
+        "ResourceId": f"endpoint/{endpoint}/variant/{VARIANT}",
+        "ScalableDimension": SCALABLE_DIMENSION,
+    }
+
+
+def scaling_policy_name(endpoint: str) -> str:
+    """The one scaling policy deploy makes; teardown deletes only a policy with this name."""
+    return f"{endpoint}-invocations"
+
+
+def scaling_calls(values: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """The Application Auto Scaling calls of one deploy: the variant as a scalable target between the min and
+    max instance counts, and a target tracking policy on invocations per instance (per minute)."""
+    resource = _variant_resource(values["SAGEMAKER_ENDPOINT_NAME"])
+    tracking = {
+        "TargetValue": float(values["SAGEMAKER_TARGET_INVOCATIONS"]),
+        "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+        "ScaleOutCooldown": SCALE_OUT_COOLDOWN_S,
+        "ScaleInCooldown": SCALE_IN_COOLDOWN_S,
+    }
+    return [
+        (
+            "register_scalable_target",
+            {
+                **resource,
+                "MinCapacity": int(values["SAGEMAKER_MIN_INSTANCES"]),
+                "MaxCapacity": int(values["SAGEMAKER_MAX_INSTANCES"]),
+            },
+        ),
+        (
+            "put_scaling_policy",
+            {
+                "PolicyName": scaling_policy_name(values["SAGEMAKER_ENDPOINT_NAME"]),
+                **resource,
+                "PolicyType": "TargetTrackingScaling",
+                "TargetTrackingScalingPolicyConfiguration": tracking,
+            },
+        ),
+    ]
+
+
+def remove_scaling(autoscaling, endpoint: str) -> list[str]:
+    """Delete deploy's scaling policy and deregister the variant as a scalable target (call only for an endpoint
+    deploy made). Returns what was removed, as `kind:name`; nothing registered, nothing removed."""
+    resource = _variant_resource(endpoint)
+    removed = []
+    policies = autoscaling.describe_scaling_policies(
+        ServiceNamespace="sagemaker", ResourceId=resource["ResourceId"], ScalableDimension=SCALABLE_DIMENSION
+    )["ScalingPolicies"]
+    if any(policy["PolicyName"] == scaling_policy_name(endpoint) for policy in policies):
+        autoscaling.delete_scaling_policy(PolicyName=scaling_policy_name(endpoint), **resource)
+        removed.append(f"scaling-policy:{scaling_policy_name(endpoint)}")
+    targets = autoscaling.describe_scalable_targets(
+        ServiceNamespace="sagemaker", ResourceIds=[resource["ResourceId"]], ScalableDimension=SCALABLE_DIMENSION
+    )["ScalableTargets"]
+    if targets:
+        autoscaling.deregister_scalable_target(**resource)
+        removed.append(f"scalable-target:{resource['ResourceId']}")
+    return removed
 
 
 def _endpoint_arn(sagemaker, name: str) -> str | None:
@@ -203,14 +310,19 @@ def _made_here(sagemaker, arn: str) -> bool:
     return CREATED_BY in sagemaker.list_tags(ResourceArn=arn).get("Tags", [])
 
 
-def delete_endpoint(sagemaker, endpoint: str, *, delay_s: int = 15, max_attempts: int = 80) -> list[str]:
-    """Delete the endpoint, then every endpoint config and model this project's deploys made for it (named
-    <endpoint>-<tag> and tagged CREATED_BY). Returns what was deleted, as `kind:name`; an endpoint that deploy
-    did not make is left alone, with its configs and models."""
+def delete_endpoint(
+    sagemaker, endpoint: str, *, autoscaling=None, delay_s: int = 15, max_attempts: int = 80
+) -> list[str]:
+    """Delete the endpoint's scaling (given the `autoscaling` client), the endpoint, then every endpoint config
+    and model this project's deploys made for it (named <endpoint>-<tag> and tagged CREATED_BY). Returns what
+    was deleted, as `kind:name`; an endpoint that deploy did not make is left alone, with its configs, models
+    and scaling."""
     deleted = []
     arn = _endpoint_arn(sagemaker, endpoint)
     if arn and not _made_here(sagemaker, arn):
         return deleted
+    if autoscaling is not None:
+        deleted += remove_scaling(autoscaling, endpoint)
     if arn:
         sagemaker.delete_endpoint(EndpointName=endpoint)
         waiter = sagemaker.get_waiter("endpoint_deleted")
@@ -283,17 +395,20 @@ def up(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     if dry_run:
         for operation, kwargs in endpoint_calls(values):
             _print_call("sagemaker", operation, kwargs)
-        typer.echo("# update_endpoint instead of create_endpoint when the endpoint exists")
+        typer.echo("# update_endpoint instead of create_endpoint when the endpoint exists (scaling detached first)")
         _print_call(
             "sagemaker", "get_waiter('endpoint_in_service').wait", {"EndpointName": values["SAGEMAKER_ENDPOINT_NAME"]}
         )
+        for operation, kwargs in scaling_calls(values):
+            _print_call("application-autoscaling", operation, kwargs)
         return
     import boto3
 
     sagemaker = boto3.client("sagemaker", region_name=values["AWS_REGION"])
+    autoscaling = boto3.client("application-autoscaling", region_name=values["AWS_REGION"])
     typer.echo(f"deploying {values['IMAGE_URI']} to endpoint {values['SAGEMAKER_ENDPOINT_NAME']} (minutes)...")
     try:
-        endpoint = deploy_endpoint(sagemaker, values)
+        endpoint = deploy_endpoint(sagemaker, values, autoscaling=autoscaling)
     except DeploySettingsError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -323,9 +438,16 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     values = _settings_or_exit(project)
     endpoint, repo = values["SAGEMAKER_ENDPOINT_NAME"], values["ECR_REPOSITORY"]
     if dry_run:
+        resource = _variant_resource(endpoint)
+        _print_call(
+            "application-autoscaling",
+            "delete_scaling_policy",
+            {"PolicyName": scaling_policy_name(endpoint), **resource},
+        )
+        _print_call("application-autoscaling", "deregister_scalable_target", resource)
         _print_call("sagemaker", "delete_endpoint", {"EndpointName": endpoint})
         typer.echo(f"# then delete_endpoint_config and delete_model for every {endpoint}-<tag> (list_* NameContains)")
-        typer.echo(f"# all three only when deploy created them (tag {CREATED_BY['Key']}={CREATED_BY['Value']})")
+        typer.echo(f"# all of these only when deploy created them (tag {CREATED_BY['Key']}={CREATED_BY['Value']})")
         _print_call("ecr", "delete_repository", {"force": True, "repositoryName": repo})
         typer.echo(f"# only when deploy created it (tag {CREATED_BY['Key']}={CREATED_BY['Value']})")
         return
@@ -333,7 +455,9 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
 
     region = values["AWS_REGION"]
     sagemaker = boto3.client("sagemaker", region_name=region)
-    deleted = delete_endpoint(sagemaker, endpoint)
+    deleted = delete_endpoint(
+        sagemaker, endpoint, autoscaling=boto3.client("application-autoscaling", region_name=region)
+    )
     if f"endpoint:{endpoint}" not in deleted and _endpoint_arn(sagemaker, endpoint):
         typer.echo(
             f"kept endpoint {endpoint} with its configs and models: deploy did not create it "

@@ -8,12 +8,20 @@
 The endpoint and its deployment are `azure-ai-ml` entities built from the settings alone (no credentials,
 no network), so the tests build them, dump them to YAML and load them back; only `up`/`down` make an
 MLClient, and the functions that use it take it as a parameter.
+
+Scaling: a managed online deployment's own scale type is `default` (a fixed instance_count); autoscale goes
+through an Azure Monitor autoscale setting on the deployment, which azure-ai-ml does not make, so `up` applies
+one with the az CLI (`az monitor autoscale create` + two CPU rules, built by autoscale_commands) and `down`
+deletes it. AZURE_INSTANCE_COUNT is the minimum, AZURE_MAX_INSTANCES the maximum.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -62,7 +70,27 @@ VARIABLES = [
         pattern=r"Standard_\w+",
         rule="must be a VM size such as Standard_DS3_v2",
     ),
-    Var("AZURE_INSTANCE_COUNT", "instances of the deployment", default="1", pattern=r"[1-9]\d*"),
+    Var(
+        "AZURE_INSTANCE_COUNT",
+        "instances of the deployment at the start, and the fewest autoscale keeps",
+        default="1",
+        pattern=r"[1-9]\d{0,2}",
+        rule="must be a whole number from 1 to 999",
+    ),
+    Var(
+        "AZURE_MAX_INSTANCES",
+        "the most instances autoscale starts (Azure Monitor autoscale on the deployment); each is billed",
+        default="2",
+        pattern=r"[1-9]\d{0,2}",
+        rule="must be a whole number from 1 to 999",
+    ),
+    Var(
+        "AZURE_SCALE_OUT_CPU",
+        "average CPU percent over 5 minutes above which autoscale adds an instance (it removes one below half)",
+        default="70",
+        pattern=r"[2-9]\d",
+        rule="must be a percentage from 20 to 99",
+    ),
     Var("IMAGE_TAG", "the image tag", default="{tag}", pattern=r"[a-z0-9](-?[a-z0-9]){0,62}", rule="bad tag"),
 ]
 DEPLOYMENT = "blue"  # the first of a blue/green pair: a new version goes to `green`, then traffic moves
@@ -75,6 +103,11 @@ CREATED_BY = {"created-by": "deploy/azure"}
 def settings(environ: dict[str, str], *, project: str, tag: str) -> dict[str, str]:
     """The deploy variables, checked, plus the registry's login server and the image URI."""
     values = resolve(VARIABLES, environ, project=project, endpoint=project[:32].rstrip("-"), tag=tag)
+    if int(values["AZURE_INSTANCE_COUNT"]) > int(values["AZURE_MAX_INSTANCES"]):
+        raise DeploySettingsError(
+            f"AZURE_INSTANCE_COUNT={values['AZURE_INSTANCE_COUNT']} is above AZURE_MAX_INSTANCES="
+            f"{values['AZURE_MAX_INSTANCES']}; lower the first or raise the second (nothing was created)"
+        )
     registry = f"{values['AZURE_ACR_NAME'].lower()}.azurecr.io"
     return {**values, "ACR_LOGIN_SERVER": registry, "IMAGE_URI": f"{registry}/{project}:{values['IMAGE_TAG']}"}
 
@@ -94,6 +127,7 @@ def build_endpoint(values: dict[str, str]):  # -> ManagedOnlineEndpoint
 def build_deployment(values: dict[str, str]):  # -> ManagedOnlineDeployment
     """The deployment: our image as a custom container, with its health and scoring routes."""
     from azure.ai.ml.entities import (
+        DefaultScaleSettings,
         Environment,
         ManagedOnlineDeployment,
         OnlineRequestSettings,
@@ -116,6 +150,8 @@ def build_deployment(values: dict[str, str]):  # -> ManagedOnlineDeployment
         environment_variables={"LLM_DEVICE": "cpu"},
         instance_type=values["AZURE_INSTANCE_TYPE"],
         instance_count=int(values["AZURE_INSTANCE_COUNT"]),
+        # The only scale type of managed deployments; the autoscale setting of `up` moves instance_count.
+        scale_settings=DefaultScaleSettings(),
         # The default 5 s request timeout is too short for generation on a CPU; 90 s like LLM_GENERATION_TIMEOUT_S
         # (60 s) plus queueing.
         request_settings=OnlineRequestSettings(request_timeout_ms=90_000, max_concurrent_requests_per_instance=8),
@@ -153,6 +189,68 @@ def deploy(ml_client, values: dict[str, str]):  # -> ManagedOnlineEndpoint
     endpoint.traffic = {DEPLOYMENT: 100}
     ml_client.online_endpoints.begin_create_or_update(endpoint).result()
     return ml_client.online_endpoints.get(name=values["AZURE_ENDPOINT_NAME"])
+
+
+def autoscale_name(values: dict[str, str]) -> str:
+    """The Azure Monitor autoscale setting `up` makes (one per endpoint; `down` deletes only this name)."""
+    return f"{values['AZURE_ENDPOINT_NAME']}-autoscale"
+
+
+def deployment_id(values: dict[str, str]) -> str:
+    """The deployment's Azure Resource Manager id: the autoscale setting's target resource."""
+    return (
+        f"/subscriptions/{values['AZURE_SUBSCRIPTION_ID']}/resourceGroups/{values['AZURE_RESOURCE_GROUP']}"
+        f"/providers/Microsoft.MachineLearningServices/workspaces/{values['AZURE_ML_WORKSPACE']}"
+        f"/onlineEndpoints/{values['AZURE_ENDPOINT_NAME']}/deployments/{DEPLOYMENT}"
+    )
+
+
+def autoscale_commands(values: dict[str, str]) -> list[list[str]]:
+    """The az commands of the autoscale setting (Azure ML docs, "Autoscale online endpoints"): the instance
+    range, one instance more when the deployment's CpuUtilizationPercentage averages above AZURE_SCALE_OUT_CPU
+    for 5 minutes, one fewer below half of it."""
+    group, name = ["--resource-group", values["AZURE_RESOURCE_GROUP"]], autoscale_name(values)
+    out_cpu = int(values["AZURE_SCALE_OUT_CPU"])
+    create = ["az", "monitor", "autoscale", "create", *group, "--name", name, "--resource", deployment_id(values)]
+    create += ["--min-count", values["AZURE_INSTANCE_COUNT"], "--max-count", values["AZURE_MAX_INSTANCES"]]
+    create += ["--count", values["AZURE_INSTANCE_COUNT"], "--tags", *(f"{k}={v}" for k, v in CREATED_BY.items())]
+    rule = ["az", "monitor", "autoscale", "rule", "create", *group, "--autoscale-name", name]
+    # Cooldowns (minutes): a new instance takes minutes to load the model; scale in more slowly than out.
+    scale_out = ["--condition", f"CpuUtilizationPercentage > {out_cpu} avg 5m", "--scale", "out", "1"]
+    scale_in = ["--condition", f"CpuUtilizationPercentage < {out_cpu // 2} avg 5m", "--scale", "in", "1"]
+    return [create, [*rule, *scale_out, "--cooldown", "5"], [*rule, *scale_in, "--cooldown", "15"]]
+
+
+def remove_autoscale(values: dict[str, str], *, run: Callable[[list[str]], str]) -> bool:
+    """Delete `up`'s autoscale setting when it exists and carries the CREATED_BY tag; `run` runs an az command
+    and returns its output. True when deleted."""
+    group = ["--resource-group", values["AZURE_RESOURCE_GROUP"], "--name", autoscale_name(values)]
+    listed = [
+        "az",
+        "monitor",
+        "autoscale",
+        "list",
+        "--resource-group",
+        values["AZURE_RESOURCE_GROUP"],
+        "--output",
+        "json",
+    ]
+    settings_here = json.loads(run(listed) or "[]")
+    ours = [
+        setting
+        for setting in settings_here
+        if setting.get("name") == autoscale_name(values)
+        and all((setting.get("tags") or {}).get(key) == value for key, value in CREATED_BY.items())
+    ]
+    if not ours:
+        return False
+    run(["az", "monitor", "autoscale", "delete", *group])
+    return True
+
+
+def run_az(command: list[str]) -> str:
+    """Run an az command; its stdout. A failure raises with az's own message."""
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
 KEPT = 3
@@ -234,6 +332,8 @@ def up(
         typer.echo(f"+ ml_client.online_endpoints.begin_create_or_update({endpoint_yml})")
         typer.echo(f"+ ml_client.online_deployments.begin_create_or_update({deployment_yml})")
         typer.echo(f"+ ml_client.online_endpoints.begin_create_or_update(traffic={{'{DEPLOYMENT}': 100}})")
+        for command in autoscale_commands(values):
+            typer.echo(f"+ {shlex.join(command)}")
         return
     typer.echo(f"deploying {values['IMAGE_URI']} to endpoint {values['AZURE_ENDPOINT_NAME']} (minutes)...")
     try:
@@ -241,7 +341,12 @@ def up(
     except DeploySettingsError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    remove_autoscale(values, run=run_az)  # a re-deploy replaces the setting with the current values
+    for command in autoscale_commands(values):
+        run_az(command)
     typer.secho(f"{endpoint.name}: {endpoint.provisioning_state} at {endpoint.scoring_uri}", fg=typer.colors.GREEN)
+    low, high = values["AZURE_INSTANCE_COUNT"], values["AZURE_MAX_INSTANCES"]
+    typer.echo(f"autoscale {autoscale_name(values)}: {low} to {high} instances")
 
 
 @app.command()
@@ -251,8 +356,10 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     values = _settings_or_exit(project)
     name = values["AZURE_ENDPOINT_NAME"]
     if dry_run:
+        group = ["--resource-group", values["AZURE_RESOURCE_GROUP"], "--name", autoscale_name(values)]
+        typer.echo(f"+ {shlex.join(['az', 'monitor', 'autoscale', 'delete', *group])}")
         typer.echo(f"+ ml_client.online_endpoints.begin_delete(name={name!r})")
-        typer.echo(f"# only when deploy created it (tag created-by={CREATED_BY['created-by']})")
+        typer.echo(f"# each only when deploy created it (tag created-by={CREATED_BY['created-by']})")
         return
     deleted = delete(ml_client(values), name)
     if deleted is None:
@@ -261,6 +368,8 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
             "(no tag created-by=deploy/azure)"
         )
         raise typer.Exit(KEPT)
+    if remove_autoscale(values, run=run_az):
+        typer.echo(f"deleted autoscale setting {autoscale_name(values)}")
     typer.echo(f"deleted endpoint {name}" if deleted else f"endpoint {name} did not exist")
 
 

@@ -56,6 +56,14 @@ VARIABLES = [
     Var("CLOUD_RUN_MIN_INSTANCES", "instances kept warm (0: none, no cost when idle)", default="0", pattern=r"\d+"),
     Var("CLOUD_RUN_MAX_INSTANCES", "the most instances Cloud Run starts", default="2", pattern=r"[1-9]\d*"),
     Var(
+        "CLOUD_RUN_CONCURRENCY",
+        "requests one instance takes at once before Cloud Run starts another (its autoscaling target); keep it "
+        "at the server's LLM_MAX_BATCH_SIZE (8): more in flight would only queue inside the instance",
+        default="8",
+        pattern=r"[1-9]\d{0,2}",
+        rule="must be a whole number from 1 to 999 (Cloud Run allows up to 1000)",
+    ),
+    Var(
         "CLOUD_RUN_ALLOW_UNAUTHENTICATED",
         "true: anyone with the URL may call it; false: callers need an identity token (roles/run.invoker)",
         default="false",
@@ -102,8 +110,9 @@ def service_manifest(values: dict[str, str]) -> dict[str, Any]:
                     }
                 },
                 "spec": {
-                    # One instance batches up to LLM_MAX_BATCH_SIZE requests; more in flight would only queue.
-                    "containerConcurrency": 8,
+                    # One instance batches up to LLM_MAX_BATCH_SIZE requests; more in flight would only queue,
+                    # so Cloud Run starts another instance (up to maxScale) when all are this busy.
+                    "containerConcurrency": int(values["CLOUD_RUN_CONCURRENCY"]),
                     "timeoutSeconds": 300,
                     "containers": [
                         {

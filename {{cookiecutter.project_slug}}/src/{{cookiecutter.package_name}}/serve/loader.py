@@ -86,7 +86,7 @@ def _local_adapter(source: str, *, output_dir: Path) -> Path:
 def load_for_serving(settings: Settings) -> LoadedModel:
     """Base model + adapter from `settings.model`, merged (no LoRA cost per token), in eval mode."""
     source = resolve_model_source(settings.model, output_dir=settings.output_dir)
-    config = _run_config(source, fallback=settings.config)
+    config = training_config(source, fallback=settings.config)
     # Loading options (revision, dtype, trust_remote_code) from the config, the base model from the source
     # (the one the adapter fits), and never 4-bit: merging LoRA into quantized weights would lose the update.
     model_cfg = config.model if config else ModelConfig(base_model=source.base_model)
@@ -100,7 +100,7 @@ def load_for_serving(settings: Settings) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         device=device,
-        name=settings.served_model_name or (config.project if config else source.name),
+        name=served_model_name(override=settings.served_model_name, config=config, source=source),
         version=source.version or source.name,
         base_model=model_cfg.base_model,
         # The prompt training used (train records it in the run's config), so a plain user message gets the
@@ -109,7 +109,13 @@ def load_for_serving(settings: Settings) -> LoadedModel:
     )
 
 
-def _run_config(source: ModelSource, *, fallback: Path | None) -> Config | None:
+def served_model_name(*, override: str | None, config: Config | None, source: ModelSource) -> str:
+    """The id /v1/models lists and clients put in `model`: LLM_SERVED_MODEL_NAME, else the project of the
+    config that trained the model, else the run's name. serve/vllm.py gives vLLM the same id."""
+    return override or (config.project if config else source.name)
+
+
+def training_config(source: ModelSource, *, fallback: Path | None) -> Config | None:
     """The config that trained the model: config.yaml beside a local adapter, or the one logged to the
     model's MLflow run; else `fallback`; else none."""
     logged = run_config_path(run_dir=source.adapter_dir.parent, run_id=source.run_id)
