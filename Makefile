@@ -44,12 +44,12 @@ demo: install  ## Bake the default project into .cache/demo and run its smoke pi
 	$(BIN)/python scripts/demo_request.py $$project && \
 	echo "Demo project in $$project: its README.md now shows the results (table, plots, samples) and MODEL_CARD.md the model card; cd into it and run 'make help' for more."
 
-# Two pytest workers: the default bake's suite (about 3 minutes, the longest test) runs beside the rest;
-# one process kept the second core mostly idle (measured: 385 s -> 268 s for the same 90 tests).
+# Two pytest workers: the default bake's suite runs as two shards, one per worker, each beside a share of the
+# other bakes (the xdist groups in tests/test_bake.py); one process kept the second core mostly idle.
 test:  ## Install, run the whole template test suite and the strict docs build; prints the time taken
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory install && \
-	$(BIN)/python -m pytest tests -n 2 --dist worksteal --durations=10 && \
+	$(BIN)/python -m pytest tests -n 2 --dist loadgroup --durations=10 && \
 	$(BIN)/mkdocs build --strict --site-dir .cache/site && \
 	echo "make test: passed in $$(( $$(date +%s) - start )) s, install included"
 

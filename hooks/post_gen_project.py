@@ -21,10 +21,34 @@ def choose_license(project: Path, license_name: str) -> None:
 
 # Files only one cloud uses, relative to the project; {pkg} is the package name. Everything else is common.
 CLOUD_FILES = {
-    "aws": ["deploy/aws", "src/{pkg}/deploy/aws.py", "tests/test_deploy_aws.py"],
-    "gcp": ["deploy/gcp", "src/{pkg}/deploy/gcp.py", "tests/test_deploy_gcp.py"],
-    "azure": ["deploy/azure", "src/{pkg}/deploy/azure.py", "tests/test_deploy_azure.py"],
-    "hf-spaces": ["deploy/hf-spaces", "src/{pkg}/deploy/hf_spaces.py", "tests/test_deploy_hf_spaces.py"],
+    "aws": [
+        "deploy/aws",
+        "src/{pkg}/deploy/aws.py",
+        "tests/test_deploy_aws.py",
+        "src/{pkg}/cloud/aws.py",  # cloud training: one target module and its tests per cloud
+        "tests/test_cloud_aws.py",
+    ],
+    "gcp": [
+        "deploy/gcp",
+        "src/{pkg}/deploy/gcp.py",
+        "tests/test_deploy_gcp.py",
+        "src/{pkg}/cloud/gcp.py",
+        "tests/test_cloud_gcp.py",
+    ],
+    "azure": [
+        "deploy/azure",
+        "src/{pkg}/deploy/azure.py",
+        "tests/test_deploy_azure.py",
+        "src/{pkg}/cloud/azure.py",
+        "tests/test_cloud_azure.py",
+    ],
+    "hf-spaces": [
+        "deploy/hf-spaces",
+        "src/{pkg}/deploy/hf_spaces.py",
+        "tests/test_deploy_hf_spaces.py",
+        "src/{pkg}/cloud/hf_jobs.py",  # Hugging Face Jobs: the training target of a Spaces bake
+        "tests/test_cloud_hf_jobs.py",
+    ],
 }
 # With no cloud there is nothing to deploy: no deploy/ folder, no deploy workflow.
 NO_CLOUD_FILES = ["deploy", ".github/workflows/deploy.yml"]

@@ -29,10 +29,14 @@ Dockerfile
 LICENSE
 Makefile
 README.md
+configs/accelerate/ddp.yaml
+configs/accelerate/deepspeed_zero3.yaml
+configs/accelerate/fsdp.yaml
 configs/default.yaml
 configs/gpu.yaml
 configs/smoke.yaml
 docker-compose.yml
+notebooks/train_on_colab.ipynb
 ops/grafana/dashboards/llm.json
 ops/mlflow/Dockerfile
 ops/grafana/provisioning/dashboards/dashboards.yml
@@ -41,18 +45,31 @@ ops/prometheus/alerts.yml
 ops/prometheus/prometheus.yml
 pyproject.toml
 scripts/benchmark_serve.py
+scripts/load_test.py
 scripts/serve.sh
 src/{pkg}/__init__.py
 src/{pkg}/__main__.py
 src/{pkg}/chat_template.jinja
 src/{pkg}/cli.py
+src/{pkg}/cloud/__init__.py
+src/{pkg}/cloud/cli.py
+src/{pkg}/cloud/entrypoint.py
+src/{pkg}/cloud/importer.py
+src/{pkg}/cloud/job.py
+src/{pkg}/cloud/staging.py
 src/{pkg}/config.py
 src/{pkg}/data.py
 src/{pkg}/deploy/__init__.py
 src/{pkg}/deploy/bundle.py
 src/{pkg}/deploy/settings.py
+src/{pkg}/distributed.py
 src/{pkg}/errors.py
 src/{pkg}/evaluate.py
+src/{pkg}/metrics.py
+src/{pkg}/bootstrap.py
+src/{pkg}/baselines.py
+src/{pkg}/error_analysis.py
+src/{pkg}/judge.py
 src/{pkg}/model.py
 src/{pkg}/monitor/__init__.py
 src/{pkg}/monitor/accounting.py
@@ -66,6 +83,7 @@ src/{pkg}/serve/engine.py
 src/{pkg}/serve/errors.py
 src/{pkg}/serve/loader.py
 src/{pkg}/serve/middleware.py
+src/{pkg}/serve/openapi.py
 src/{pkg}/serve/routes/__init__.py
 src/{pkg}/serve/routes/chat.py
 src/{pkg}/serve/routes/demo.py
@@ -76,6 +94,7 @@ src/{pkg}/serve/routes/sagemaker.py
 src/{pkg}/serve/schemas.py
 src/{pkg}/serve/settings.py
 src/{pkg}/serve/static/index.html
+src/{pkg}/serve/vllm.py
 src/{pkg}/publish.py
 src/{pkg}/registry.py
 src/{pkg}/report/__init__.py
@@ -95,28 +114,39 @@ src/{pkg}/train.py
 tests/conftest.py
 tests/test_architecture.py
 tests/test_cli.py
+tests/test_cloud.py
 tests/test_config.py
 tests/test_configs.py
 tests/test_data.py
 tests/test_deploy.py
+tests/test_distributed.py
 tests/test_drift.py
 tests/test_evaluate.py
+tests/test_bootstrap.py
+tests/test_baselines.py
+tests/test_error_analysis.py
+tests/test_judge.py
 tests/test_model.py
+tests/test_notebook.py
 tests/test_ops.py
 tests/test_publish.py
 tests/test_registry.py
 tests/test_report.py
 tests/test_request_log.py
+tests/test_robustness.py
 tests/test_serve.py
 tests/test_serve_live.py
 tests/test_task.py
 tests/test_task_init.py
 tests/test_tracking.py
 tests/test_train.py
+tests/test_vllm.py
 tests/test_workflows.py
 """.split()
 
 
+# The cloud training target module of each cloud (cloud/<target>.py): a Spaces bake trains with HF Jobs.
+TRAINING_TARGET = {"aws": "aws", "gcp": "gcp", "azure": "azure", "hf-spaces": "hf_jobs"}
 # Files of the chosen cloud only (the post-gen hook deletes the others'); `none` adds nothing.
 CLOUD_FILES = {
     cloud: [
@@ -126,6 +156,8 @@ CLOUD_FILES = {
         f"deploy/{cloud}/teardown.sh",
         f"src/{{pkg}}/deploy/{cloud.replace('-', '_')}.py",
         f"tests/test_deploy_{cloud.replace('-', '_')}.py",
+        f"src/{{pkg}}/cloud/{TRAINING_TARGET[cloud]}.py",
+        f"tests/test_cloud_{TRAINING_TARGET[cloud]}.py",
     ]
     for cloud in ("aws", "gcp", "azure", "hf-spaces")
 }

@@ -122,6 +122,7 @@ def test_out_of_range_python_version_rejected(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.xdist_group("worker-b")
 def test_pip_install_and_console_script(bake, tmp_path):
     sys.path.insert(0, str(TEMPLATE / "scripts"))
     from overlay_venv import overlay_venv
@@ -150,12 +151,42 @@ RENDERED_FILE_TESTS = [
 ]
 
 
-def suite_selection(project: Path, answers: dict[str, str]) -> list[str]:
-    """pytest arguments for a bake's own suite: all of it for the default bake, else RENDERED_FILE_TESTS and
-    the chosen cloud's deploy tests, without training or servers."""
+# The default bake's whole suite runs as two pytest items, so that `make test`'s two workers share it. These
+# files train, launch or execute on their own fixtures (none uses the session's smoke run or served model), so
+# splitting them off repeats only the tiny model's build.
+SECOND_SHARD = [
+    "tests/test_cli.py",  # the smoke pipeline as a user runs it, in its own processes
+    "tests/test_cloud.py",  # a cloud job's entrypoint, stopped, resumed and imported
+    "tests/test_cloud_aws.py",
+    "tests/test_distributed.py",  # two processes over gloo
+    "tests/test_notebook.py",  # the Colab notebook executed headless
+]
+# (answers, shard): the default bake twice (its suite in two shards), the others once. `make test` runs two
+# workers with --dist loadgroup: each group below stays on one worker, so the two long shards never queue
+# behind each other (measured alone: shard 1 + unicode + long about as long as the rest of these).
+WORKER_A, WORKER_B = pytest.mark.xdist_group("worker-a"), pytest.mark.xdist_group("worker-b")
+SUITES = [
+    pytest.param({}, "first", id="defaults", marks=WORKER_A),
+    pytest.param({}, "second", id="defaults-second", marks=WORKER_B),
+    *(
+        pytest.param(params.values[0], "rendered", id=params.id, marks=worker)
+        for params, worker in zip(MATRIX[1:], [WORKER_A, WORKER_B, WORKER_A, WORKER_B], strict=True)
+    ),
+]
+
+
+def suite_selection(project: Path, answers: dict[str, str], shard: str = "first") -> list[str]:
+    """pytest arguments for a bake's own suite: all of it for the default bake (in two shards), else
+    RENDERED_FILE_TESTS and the chosen cloud's deploy and training tests, without training or servers."""
     if not answers:
-        return []
-    cloud_tests = sorted(str(path.relative_to(project)) for path in project.glob("tests/test_deploy_*.py"))
+        if shard == "second":
+            return SECOND_SHARD
+        return [f"--ignore={path}" for path in SECOND_SHARD]
+    cloud_tests = sorted(
+        str(path.relative_to(project))
+        for pattern in ("tests/test_deploy_*.py", "tests/test_cloud_*.py")  # deployment, cloud training
+        for path in project.glob(pattern)
+    )
     return ["-m", "not e2e and not slow", *RENDERED_FILE_TESTS, *cloud_tests]
 
 
@@ -164,11 +195,20 @@ def test_every_rendered_file_test_exists(bake):
     assert [path for path in RENDERED_FILE_TESTS if not (project / path).is_file()] == []
 
 
+def test_the_two_shards_of_the_default_suite_split_it(bake):
+    """Every file of the second shard exists (a renamed one would fail only there) and the first shard leaves
+    out exactly those."""
+    project = bake()
+    assert [path for path in SECOND_SHARD if not (project / path).is_file()] == []
+    assert suite_selection(project, {}, "second") == SECOND_SHARD
+    assert suite_selection(project, {}, "first") == [f"--ignore={path}" for path in SECOND_SHARD]
+
+
 @pytest.mark.bake_suite
-@pytest.mark.parametrize("answers", MATRIX)
-def test_bake_own_test_suite_passes(bake, answers):
+@pytest.mark.parametrize(("answers", "shard"), SUITES)
+def test_bake_own_test_suite_passes(bake, answers, shard):
     project = bake(**answers)
-    selection = suite_selection(project, answers)
+    selection = suite_selection(project, answers, shard)
     result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection], cwd=project)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout

@@ -7,6 +7,7 @@
     <project> evaluate [--adapter outputs/<run>/adapter] [--config FILE [--other-data]]
     <project> merge --adapter outputs/<run>/adapter --out outputs/<run>/merged
     <project> serve [--model outputs/<run>/adapter] [--host 127.0.0.1] [--port 8000]
+    <project> serve-vllm [--model outputs/<run>/adapter] [--print]   # vLLM on a GPU
     <project> report --config configs/smoke.yaml    # plots, README results, MODEL_CARD.md
     <project> publish --dry-run [--private] [--hf]
 
@@ -26,6 +27,7 @@ from typing import Annotated
 import typer
 import yaml
 
+from .cloud.cli import cloud_app
 from .config import Config, ConfigError, describe_keys, load_config
 from .errors import ProjectError
 
@@ -37,6 +39,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configuration files and the settings they can hold.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(cloud_app, name="cloud")  # cloud/cli.py: train on a cloud GPU, status, fetch, cancel
 
 # Library warnings known to be harmless, as (message, category, module): each is silenced on its own, so a
 # newcomer does not read it as an error, and every other warning still shows.
@@ -218,8 +221,14 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _show_progress_messages() -> None:
-    """Print this package's INFO messages (run folder, model built, reports written) on stderr."""
+    """Print this package's INFO messages (run folder, model built, reports written) on stderr; in a launch of
+    several processes only the main one does (the others print warnings and errors only)."""
+    from .distributed import is_main_process
+
     logger = logging.getLogger(__package__)
+    if not is_main_process():
+        logger.setLevel(logging.WARNING)
+        return
     if not logger.handlers:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -234,15 +243,62 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run's last checkpoint (train.run_name, else the newest run).")
     ] = False,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Processes per machine (a GPU each; CPU: cores); >1 launches accelerate.")
+    ] = 1,
+    strategy: Annotated[
+        str, typer.Option(help="ddp | fsdp | deepspeed: the accelerate config in configs/accelerate/ to launch with.")
+    ] = "ddp",
+    num_machines: Annotated[int, typer.Option(min=1, help="Machines in a multi-node run (run this on each).")] = 1,
+    machine_rank: Annotated[int, typer.Option(min=0, help="This machine's rank, 0 on the main machine.")] = 0,
+    main_process_ip: Annotated[str | None, typer.Option(help="Address of machine 0 (multi-node).")] = None,
+    main_process_port: Annotated[int, typer.Option(help="Port of the processes' rendezvous on machine 0.")] = 29500,
 ) -> None:
     """Fine-tune the base model with LoRA; writes outputs/<run>/adapter/ and config.yaml."""
+    from .distributed import is_main_process
     from .train import train as run_training
 
     resolved = _load(config, overrides)
+    if nproc * num_machines > 1 or strategy != "ddp":  # several processes: this one only launches them
+        args = ["--config", str(config), *(["--resume"] if resume else []), *(overrides or [])]
+        machines = {"num_machines": num_machines, "machine_rank": machine_rank, "main_process_ip": main_process_ip}
+        launch = {**machines, "nproc": nproc, "strategy": strategy, "main_process_port": main_process_port}
+        raise typer.Exit(_launch_training(resolved, train_args=args, launch=launch))
     _show_progress_messages()
     with _known_errors():
         run_dir = run_training(resolved, config_name=config.stem, resume=resume)
-    typer.secho(f"adapter: {run_dir / 'adapter'}", fg=typer.colors.GREEN)
+    if is_main_process():  # launched by accelerate, the other processes print nothing
+        typer.secho(f"adapter: {run_dir / 'adapter'}", fg=typer.colors.GREEN)
+
+
+def _launch_training(resolved: Config, *, train_args: list[str], launch: dict) -> int:
+    """Run `train` in several processes through `accelerate launch` (the command of distributed.launch_command,
+    printed first); return its exit status. What cannot run here is refused first (exit 2), nothing started."""
+    import shlex
+    import subprocess
+
+    from . import distributed
+    from .model import resolve_device
+
+    try:
+        # train.device=cpu needs no torch import here (seconds before the launch starts)
+        device = "cpu" if resolved.train.device == "cpu" else resolve_device(resolved.train.device)
+        distributed.check_launch(
+            nproc=launch["nproc"],
+            strategy=launch["strategy"],
+            device=device,
+            load_in_4bit=resolved.model.load_in_4bit,
+            devices_available=distributed.devices_available(device),
+        )
+        command = distributed.launch_command(**launch, train_args=train_args)
+    except ProjectError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        return 2
+    beside_python = Path(sys.executable).with_name(command[0])  # this environment's accelerate, not another's
+    typer.echo(f"$ {shlex.join(command)}", err=True)
+    if beside_python.is_file():
+        command[0] = str(beside_python)
+    return subprocess.run(command, check=False).returncode
 
 
 @app.command()
@@ -288,9 +344,13 @@ def evaluate(
     resolved = _load(config, overrides)
     with _known_errors():
         report = run_evaluation(resolved, adapter_dir=adapter, other_data=other_data)
-    for name in ("base", "finetuned"):
-        metrics = ", ".join(f"{key} {value:.3f}" for key, value in report[name].items() if "_accuracy_" not in key)
-        typer.echo(f"{name:>9}: {metrics}")
+    baselines = report.get("baselines", {})
+    columns = {"majority": baselines.get("majority"), "base": report["base"]}
+    columns |= {"few_shot": baselines.get("few_shot"), "finetuned": report["finetuned"]}
+    for name, scores in columns.items():
+        if scores:  # the baselines' settings (k, prompt tokens, the majority answer) are in eval.json
+            shown = [(key, value) for key, value in scores.items() if isinstance(value, float)]
+            typer.echo(f"{name:>9}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown if "_accuracy_" not in k))
 
 
 @app.command()
@@ -417,6 +477,38 @@ def serve(
     typer.echo(f"serving {source.adapter_dir} at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
     # After SIGTERM, in-flight requests get shutdown_timeout_s to finish; then their connections are closed.
     uvicorn.run(create_app(settings), host=host, port=port, timeout_graceful_shutdown=settings.shutdown_timeout_s)
+
+
+@app.command("serve-vllm")
+def serve_vllm(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Adapter folder, run folder, `latest`, MLflow URI, or a folder `merge` wrote; default: LLM_MODEL."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config with model loading options, for adapters without a config.yaml."),
+    ] = None,
+    print_only: Annotated[bool, typer.Option("--print", help="Print the vLLM command instead of running it.")] = False,
+) -> None:
+    """Serve the model with vLLM on a GPU: same model id, chat template and API key (LLM_API_KEY) as `serve`."""
+    from .serve.vllm import exec_vllm, printable, resolve_target, vllm_command
+
+    settings = _serve_settings(model=model, config=config)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    try:
+        command = vllm_command(resolve_target(settings), host=host, port=port, api_key=api_key)
+        if print_only:
+            typer.echo(printable(command))
+            return
+        exec_vllm(command)
+    except ProjectError as err:  # no model, a rank vLLM cannot serve, vLLM not installed: nothing started
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 def _serve_settings(*, model: str | None, config: Path | None):  # -> serve.settings.Settings

@@ -146,6 +146,29 @@ class TrainConfig(_Section):
         return run_name
 
 
+JUDGE_RUBRIC = (
+    "You grade answers. Compare the ANSWER TO SCORE with the REFERENCE ANSWER to the QUESTION and score it from "
+    "1 to 5: 5 = the same meaning and complete; 4 = right with small omissions; 3 = partly right; 2 = mostly wrong; "
+    '1 = wrong, empty or unrelated. Reply with one JSON object only: {"score": <1-5>, "reason": "<one sentence>"}.'
+)
+
+
+class JudgeConfig(_Section):
+    base_url: str | None = None
+    """OpenAI-compatible base URL of the LLM judge for `task.kind: generic` (e.g. http://127.0.0.1:8000/v1 for
+    this project's own `serve`, or a hosted API); null (the default) evaluates without a judge."""
+    model: str = ""
+    """Model id sent to the judge endpoint (recorded in eval.json with the rubric's sha256)."""
+    api_key_env: str | None = "JUDGE_API_KEY"
+    """Environment variable holding the judge's API key (sent as a bearer token, never written anywhere)."""
+    rubric: str = JUDGE_RUBRIC
+    """The judge's instructions (system message); it must ask for a JSON object with a `score` from 1 to 5."""
+    max_tokens: int = Field(200, gt=0)
+    """Longest judge answer, in tokens."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Seconds to wait for each judge answer; a timeout counts as a judge failure, never as a score."""
+
+
 class EvalConfig(_Section):
     split: Literal["validation", "test"] = "test"
     """Held-out split to score base and fine-tuned models on."""
@@ -159,6 +182,14 @@ class EvalConfig(_Section):
     """Examples shown side by side (input, expected, base, fine-tuned) in reports/eval.md."""
     report_dir: str = "reports"
     """Where eval.json and eval.md are written."""
+    few_shot: int = Field(3, ge=0)
+    """Training examples put before each prompt for the `few_shot` baseline (the base model shown the answer
+    format, as earlier chat turns); drawn with train.seed, never a scored row. 0 leaves the baseline out."""
+    bootstrap_resamples: int = Field(1000, ge=100)
+    """Paired bootstrap resamples of the scored rows behind every 95% interval (seeded with train.seed).
+    1,000 keeps the interval ends stable to about a point; more costs milliseconds."""
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    """LLM-as-judge scoring of generic-task answers (off unless judge.base_url is set)."""
 
 
 class TrackingConfig(_Section):
@@ -172,6 +203,11 @@ class TrackingConfig(_Section):
     """Metric the promotion gate compares, as `<model>.<metric>` from reports/eval.json."""
     promotion_direction: Literal["maximize", "minimize"] = "maximize"
     """Whether a higher (`maximize`) or lower (`minimize`) promotion metric wins."""
+    require_significant: bool = False
+    """Promote only when the paired-bootstrap 95% interval of the improvement over the champion (same test
+    rows, eval.bootstrap_resamples) excludes zero. Off by default: on 120 test rows the interval of a mean
+    field accuracy spans several points, so real but small gains would be held back; turn it on with a
+    larger test split or when a noisy promotion costs more than a missed one."""
 
 
 class MonitorConfig(_Section):

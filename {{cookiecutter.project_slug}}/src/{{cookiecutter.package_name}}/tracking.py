@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
+from .distributed import run_params
 from .errors import ProjectError
 
 if TYPE_CHECKING:
@@ -163,6 +164,9 @@ def log_training_inputs(config: Config, *, splits: DatasetDict, config_file: Pat
 
     params = flatten(config.model_dump(mode="json")) | {f"data.rows.{name}": len(rows) for name, rows in splits.items()}
     params |= {f"version.{name}": version for name, version in library_versions().items()} | {"device": device}
+    # world size, backend, strategy and effective batch = train.batch_size x accumulation x world size
+    batch, accumulation = config.train.batch_size, config.train.gradient_accumulation_steps
+    params |= run_params(device=device, batch_size=batch, accumulation=accumulation)
     _log_params(params)
     mlflow.log_artifact(str(config_file))
     for split, rows in splits.items():
@@ -284,13 +288,39 @@ def _log_scores(*, report: dict[str, Any], report_dir: Path, examples: list[dict
     import mlflow
 
     metrics = {f"{model}.{name}": value for model in ("base", "finetuned") for name, value in report[model].items()}
-    mlflow.log_metrics(metrics)
+    mlflow.log_metrics(metrics | evaluation_extras(report))
     mlflow.set_tags({TEST_DIGEST_TAG: report["run"]["test_digest"], TEST_ROWS_TAG: report["run"]["test_rows"]})
     for name in ("eval.json", "eval.md"):
         if (report_dir / name).is_file():
             mlflow.log_artifact(str(report_dir / name), artifact_path="evaluation")
     if examples:
         mlflow.log_table(data=_columns(examples), artifact_file="evaluation/sample_generations.json")
+
+
+def evaluation_extras(report: dict[str, Any]) -> dict[str, float]:
+    """The baselines' metrics (`majority.<metric>`, `few_shot.<metric>`), each interval's ends
+    (`<column>.<metric>.ci_low`, `finetuned_minus_<column>.<metric>.ci_low`) and the error-kind shares
+    (`errors.<kind>_share`) of eval.json, as MLflow metrics."""
+    found = {
+        f"{column}.{name}": value
+        for column, values in (report.get("baselines") or {}).items()
+        for name, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and name not in ("k", "seed")
+    }
+    intervals = report.get("intervals") or {}
+    for group in ("columns", "differences"):
+        for column, by_metric in (intervals.get(group) or {}).items():
+            # The headline rates only: eval.json holds every field's interval, the run's metric list stays short.
+            for name in set(by_metric) & {"json_valid_rate", "field_accuracy", "exact_match", "rouge_l"}:
+                entry = by_metric[name]
+                found |= {f"{column}.{name}.ci_low": entry["low"], f"{column}.{name}.ci_high": entry["high"]}
+    kinds = (report.get("error_analysis") or {}).get("error_kinds") or {}
+    found |= {f"errors.{kind}_share": share for kind, share in (kinds.get("shares") or {}).items()}
+    for column, judged in (report.get("judge") or {}).items():  # the raw judge answers stay in eval.json
+        found[f"judge.{column}.failures"] = judged["judge_failures"]
+        if judged["mean_score"] is not None:
+            found[f"judge.{column}.mean_score"] = judged["mean_score"]
+    return found
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
