@@ -121,7 +121,7 @@ def test_cli_evaluate_on_other_data_on_purpose_prints_both_models_and_logs_a_sep
     result = CliRunner().invoke(app, [*arguments, "--other-data"])
     assert result.exit_code == 0, result.output
     assert "     base: eval_loss " in result.output and "finetuned: eval_loss " in result.output
-    assert " majority: json_valid_rate " in result.output and " few_shot: eval_loss " in result.output
+    assert " majority: exact_match " in result.output and " few_shot: eval_loss " in result.output  # generic task
     assert (tmp_path / "reports" / "eval.json").is_file()
     report = json.loads((tmp_path / "reports" / "eval.json").read_text())
     for model in ("base", "finetuned"):
