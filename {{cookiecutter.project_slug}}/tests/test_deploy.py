@@ -254,6 +254,7 @@ def test_invocations_needs_the_api_key_when_one_is_set(served_adapter, served_mo
         assert client.post("/invocations", json=body, headers={"Authorization": "Bearer k3y"}).status_code == 200
 
 
+@pytest.mark.e2e  # starts the server: once, in the default bake's suite
 def test_the_images_serve_program_starts_the_server_on_port(served_adapter, tmp_path, free_port, wait_until_ready):
     """`docker run <image> serve` (SageMaker) runs scripts/serve.sh; here it runs as a process."""
     dockerfile = (ROOT / "Dockerfile").read_text()

@@ -269,6 +269,7 @@ def get(url: str) -> int:
         return err.code
 
 
+@pytest.mark.e2e  # starts the server: once, in the default bake's suite
 def test_container_command_serves_health_and_the_healthcheck_sees_it(
     tmp_path, served_adapter, free_port, wait_until_ready
 ):
