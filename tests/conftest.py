@@ -33,6 +33,7 @@ configs/accelerate/ddp.yaml
 configs/accelerate/deepspeed_zero3.yaml
 configs/accelerate/fsdp.yaml
 configs/default.yaml
+configs/dpo.yaml
 configs/gpu.yaml
 configs/smoke.yaml
 docker-compose.yml
@@ -95,6 +96,7 @@ src/{pkg}/serve/schemas.py
 src/{pkg}/serve/settings.py
 src/{pkg}/serve/static/index.html
 src/{pkg}/serve/vllm.py
+src/{pkg}/prefs.py
 src/{pkg}/publish.py
 src/{pkg}/registry.py
 src/{pkg}/report/__init__.py
@@ -107,6 +109,7 @@ src/{pkg}/report/plots.py
 src/{pkg}/report/readme.py
 src/{pkg}/report/summary.py
 src/{pkg}/runs.py
+src/{pkg}/sweep.py
 src/{pkg}/task.py
 src/{pkg}/task_init.py
 src/{pkg}/tracking.py
@@ -120,6 +123,7 @@ tests/test_configs.py
 tests/test_data.py
 tests/test_deploy.py
 tests/test_distributed.py
+tests/test_dpo.py
 tests/test_drift.py
 tests/test_evaluate.py
 tests/test_bootstrap.py
@@ -129,6 +133,7 @@ tests/test_judge.py
 tests/test_model.py
 tests/test_notebook.py
 tests/test_ops.py
+tests/test_prefs.py
 tests/test_publish.py
 tests/test_registry.py
 tests/test_report.py
@@ -136,6 +141,7 @@ tests/test_request_log.py
 tests/test_robustness.py
 tests/test_serve.py
 tests/test_serve_live.py
+tests/test_sweep.py
 tests/test_task.py
 tests/test_task_init.py
 tests/test_tracking.py

@@ -160,6 +160,7 @@ SECOND_SHARD = [
     "tests/test_cloud_aws.py",
     "tests/test_distributed.py",  # two processes over gloo
     "tests/test_notebook.py",  # the Colab notebook executed headless
+    "tests/test_sweep.py",  # Optuna trials, each a short training
 ]
 # (answers, shard): the default bake twice (its suite in two shards), the others once. `make test` runs two
 # workers with --dist loadgroup: each group below stays on one worker, so the two long shards never queue

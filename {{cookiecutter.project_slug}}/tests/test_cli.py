@@ -25,9 +25,10 @@ runner = CliRunner()
 # Every command the app has: a new one must be added here (and so gets its --help checked).
 COMMANDS = {
     *("config", "data", "task", "train", "evaluate", "promote", "report", "publish", "merge", "serve"),
-    *("serve-vllm", "monitor", "cloud"),
+    *("serve-vllm", "monitor", "cloud", "sweep"),
 }
-SUBCOMMANDS = {"config": {"show", "keys"}, "data": {"synth", "validate"}, "task": {"init"}, "monitor": {"drift"}}
+SUBCOMMANDS = {"config": {"show", "keys"}, "data": {"synth", "validate", "prefs"}, "task": {"init"}}
+SUBCOMMANDS["monitor"] = {"drift"}
 SUBCOMMANDS["cloud"] = {"train", "status", "fetch", "cancel"}
 # Errors that serving turns into HTTP responses (429, 400, 500, an API error body): never seen by the CLI.
 HTTP_ERRORS = {"APIError", "EngineBusy", "PromptError", "GenerationFailed", "_ClientLeft"}

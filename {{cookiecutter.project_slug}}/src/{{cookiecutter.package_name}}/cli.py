@@ -4,6 +4,7 @@
     <project> config keys
     <project> task init data/tickets.jsonl [--name "Ticket triage"]   # a config for your own task
     <project> train --config configs/smoke.yaml [--resume] [key=value ...]
+    <project> data prefs --config configs/dpo.yaml && <project> train --config configs/dpo.yaml   # DPO after SFT
     <project> evaluate [--adapter outputs/<run>/adapter] [--config FILE [--other-data]]
     <project> merge --adapter outputs/<run>/adapter --out outputs/<run>/merged
     <project> serve [--model outputs/<run>/adapter] [--host 127.0.0.1] [--port 8000]
@@ -155,6 +156,36 @@ def data_validate(config: ConfigOption = Path("configs/smoke.yaml"), overrides: 
     typer.secho(f"{resolved.data.path}: no problems found", fg=typer.colors.GREEN)
 
 
+@data_app.command("prefs")
+def data_prefs(
+    config: ConfigOption = Path("configs/dpo.yaml"),
+    overrides: Overrides = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(help="SFT adapter: outputs/<run>, its adapter/ or models:/... (default: model.adapter)"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the pairs (default dpo.data_path).")] = None,
+    min_pairs: Annotated[
+        int | None, typer.Option(min=0, help="Top up with rule-made pairs to this many (default dpo.min_pairs).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite the files in a non-empty --out folder.")] = False,
+) -> None:
+    """Build DPO preference pairs from the training split: the SFT model's wrong answers, then corruptions."""
+    from .prefs import build_preferences
+
+    resolved = _load(config, overrides)
+    source = adapter or resolved.model.adapter
+    if not source:
+        typer.secho("error: no SFT adapter: pass --adapter or set model.adapter", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    _show_progress_messages()
+    with _known_errors():
+        folder = out or Path(resolved.dpo.data_path)
+        info = build_preferences(resolved, adapter=source, out_dir=folder, min_pairs=min_pairs, force=force)
+    kinds = ", ".join(f"{kind} {count}" for kind, count in info["kinds"].items())
+    typer.echo(f"wrote {folder}: train {info['rows']['train']}, validation {info['rows']['validation']} ({kinds})")
+
+
 def _offline_tokenizer(base_model: str, revision: str | None):  # -> PreTrainedTokenizerBase | None
     """The base model's tokenizer if a local folder or the hub cache has it; never downloads."""
     from transformers import AutoTokenizer
@@ -299,6 +330,47 @@ def _launch_training(resolved: Config, *, train_args: list[str], launch: dict) -
     if beside_python.is_file():
         command[0] = str(beside_python)
     return subprocess.run(command, check=False).returncode
+
+
+@app.command()
+def sweep(
+    config: ConfigOption = Path("configs/smoke.yaml"),
+    overrides: Overrides = None,
+    trials: Annotated[
+        int, typer.Option(min=1, help="Finished trials the study should hold; a continued study runs only the rest.")
+    ] = 6,
+    study_name: Annotated[
+        str | None, typer.Option(help="Optuna study and MLflow parent run (default: sweep.study_name).")
+    ] = None,
+    best_config: Annotated[
+        Path | None, typer.Option(help="Where the best config goes; default best.yaml beside --config.")
+    ] = None,
+) -> None:
+    """Search the config's sweep.space with Optuna (pruning bad trials); writes configs/best.yaml and plots."""
+    import time
+
+    from .sweep import SweepError, check_space, run_sweep
+
+    _load(config, overrides)
+    try:  # an unknown key or impossible range: refused before any training
+        check_space(config, overrides=overrides or [])
+    except (SweepError, ConfigError) as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    _show_progress_messages()
+    started = time.monotonic()
+    with _known_errors():
+        result = run_sweep(
+            config, trials=trials, overrides=overrides or [], study_name=study_name, best_config=best_config
+        )
+    counts = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.states.items()))
+    typer.echo(f"study {result.study_name}: {counts} ({result.ran} run now, {time.monotonic() - started:.0f} s)")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    if result.best_config is not None:
+        values = " ".join(f"{key}={value}" for key, value in result.best_params.items())
+        best = f"best trial {result.best_trial}: {result.objective}={result.best_value:.4f} with {values}"
+        typer.secho(f"{best}\nbest config: {result.best_config}", fg=typer.colors.GREEN)
 
 
 @app.command()

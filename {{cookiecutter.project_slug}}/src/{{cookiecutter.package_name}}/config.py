@@ -81,6 +81,9 @@ class ModelConfig(_Section):
     """QLoRA: load the base model in 4-bit NF4 with bitsandbytes. CUDA only."""
     trust_remote_code: bool = False
     """Allow model code from the hub repository to run. Keep false unless the model needs it."""
+    adapter: str | None = None
+    """The SFT adapter a `train.stage: dpo` run starts from (and `data prefs` generates with): a run folder
+    (`outputs/<run>`), its `adapter/` folder or a model URI (`models:/<project>@champion`). null for SFT."""
 
 
 class LoraConfig(_Section):
@@ -136,6 +139,9 @@ class TrainConfig(_Section):
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     packing: bool = False
     """Pack several short examples into one sequence: faster on GPUs for short data."""
+    stage: Literal["sft", "dpo"] = "sft"
+    """`sft`: supervised fine-tuning of a fresh LoRA adapter on `data`; `dpo`: preference tuning (DPO) of the
+    `model.adapter` SFT adapter on the pairs in `dpo.data_path` (the `dpo` section)."""
 
     @field_validator("run_name")
     @classmethod
@@ -239,6 +245,83 @@ class ReportConfig(_Section):
     """Sample generations (input, base, fine-tuned) shown in the README results section."""
 
 
+class DpoConfig(_Section):
+    data_path: str = "data/prefs"
+    """Preference pairs for `train.stage: dpo`: a folder of train (+ validation) files or one file (.jsonl,
+    .csv, .parquet) with `prompt`, `chosen` and `rejected` (text or chat messages); `data prefs` writes them."""
+    beta: float = Field(0.1, gt=0)
+    """Strength of the pull back to the reference (the SFT model): the loss scores beta x (log-ratio policy /
+    reference of chosen minus that of rejected). Small (0.01-0.05): the model may move far from SFT to fit the
+    pairs (and forget); large (0.5): it stays close and learns little. 0.1 is the usual start."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    """`sigmoid`: the DPO paper's loss; `ipo`: a squared loss whose margin stops growing (suits near-certain
+    preferences such as rule-made pairs); `hinge`: SLiC's margin loss; `robust`: tolerates mislabelled pairs."""
+    prompts: int = Field(256, gt=0)
+    """`data prefs`: training rows the SFT model answers (drawn with train.seed); each wrong answer is a pair.
+    More finds more of its mistakes; each costs one greedy generation."""
+    min_pairs: int = Field(200, ge=0)
+    """`data prefs`: fewest pairs to write; when the model's own wrong answers are fewer, rule-based
+    corruptions of other training answers (extraction task) fill up to it. 0 keeps on-policy pairs only."""
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    """`data prefs`: share of the pairs held out as DPO's validation split (its eval loss and reward margins)."""
+
+
+class SweepParam(_Section):
+    type: Literal["log_uniform", "uniform", "int", "categorical"]
+    """`log_uniform`: a float drawn evenly on a log scale between low and high (learning rates); `uniform`: a
+    float drawn evenly between them; `int`: an integer from low to high, both included; `categorical`: one of
+    `choices` (LoRA rank, scheduler)."""
+    low: float | None = None
+    """Smallest value (log_uniform, uniform, int); log_uniform needs it above 0."""
+    high: float | None = None
+    """Largest value (log_uniform, uniform, int); must be above `low`."""
+    choices: list[bool | int | float | str] | None = None
+    """The values a `categorical` setting may take, e.g. [4, 8, 16]."""
+
+    @model_validator(mode="after")
+    def _check_range(self) -> SweepParam:
+        if self.type == "categorical":
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("categorical needs a non-empty `choices` list and no low/high")
+            return self
+        if self.low is None or self.high is None or self.choices is not None:
+            raise ValueError(f"{self.type} needs `low` and `high` (and no `choices`)")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.type == "log_uniform" and self.low <= 0:
+            raise ValueError(f"log_uniform needs low above 0 (got {self.low:g}); a log scale has no 0")
+        if self.type == "int" and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError(f"int needs whole numbers for low and high (got {self.low:g}, {self.high:g})")
+        return self
+
+
+class SweepConfig(_Section):
+    space: dict[str, SweepParam] = Field(default_factory=dict)
+    """The searched settings, each a dotted config key (`train.learning_rate`, `lora.r`) mapped to
+    {type, low, high} or {type: categorical, choices}. Every other setting stays as the config sets it."""
+    objective: str = "eval_loss"
+    """Metric of the validation evaluations that scores a trial (its value at the last evaluation), as the
+    Trainer logs it: `eval_loss`, `eval_mean_token_accuracy`, ... Validation loss by default: it exists for
+    every task, moves smoothly, and keeps the test split untouched for `evaluate`."""
+    direction: Literal["minimize", "maximize"] = "minimize"
+    """Whether a lower (`minimize`, losses) or higher (`maximize`, accuracies) objective is better."""
+    study_name: str | None = None
+    """Name of the Optuna study (and its MLflow parent run); the same name continues an interrupted sweep.
+    null: `<config file name>-sweep`."""
+    storage: str = "sqlite:///optuna.db"
+    """Optuna study storage: an SQLite file beside mlflow.db by default, so a sweep survives being stopped."""
+    pruner: Literal["median", "none"] = "median"
+    """`median`: stop a trial whose objective at an evaluation is worse than the median of the finished
+    trials at the same step (Optuna's MedianPruner); `none`: every trial trains to the end."""
+    n_startup_trials: int = Field(2, ge=0)
+    """Trials that finish before the pruner may stop any: the median needs finished trials to compare with."""
+    n_warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of each trial before the pruner may stop it: early losses of a good setting can be
+    high while its learning rate warms up."""
+    seed: int = Field(0, ge=0)
+    """Seed of Optuna's sampler (TPE): the same seed draws the same trial values, so a sweep can be repeated."""
+
+
 class Config(_Section):
     project: str
     """Project slug: the MLflow experiment and registered model name."""
@@ -249,8 +332,10 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    dpo: DpoConfig = Field(default_factory=DpoConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
@@ -258,6 +343,11 @@ class Config(_Section):
             self.task.name = self.project  # a neutral title, never the shop example's
         if self.model.load_in_4bit and self.train.device in ("cpu", "mps"):
             raise ValueError("model.load_in_4bit needs CUDA; set train.device=auto or cuda, or load_in_4bit=false")
+        if self.train.stage == "dpo" and not self.model.adapter:
+            raise ValueError(
+                "train.stage=dpo needs model.adapter, the SFT adapter to start from: a run folder (outputs/<run>), "
+                f"its adapter folder or a model URI (models:/{self.project}@champion)"
+            )
         if self.eval.split == "validation" and self.train.early_stopping_patience:
             # Early stopping selects on validation, so scoring on it would overstate the result.
             raise ValueError("eval.split=validation with early stopping leaks; use eval.split=test")
@@ -318,6 +408,14 @@ def describe_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tup
     return rows
 
 
+def key_lines(path: str | Path) -> dict[str, int]:
+    """The 1-based line of each dotted key of a YAML config file ({} when it is not valid YAML)."""
+    try:
+        return _key_lines(yaml.compose(Path(path).read_text(encoding="utf-8")))
+    except yaml.YAMLError:
+        return {}
+
+
 def _parse_override(override: str) -> tuple[str, Any]:
     key, sep, value = override.partition("=")
     if not sep or not key.strip():
@@ -367,6 +465,8 @@ def _describe(err: ValidationError, sources: dict[str, str], default_source: str
             message = f"unknown key{_suggest(loc)}"
         elif error["type"] == "missing":
             message = "required key is missing"
+        elif not loc:  # a check across sections (Config._check_combinations): its input is the whole config
+            message = error["msg"].removeprefix("Value error, ")
         else:
             message = f"{error['msg']} (got {error.get('input')!r}){_expected(loc)}"
         problems.setdefault(key, f"{source}: {key}: {message}")

@@ -84,6 +84,10 @@ def log_and_register(
         return None
     version = client().get_model_version(config.project, str(info.registered_model_version))
     client().set_registered_model_alias(config.project, CANDIDATE, version.version)
+    # The run's stage and (DPO) SFT parent on the version too, so the registry shows what each version is.
+    lineage = {k: v for k, v in client().get_run(run_id).data.tags.items() if k == "stage" or k.startswith("parent.")}
+    for key, value in lineage.items():
+        client().set_model_version_tag(config.project, version.version, key, value)
     log.info("registered %s version %s as @%s", config.project, version.version, CANDIDATE)
     return version
 

@@ -105,9 +105,11 @@ def client() -> MlflowClient:
 
 
 @contextmanager
-def training_run(config: Config, *, run_name: str, config_name: str, run_id: str | None = None) -> Iterator[str]:
+def training_run(
+    config: Config, *, run_name: str, config_name: str, run_id: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[str]:
     """An MLflow run around training (`run_id` reopens one, for --resume); yields its id. It ends FINISHED,
-    FAILED, or KILLED on Ctrl-C, never left RUNNING."""
+    FAILED, or KILLED on Ctrl-C, never left RUNNING. A new run is tagged `stage` (train.stage) and `tags`."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -115,7 +117,8 @@ def training_run(config: Config, *, run_name: str, config_name: str, run_id: str
     if run_id:
         run = mlflow.start_run(run_id=run_id)
     else:
-        run = mlflow.start_run(run_name=run_name, tags=_run_tags(config_name))
+        stage = {"stage": config.train.stage}
+        run = mlflow.start_run(run_name=run_name, tags=_run_tags(config_name) | stage | (tags or {}))
     try:
         yield run.info.run_id
     except KeyboardInterrupt:
@@ -169,10 +172,12 @@ def log_training_inputs(config: Config, *, splits: DatasetDict, config_file: Pat
     params |= run_params(device=device, batch_size=batch, accumulation=accumulation)
     _log_params(params)
     mlflow.log_artifact(str(config_file))
+    path = config.dpo.data_path if config.train.stage == "dpo" else config.data.path  # DPO: the preference pairs
     for split, rows in splits.items():
-        # One JSON string per conversation: MLflow hashes the content into the dataset's digest.
-        frame = pd.DataFrame({"messages": [json.dumps(messages) for messages in rows["messages"]]})
-        dataset = mlflow.data.from_pandas(frame, source=config.data.path, name=f"{Path(config.data.path).name}-{split}")
+        # One JSON string per conversation (per pair for DPO): MLflow hashes the content into the dataset's digest.
+        texts = [json.dumps(messages) for messages in rows["messages"]] if "messages" in rows.column_names else None
+        frame = pd.DataFrame({"messages": texts} if texts else {"pair": [json.dumps(row) for row in rows]})
+        dataset = mlflow.data.from_pandas(frame, source=path, name=f"{Path(path).name}-{split}")
         mlflow.log_input(dataset, context=split)
 
 

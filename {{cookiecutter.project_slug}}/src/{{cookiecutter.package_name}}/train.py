@@ -19,14 +19,14 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import distributed
-from .config import Config, ModelConfig, TrainConfig, dump_config
+from .config import Config, DataConfig, ModelConfig, TrainConfig, dump_config
 from .data import data_record, epochs_seen, load_splits, token_length, with_recorded_system_prompt
 from .errors import ProjectError
 from .model import (
@@ -44,6 +44,7 @@ from .model import (
     prepare_chat_template,
     resolve_device,
 )
+from .prefs import load_preferences, resolve_sft_adapter
 from .registry import log_and_register
 from .runs import CONFIG_FILE, TRAIN_LOG, read_tracking_file, write_tracking_file
 from .tracking import check_tracking_server, log_training_inputs, metrics_callback, training_run
@@ -51,7 +52,11 @@ from .tracking import check_tracking_server, log_training_inputs, metrics_callba
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    from .registry import ModelSource
+
+    TrainerCallbacks = Sequence[TrainerCallback]  # extra callbacks for train(): a sweep's pruner
 
 log = logging.getLogger(__name__)
 # In each checkpoint-<step>/: the run's training seconds up to it, so --resume adds the earlier sessions' time.
@@ -62,18 +67,20 @@ class TrainError(ProjectError, ValueError):
     """A training run cannot start (its folder exists, nothing to resume, bad settings); nothing was written."""
 
 
-def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
-    """Fine-tune `config.model.base_model` with LoRA; return the run folder holding adapter/ and config.yaml."""
+def train(
+    config: Config, *, config_name: str, resume: bool = False, callbacks: TrainerCallbacks = (), log_model: bool = True
+) -> Path:
+    """Fine-tune `config.model.base_model` with LoRA; return the run folder holding adapter/ and config.yaml.
+    `callbacks` join the Trainer's (a sweep's pruner); log_model=False (sweep trials) logs no model to MLflow."""
     if config.tracking.enabled:
         check_tracking_server()  # an unreachable server must fail now, not after an hour of training
     device = resolve_device(config.train.device)
     distributed.check_launched(device=device, load_in_4bit=config.model.load_in_4bit)
     # Launched as several processes, all write to one folder: rank 0 names it (a timestamp), the others follow.
     run_dir = distributed.agree_on(lambda: _run_dir(config.train, config_name=config_name, resume=resume), device)
-    splits = load_splits(config.data, system_prompt=config.task.system_prompt)
-    config = with_recorded_system_prompt(config, splits["train"]["messages"])
+    config, splits, parent = _load_data(config)  # parent: the SFT adapter a DPO run starts from
     precision = _precision(config.train.precision, device=device)
-    model, tokenizer, loss_mode = _load_model(config, splits=splits, device=device)
+    model, tokenizer, loss_mode = _load_model(config, splits=splits, device=device, parent=parent)
     # Until training starts, any failure (a bad lora.target_modules, MLflow refusing the run) removes the new
     # run_dir, so the same train.run_name is free next time; from then on its checkpoints are kept for --resume.
     with _removed_on_failure(run_dir) as training_started:
@@ -86,13 +93,14 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
             run_dir=run_dir,
             device=device,
             precision=precision,
+            extra_callbacks=callbacks,
         )
         resolved = config.model_copy(update={"train": config.train.model_copy(update={"run_name": run_dir.name})})
         if distributed.is_main_process():  # the other processes of a launch write nothing but checkpoint parts
             dump_config(resolved, run_dir / CONFIG_FILE)
         action, masked = "resuming" if resume else "training", loss_mode.split("_")[0]
         log.info("%s %s on %s (%s), loss on %s tokens", action, run_dir, device, precision, masked)
-        with _mlflow_run(config, run_dir=run_dir, config_name=config_name, resume=resume) as run_id:
+        with _mlflow_run(config, run_dir=run_dir, config_name=config_name, resume=resume, parent=parent) as run_id:
             if run_id:
                 write_tracking_file(run_dir, run_id=run_id, version=None)  # so --resume finds the run if this stops
                 log_training_inputs(resolved, splits=splits, config_file=run_dir / CONFIG_FILE, device=device)
@@ -108,13 +116,13 @@ def train(config: Config, *, config_name: str, resume: bool = False) -> Path:
                 runtime_s=runtime_s,
                 device=device,
                 config_name=config_name,
-                data=data_record(config.data, rows={name: len(rows) for name, rows in splits.items()}),
+                data=data_record(_data_config(config), rows={name: len(rows) for name, rows in splits.items()}),
                 epochs=_epochs(trainer, train_cfg=config.train, train_rows=len(splits["train"])),
                 parameters=trainable_parameters(trainer.model),
             )
             (run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; names no base for local models
             log.info("saved %s", run_dir / "adapter")
-            if run_id:
+            if run_id and log_model:
                 model = _model_to_register(trainer, config=config, adapter_dir=run_dir / "adapter")
                 version = log_and_register(config, run_id=run_id, model=model, tokenizer=tokenizer)
                 write_tracking_file(run_dir, run_id=run_id, version=version)
@@ -163,22 +171,58 @@ def _runtime_recorder(earlier_s: float) -> TrainerCallback:
 
 
 @contextmanager
-def _mlflow_run(config: Config, *, run_dir: Path, config_name: str, resume: bool) -> Iterator[str | None]:
-    """The MLflow run of this training (reopened when resuming); yields None when tracking is off."""
+def _mlflow_run(
+    config: Config, *, run_dir: Path, config_name: str, resume: bool, parent: ModelSource | None = None
+) -> Iterator[str | None]:
+    """The MLflow run of this training (reopened when resuming); yields None when tracking is off. It is tagged
+    with `stage`, and a DPO run with its SFT parent (`parent.run_id`, `parent.model_version`, `parent.source`)."""
     if not config.tracking.enabled or not distributed.is_main_process():
         yield None
         return
     previous = read_tracking_file(run_dir) if resume else None
+    parent_tags = {
+        "parent.run_id": parent and parent.run_id,
+        "parent.model_version": parent and parent.version,
+        "parent.source": parent and config.model.adapter,
+    }
     with training_run(
-        config, run_name=run_dir.name, config_name=config_name, run_id=previous and previous["run_id"]
+        config,
+        run_name=run_dir.name,
+        config_name=config_name,
+        run_id=previous and previous["run_id"],
+        tags={key: value for key, value in parent_tags.items() if value},
     ) as run_id:
         yield run_id
 
 
+def _load_data(config: Config) -> tuple[Config, DatasetDict, ModelSource | None]:
+    """The stage's splits and the config with its recorded system prompt (`data.with_recorded_system_prompt`).
+    DPO: the preference pairs of `dpo.data_path` and the SFT parent, resolved first (a missing adapter fails
+    before anything loads), whose base model becomes model.base_model (a registered one brings its own)."""
+    if config.train.stage == "sft":
+        splits = load_splits(config.data, system_prompt=config.task.system_prompt)
+        return with_recorded_system_prompt(config, splits["train"]["messages"]), splits, None
+    parent = resolve_sft_adapter(config.model.adapter or "")
+    splits = load_preferences(config.dpo, seed=config.train.seed, system_prompt=config.task.system_prompt)
+    config = with_recorded_system_prompt(config, [[*row["prompt"], *row["chosen"]] for row in splits["train"]])
+    model_cfg = config.model.model_copy(update={"base_model": parent.base_model})
+    return config.model_copy(update={"model": model_cfg}), splits, parent
+
+
+def _data_config(config: Config) -> DataConfig:
+    """What the run trained on, for train_log.json: the pairs' folder for DPO."""
+    if config.train.stage == "dpo":
+        return config.data.model_copy(update={"path": config.dpo.data_path})
+    return config.data
+
+
 def _load_model(
-    config: Config, *, splits: DatasetDict, device: Device
+    config: Config, *, splits: DatasetDict, device: Device, parent: ModelSource | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossMode]:
-    """Base model and tokenizer, the chat template ready for masked loss, and every example checked to fit."""
+    """Base model and tokenizer, the chat template ready for masked loss, and every example checked to fit.
+    DPO (`parent` given): the SFT model instead (`_load_sft_policy`); TRL's max_length cuts long pairs."""
+    if parent is not None:
+        return _load_sft_policy(config.model, parent=parent, device=device)
     with distributed.local_main_process_first(device):  # one process builds the tiny model, the others load it
         _ensure_base_model(config.model, splits=splits, seed=config.train.seed)
     model_cfg = config.model
@@ -322,9 +366,23 @@ def build_trainer(
     run_dir: Path,
     device: Device,
     precision: Precision,
+    extra_callbacks: TrainerCallbacks = (),
 ) -> SFTTrainer:
-    """An SFTTrainer that trains a fresh LoRA adapter on `splits["train"]` and evaluates on "validation"."""
+    """An SFTTrainer that trains a fresh LoRA adapter on `splits["train"]` and evaluates on "validation"
+    (with `train.stage: dpo`, a DPOTrainer on the SFT model's adapter: `build_dpo_trainer`)."""
     from trl import SFTTrainer
+
+    if config.train.stage == "dpo":
+        return build_dpo_trainer(
+            config,
+            model=model,
+            tokenizer=tokenizer,
+            splits=splits,
+            run_dir=run_dir,
+            device=device,
+            precision=precision,
+            extra_callbacks=extra_callbacks,
+        )
 
     try:
         return SFTTrainer(
@@ -334,7 +392,7 @@ def build_trainer(
             eval_dataset=_for_loss_mode(splits["validation"], loss_mode),
             processing_class=tokenizer,
             peft_config=lora_config(config.lora),
-            callbacks=_callbacks(config.train),
+            callbacks=[*_callbacks(config.train), *extra_callbacks],
         )
     except ValueError as err:  # peft wraps the model here: lora.target_modules naming no layer of it
         if "target modules" not in str(err).lower():
@@ -361,11 +419,24 @@ def sft_config(
     """Our settings as TRL's SFTConfig (which extends transformers' TrainingArguments)."""
     from trl import SFTConfig
 
+    return SFTConfig(
+        **_trainer_arguments(config, output_dir=output_dir, device=device, precision=precision),
+        max_length=config.data.max_seq_length,
+        packing=config.train.packing,
+        assistant_only_loss=loss_mode == "assistant_only",
+        completion_only_loss=loss_mode == "completion_only",
+    )
+
+
+def _trainer_arguments(config: Config, *, output_dir: Path, device: Device, precision: Precision) -> dict[str, Any]:
+    """transformers' TrainingArguments from our `train` section, shared by the SFT and DPO configs."""
+    from transformers import TrainingArguments
+
     t = config.train
     # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
-    names = {field.name for field in dataclasses.fields(SFTConfig)}
+    names = {field.name for field in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir),  # checkpoint-<step>/ folders go here, next to adapter/
         seed=t.seed,
         data_seed=t.seed,
@@ -393,10 +464,6 @@ def sft_config(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         **{checkpointing: t.gradient_checkpointing},  # TRL defaults it on; ours is off unless asked
-        max_length=config.data.max_seq_length,
-        packing=t.packing,
-        assistant_only_loss=loss_mode == "assistant_only",
-        completion_only_loss=loss_mode == "completion_only",
         report_to="none",  # MLflow comes through tracking.py's callback, not the built-in reporter
         ddp_find_unused_parameters=False,  # every LoRA weight is used in each forward: DDP need not search
         dataloader_pin_memory=device == "cuda",
@@ -508,6 +575,8 @@ def _save_adapter(trainer: SFTTrainer, *, tokenizer: PreTrainedTokenizerBase, ad
     digest_dir = os.environ.get(distributed.WEIGHT_DIGEST_DIR_ENV)
     if digest_dir:  # tests only: each process's LoRA weights, to check the replicas agree
         distributed.write_weight_digest(trainer.model, Path(digest_dir))
+    if "ref" in getattr(trainer.model, "peft_config", {}):  # DPO's frozen reference copy: not part of the result
+        trainer.model.delete_adapter("ref")
     main, staging = distributed.is_main_process(), adapter_dir.with_name("adapter.partial")
     if main:
         shutil.rmtree(staging, ignore_errors=True)
@@ -525,3 +594,58 @@ def _save_adapter(trainer: SFTTrainer, *, tokenizer: PreTrainedTokenizerBase, ad
     if adapter_dir.exists():  # only when resuming: the run's own earlier adapter
         shutil.rmtree(adapter_dir)
     staging.rename(adapter_dir)
+
+
+# ---- DPO: preference tuning of an SFT adapter -----------------------------------------------------------
+
+
+def _load_sft_policy(
+    model_cfg: ModelConfig, *, parent: ModelSource, device: Device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossMode]:
+    """The SFT model DPO tunes: the base model once, with the parent's adapter loaded TRAINABLE (peft loads
+    adapters frozen by default) and the parent's tokenizer (its chat template). No second model for the
+    reference: DPOTrainer copies the adapter into a frozen `ref` adapter on the same base weights."""
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(parent.tokenizer_dir)
+    base = load_base_model(model_cfg, device=device)
+    model = PeftModel.from_pretrained(base, str(parent.adapter_dir), is_trainable=True)
+    return model, tokenizer, "completion_only"  # DPO scores the answers' tokens only
+
+
+def build_dpo_trainer(
+    config: Config,
+    *,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: DatasetDict,
+    run_dir: Path,
+    device: Device,
+    precision: Precision,
+    extra_callbacks: TrainerCallbacks = (),
+) -> DPOTrainer:
+    """A DPOTrainer on the SFT PeftModel, `ref_model=None`: the reference log-probabilities come from the same
+    base weights under a frozen copy of the SFT adapter (TRL's `ref` adapter), so memory holds one base model."""
+    from trl import DPOTrainer
+
+    return DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=dpo_config(config, output_dir=run_dir, device=device, precision=precision),
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        processing_class=tokenizer,
+        callbacks=[*_callbacks(config.train), *extra_callbacks],
+    )
+
+
+def dpo_config(config: Config, *, output_dir: Path, device: Device, precision: Precision) -> DPOConfig:
+    """Our settings as TRL's DPOConfig: the `train` section's Trainer arguments plus the `dpo` section."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **_trainer_arguments(config, output_dir=output_dir, device=device, precision=precision),
+        max_length=config.data.max_seq_length,  # prompt + answer, in tokens; longer pairs are cut
+        beta=config.dpo.beta,
+        loss_type=[config.dpo.loss_type],
+    )

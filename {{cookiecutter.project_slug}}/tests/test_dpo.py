@@ -1,0 +1,137 @@
+"""DPO after SFT: one base model in memory (the reference is the SFT adapter's frozen copy), a normal run folder,
+an MLflow run tagged with its stage and SFT parent, a registered candidate that `evaluate` scores unchanged."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from {{ cookiecutter.package_name }}.config import ConfigError, load_config
+from {{ cookiecutter.package_name }}.prefs import PrefsError, build_preferences
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def test_dpo_stage_without_an_adapter_is_refused(smoke_config):
+    with pytest.raises(ConfigError) as err:
+        smoke_config("train.stage=dpo")
+    assert "train.stage=dpo needs model.adapter, the SFT adapter to start from" in str(err.value)
+
+
+def test_shipped_dpo_config_is_a_dpo_stage_on_the_smoke_data():
+    dpo, smoke = load_config(CONFIGS / "dpo.yaml"), load_config(CONFIGS / "smoke.yaml")
+    assert (dpo.train.stage, dpo.dpo.loss_type, dpo.dpo.beta) == ("dpo", "sigmoid", 0.1)
+    assert dpo.model.adapter.startswith("models:/") and dpo.model.adapter.endswith("@candidate")
+    # evaluate compares a run with the SFT one on the same rows: the task and data must not differ
+    assert (dpo.task, dpo.data, dpo.eval) == (smoke.task, smoke.data, smoke.eval)
+
+
+def test_missing_sft_adapter_fails_before_any_output(smoke_config, tmp_path):
+    from {{ cookiecutter.package_name }}.train import train
+
+    config = smoke_config(
+        "train.stage=dpo", f"model.adapter={tmp_path / 'outputs' / 'gone'}", "train.run_name=dpo", root=tmp_path
+    )
+    with pytest.raises(PrefsError, match=r"model.adapter='.*gone': no SFT adapter there"):
+        train(config, config_name="dpo")
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.fixture(scope="module")
+def dpo_run(smoke_run, smoke_config, tmp_path_factory):
+    """A short DPO run on the session's SFT run, counting how many models were loaded from disk."""
+    from transformers import AutoModelForCausalLM
+
+    from {{ cookiecutter.package_name }} import train as train_module
+
+    root = tmp_path_factory.mktemp("dpo")
+    prefs = root / "prefs"
+    build_preferences(smoke_config("dpo.prompts=16", "dpo.min_pairs=40"), adapter=str(smoke_run), out_dir=prefs)
+    config = smoke_config(
+        "train.stage=dpo",
+        f"model.adapter={smoke_run}",
+        f"dpo.data_path={prefs}",
+        "train.max_steps=4",
+        "train.batch_size=8",
+        "train.eval_steps=4",
+        "train.save_steps=4",
+        "train.learning_rate=1e-3",
+        "tracking.enabled=true",
+        root=root,
+    )
+    seen: dict = {"loads": [], "config": config}
+    original_load, original_build = AutoModelForCausalLM.from_pretrained, train_module.build_dpo_trainer
+
+    def counting_load(*args, **kwargs):
+        seen["loads"].append(args[0])
+        return original_load(*args, **kwargs)
+
+    def keeping_build(*args, **kwargs):
+        trainer = original_build(*args, **kwargs)
+        # The adapters while training, before the reference copy is dropped for saving.
+        seen["trainer"], seen["adapters"] = trainer, sorted(trainer.model.peft_config)
+        seen["trainable"] = {name.split(".")[-2] for name, p in trainer.model.named_parameters() if p.requires_grad}
+        return trainer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AutoModelForCausalLM, "from_pretrained", counting_load)
+        patch.setattr(train_module, "build_dpo_trainer", keeping_build)
+        seen["run_dir"] = train_module.train(config, config_name="dpo")
+    return seen
+
+
+@pytest.mark.e2e
+def test_dpo_loads_one_base_model_and_uses_the_adapter_as_reference(dpo_run):
+    from peft import PeftModel
+
+    assert len(dpo_run["loads"]) == 1  # the base once: no second copy for the reference model
+    trainer = dpo_run["trainer"]
+    assert trainer.ref_model is None and isinstance(trainer.model, PeftModel)
+    assert dpo_run["adapters"] == ["default", "ref"]  # the SFT adapter trained, its frozen copy the reference
+    assert dpo_run["trainable"] == {"default"}  # only the SFT adapter's LoRA weights train: never the reference
+    assert list(trainer.model.peft_config) == ["default"]  # the copy is dropped before saving
+
+
+@pytest.mark.e2e
+def test_dpo_run_folder_holds_a_tuned_copy_of_the_sft_adapter(dpo_run, smoke_run):
+    run_dir = dpo_run["run_dir"]
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
+    sft = load_file(smoke_run / "adapter" / "adapter_model.safetensors")
+    dpo = load_file(adapter / "adapter_model.safetensors")
+    assert sft.keys() == dpo.keys()  # the same LoRA layers, tuned further
+    assert any(not torch.equal(sft[key], dpo[key]) for key in sft)
+    saved = load_config(run_dir / "config.yaml")
+    assert (saved.train.stage, saved.model.adapter) == ("dpo", str(smoke_run))
+    log = json.loads((run_dir / "train_log.json").read_text())
+    assert log["data"]["path"] == dpo_run["config"].dpo.data_path
+    assert any("rewards/margins" in " ".join(entry) for entry in log["log_history"])  # DPO's own metrics
+
+
+@pytest.mark.e2e
+def test_dpo_run_records_its_sft_parent_and_is_scored_like_any_candidate(dpo_run, smoke_run):
+    from mlflow import MlflowClient
+
+    from {{ cookiecutter.package_name }}.evaluate import evaluate
+
+    tracked = json.loads((dpo_run["run_dir"] / "tracking.json").read_text())
+    parent = json.loads((smoke_run / "tracking.json").read_text())
+    client = MlflowClient()
+    tags = client.get_run(tracked["run_id"]).data.tags
+    assert tags["stage"] == "dpo"
+    assert (tags["parent.run_id"], tags["parent.model_version"]) == (parent["run_id"], parent["model_version"])
+    assert client.get_run(parent["run_id"]).data.tags["stage"] == "sft"
+    config = dpo_run["config"]
+    version = client.get_model_version(config.project, tracked["model_version"])
+    assert version.tags["stage"] == "dpo" and version.tags["parent.run_id"] == parent["run_id"]
+    assert client.get_model_version_by_alias(config.project, "candidate").version == version.version
+
+    # The gate is left out (other tests rely on the session's champion); 8 rows, no few-shot column: seconds.
+    tracking = config.tracking.model_copy(update={"promote": False})
+    eval_cfg = config.eval.model_copy(update={"max_samples": 8, "few_shot": 0})
+    report = evaluate(config.model_copy(update={"tracking": tracking, "eval": eval_cfg}))
+    assert report["run"]["model_version"] == tracked["model_version"]
+    metrics = client.get_run(tracked["run_id"]).data.metrics
+    assert metrics["finetuned.eval_loss"] == pytest.approx(report["finetuned"]["eval_loss"])
