@@ -123,7 +123,7 @@ tests/test_configs.py
 tests/test_data.py
 tests/test_deploy.py
 tests/test_distributed.py
-tests/test_dpo.py
+tests/test_train_dpo.py
 tests/test_drift.py
 tests/test_evaluate.py
 tests/test_bootstrap.py

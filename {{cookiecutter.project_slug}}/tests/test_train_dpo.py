@@ -1,5 +1,8 @@
 """DPO after SFT: one base model in memory (the reference is the SFT adapter's frozen copy), a normal run folder,
-an MLflow run tagged with its stage and SFT parent, a registered candidate that `evaluate` scores unchanged."""
+an MLflow run tagged with its stage and SFT parent, a registered candidate that `evaluate` scores unchanged.
+
+Named to sort after test_registry.py: its run registers a second version in the session's registry (the SFT
+parent must be there), and test_registry checks the first one."""
 
 import json
 from pathlib import Path
