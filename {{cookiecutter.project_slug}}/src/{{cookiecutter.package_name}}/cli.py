@@ -523,18 +523,24 @@ def merge(
 # --- serve -----------------------------------------------------------------------------------
 
 
+# The options `serve` and `serve-vllm` share.
+HostOption = Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 opens it to the network.")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")]
+ModelConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config with model loading options, for adapters without a config.yaml."),
+]
+
+
 @app.command()
 def serve(
     model: Annotated[
         str | None,
         typer.Option(help="Adapter folder, `latest` (newest outputs/*/adapter) or MLflow URI; default: LLM_MODEL."),
     ] = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Config with model loading options, for adapters without a config.yaml."),
-    ] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    config: ModelConfigOption = None,
 ) -> None:
     """Serve the model: OpenAI-compatible API, /metrics, demo page at /. Other settings: LLM_* variables."""
     import uvicorn
@@ -559,12 +565,9 @@ def serve_vllm(
             help="Adapter folder, run folder, `latest`, MLflow URI, or a folder `merge` wrote; default: LLM_MODEL."
         ),
     ] = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Config with model loading options, for adapters without a config.yaml."),
-    ] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8000,
+    config: ModelConfigOption = None,
     print_only: Annotated[bool, typer.Option("--print", help="Print the vLLM command instead of running it.")] = False,
 ) -> None:
     """Serve the model with vLLM on a GPU: same model id, chat template and API key (LLM_API_KEY) as `serve`."""

@@ -198,7 +198,7 @@ def _collect(
 def _read_source(path_or_id: str) -> tuple[dict[str, list[_Row]], list[Problem]]:
     path = Path(path_or_id)
     if path.is_dir():
-        files = _split_files(path)
+        files = split_files(path)
     elif path.is_file():
         files = {"train": path}
     elif _HUB_ID.fullmatch(path_or_id):
@@ -211,12 +211,12 @@ def _read_source(path_or_id: str) -> tuple[dict[str, list[_Row]], list[Problem]]
     rows: dict[str, list[_Row]] = {}
     problems: list[Problem] = []
     for split, file in files.items():
-        rows[split], found = _read_file(file)
+        rows[split], found = read_data_file(file)
         problems += found
     return rows, problems
 
 
-def _split_files(folder: Path) -> dict[str, Path]:
+def split_files(folder: Path) -> dict[str, Path]:
     """The data file of each split in a folder; train is required, the others are split off it if absent."""
     files: dict[str, Path] = {}
     for split, stems in SPLIT_NAMES.items():
@@ -236,7 +236,7 @@ def _split_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _read_file(path: Path) -> tuple[list[_Row], list[Problem]]:
+def read_data_file(path: Path) -> tuple[list[_Row], list[Problem]]:
     readers = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
     reader = readers.get(path.suffix.lower())
     if reader is None:
@@ -529,7 +529,7 @@ def data_record(cfg: DataConfig, *, rows: dict[str, int]) -> dict[str, Any]:
 def _source_files(path_or_id: str) -> dict[str, Path]:
     path = Path(path_or_id)
     if path.is_dir():
-        return _split_files(path)
+        return split_files(path)
     return {path.stem: path} if path.is_file() else {}
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config, DpoConfig
-from .data import ROLES, Problem, _read_file, _split_files, answer_object
+from .data import ROLES, Problem, answer_object, read_data_file, split_files
 from .errors import ProjectError
 
 if TYPE_CHECKING:
@@ -268,7 +268,7 @@ def load_preferences(cfg: DpoConfig, *, seed: int = 0, system_prompt: str | None
     pairs: dict[str, list[dict[str, Any]]] = {}
     problems: list[Problem] = []
     for split, path in files.items():
-        rows, found = _read_file(path)
+        rows, found = read_data_file(path)
         problems += found
         pairs[split] = []
         for row in rows:
@@ -292,7 +292,7 @@ def load_preferences(cfg: DpoConfig, *, seed: int = 0, system_prompt: str | None
 def _pref_files(path_or_folder: str) -> dict[str, Path]:
     path = Path(path_or_folder)
     if path.is_dir():
-        files = _split_files(path)
+        files = split_files(path)
         files.pop("test", None)  # DPO scores on the SFT data's test split, never on pairs
         return files
     if path.is_file():

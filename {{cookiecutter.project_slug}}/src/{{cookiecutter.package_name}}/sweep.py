@@ -34,7 +34,7 @@ import yaml
 from .config import Config, ConfigError, SweepParam, describe_keys, key_lines, load_config
 from .errors import ProjectError
 from .runs import read_tracking_file
-from .tracking import _experiment_id, check_tracking_server, client
+from .tracking import check_tracking_server, client, project_experiment_id
 from .train import train
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def _parent_run(config: Config, *, study: optuna.Study, config_name: str) -> str
     else:
         tags = {"config": config_name, "sweep.study": study.study_name, "sweep.storage": config.sweep.storage}
         run_id = mlflow_client.create_run(
-            _experiment_id(config.project), run_name=study.study_name, tags=tags
+            project_experiment_id(config.project), run_name=study.study_name, tags=tags
         ).info.run_id
         study.set_user_attr(PARENT_RUN_ATTR, run_id)
     space = {key: param.model_dump(exclude_none=True) for key, param in config.sweep.space.items()}

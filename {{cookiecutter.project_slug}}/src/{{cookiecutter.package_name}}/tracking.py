@@ -113,12 +113,12 @@ def training_run(
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment_id=_experiment_id(config.project))
+    mlflow.set_experiment(experiment_id=project_experiment_id(config.project))
     if run_id:
         run = mlflow.start_run(run_id=run_id)
     else:
         stage = {"stage": config.train.stage}
-        run = mlflow.start_run(run_name=run_name, tags=_run_tags(config_name) | stage | (tags or {}))
+        run = mlflow.start_run(run_name=run_name, tags=run_tags(config_name) | stage | (tags or {}))
     try:
         yield run.info.run_id
     except KeyboardInterrupt:
@@ -130,7 +130,7 @@ def training_run(
     mlflow.end_run("FINISHED")
 
 
-def _experiment_id(name: str) -> str:
+def project_experiment_id(name: str) -> str:
     """The project's experiment; with the embedded store its artifacts go to mlruns/ beside mlflow.db,
     wherever the command runs from (MLflow would otherwise use ./mlruns of the current folder)."""
     import mlflow
@@ -144,7 +144,7 @@ def _experiment_id(name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
-def _run_tags(config_name: str) -> dict[str, str]:
+def run_tags(config_name: str) -> dict[str, str]:
     tags = {"config": config_name}
     commit = _git_commit()
     if commit:
@@ -170,7 +170,7 @@ def log_training_inputs(config: Config, *, splits: DatasetDict, config_file: Pat
     # world size, backend, strategy and effective batch = train.batch_size x accumulation x world size
     batch, accumulation = config.train.batch_size, config.train.gradient_accumulation_steps
     params |= run_params(device=device, batch_size=batch, accumulation=accumulation)
-    _log_params(params)
+    log_run_params(params)
     mlflow.log_artifact(str(config_file))
     path = config.dpo.data_path if config.train.stage == "dpo" else config.data.path  # DPO: the preference pairs
     for split, rows in splits.items():
@@ -181,7 +181,7 @@ def log_training_inputs(config: Config, *, splits: DatasetDict, config_file: Pat
         mlflow.log_input(dataset, context=split)
 
 
-def _log_params(params: dict[str, Any]) -> None:
+def log_run_params(params: dict[str, Any]) -> None:
     """Log `params` to the active run. A resumed run (--resume train.max_steps=...) may change some: MLflow
     refuses to change a parameter, so a changed value goes to tag `resumed.<key>` and the original stays."""
     import mlflow
@@ -282,7 +282,7 @@ def log_other_data_evaluation(
     training_name = client().get_run(run_id).info.run_name
     tags = {EVALUATION_OF_TAG: run_id, OTHER_DATA_TAG: "true"}
     with mlflow.start_run(
-        experiment_id=_experiment_id(config.project), run_name=f"{training_name}-other-data", tags=tags
+        experiment_id=project_experiment_id(config.project), run_name=f"{training_name}-other-data", tags=tags
     ) as run:
         _log_scores(report=report, report_dir=report_dir, examples=examples)
     return run.info.run_id

@@ -132,7 +132,7 @@ def train(
 def _run_training(trainer: SFTTrainer, *, run_dir: Path, resume: bool) -> float:
     """Train, from the last checkpoint when resuming; return the run's training seconds over all its sessions
     (a stopped session counts up to its last checkpoint: the steps after it are trained again)."""
-    checkpoint = _last_checkpoint(run_dir) if resume else None
+    checkpoint = last_checkpoint(run_dir) if resume else None
     earlier_s = _earlier_runtime_s(run_dir, checkpoint=checkpoint)
     trainer.add_callback(_runtime_recorder(earlier_s))
     with sigterm_as_interrupt(trainer):  # `docker stop`, a spot instance: the run ends KILLED, checkpoints kept
@@ -293,7 +293,7 @@ def _run_dir(train_cfg: TrainConfig, *, config_name: str, resume: bool) -> Path:
     root = Path(train_cfg.output_dir)
     if resume:
         run_dir = root / train_cfg.run_name if train_cfg.run_name else _newest_run(root, config_name=config_name)
-        if _last_checkpoint(run_dir) is None:
+        if last_checkpoint(run_dir) is None:
             raise TrainError(f"{run_dir}: no checkpoint-* folder to resume from; train without --resume")
         return run_dir
     if train_cfg.run_name:
@@ -313,13 +313,13 @@ def _run_dir(train_cfg: TrainConfig, *, config_name: str, resume: bool) -> Path:
 
 
 def _newest_run(root: Path, *, config_name: str) -> Path:
-    runs = [p for p in root.glob(f"{config_name}-*") if _last_checkpoint(p) is not None]
+    runs = [p for p in root.glob(f"{config_name}-*") if last_checkpoint(p) is not None]
     if not runs:
         raise TrainError(f"--resume: no run of '{config_name}' with a checkpoint under {root}/; set train.run_name")
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def _last_checkpoint(run_dir: Path) -> str | None:
+def last_checkpoint(run_dir: Path) -> str | None:
     """The newest complete checkpoint-<step>/: one a stop (SIGTERM, Ctrl-C) cut short while it was being
     written has no trainer_state.json yet (the Trainer writes it last), and resuming from it would fail."""
     steps = {

@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..deploy.azure import WORKSPACE_VARIABLES
 from ..deploy.settings import DeploySettingsError, Var, resolve
 from ..errors import ProjectError
 from .job import JOB_VARIABLES, JobSpec, JobStatus, check_cost, train_command
@@ -40,24 +41,7 @@ MADE_BY = "made-by"
 STAGING, RESULTS, CHECKPOINTS = "${{inputs.staging}}", "${{outputs.results}}", "${{outputs.checkpoints}}"
 
 VARIABLES = [
-    Var(
-        "AZURE_SUBSCRIPTION_ID",
-        "the subscription id (az account show --query id -o tsv)",
-        pattern=r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}",
-        rule="must be a subscription id (a GUID)",
-    ),
-    Var(
-        "AZURE_RESOURCE_GROUP",
-        "the resource group of the Azure ML workspace",
-        pattern=r"[\w().-]{1,90}",
-        rule="must be a resource group name: 1-90 letters, digits and . _ - ( ), no spaces (az group list -o table)",
-    ),
-    Var(
-        "AZURE_ML_WORKSPACE",
-        "the Azure ML workspace name",
-        pattern=r"[a-zA-Z0-9][\w-]{2,32}",
-        rule="must be a workspace name: 3-33 letters, digits, _ and -, starting with a letter or digit",
-    ),
+    *WORKSPACE_VARIABLES,
     Var(
         "AZURE_TRAINING_ENVIRONMENT",
         "the job's environment: a curated PyTorch GPU environment, or your own (azureml:<name>@latest)",

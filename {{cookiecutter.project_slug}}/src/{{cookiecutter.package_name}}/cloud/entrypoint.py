@@ -125,11 +125,11 @@ def _prepare_run_dir(run_dir: Path) -> str | None:
     """What an earlier attempt left: None (start), the checkpoint to resume, or "finished" (training done, the
     evaluation was cut short). A folder without a complete checkpoint is the start of an attempt that died
     before its first save: removed, so training starts again under the same name."""
-    from ..train import _last_checkpoint
+    from ..train import last_checkpoint
 
     if (run_dir / "adapter").is_dir() and (run_dir / TRAIN_LOG).is_file():
         return "finished"
-    checkpoint = _last_checkpoint(run_dir)
+    checkpoint = last_checkpoint(run_dir)
     if checkpoint:
         log.info("resuming %s from %s (an earlier attempt was stopped)", run_dir.name, Path(checkpoint).name)
         return Path(checkpoint).name

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..deploy.gcp import PROJECT_ID
 from ..deploy.settings import DeploySettingsError, Var, resolve
 from .job import JOB_VARIABLES, JobSpec, JobStatus, check_cost, train_command
 from .staging import LAUNCHER, staged_files
@@ -40,12 +41,7 @@ IMAGE = "{host}/vertex-ai/training/pytorch-gpu.2-4.py311:latest"
 MADE_BY = "made-by"  # the label every job submit creates carries; cancel touches only jobs with it
 
 VARIABLES = [
-    Var(
-        "GCP_PROJECT_ID",
-        "the Google Cloud project id (gcloud projects list)",
-        pattern=r"[a-z][a-z0-9-]{4,28}[a-z0-9]",
-        rule="must be a project id: 6-30 lower-case letters, digits and dashes, starting with a letter",
-    ),
+    PROJECT_ID,
     Var(
         "GCP_REGION",
         "the Vertex AI region of the job and the bucket, e.g. us-central1 (one with your GPU quota)",

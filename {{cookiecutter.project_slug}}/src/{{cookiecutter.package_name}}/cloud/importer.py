@@ -148,14 +148,14 @@ def _create_run(config: Config, *, run_dir: Path, job: dict, record: dict, cost:
     """The MLflow run of the imported training: params, metric history, dataset inputs, tags; FINISHED."""
     import mlflow
 
-    from ..tracking import _experiment_id, _run_tags, tracking_uri
+    from ..tracking import project_experiment_id, run_tags, tracking_uri
 
     train_log = json.loads((run_dir / TRAIN_LOG).read_text(encoding="utf-8"))
-    tags = _run_tags(train_log.get("config_name") or run_dir.name) | _job_tags(job, cost=cost)
+    tags = run_tags(train_log.get("config_name") or run_dir.name) | _job_tags(job, cost=cost)
     mlflow.set_tracking_uri(tracking_uri())
     client = mlflow.MlflowClient()
     started = _millis(record.get("started"))
-    run = client.create_run(_experiment_id(config.project), start_time=started, tags=tags, run_name=run_dir.name)
+    run = client.create_run(project_experiment_id(config.project), start_time=started, tags=tags, run_name=run_dir.name)
     with mlflow.start_run(run_id=run.info.run_id):
         _log_inputs(config, train_log=train_log, record=record, config_file=run_dir / CONFIG_FILE)
         _log_history(client, run.info.run_id, train_log["log_history"])
@@ -184,12 +184,12 @@ def _log_inputs(config: Config, *, train_log: dict, record: dict, config_file: P
     import pandas as pd
 
     from ..data import load_splits
-    from ..tracking import _log_params, flatten
+    from ..tracking import flatten, log_run_params
 
     splits = load_splits(config.data, system_prompt=config.task.system_prompt)
     params = flatten(config.model_dump(mode="json")) | {f"data.rows.{name}": len(rows) for name, rows in splits.items()}
     params |= {f"version.{name}": v for name, v in (record.get("library_versions") or {}).items()}
-    _log_params(params | {"device": train_log.get("device", "unknown")})
+    log_run_params(params | {"device": train_log.get("device", "unknown")})
     mlflow.log_artifact(str(config_file))
     for split, rows in splits.items():
         frame = pd.DataFrame({"messages": [json.dumps(messages) for messages in rows["messages"]]})

@@ -30,7 +30,8 @@ import yaml
 
 from .settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
 
-VARIABLES = [
+# The workspace every Azure ML call names: deploying an endpoint and training (cloud/azure.py) alike.
+WORKSPACE_VARIABLES = [
     Var(
         "AZURE_SUBSCRIPTION_ID",
         "the subscription id (az account show --query id -o tsv)",
@@ -49,6 +50,10 @@ VARIABLES = [
         pattern=r"[a-zA-Z0-9][\w-]{2,32}",
         rule="must be a workspace name: 3-33 letters, digits, _ and -, starting with a letter or digit",
     ),
+]
+
+VARIABLES = [
+    *WORKSPACE_VARIABLES,
     Var(
         "AZURE_ACR_NAME",
         "the Azure Container Registry for the image: the workspace's own (it can pull from it) or one the "

@@ -18,13 +18,16 @@ import yaml
 
 from .settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
 
+# Deploying the service and training (cloud/gcp.py) alike run in this project.
+PROJECT_ID = Var(
+    "GCP_PROJECT_ID",
+    "the Google Cloud project id (gcloud projects list)",
+    pattern=r"[a-z][a-z0-9-]{4,28}[a-z0-9]",
+    rule="must be a project id: 6-30 lower-case letters, digits and dashes, starting with a letter",
+)
+
 VARIABLES = [
-    Var(
-        "GCP_PROJECT_ID",
-        "the Google Cloud project id (gcloud projects list)",
-        pattern=r"[a-z][a-z0-9-]{4,28}[a-z0-9]",
-        rule="must be a project id: 6-30 lower-case letters, digits and dashes, starting with a letter",
-    ),
+    PROJECT_ID,
     Var(
         "GCP_REGION",
         "the region of the service and the registry, e.g. europe-west1",
