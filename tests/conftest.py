@@ -46,6 +46,7 @@ ops/prometheus/alerts.yml
 ops/prometheus/prometheus.yml
 pyproject.toml
 scripts/benchmark_serve.py
+scripts/benchmark_train.py
 scripts/load_test.py
 scripts/serve.sh
 src/{pkg}/__init__.py
@@ -71,6 +72,7 @@ src/{pkg}/bootstrap.py
 src/{pkg}/baselines.py
 src/{pkg}/error_analysis.py
 src/{pkg}/judge.py
+src/{pkg}/lm_head.py
 src/{pkg}/model.py
 src/{pkg}/monitor/__init__.py
 src/{pkg}/monitor/accounting.py
@@ -128,8 +130,10 @@ tests/test_drift.py
 tests/test_evaluate.py
 tests/test_bootstrap.py
 tests/test_baselines.py
+tests/test_benchmark_train.py
 tests/test_error_analysis.py
 tests/test_judge.py
+tests/test_lm_head.py
 tests/test_model.py
 tests/test_notebook.py
 tests/test_ops.py

@@ -155,6 +155,7 @@ RENDERED_FILE_TESTS = [
 # files train, launch or execute on their own fixtures (none uses the session's smoke run or served model), so
 # splitting them off repeats only the tiny model's build.
 SECOND_SHARD = [
+    "tests/test_benchmark_train.py",  # both training loops, in a process of its own
     "tests/test_cli.py",  # the smoke pipeline as a user runs it, in its own processes
     "tests/test_cloud.py",  # a cloud job's entrypoint, stopped, resumed and imported
     "tests/test_cloud_aws.py",

@@ -15,15 +15,18 @@ from {{ cookiecutter.package_name }}.config import dump_config, load_config
 from {{ cookiecutter.package_name }}.evaluate import (
     COMMAND,
     EvaluationError,
+    JsonAnswerEnd,
     _loss_batch,
     check_run_config,
     config_differences,
     evaluate,
     extraction_metrics,
+    generate_answers,
     generic_metrics,
 )
-from {{ cookiecutter.package_name }}.model import ModelError, load_tokenizer
+from {{ cookiecutter.package_name }}.model import ModelError, load_finetuned, load_tokenizer
 from {{ cookiecutter.package_name }}.registry import ModelSource
+from {{ cookiecutter.package_name }}.task import parse_prediction
 from {{ cookiecutter.package_name }}.tracking import client as tracking_client
 
 
@@ -327,3 +330,38 @@ def test_few_shot_settings_that_cannot_work_are_refused_before_generating(smoke_
     with pytest.raises(BaselineError, match=r"eval.few_shot=3: the longest few-shot prompt has \d+ tokens"):
         evaluate(too_long, adapter_dir=smoke_run / "adapter")
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize(
+    ("answer", "complete"),
+    [
+        ('{"intent": "refund", "order_id": null', False),
+        ('{"intent": {"kind": "refund"}', False),  # an inner object closed, the answer's own still open
+        ('{"note": "}"', False),  # a brace inside a string closes nothing
+        ('Sure! {"intent": "refund"}', True),
+        ('{"intent": "refund"} and then more words', True),
+        ("no object here }", False),
+    ],
+)
+def test_generation_stops_once_the_answer_holds_a_whole_json_object(tiny_model, answer, complete):
+    import torch
+
+    tokenizer = load_tokenizer(tiny_model)
+    prompt = tokenizer("where is my order", add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(answer_ids) == answer  # the tiny tokenizer is byte-level: the text comes back whole
+    stop = JsonAnswerEnd(tokenizer, prompt_length=len(prompt))
+    assert stop(torch.tensor([prompt + answer_ids]), scores=None).tolist() == [complete]
+
+
+def test_stopping_at_the_json_end_keeps_every_score_of_the_fine_tuned_model(smoke_config, smoke_run):
+    config = smoke_config("eval.max_new_tokens=64")
+    tokenizer = load_tokenizer(smoke_run / "adapter")
+    model = load_finetuned(config.model, adapter_dir=smoke_run / "adapter", device="cpu")
+    rows = [json.loads(line)["messages"] for line in (Path(config.data.path) / "test.jsonl").open()][:16]
+    common = {"tokenizer": tokenizer, "rows": rows, "eval_cfg": config.eval, "device": "cpu"}
+    stopped = generate_answers(model, json_answers=True, **common)
+    full = generate_answers(model, json_answers=False, **common)
+    assert [parse_prediction(a) for a in stopped] == [parse_prediction(a) for a in full]
+    assert all(b.startswith(a) for a, b in zip(stopped, full, strict=True))
+    assert sum(map(len, stopped)) <= sum(map(len, full))

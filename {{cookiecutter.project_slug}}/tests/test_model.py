@@ -130,9 +130,15 @@ def test_unknown_hub_id_offline_says_so():
         check_model_source("no-such-org/no-such-model")
 
 
-def test_cpu_picks_float32_and_missing_devices_are_errors():
+def test_cpu_weights_follow_its_bf16_hardware_and_missing_devices_are_errors(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     assert resolve_dtype("auto", device="cpu") == torch.float32
+    assert resolve_dtype("auto", device="cpu", precision="bf16") == torch.bfloat16  # training: its precision's
     assert resolve_dtype("bfloat16", device="cpu") == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_dtype("auto", device="cpu") == torch.bfloat16
+    assert resolve_dtype("auto", device="cpu", precision="fp32") == torch.float32
     assert resolve_device("cpu") == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match=r"train\.device=cuda"):
@@ -220,7 +226,9 @@ def test_merged_model_predicts_like_base_plus_adapter(smoke_run, tmp_path):
     }
     assert not (merged_dir / "adapter_config.json").exists()  # plain transformers folder, no peft needed
     base_model = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    with_adapter = load_finetuned(ModelConfig(base_model=base_model), adapter_dir=adapter, device="cpu")
+    with_adapter = load_finetuned(
+        ModelConfig(base_model=base_model, dtype="float32"), adapter_dir=adapter, device="cpu"
+    )
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     ids = load_tokenizer(merged_dir).apply_chat_template(CONVERSATION, return_tensors="pt", return_dict=True)
     with torch.no_grad():

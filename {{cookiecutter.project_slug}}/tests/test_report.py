@@ -35,7 +35,7 @@ from {{ cookiecutter.package_name }}.report.summary import cost_text, settings
 from {{ cookiecutter.package_name }}.task import synthesize
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-GENERATOR = "{{ cookiecutter.package_name | replace('_', '-') }} data synth"  # as dataset_info.json names it
+GENERATOR = "shop-assistant-extractor data synth"  # as dataset_info.json names it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 README = f"""# Demo
 
@@ -229,6 +229,9 @@ def test_report_on_the_smoke_run_writes_pngs_readme_and_model_card(report_projec
     assert f"`{smoke_report['run']['mlflow_run_id']}`" in section
     assert "LoRA r=16, alpha=32" in section and "the MLflow run's metric history" in section
     assert "| Hardware | CPU: " in section and "| Wall time | training " in section
+    log = json.loads((Path(smoke_report["run"]["adapter"]).parent / "train_log.json").read_text())
+    tokens = max(entry.get("num_tokens", 0) for entry in log["log_history"])
+    assert tokens > 0 and f" ({tokens / log['train_runtime_s']:,.0f} tokens/s), evaluation " in section
     assert "smoke run: a tiny, randomly initialised model" in section
     assert f"fine-tuned with LoRA for **{config.task.name}**" in section
     data_dir = Path(config.data.path)

@@ -76,7 +76,11 @@ class ModelConfig(_Section):
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin; null takes the default branch."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight dtype. `auto`: bfloat16 on GPUs that support it, float16 on other GPUs, float32 on CPU."""
+    """Weight dtype. `auto`: bfloat16 on GPUs that support it, float16 on other GPUs; on a CPU bfloat16 where it
+    has AMX or AVX512-BF16, else float32."""
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    """Attention kernel. `auto`: eager for training on a CPU (sdpa's backward is slow there), transformers' default
+    (sdpa) otherwise; flash_attention_2 needs the flash-attn package and a recent GPU."""
     load_in_4bit: bool = False
     """QLoRA: load the base model in 4-bit NF4 with bitsandbytes. CUDA only."""
     trust_remote_code: bool = False
@@ -134,9 +138,12 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where to train. `auto` picks CUDA, then Apple MPS, then CPU."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Mixed precision. `auto`: bf16 on GPUs that support it, fp16 on older GPUs, fp32 elsewhere."""
+    """Mixed precision. `auto`: bf16 on GPUs that support it, fp16 on older GPUs, bf16 on CPUs with AMX or
+    AVX512-BF16, fp32 elsewhere. An explicit choice the device cannot run natively is refused."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (batches still in random order): less padding to compute."""
     packing: bool = False
     """Pack several short examples into one sequence: faster on GPUs for short data."""
     stage: Literal["sft", "dpo"] = "sft"

@@ -54,6 +54,7 @@ from .runs import run_config_path
 from .tracking import flatten
 
 if TYPE_CHECKING:
+    import torch
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
 
@@ -389,7 +390,9 @@ def score(
 ) -> Scored:
     """Loss, greedy answers and task metrics of `model` as it is now (adapter on or off)."""
     loss = answer_loss(model, tokenizer=tokenizer, rows=rows, batch_size=eval_cfg.batch_size, device=device)
-    answers = generate_answers(model, tokenizer=tokenizer, rows=rows, eval_cfg=eval_cfg, device=device)
+    answers = generate_answers(
+        model, tokenizer=tokenizer, rows=rows, eval_cfg=eval_cfg, device=device, json_answers=task == "extraction"
+    )
     scored = score_answers(answers, rows=rows, task=task)
     metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}  # capped: exp overflows past ~709
     return Scored(metrics=metrics | scored.metrics, answers=answers, row_scores=scored.row_scores)
@@ -407,20 +410,24 @@ def score_answers(answers: list[str], *, rows: list[Conversation], task: str) ->
 def answer_loss(
     model: PeftModel, *, tokenizer: PreTrainedTokenizerBase, rows: list[Conversation], batch_size: int, device: Device
 ) -> float:
-    """Mean cross-entropy per answer token: the final assistant reply and its end-of-turn, not the prompt."""
+    """Mean cross-entropy per answer token: the final assistant reply and its end-of-turn, not the prompt. The LM
+    head runs on the answer positions only: a few-shot prompt's full logits (40 rows x 700 tokens x a 49k
+    vocabulary) would take gigabytes for nothing."""
     import torch
 
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = _loss_batch(tokenizer, rows[start : start + batch_size])
         input_ids, attention_mask, labels = (tensor.to(device) for tensor in batch)
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-        # Token t predicts token t+1; summing (not averaging) per batch weights every answer token equally.
-        total += torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
-        ).item()
-        count += int((labels[:, 1:] != -100).sum())
+        targets = labels[:, 1:]  # token t predicts token t+1
+        answer = targets != -100
+        with torch.no_grad():  # the LoRA layers sit inside the backbone: on or off as the adapter is
+            hidden = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            logits = causal_lm.get_output_embeddings()(hidden[:, :-1][answer]).float()
+        # Summing (not averaging) per batch weights every answer token equally.
+        total += torch.nn.functional.cross_entropy(logits, targets[answer], reduction="sum").item()
+        count += int(answer.sum())
     return total / max(count, 1)
 
 
@@ -461,11 +468,14 @@ def generate_answers(
     rows: list[Conversation],
     eval_cfg: EvalConfig,
     device: Device,
+    json_answers: bool = False,
 ) -> list[str]:
     """Greedy answers to each conversation minus its final reply, in batches (left-padded, so every
-    prompt ends where generation starts)."""
+    prompt ends where generation starts). Each answer ends at an end-of-turn token, and with `json_answers` also
+    once it holds a complete JSON object (`JsonAnswerEnd`)."""
     import torch
     from tqdm.auto import tqdm
+    from transformers import StoppingCriteriaList
 
     tokenizer.padding_side = "left"
     stop_ids = end_token_ids(model, tokenizer)
@@ -491,10 +501,39 @@ def generate_answers(
                 repetition_penalty=1.0,
                 eos_token_id=stop_ids,
                 pad_token_id=tokenizer.pad_token_id,
+                stopping_criteria=StoppingCriteriaList(
+                    [JsonAnswerEnd(tokenizer, prompt_length=batch["input_ids"].shape[1])] if json_answers else []
+                ),
             )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return answers
+
+
+class JsonAnswerEnd:
+    """A stopping criterion for `generate` ending each row once the text after its prompt holds a complete JSON
+    object starting at its first `{`. Scoring reads that object and nothing after it (`task.parse_prediction`), so
+    the scores are those of generating on; the base model, which rambles on after its object, stops far sooner."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, prompt_length: int) -> None:
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        answers = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([_has_json_object(text) for text in answers], dtype=torch.bool, device=input_ids.device)
+
+
+def _has_json_object(text: str) -> bool:
+    start = text.find("{")
+    if start < 0 or "}" not in text[start:]:
+        return False
+    try:
+        json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 # ---- task metrics ---------------------------------------------------------------------------------------

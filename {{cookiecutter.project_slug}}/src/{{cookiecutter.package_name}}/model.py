@@ -72,7 +72,10 @@ def resolve_device(requested: Literal["auto", "cpu", "cuda", "mps"]) -> Device:
 
 def auto_precision(device: Device) -> Precision:
     """What `auto` means for weights, training and QLoRA's compute dtype alike: bf16 on GPUs that support it,
-    fp16 on older GPUs, fp32 on CPU and MPS (they train reliably only in float32)."""
+    fp16 on older GPUs, bf16 on CPUs with fast bf16 matrix units (`cpu_has_fast_bf16`), fp32 on other CPUs and
+    on MPS (they train reliably only in float32)."""
+    if device == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
     if device != "cuda":
         return "fp32"
     import torch
@@ -80,11 +83,57 @@ def auto_precision(device: Device) -> Precision:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def resolve_dtype(requested: Literal["auto", "float32", "bfloat16", "float16"], *, device: Device) -> torch.dtype:
-    """Weight dtype: the requested one, or for `auto` the dtype of `auto_precision(device)`."""
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16 (Intel Xeon since Cooper Lake, AMD Zen 4+): bf16 matrix products in hardware. Measured
+    on 2 cores of a Xeon with AMX: 2,011 GFLOPS in bf16 against 290 in fp32 for a 1360x576 @ 576x1536 product.
+    Elsewhere PyTorch emulates bf16 on a CPU, slower than fp32."""
     import torch
 
-    return getattr(torch, TORCH_DTYPES[auto_precision(device)] if requested == "auto" else requested)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own CPUID probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(requested: Precision | Literal["auto"], *, device: Device) -> Precision:
+    """Mixed precision for training: `auto_precision`, or the one asked for if this device runs it natively."""
+    if requested == "auto":
+        return auto_precision(device)
+    if requested == "fp16" and device != "cuda":
+        raise ModelError(
+            f"train.precision=fp16 needs a CUDA GPU, not {device}; use auto or fp32 (or bf16 where supported)"
+        )
+    if requested == "bf16" and device == "cpu" and not cpu_has_fast_bf16():
+        raise ModelError(
+            "train.precision=bf16, but this CPU has neither AMX nor AVX512-BF16: bf16 would be emulated, slower "
+            "than fp32; use auto or fp32"
+        )
+    if requested == "bf16" and device == "cuda":
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            name = torch.cuda.get_device_name(0)
+            raise ModelError(f"train.precision=bf16, but {name} has no bf16 support; use auto or fp16")
+    return requested
+
+
+def attention_implementation(requested: str, *, device: Device, training: bool) -> str | None:
+    """`auto`: for training on a CPU eager attention, where PyTorch's fused (sdpa) kernel has a slow backward pass;
+    otherwise None, transformers' own choice (sdpa). Measured with SmolLM2-135M in bf16 on 2 cores: a training step
+    (batch 8 x 170 tokens) 2.72 s eager, 3.62 s sdpa; generation (batch 60) 302 tokens/s sdpa, 242 eager."""
+    if requested != "auto":
+        return requested
+    return "eager" if device == "cpu" and training else None
+
+
+def resolve_dtype(
+    requested: Literal["auto", "float32", "bfloat16", "float16"], *, device: Device, precision: Precision | None = None
+) -> torch.dtype:
+    """Weight dtype: the requested one; for `auto` the training precision's when training (`precision`), else the
+    dtype of `auto_precision(device)`."""
+    import torch
+
+    if requested != "auto":
+        return getattr(torch, requested)
+    return getattr(torch, TORCH_DTYPES[precision or auto_precision(device)])
 
 
 def quantization_config(*, device: Device) -> BitsAndBytesConfig:
@@ -165,12 +214,18 @@ def load_tokenizer(source: str | Path, *, revision: str | None = None, trust_rem
     return tokenizer
 
 
-def load_base_model(model_cfg: ModelConfig, *, device: Device) -> PreTrainedModel:
-    """The base model on `device`, in the configured dtype, or 4-bit quantized for QLoRA."""
+def load_base_model(
+    model_cfg: ModelConfig, *, device: Device, training: bool = False, precision: Precision | None = None
+) -> PreTrainedModel:
+    """The base model on `device`, in the configured dtype (`auto`: the training `precision`'s, if given), or 4-bit
+    quantized for QLoRA; `training` picks the attention kernel for training (`attention_implementation`)."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code}
-    kwargs["dtype"] = resolve_dtype(model_cfg.dtype, device=device)
+    kwargs["dtype"] = resolve_dtype(model_cfg.dtype, device=device, precision=precision)
+    attention = attention_implementation(model_cfg.attn_implementation, device=device, training=training)
+    if attention:
+        kwargs["attn_implementation"] = attention
     if model_cfg.load_in_4bit:
         kwargs["quantization_config"] = quantization_config(device=device)
         kwargs["device_map"] = {"": local_rank()}  # bitsandbytes places them: on this process's GPU

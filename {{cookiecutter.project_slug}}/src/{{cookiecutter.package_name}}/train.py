@@ -23,17 +23,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from . import distributed
 from .config import Config, DataConfig, ModelConfig, TrainConfig, dump_config
 from .data import data_record, epochs_seen, load_splits, token_length, with_recorded_system_prompt
 from .errors import ProjectError
+from .lm_head import answer_tokens_only
 from .model import (
     Device,
     LossMode,
     Precision,
-    auto_precision,
     build_tiny_model,
     check_model_source,
     load_base_model,
@@ -43,6 +43,7 @@ from .model import (
     module_names,
     prepare_chat_template,
     resolve_device,
+    resolve_precision,
 )
 from .prefs import load_preferences, resolve_sft_adapter
 from .registry import log_and_register
@@ -79,8 +80,10 @@ def train(
     # Launched as several processes, all write to one folder: rank 0 names it (a timestamp), the others follow.
     run_dir = distributed.agree_on(lambda: _run_dir(config.train, config_name=config_name, resume=resume), device)
     config, splits, parent = _load_data(config)  # parent: the SFT adapter a DPO run starts from
-    precision = _precision(config.train.precision, device=device)
-    model, tokenizer, loss_mode = _load_model(config, splits=splits, device=device, parent=parent)
+    precision = resolve_precision(config.train.precision, device=device)
+    model, tokenizer, loss_mode = load_for_training(
+        config, splits=splits, device=device, precision=precision, parent=parent
+    )
     # Until training starts, any failure (a bad lora.target_modules, MLflow refusing the run) removes the new
     # run_dir, so the same train.run_name is free next time; from then on its checkpoints are kept for --resume.
     with _removed_on_failure(run_dir) as training_started:
@@ -216,13 +219,14 @@ def _data_config(config: Config) -> DataConfig:
     return config.data
 
 
-def _load_model(
-    config: Config, *, splits: DatasetDict, device: Device, parent: ModelSource | None = None
+def load_for_training(
+    config: Config, *, splits: DatasetDict, device: Device, precision: Precision, parent: ModelSource | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossMode]:
-    """Base model and tokenizer, the chat template ready for masked loss, and every example checked to fit.
-    DPO (`parent` given): the SFT model instead (`_load_sft_policy`); TRL's max_length cuts long pairs."""
+    """Base model (weights in the training precision unless model.dtype says otherwise) and tokenizer, the chat
+    template ready for masked loss, and every example checked to fit. DPO (`parent` given): the SFT model instead
+    (`_load_sft_policy`); TRL's max_length cuts long pairs."""
     if parent is not None:
-        return _load_sft_policy(config.model, parent=parent, device=device)
+        return _load_sft_policy(config.model, parent=parent, device=device, precision=precision)
     with distributed.local_main_process_first(device):  # one process builds the tiny model, the others load it
         _ensure_base_model(config.model, splits=splits, seed=config.train.seed)
     model_cfg = config.model
@@ -231,7 +235,7 @@ def _load_model(
     )
     loss_mode = prepare_chat_template(tokenizer)
     _check_lengths(splits, tokenizer=tokenizer, max_seq_length=config.data.max_seq_length)
-    return load_base_model(model_cfg, device=device), tokenizer, loss_mode
+    return load_base_model(model_cfg, device=device, training=True, precision=precision), tokenizer, loss_mode
 
 
 @contextmanager
@@ -385,7 +389,7 @@ def build_trainer(
         )
 
     try:
-        return SFTTrainer(
+        trainer = SFTTrainer(
             model=model,
             args=sft_config(config, output_dir=run_dir, loss_mode=loss_mode, device=device, precision=precision),
             train_dataset=_for_loss_mode(splits["train"], loss_mode),
@@ -401,6 +405,9 @@ def build_trainer(
             f"lora.target_modules={config.lora.target_modules!r} matches no layer of {config.model.base_model}; "
             f"its linear layers include {', '.join(module_names(model))} (or use all-linear)"
         ) from None
+    if device == "cpu":  # TRL's fused head scores every position there, prompt and padding too (lm_head.py)
+        answer_tokens_only(trainer.model.get_base_model())
+    return trainer
 
 
 def _for_loss_mode(rows: Dataset, loss_mode: LossMode) -> Dataset:
@@ -444,6 +451,7 @@ def _trainer_arguments(config: Config, *, output_dir: Path, device: Device, prec
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
@@ -468,15 +476,6 @@ def _trainer_arguments(config: Config, *, output_dir: Path, device: Device, prec
         ddp_find_unused_parameters=False,  # every LoRA weight is used in each forward: DDP need not search
         dataloader_pin_memory=device == "cuda",
     )
-
-
-def _precision(requested: Precision | Literal["auto"], *, device: Device) -> Precision:
-    """Mixed precision: `auto` as the model's weights get it (`model.auto_precision`), or the one asked for."""
-    if requested == "auto":
-        return auto_precision(device)
-    if requested == "fp16" and device == "cpu":
-        raise TrainError("train.precision=fp16 needs a GPU; use auto, fp32 or bf16 on a CPU")
-    return requested
 
 
 def _callbacks(train_cfg: TrainConfig) -> list[TrainerCallback]:
@@ -600,7 +599,7 @@ def _save_adapter(trainer: SFTTrainer, *, tokenizer: PreTrainedTokenizerBase, ad
 
 
 def _load_sft_policy(
-    model_cfg: ModelConfig, *, parent: ModelSource, device: Device
+    model_cfg: ModelConfig, *, parent: ModelSource, device: Device, precision: Precision
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossMode]:
     """The SFT model DPO tunes: the base model once, with the parent's adapter loaded TRAINABLE (peft loads
     adapters frozen by default) and the parent's tokenizer (its chat template). No second model for the
@@ -608,7 +607,7 @@ def _load_sft_policy(
     from peft import PeftModel
 
     tokenizer = load_tokenizer(parent.tokenizer_dir)
-    base = load_base_model(model_cfg, device=device)
+    base = load_base_model(model_cfg, device=device, training=True, precision=precision)
     model = PeftModel.from_pretrained(base, str(parent.adapter_dir), is_trainable=True)
     return model, tokenizer, "completion_only"  # DPO scores the answers' tokens only
 

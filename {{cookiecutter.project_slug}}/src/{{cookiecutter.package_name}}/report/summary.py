@@ -250,8 +250,12 @@ def hardware(facts: RunFacts) -> str:
 
 
 def wall_time(facts: RunFacts) -> str:
+    """`training 5 min 0 s (437 tokens/s), evaluation 2 min 3 s`: tokens that are not padding, as TRL counts them."""
     train_s, eval_s = facts.train_log.get("train_runtime_s"), facts.run.get("wall_time_s")
     parts = [f"training {duration(train_s)}" if train_s is not None else "training: not recorded"]
+    tokens = max((entry.get("num_tokens") or 0 for entry in facts.train_log.get("log_history") or []), default=0)
+    if train_s and tokens:
+        parts[0] += f" ({float(tokens) / float(train_s):,.0f} tokens/s)"
     parts.append(f"evaluation {duration(eval_s)}" if eval_s is not None else "evaluation: not recorded")
     return ", ".join(parts)
 
