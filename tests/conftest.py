@@ -105,10 +105,12 @@ src/{pkg}/report/__init__.py
 src/{pkg}/report/about.py
 src/{pkg}/report/card.py
 src/{pkg}/report/facts.py
+src/{pkg}/report/lineage.py
 src/{pkg}/report/markdown.py
 src/{pkg}/report/model_card.md
 src/{pkg}/report/plots.py
 src/{pkg}/report/readme.py
+src/{pkg}/report/sft_vs_dpo.py
 src/{pkg}/report/summary.py
 src/{pkg}/runs.py
 src/{pkg}/sweep.py
@@ -141,6 +143,7 @@ tests/test_prefs.py
 tests/test_publish.py
 tests/test_registry.py
 tests/test_report.py
+tests/test_report_dpo.py
 tests/test_request_log.py
 tests/test_robustness.py
 tests/test_serve.py

@@ -214,7 +214,7 @@ def _significant(
     model, _, metric = config.tracking.promotion_metric.partition(".")
     scores = {}
     for role, score in (("candidate", candidate), ("champion", champion)):
-        values = _row_scores(mlflow_client, score.version.run_id).get(model, {}).get(metric)
+        values = logged_row_scores(mlflow_client, score.version.run_id).get(model, {}).get(metric)
         if values is None:
             return False, (
                 f"not compared, the champion stays: the {role} (version {score.version.version}) has no per-row "
@@ -236,7 +236,7 @@ def _significant(
     )
 
 
-def _row_scores(mlflow_client: MlflowClient, run_id: str) -> dict[str, dict[str, list[float]]]:
+def logged_row_scores(mlflow_client: MlflowClient, run_id: str) -> dict[str, dict[str, list[float]]]:
     """eval.json's `row_scores` from the run's `evaluation/` artifacts; {} when it has none."""
     import tempfile
 

@@ -14,6 +14,7 @@ from ..registry import is_model_uri
 from .about import data_record, data_text, is_example_data, scoring_text, task_description, task_name, warnings
 from .facts import RunFacts, display_path
 from .markdown import table
+from .sft_vs_dpo import comparison_lines
 from .summary import (
     LABELS,
     RATES,
@@ -71,6 +72,7 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
         "cost": cost(facts, hourly=hourly_cost),
         "metrics": "\n".join(metrics_table(facts.results)),
         "metric_notes": [*interval_notes(facts.results), *filter(None, [error_kinds_text(facts.results)])],
+        "sft_vs_dpo": "\n".join(comparison_lines(facts)).strip(),  # empty for an SFT run
         "parameters": parameters_text(facts.train_log),
         # A registry URI is no folder a reader has: point at where training writes the adapter instead.
         "usage_adapter": "outputs/<run>/adapter" if is_model_uri(adapter) else display_path(Path(adapter)),

@@ -18,6 +18,7 @@ from ..config import Config, ConfigError, load_config
 from ..errors import ProjectError
 from ..registry import is_model_uri
 from ..runs import CONFIG_FILE, TRACKING_FILE, TRAIN_LOG, run_config_path
+from .lineage import SftParent, sft_parent
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class RunFacts:
     history_source: str
     train_log: dict[str, Any] = field(default_factory=dict)
     promotion: dict[str, Any] | None = None
+    parent: SftParent | None = None  # a DPO run's SFT model and its evaluation; None for an SFT run
 
     @property
     def run(self) -> dict[str, Any]:
@@ -87,6 +89,9 @@ def gather(config: Config, *, results: dict[str, Any], report_dir: Path) -> RunF
         history_source=history_source,
         train_log=train_log,
         promotion=promotion or None,
+        parent=sft_parent(
+            run_config, run_id=run_id, test_digest=run.get("test_digest"), tracking=config.tracking.enabled
+        ),
     )
 
 

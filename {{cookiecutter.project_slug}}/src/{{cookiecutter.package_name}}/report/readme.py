@@ -15,6 +15,7 @@ from ..config import Config
 from .about import data_text, task_name, warnings
 from .facts import ReportError, RunFacts, display_path
 from .markdown import answer_cell, table
+from .sft_vs_dpo import comparison_lines
 from .summary import (
     Settings,
     cost,
@@ -112,6 +113,7 @@ def results_section(facts: RunFacts, *, plots: dict[str, Path], readme_dir: Path
         "",
     ]
     lines += [*(f"{note}\n" for note in interval_notes(facts.results))]
+    lines += comparison_lines(facts)  # a DPO run only: its SFT parent's figures beside its own
     errors = error_kinds_text(facts.results)
     lines += [f"{errors}\n"] if errors else []
     for warning in warnings(facts):
