@@ -1,11 +1,14 @@
 """scripts/benchmark_train.py: our training path against a bare PyTorch + peft loop on the same batches."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "benchmark_train.py"
+# The script imports the package: give its process the src/ folder pytest puts on its own path.
+ENV = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1] / "src")}
 PHASES = {"data collation", "forward (backbone)", "lm_head + loss", "backward", "optimizer"}
 
 
@@ -15,7 +18,12 @@ def test_benchmark_times_both_loops_on_the_same_batches(smoke_config, tiny_model
     overrides = [f"data.path={config.data.path}", f"model.base_model={tiny_model}", "train.batch_size=8"]
     command = [sys.executable, str(SCRIPT), "--config", "configs/smoke.yaml", "--steps", "3", "--warmup", "1"]
     result = subprocess.run(
-        [*command, "--out", str(out), *overrides], capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[1]
+        [*command, "--out", str(out), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=SCRIPT.parents[1],
+        env=ENV,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
@@ -32,5 +40,6 @@ def test_benchmark_times_both_loops_on_the_same_batches(smoke_config, tiny_model
 
 
 def test_benchmark_refuses_a_bad_step_count():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "0"], capture_output=True, text=True, timeout=120)
+    command = [sys.executable, str(SCRIPT), "--steps", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=ENV)
     assert result.returncode == 2 and "--steps must be at least 1" in result.stderr

@@ -35,7 +35,7 @@ from {{ cookiecutter.package_name }}.report.summary import cost_text, settings
 from {{ cookiecutter.package_name }}.task import synthesize
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-GENERATOR = "shop-assistant-extractor data synth"  # as dataset_info.json names it
+GENERATOR = "{{ cookiecutter.package_name | replace('_', '-') }} data synth"  # as dataset_info.json names it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 README = f"""# Demo
 

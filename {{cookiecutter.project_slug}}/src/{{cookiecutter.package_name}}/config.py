@@ -143,7 +143,8 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     group_by_length: bool = True
-    """Batch examples of similar length together (batches still in random order): less padding to compute."""
+    """Batch examples of similar length together (batches still in random order): less padding to compute.
+    SFT in one process only; DPO and several processes (`--nproc`) sample at random."""
     packing: bool = False
     """Pack several short examples into one sequence: faster on GPUs for short data."""
     stage: Literal["sft", "dpo"] = "sft"

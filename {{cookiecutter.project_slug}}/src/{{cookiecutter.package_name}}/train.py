@@ -77,13 +77,10 @@ def train(
         check_tracking_server()  # an unreachable server must fail now, not after an hour of training
     device = resolve_device(config.train.device)
     distributed.check_launched(device=device, load_in_4bit=config.model.load_in_4bit)
-    # Launched as several processes, all write to one folder: rank 0 names it (a timestamp), the others follow.
     run_dir = distributed.agree_on(lambda: _run_dir(config.train, config_name=config_name, resume=resume), device)
     config, splits, parent = _load_data(config)  # parent: the SFT adapter a DPO run starts from
     precision = resolve_precision(config.train.precision, device=device)
-    model, tokenizer, loss_mode = load_for_training(
-        config, splits=splits, device=device, precision=precision, parent=parent
-    )
+    model, tokenizer, loss_mode = load_for_training(config, splits, device=device, precision=precision, parent=parent)
     # Until training starts, any failure (a bad lora.target_modules, MLflow refusing the run) removes the new
     # run_dir, so the same train.run_name is free next time; from then on its checkpoints are kept for --resume.
     with _removed_on_failure(run_dir) as training_started:
@@ -220,7 +217,7 @@ def _data_config(config: Config) -> DataConfig:
 
 
 def load_for_training(
-    config: Config, *, splits: DatasetDict, device: Device, precision: Precision, parent: ModelSource | None = None
+    config: Config, splits: DatasetDict, *, device: Device, precision: Precision, parent: ModelSource | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossMode]:
     """Base model (weights in the training precision unless model.dtype says otherwise) and tokenizer, the chat
     template ready for masked loss, and every example checked to fit. DPO (`parent` given): the SFT model instead
@@ -443,6 +440,9 @@ def _trainer_arguments(config: Config, *, output_dir: Path, device: Device, prec
     # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
     names = {field.name for field in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    # SFT in one process only: DPO's pairs have no `input_ids` to measure, and under DDP the length-grouped
+    # sampler left the replicas with different weights (tests/test_distributed.py).
+    grouped = t.group_by_length and t.stage == "sft" and distributed.world_size() == 1
     return dict(
         output_dir=str(output_dir),  # checkpoint-<step>/ folders go here, next to adapter/
         seed=t.seed,
@@ -451,7 +451,7 @@ def _trainer_arguments(config: Config, *, output_dir: Path, device: Device, prec
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if grouped else "random",
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
