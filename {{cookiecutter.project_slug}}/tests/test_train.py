@@ -373,23 +373,16 @@ def test_real_pretrained_model_from_a_local_folder(smoke_config, tmp_path):
     from {{ cookiecutter.package_name }}.evaluate import evaluate
     from {{ cookiecutter.package_name }}.task import synthesize
 
-    model_dir = _smollm2_folder(tmp_path / "smollm2")
     synthesize(tmp_path / "data", n=100, seed=0)  # 80/10/10 rows: evaluations stay short
-    config = load_config(
-        Path(__file__).parents[1] / "configs" / "default.yaml",
-        [
-            f"data.path={tmp_path / 'data'}",
-            f"model.base_model={model_dir}",
-            f"train.output_dir={tmp_path / 'outputs'}",
-            f"eval.report_dir={tmp_path / 'reports'}",
-            "train.max_steps=4",
-            "train.eval_steps=4",
-            "train.save_steps=4",
-            "train.learning_rate=1e-3",
-            "train.device=cpu",
-            "eval.max_samples=8",
-            "eval.max_new_tokens=48",
-        ],
+    config = _real_model_config(
+        tmp_path,
+        "train.max_steps=4",
+        "train.eval_steps=4",
+        "train.save_steps=4",
+        "train.learning_rate=1e-3",
+        "train.device=cpu",
+        "eval.max_samples=8",
+        "eval.max_new_tokens=48",
     )
     run_dir = train(config, config_name="real")
     assert {p.name for p in (run_dir / "adapter").iterdir()} == ADAPTER_FILES
@@ -411,18 +404,8 @@ def test_default_config_reaches_the_quality_its_header_promises(tmp_path):
     from {{ cookiecutter.package_name }}.evaluate import evaluate
     from {{ cookiecutter.package_name }}.task import synthesize
 
-    model_dir = _smollm2_folder(tmp_path / "smollm2")
     synthesize(tmp_path / "data", n=1200, seed=0)  # what `data synth` writes: 960 / 120 / 120 rows
-    config = load_config(
-        Path(__file__).parents[1] / "configs" / "default.yaml",
-        [
-            f"data.path={tmp_path / 'data'}",
-            f"model.base_model={model_dir}",
-            f"train.output_dir={tmp_path / 'outputs'}",
-            f"eval.report_dir={tmp_path / 'reports'}",
-            "tracking.enabled=false",
-        ],
-    )
+    config = _real_model_config(tmp_path, "tracking.enabled=false")
     started = time.perf_counter()
     run_dir = train(config, config_name="default")
     trained = time.perf_counter()
@@ -431,6 +414,14 @@ def test_default_config_reaches_the_quality_its_header_promises(tmp_path):
     assert report["run"]["test_rows"] == 120
     assert report["finetuned"]["field_accuracy"] >= 0.78
     assert report["finetuned"]["json_valid_rate"] >= 0.99
+
+
+def _real_model_config(tmp_path: Path, *overrides: str):
+    """configs/default.yaml on SmolLM2-135M-Instruct (converted into tmp_path) and the data in tmp_path/data."""
+    model_dir = _smollm2_folder(tmp_path / "smollm2")
+    paths = [f"data.path={tmp_path / 'data'}", f"model.base_model={model_dir}"]
+    paths += [f"train.output_dir={tmp_path / 'outputs'}", f"eval.report_dir={tmp_path / 'reports'}"]
+    return load_config(Path(__file__).parents[1] / "configs" / "default.yaml", [*paths, *overrides])
 
 
 def _smollm2_folder(out: Path) -> Path:
