@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -159,7 +159,7 @@ def _ours(config: Config, *, splits, device: str, precision: str, warmup: int, o
         backward=trainer.accelerator.backward,
         optimizer=trainer.optimizer,
         device=device,
-        autocast=_no_autocast,
+        autocast=nullcontext,  # accelerate's wrapper of the model applies the autocast
     )
     figures["phases_ms"]["data collation"] = round(1000 * sum(collation_s) / len(collation_s), 1)
     return figures, batches
@@ -292,14 +292,9 @@ def _backbone(model) -> torch.nn.Module:
 
 def _autocast(device: str, precision: str) -> Callable:
     if precision == "fp32":
-        return _no_autocast
+        return nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device, dtype=dtype)
-
-
-@contextmanager
-def _no_autocast() -> Iterator[None]:
-    yield
 
 
 def _sync(device: str) -> None:
