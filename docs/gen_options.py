@@ -37,6 +37,8 @@ class Rule:
     """Anything else worth knowing: where the answer ends up, how a derived default is made."""
 
 
+YES_NO = "`yes` or `no` (cookiecutter also takes `y`/`n`, `true`/`false`, `1`/`0`, `on`/`off`); the default is `no`."
+
 RULES: dict[str, Rule] = {
     "project_name": Rule(
         allowed="Any text: spaces, capitals, accents and quotes are fine.",
@@ -120,9 +122,46 @@ RULES: dict[str, Rule] = {
             "endpoint), `gcp` (Artifact Registry + Cloud Run), `azure` (Azure Container Registry + an Azure ML "
             "managed online endpoint), `hf-spaces` (a Docker Space), or `none` (Docker and docker compose only). "
             "The project keeps only the chosen target's `deploy/<cloud>/` folder, its module "
-            "`src/<package_name>/deploy/<cloud>.py`, its tests and `.github/workflows/deploy.yml` (none of these "
-            "with `none`); the README's Deployment section and `.env.example` describe that target. "
+            "`src/<package_name>/clouds/<cloud>/deploy.py`, its tests and `.github/workflows/deploy.yml` (none of "
+            "these with `none`); the README's Deployment section and `.env.example` describe that target. "
             "See [Deployment](deployment.md)."
+        ),
+    ),
+    "preference_tuning": Rule(
+        allowed=YES_NO,
+        note=(
+            "An extra. `yes` adds DPO after SFT: `src/<package_name>/preference/` (preference pairs from the SFT "
+            "model's own mistakes, the DPO recipe), `configs/dpo.yaml` and the config's `dpo` section, the "
+            '`data prefs` command, `make dpo`, and an "SFT vs SFT+DPO" table in the README and model card. '
+            "`no` leaves all of it out."
+        ),
+    ),
+    "sweeps": Rule(
+        allowed=YES_NO,
+        note=(
+            "An extra. `yes` adds Optuna hyperparameter sweeps: `src/<package_name>/sweep/`, the config's "
+            "`sweep` section, the `sweep` command and `make sweep` (pruned trials as nested MLflow runs, "
+            "`configs/best.yaml`). `no` leaves all of it out."
+        ),
+    ),
+    "multi_gpu": Rule(
+        allowed=YES_NO,
+        note=(
+            "An extra. `yes` adds training on several GPUs or machines and vLLM serving: "
+            "`src/<package_name>/distributed/`, `configs/accelerate/` (DDP, FSDP, DeepSpeed ZeRO-3), "
+            "`train --nproc N` (`make train NPROC=N`), `serve-vllm`, `make serve-vllm` and `make up-gpu`. "
+            "See [Scaling](scaling.md). `no` leaves all of it out."
+        ),
+    ),
+    "cloud_training": Rule(
+        allowed=YES_NO + " `yes` needs a `cloud` other than `none`: the hook refuses `cloud_training=yes` with "
+        "`cloud=none`.",
+        note=(
+            "An extra. `yes` adds training as a spot GPU job on the chosen cloud (SageMaker, Vertex AI, Azure ML or "
+            "Hugging Face Jobs) under a cost cap: `src/<package_name>/clouds/jobs/`, "
+            "`src/<package_name>/clouds/<cloud>/training.py`, `cloud train`, `cloud status`, `cloud cancel` and "
+            "`make train-cloud`. `no` leaves them out; the notebook and `cloud fetch` are there either way. "
+            "See [Deployment](deployment.md#train-in-the-cloud)."
         ),
     ),
 }
@@ -187,7 +226,9 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _code(text: str) -> str:
+def _code(text: str | bool) -> str:
+    if isinstance(text, bool):  # a yes/no question: shown as cookiecutter asks it
+        text = "yes" if text else "no"
     if "`" in text:
         return f"`` {text} ``"
     return f"`{text}`"
@@ -225,7 +266,7 @@ def render() -> str:
             lines.append("")
         else:
             lines += [f"**Default:** {_code(defaults[key])}", ""]
-            if "{{" in raw or "{%" in raw:
+            if isinstance(raw, str) and ("{{" in raw or "{%" in raw):
                 lines += ["Template expression in cookiecutter.json:", "", "```jinja", raw, "```", ""]
         lines += [f"**Allowed:** {rule.allowed}", ""]
         if rule.note:

@@ -6,6 +6,7 @@ Runs inside the new project folder. Answers arrive as JSON data, as in pre_gen_p
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,49 +21,121 @@ def choose_license(project: Path, license_name: str) -> None:
 
 
 # Files only one cloud uses, relative to the project; {pkg} is the package name. Everything else is common.
+# (serve/routes/sagemaker.py serves SageMaker's /ping and /invocations: aws only.)
 CLOUD_FILES = {
-    "aws": [
-        "deploy/aws",
-        "src/{pkg}/deploy/aws.py",
-        "tests/test_deploy_aws.py",
-        "src/{pkg}/cloud/aws.py",  # cloud training: one target module and its tests per cloud
-        "tests/test_cloud_aws.py",
-    ],
-    "gcp": [
-        "deploy/gcp",
-        "src/{pkg}/deploy/gcp.py",
-        "tests/test_deploy_gcp.py",
-        "src/{pkg}/cloud/gcp.py",
-        "tests/test_cloud_gcp.py",
-    ],
-    "azure": [
-        "deploy/azure",
-        "src/{pkg}/deploy/azure.py",
-        "tests/test_deploy_azure.py",
-        "src/{pkg}/cloud/azure.py",
-        "tests/test_cloud_azure.py",
-    ],
+    "aws": ["deploy/aws", "src/{pkg}/clouds/aws", "tests/test_deploy_aws.py", "tests/test_cloud_aws.py"],
+    "gcp": ["deploy/gcp", "src/{pkg}/clouds/gcp", "tests/test_deploy_gcp.py", "tests/test_cloud_gcp.py"],
+    "azure": ["deploy/azure", "src/{pkg}/clouds/azure", "tests/test_deploy_azure.py", "tests/test_cloud_azure.py"],
     "hf-spaces": [
         "deploy/hf-spaces",
-        "src/{pkg}/deploy/hf_spaces.py",
+        "src/{pkg}/clouds/hf_spaces",
         "tests/test_deploy_hf_spaces.py",
-        "src/{pkg}/cloud/hf_jobs.py",  # Hugging Face Jobs: the training target of a Spaces bake
-        "tests/test_cloud_hf_jobs.py",
+        "tests/test_cloud_hf_spaces.py",
     ],
 }
 # With no cloud there is nothing to deploy: no deploy/ folder, no deploy workflow.
 NO_CLOUD_FILES = ["deploy", ".github/workflows/deploy.yml"]
 
+# The files of each extra (yes/no question): deleted whole when it is not chosen. Lines of shared files that
+# only an extra needs sit between `# >>> <extra>` and `# <<< <extra>` (`strip_blocks`).
+EXTRA_FILES = {
+    "preference_tuning": [
+        "src/{pkg}/preference",
+        "configs/dpo.yaml",
+        "tests/test_prefs.py",
+        "tests/test_train_dpo.py",
+        "tests/test_report_dpo.py",
+        "src/{pkg}/report/lineage.py",  # a DPO run's SFT parent, read from MLflow
+        "src/{pkg}/report/sft_vs_dpo.py",  # the README's SFT vs SFT+DPO table
+    ],
+    "sweeps": ["src/{pkg}/sweep", "tests/test_sweep.py"],
+    "multi_gpu": ["src/{pkg}/distributed", "configs/accelerate", "tests/test_distributed.py", "tests/test_vllm.py"],
+    "cloud_training": [
+        "src/{pkg}/clouds/jobs",
+        "src/{pkg}/clouds/{cloud}/training.py",
+        "tests/test_cloud_jobs.py",
+        "tests/test_cloud_{cloud}.py",
+    ],
+}
+EXTRAS = tuple(EXTRA_FILES)
+BLOCK = re.compile(r"^[ \t]*# (>>>|<<<) (!?[a-z_]+)[ \t]*$")
+
+
+def _remove(project: Path, relative: str) -> None:
+    path = project / relative
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
 
 def choose_cloud(project: Path, cloud: str, package: str) -> None:
     """Keep the deploy scripts, module, tests and workflow of the chosen cloud; delete the others'."""
     unchosen = [path for name, paths in CLOUD_FILES.items() if name != cloud for path in paths]
+    unchosen += ["src/{pkg}/serve/routes/sagemaker.py"] * (cloud != "aws")
     for relative in [*unchosen, *(NO_CLOUD_FILES if cloud == "none" else [])]:
-        path = project / relative.format(pkg=package)
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        _remove(project, relative.format(pkg=package))
+
+
+def choose_extras(project: Path, answers: dict) -> None:
+    """Delete the files of every extra not chosen (cloud_training is off without a cloud)."""
+    cloud = answers["cloud"].replace("-", "_")
+    for extra, paths in EXTRA_FILES.items():
+        if not chosen(answers, extra):
+            for relative in paths:
+                _remove(project, relative.format(pkg=answers["package_name"], cloud=cloud))
+
+
+def chosen(answers: dict, extra: str) -> bool:
+    value = answers.get(extra, False)
+    on = value is True or str(value).lower() in ("y", "yes", "true", "1", "on")
+    return on and not (extra == "cloud_training" and answers["cloud"] == "none")
+
+
+def strip_blocks(text: str, keep: set[str]) -> str:
+    """Drop each `# >>> name` ... `# <<< name` block whose name is not in `keep` (a `!name` block: whose name is),
+    and every marker line. Blank lines after a dropped block are dropped too when blank lines precede it, so
+    spacing stays as ruff wants."""
+    out: list[str] = []
+    dropping: list[bool] = []
+    skip_blanks = False
+    for line in text.splitlines(keepends=True):
+        marker = BLOCK.match(line)
+        if marker:
+            opening, name = marker.group(1) == ">>>", marker.group(2)
+            if opening:
+                dropping.append(name[1:] in keep if name.startswith("!") else name not in keep)
+            elif not dropping:
+                raise ValueError(f"`{line.strip()}` closes no block")
+            else:
+                skip_blanks = dropping.pop() and not any(dropping) and (not out or not out[-1].strip())
+            continue
+        if any(dropping) or (skip_blanks and not line.strip()):
+            continue
+        skip_blanks = False
+        out.append(line)
+    if dropping:
+        raise ValueError(f"{len(dropping)} `# >>>` block(s) never closed")
+    return _tidy_blank_lines("".join(out))
+
+
+def _tidy_blank_lines(text: str) -> str:
+    """At most two blank lines in a row, and none at the end: a removed marker line or block can leave more."""
+    text = re.sub(r"\n{4,}", "\n\n\n", text)
+    return text.rstrip("\n") + "\n" if text.strip() else text
+
+
+def strip_project_blocks(project: Path, answers: dict) -> None:
+    """Apply `strip_blocks` to every Python, YAML and TOML file: keep the blocks of the chosen extras and cloud."""
+    keep = {extra for extra in EXTRAS if chosen(answers, extra)} | {answers["cloud"].replace("-", "_")}
+    for path in project.rglob("*"):
+        if path.suffix in (".py", ".yml", ".yaml", ".toml", ".sh") and path.is_file():
+            text = path.read_text(encoding="utf-8")
+            if "# >>> " in text or "# <<< " in text:
+                try:
+                    path.write_text(strip_blocks(text, keep), encoding="utf-8")
+                except ValueError as err:
+                    raise SystemExit(f"ERROR: {path.relative_to(project)}: {err}") from None
 
 
 def remove_caches(project: Path) -> None:
@@ -91,6 +164,8 @@ def main() -> None:
     project = Path.cwd()
     choose_license(project, ANSWERS["license"])
     choose_cloud(project, ANSWERS["cloud"], ANSWERS["package_name"])
+    choose_extras(project, ANSWERS)
+    strip_project_blocks(project, ANSWERS)
     remove_caches(project)
     print(next_steps(ANSWERS))
 

@@ -99,6 +99,10 @@ def validate(answers: dict) -> list[str]:
         problem = check(value)
         if problem:
             problems.append(f"{field}={value!r} {problem}.")
+    if answers.get("cloud") == "none" and str(answers.get("cloud_training", False)).lower() in ("true", "yes", "y", "1"):
+        problems.append(
+            "cloud_training=yes needs a cloud to train on, but cloud='none'; choose a cloud or answer cloud_training=no."
+        )
     return problems
 
 

@@ -18,11 +18,14 @@ from pathlib import Path
 from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
+# Every extra on: the template's environment must run the tests of every bake, extras included.
+ALL_EXTRAS = {"preference_tuning": True, "sweeps": True, "multi_gpu": True, "cloud_training": True}
 
 
 def project_requirements(extras: tuple[str, ...] = ("dev",)) -> list[str]:
-    """Runtime requirements plus `extras`, united over every `cloud` answer: each cloud's bake adds its
-    own deploy SDK (boto3 + moto, azure-ai-ml) to the dev extra, and every bake's tests run here."""
+    """Runtime requirements plus `extras`, united over every `cloud` answer with every extra chosen: each
+    cloud's bake adds its own deploy SDK (boto3 + moto, azure-ai-ml) to the dev extra, each extra its own
+    packages (optuna, deepspeed's extra aside), and every bake's tests run here."""
     clouds = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))["cloud"]
     requirements: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -33,7 +36,7 @@ def project_requirements(extras: tuple[str, ...] = ("dev",)) -> list[str]:
                     no_input=True,
                     output_dir=f"{scratch}/{cloud}",
                     accept_hooks=False,
-                    extra_context={"cloud": cloud},
+                    extra_context={"cloud": cloud, **ALL_EXTRAS},
                 )
             )
             pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]

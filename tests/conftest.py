@@ -29,19 +29,20 @@ Dockerfile
 LICENSE
 Makefile
 README.md
-configs/accelerate/ddp.yaml
-configs/accelerate/deepspeed_zero3.yaml
-configs/accelerate/fsdp.yaml
 configs/default.yaml
-configs/dpo.yaml
 configs/gpu.yaml
 configs/smoke.yaml
 docker-compose.yml
+docs/deployment.md
+docs/operations.md
+docs/skills.md
+docs/tour.md
+docs/training.md
 notebooks/train_on_colab.ipynb
 ops/grafana/dashboards/llm.json
-ops/mlflow/Dockerfile
 ops/grafana/provisioning/dashboards/dashboards.yml
 ops/grafana/provisioning/datasources/prometheus.yml
+ops/mlflow/Dockerfile
 ops/prometheus/alerts.yml
 ops/prometheus/prometheus.yml
 pyproject.toml
@@ -51,34 +52,49 @@ scripts/load_test.py
 scripts/serve.sh
 src/{pkg}/__init__.py
 src/{pkg}/__main__.py
-src/{pkg}/chat_template.jinja
 src/{pkg}/cli.py
-src/{pkg}/cloud/__init__.py
-src/{pkg}/cloud/cli.py
-src/{pkg}/cloud/entrypoint.py
-src/{pkg}/cloud/importer.py
-src/{pkg}/cloud/job.py
-src/{pkg}/cloud/staging.py
+src/{pkg}/clouds/__init__.py
+src/{pkg}/clouds/bundle.py
+src/{pkg}/clouds/cli.py
+src/{pkg}/clouds/entrypoint.py
+src/{pkg}/clouds/importer.py
+src/{pkg}/clouds/settings.py
+src/{pkg}/clouds/staging.py
 src/{pkg}/config.py
-src/{pkg}/data.py
-src/{pkg}/deploy/__init__.py
-src/{pkg}/deploy/bundle.py
-src/{pkg}/deploy/settings.py
-src/{pkg}/distributed.py
+src/{pkg}/data/__init__.py
+src/{pkg}/data/dataset.py
+src/{pkg}/data/shop_example.py
+src/{pkg}/data/task_init.py
 src/{pkg}/errors.py
-src/{pkg}/evaluate.py
-src/{pkg}/metrics.py
-src/{pkg}/bootstrap.py
-src/{pkg}/baselines.py
-src/{pkg}/error_analysis.py
-src/{pkg}/judge.py
-src/{pkg}/lm_head.py
-src/{pkg}/model.py
+src/{pkg}/evaluate/__init__.py
+src/{pkg}/evaluate/baselines.py
+src/{pkg}/evaluate/bootstrap.py
+src/{pkg}/evaluate/error_analysis.py
+src/{pkg}/evaluate/evaluate.py
+src/{pkg}/evaluate/gate.py
+src/{pkg}/evaluate/judge.py
+src/{pkg}/model/__init__.py
+src/{pkg}/model/chat_template.jinja
+src/{pkg}/model/device.py
+src/{pkg}/model/generate.py
+src/{pkg}/model/load.py
 src/{pkg}/monitor/__init__.py
 src/{pkg}/monitor/accounting.py
 src/{pkg}/monitor/drift.py
 src/{pkg}/monitor/metrics.py
 src/{pkg}/monitor/request_log.py
+src/{pkg}/publish.py
+src/{pkg}/registry.py
+src/{pkg}/report/__init__.py
+src/{pkg}/report/about.py
+src/{pkg}/report/card.py
+src/{pkg}/report/facts.py
+src/{pkg}/report/markdown.py
+src/{pkg}/report/model_card.md
+src/{pkg}/report/plots.py
+src/{pkg}/report/readme.py
+src/{pkg}/report/summary.py
+src/{pkg}/runs.py
 src/{pkg}/serve/__init__.py
 src/{pkg}/serve/app.py
 src/{pkg}/serve/deps.py
@@ -93,73 +109,49 @@ src/{pkg}/serve/routes/demo.py
 src/{pkg}/serve/routes/health.py
 src/{pkg}/serve/routes/metrics.py
 src/{pkg}/serve/routes/models.py
-src/{pkg}/serve/routes/sagemaker.py
 src/{pkg}/serve/schemas.py
 src/{pkg}/serve/settings.py
 src/{pkg}/serve/static/index.html
-src/{pkg}/serve/vllm.py
-src/{pkg}/prefs.py
-src/{pkg}/publish.py
-src/{pkg}/registry.py
-src/{pkg}/report/__init__.py
-src/{pkg}/report/about.py
-src/{pkg}/report/card.py
-src/{pkg}/report/facts.py
-src/{pkg}/report/lineage.py
-src/{pkg}/report/markdown.py
-src/{pkg}/report/model_card.md
-src/{pkg}/report/plots.py
-src/{pkg}/report/readme.py
-src/{pkg}/report/sft_vs_dpo.py
-src/{pkg}/report/summary.py
-src/{pkg}/runs.py
-src/{pkg}/sweep.py
-src/{pkg}/task.py
-src/{pkg}/task_init.py
+src/{pkg}/tasks/__init__.py
+src/{pkg}/tasks/answers.py
+src/{pkg}/tasks/metrics.py
 src/{pkg}/tracking.py
-src/{pkg}/train.py
+src/{pkg}/train/__init__.py
+src/{pkg}/train/lm_head.py
+src/{pkg}/train/sft.py
 tests/conftest.py
 tests/test_architecture.py
+tests/test_baselines.py
+tests/test_benchmark_train.py
+tests/test_bootstrap.py
 tests/test_cli.py
 tests/test_cloud.py
 tests/test_config.py
 tests/test_configs.py
 tests/test_data.py
 tests/test_deploy.py
-tests/test_distributed.py
-tests/test_train_dpo.py
 tests/test_drift.py
-tests/test_evaluate.py
-tests/test_bootstrap.py
-tests/test_baselines.py
-tests/test_benchmark_train.py
 tests/test_error_analysis.py
+tests/test_evaluate.py
 tests/test_judge.py
 tests/test_lm_head.py
 tests/test_model.py
 tests/test_notebook.py
 tests/test_ops.py
-tests/test_prefs.py
 tests/test_publish.py
 tests/test_registry.py
 tests/test_report.py
-tests/test_report_dpo.py
 tests/test_request_log.py
 tests/test_robustness.py
 tests/test_serve.py
 tests/test_serve_live.py
-tests/test_sweep.py
 tests/test_task.py
 tests/test_task_init.py
 tests/test_tracking.py
 tests/test_train.py
-tests/test_vllm.py
 tests/test_workflows.py
 """.split()
 
-
-# The cloud training target module of each cloud (cloud/<target>.py): a Spaces bake trains with HF Jobs.
-TRAINING_TARGET = {"aws": "aws", "gcp": "gcp", "azure": "azure", "hf-spaces": "hf_jobs"}
 # Files of the chosen cloud only (the post-gen hook deletes the others'); `none` adds nothing.
 CLOUD_FILES = {
     cloud: [
@@ -167,17 +159,60 @@ CLOUD_FILES = {
         f"deploy/{cloud}/README.md",
         f"deploy/{cloud}/deploy.sh",
         f"deploy/{cloud}/teardown.sh",
-        f"src/{{pkg}}/deploy/{cloud.replace('-', '_')}.py",
+        f"src/{{pkg}}/clouds/{cloud.replace('-', '_')}/__init__.py",
+        f"src/{{pkg}}/clouds/{cloud.replace('-', '_')}/deploy.py",
         f"tests/test_deploy_{cloud.replace('-', '_')}.py",
-        f"src/{{pkg}}/cloud/{TRAINING_TARGET[cloud]}.py",
-        f"tests/test_cloud_{TRAINING_TARGET[cloud]}.py",
+        *(["src/{pkg}/serve/routes/sagemaker.py"] if cloud == "aws" else []),
     ]
     for cloud in ("aws", "gcp", "azure", "hf-spaces")
 }
+# Files of each extra (yes/no question), present only when it is chosen.
+EXTRA_FILES = {
+    "preference_tuning": [
+        "configs/dpo.yaml",
+        "src/{pkg}/preference/__init__.py",
+        "src/{pkg}/preference/dpo.py",
+        "src/{pkg}/preference/pairs.py",
+        "src/{pkg}/report/lineage.py",
+        "src/{pkg}/report/sft_vs_dpo.py",
+        "tests/test_prefs.py",
+        "tests/test_report_dpo.py",
+        "tests/test_train_dpo.py",
+    ],
+    "sweeps": ["src/{pkg}/sweep/__init__.py", "src/{pkg}/sweep/sweep.py", "tests/test_sweep.py"],
+    "multi_gpu": [
+        "configs/accelerate/ddp.yaml",
+        "configs/accelerate/deepspeed_zero3.yaml",
+        "configs/accelerate/fsdp.yaml",
+        "src/{pkg}/distributed/__init__.py",
+        "src/{pkg}/distributed/launch.py",
+        "src/{pkg}/distributed/vllm.py",
+        "tests/test_distributed.py",
+        "tests/test_vllm.py",
+    ],
+    "cloud_training": [
+        "src/{pkg}/clouds/jobs/__init__.py",
+        "src/{pkg}/clouds/jobs/cli.py",
+        "src/{pkg}/clouds/jobs/job.py",
+        "src/{pkg}/clouds/{cloud}/training.py",
+        "tests/test_cloud_jobs.py",
+        "tests/test_cloud_{cloud}.py",
+    ],
+}
+EXTRAS = tuple(EXTRA_FILES)
 
 
-def expected_files(package: str, cloud: str = "aws") -> set[str]:
-    return {path.format(pkg=package) for path in [*COMMON_FILES, *CLOUD_FILES.get(cloud, [])]}
+def truthy(value: object) -> bool:
+    return value is True or str(value).lower() in ("y", "yes", "true", "1", "on")
+
+
+def expected_files(package: str, cloud: str = "aws", answers: dict | None = None) -> set[str]:
+    answers = answers or {}
+    chosen = [extra for extra in EXTRAS if truthy(answers.get(extra, False))]
+    if cloud == "none" and "cloud_training" in chosen:
+        chosen.remove("cloud_training")
+    paths = [*COMMON_FILES, *CLOUD_FILES.get(cloud, []), *(path for extra in chosen for path in EXTRA_FILES[extra])]
+    return {path.format(pkg=package, cloud=cloud.replace("-", "_")) for path in paths}
 
 
 def generated_files(project: Path) -> set[str]:

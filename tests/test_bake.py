@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import CHOICES, TEMPLATE, expected_files, generated_files, run
 
-# Every value of every choice option appears in at least one bake; odd but valid names ride along.
+ALL_EXTRAS = {"preference_tuning": "yes", "sweeps": "yes", "multi_gpu": "yes", "cloud_training": "yes"}
+# Every value of every choice option appears in at least one bake; odd but valid names ride along. The default
+# bake is the core (no extras); one bake takes every extra.
 MATRIX = [
     pytest.param({}, id="defaults"),  # cloud=aws
     pytest.param(
@@ -34,6 +36,7 @@ MATRIX = [
         },
         id="quotes",
     ),
+    pytest.param(ALL_EXTRAS, id="extras"),  # cloud=aws
 ]
 # Left over in a rendered file, these mean a template expression was not rendered; GitHub's ${{ }} is
 # legitimate. src/ and ops/ are copied verbatim (the chat template is Jinja on purpose; Prometheus and
@@ -54,7 +57,7 @@ def test_bake_renders_cleanly(bake, answers):
     project = bake(**answers)
     package = next((project / "src").iterdir()).name
 
-    assert generated_files(project) == expected_files(package, answers.get("cloud", CHOICES["cloud"][0]))
+    assert generated_files(project) == expected_files(package, answers.get("cloud", CHOICES["cloud"][0]), answers)
     for path in project.rglob("*"):
         if path.is_file():
             relative = path.relative_to(project)
@@ -158,10 +161,20 @@ SECOND_SHARD = [
     "tests/test_benchmark_train.py",  # both training loops, in a process of its own
     "tests/test_cli.py",  # the smoke pipeline as a user runs it, in its own processes
     "tests/test_cloud.py",  # a cloud job's entrypoint, stopped, resumed and imported
+    "tests/test_notebook.py",  # the Colab notebook executed headless
+]
+# The all-extras bake runs the extras' own tests (the core's are the default bake's), plus the structure checks.
+EXTRA_TESTS = [
+    "tests/test_architecture.py",  # the stage order holds with every extra plugged in
+    "tests/test_config.py",  # the extras' config sections
+    "tests/test_cloud_jobs.py",
     "tests/test_cloud_aws.py",
     "tests/test_distributed.py",  # two processes over gloo
-    "tests/test_notebook.py",  # the Colab notebook executed headless
+    "tests/test_prefs.py",
+    "tests/test_report_dpo.py",
     "tests/test_sweep.py",  # Optuna trials, each a short training
+    "tests/test_train_dpo.py",
+    "tests/test_vllm.py",
 ]
 # (answers, shard): the default bake twice (its suite in two shards), the others once. `make test` runs two
 # workers with --dist loadgroup: each group below stays on one worker, so the two long shards never queue
@@ -172,8 +185,9 @@ SUITES = [
     pytest.param({}, "second", id="defaults-second", marks=WORKER_B),
     *(
         pytest.param(params.values[0], "rendered", id=params.id, marks=worker)
-        for params, worker in zip(MATRIX[1:], [WORKER_A, WORKER_B, WORKER_B, WORKER_B], strict=True)
+        for params, worker in zip(MATRIX[1:-1], [WORKER_A, WORKER_B, WORKER_B, WORKER_B], strict=True)
     ),
+    pytest.param(ALL_EXTRAS, "extras", id="extras", marks=WORKER_A),
 ]
 
 
@@ -184,6 +198,8 @@ def suite_selection(project: Path, answers: dict[str, str], shard: str = "first"
         if shard == "second":
             return SECOND_SHARD
         return [f"--ignore={path}" for path in SECOND_SHARD]
+    if shard == "extras":
+        return EXTRA_TESTS
     cloud_tests = sorted(
         str(path.relative_to(project))
         for pattern in ("tests/test_deploy_*.py", "tests/test_cloud_*.py")  # deployment, cloud training
@@ -215,5 +231,5 @@ def test_bake_own_test_suite_passes(bake, answers, shard):
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
     cloud = answers.get("cloud", CHOICES["cloud"][0])
-    if answers and cloud != "none":  # the chosen cloud's deploy tests were part of the selection
+    if answers and cloud != "none" and shard == "rendered":  # the chosen cloud's deploy tests were selected
         assert f"tests/test_deploy_{cloud.replace('-', '_')}.py" in selection

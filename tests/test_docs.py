@@ -184,7 +184,10 @@ def test_config_keys_named_in_the_docs_exist(project_package):
 # ---- the module map -------------------------------------------------------------------------------------
 
 MAP_ROW = re.compile(r"^\| `([\w/]+(?:\.py|/))` \|", re.M)
-README_PATH = re.compile(r"`src/\{\{ cookiecutter\.package_name \}\}/([^`]+)`")
+# `src/{{ cookiecutter.package_name }}/<path>` in the generated project's docs; the chosen cloud's folder is written
+# `clouds/{{ cookiecutter.cloud | replace('-', '_') }}/`.
+DOCS_PATH = re.compile(r"`src/\{\{ cookiecutter\.package_name \}\}/([^`]+)`")
+CLOUD_DIR = "{{ cookiecutter.cloud | replace('-', '_') }}"
 
 
 def package_modules() -> set[str]:
@@ -204,11 +207,14 @@ def test_architecture_map_lists_exactly_the_modules_of_the_package():
     assert stale == [], f"docs/architecture.md maps modules that do not exist: {stale}"
 
 
-def test_paths_in_the_generated_readme_exist():
-    named = README_PATH.findall((PROJECT / "README.md").read_text(encoding="utf-8"))
-    assert named, "the generated README names no src/ paths: did its 'What this project demonstrates' table move?"
-    missing = [path for path in named if not (PACKAGE_DIR / path).exists()]
-    assert missing == [], f"{{{{cookiecutter.project_slug}}}}/README.md names files that do not exist: {missing}"
+def test_paths_in_the_generated_docs_exist():
+    """docs/skills.md and docs/tour.md of the generated project name only modules of the package (every cloud's)."""
+    for page in ("skills.md", "tour.md"):
+        named = DOCS_PATH.findall((PROJECT / "docs" / page).read_text(encoding="utf-8"))
+        assert named, f"the generated docs/{page} names no src/ path"
+        paths = {path.replace(CLOUD_DIR, cloud) for path in named for cloud in ("aws", "gcp", "azure", "hf_spaces")}
+        missing = sorted(path for path in paths if not (PACKAGE_DIR / path).exists())
+        assert missing == [], f"{{{{cookiecutter.project_slug}}}}/docs/{page} names files that do not exist: {missing}"
 
 
 # ---- the site builds ------------------------------------------------------------------------------------

@@ -48,12 +48,12 @@ import httpx
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from {{ cookiecutter.package_name }}.config import load_config
-from {{ cookiecutter.package_name }}.data import load_splits
-from {{ cookiecutter.package_name }}.model import end_token_ids
+from {{ cookiecutter.package_name }}.data.dataset import load_splits
+from {{ cookiecutter.package_name }}.model.load import end_token_ids
 from {{ cookiecutter.package_name }}.serve.loader import LoadedModel, load_for_serving
 from {{ cookiecutter.package_name }}.serve.settings import Settings
 from {{ cookiecutter.package_name }}.tracking import tracking_uri
-from {{ cookiecutter.package_name }}.train import describe_hardware
+from {{ cookiecutter.package_name }}.train.sft import describe_hardware
 
 Conversation = list[dict[str, str]]
 Answer = Callable[[Conversation], int]

@@ -33,9 +33,10 @@ from pathlib import Path
 import torch
 
 from {{ cookiecutter.package_name }}.config import Config, load_config
-from {{ cookiecutter.package_name }}.data import load_splits
-from {{ cookiecutter.package_name }}.model import lora_config, resolve_device, resolve_precision
-from {{ cookiecutter.package_name }}.train import build_trainer, describe_hardware, load_for_training
+from {{ cookiecutter.package_name }}.data.dataset import load_splits
+from {{ cookiecutter.package_name }}.model.device import resolve_device, resolve_precision
+from {{ cookiecutter.package_name }}.model.load import lora_config
+from {{ cookiecutter.package_name }}.train.sft import SFT, Run, build_trainer, describe_hardware, load_for_training
 
 PHASES = ("data collation", "forward (backbone)", "lm_head + loss", "backward", "optimizer")
 
@@ -111,14 +112,18 @@ def _ours(config: Config, *, splits, device: str, precision: str, warmup: int, o
 
     model, tokenizer, loss_mode = load_for_training(config, splits=splits, device=device, precision=precision)
     trainer = build_trainer(
-        config,
-        model=model,
-        tokenizer=tokenizer,
-        splits=splits,
-        loss_mode=loss_mode,
-        run_dir=Path(out) / "run",
-        device=device,
-        precision=precision,
+        Run(
+            config=config,
+            config_name="test",
+            model=model,
+            tokenizer=tokenizer,
+            splits=splits,
+            loss_mode=loss_mode,
+            run_dir=Path(out) / "run",
+            device=device,
+            precision=precision,
+            recipe=SFT,
+        )
     )
     # Only training steps: no evaluation or checkpoint at the last step (the Trainer's default) inside the timing.
     trainer.args.eval_strategy, trainer.args.save_strategy = "no", "no"
@@ -172,7 +177,7 @@ def _bare(config: Config, *, batches: list[dict], device: str, precision: str, w
     """The same base model and LoRA settings, trained over `batches` by the loop every PyTorch tutorial writes."""
     from peft import get_peft_model
 
-    from {{ cookiecutter.package_name }}.model import load_base_model
+    from {{ cookiecutter.package_name }}.model.load import load_base_model
 
     torch.manual_seed(config.train.seed)
     base = load_base_model(config.model, device=device, training=True, precision=precision)

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tempfile.mkdtemp(prefix='mlflow-tests-')) / 'mlflow.db'}"
 
 from {{ cookiecutter.package_name }}.config import Config, load_config
-from {{ cookiecutter.package_name }}.task import synthesize
+from {{ cookiecutter.package_name }}.data.shop_example import synthesize
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -64,7 +64,7 @@ def smoke_config(workdir) -> Callable[..., Config]:
 @pytest.fixture(scope="session")
 def plain_chat_template() -> str:
     """The project's ChatML template without its generation markers, like most hub models' templates."""
-    from {{ cookiecutter.package_name }}.model import CHAT_TEMPLATE
+    from {{ cookiecutter.package_name }}.model.load import CHAT_TEMPLATE
 
     # Character classes keep the Jinja tag delimiters out of this (cookiecutter-rendered) file.
     return re.sub(r"[{]%-?\s*(end)?generation\s*-?%[}]", "", CHAT_TEMPLATE.read_text())
@@ -73,8 +73,8 @@ def plain_chat_template() -> str:
 @pytest.fixture(scope="session")
 def tiny_model(workdir, smoke_config) -> Path:
     """The tiny offline model, built once from the training data exactly as `train` builds it."""
-    from {{ cookiecutter.package_name }}.data import load_splits
-    from {{ cookiecutter.package_name }}.model import build_tiny_model
+    from {{ cookiecutter.package_name }}.data.dataset import load_splits
+    from {{ cookiecutter.package_name }}.model.load import build_tiny_model
 
     config = smoke_config()
     texts = [m["content"] for row in load_splits(config.data)["train"]["messages"] for m in row]
@@ -90,7 +90,7 @@ def tiny_model_digest(tiny_model) -> str:
 @pytest.fixture(scope="session")
 def smoke_run(smoke_config, tiny_model_digest) -> Path:
     """One smoke training run (configs/smoke.yaml); returns its folder outputs/smoke-<time>/."""
-    from {{ cookiecutter.package_name }}.train import train
+    from {{ cookiecutter.package_name }}.train.sft import train
 
     return train(smoke_config("tracking.enabled=true"), config_name="smoke")
 
@@ -98,7 +98,7 @@ def smoke_run(smoke_config, tiny_model_digest) -> Path:
 @pytest.fixture(scope="session")
 def smoke_report(smoke_config, smoke_run) -> dict:
     """reports/eval.json of the smoke run, as `evaluate` returns it."""
-    from {{ cookiecutter.package_name }}.evaluate import evaluate
+    from {{ cookiecutter.package_name }}.evaluate.evaluate import evaluate
 
     return evaluate(smoke_config("tracking.enabled=true"), adapter_dir=smoke_run / "adapter")
 
@@ -112,8 +112,8 @@ def served_adapter(workdir, smoke_config, tiny_model) -> Path:
     from peft import get_peft_model
 
     from {{ cookiecutter.package_name }}.config import dump_config
-    from {{ cookiecutter.package_name }}.data import load_splits, with_recorded_system_prompt
-    from {{ cookiecutter.package_name }}.model import load_base_model, load_tokenizer, lora_config
+    from {{ cookiecutter.package_name }}.data.dataset import load_splits, with_recorded_system_prompt
+    from {{ cookiecutter.package_name }}.model.load import load_base_model, load_tokenizer, lora_config
 
     config = smoke_config()
     config = with_recorded_system_prompt(config, load_splits(config.data)["train"]["messages"])  # as `train` does

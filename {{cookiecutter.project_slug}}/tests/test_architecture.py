@@ -70,8 +70,58 @@ def test_cycle_finder_finds_a_cycle_and_accepts_a_tree():
 
 def test_import_graph_sees_relative_and_lazy_imports():
     # cli imports the training code inside its command functions only: the graph must still see it.
-    assert f"{PACKAGE}.train" in GRAPH[f"{PACKAGE}.cli"]
+    assert f"{PACKAGE}.train.sft" in GRAPH[f"{PACKAGE}.cli"]
     assert f"{PACKAGE}.config" in GRAPH[f"{PACKAGE}.cli"]
+
+
+# The stages in the order data flows (docs/architecture.md): a module may import its own stage and earlier
+# ones, never a later one. cli.py, the composition root, wires them all; an extra sits after what it builds on.
+STAGES = [
+    ("errors", "config"),
+    ("tasks",),
+    ("data",),
+    ("model",),
+    ("distributed.launch",),  # multi_gpu: checks a launch before any model loads
+    ("tracking",),
+    ("runs",),
+    ("registry",),
+    ("train",),
+    ("preference",),  # preference_tuning: pairs from the SFT model, the DPO recipe
+    ("sweep",),  # sweeps: trials of train()
+    ("evaluate",),
+    ("report",),
+    ("publish",),
+    ("monitor",),
+    ("serve",),
+    ("distributed.vllm",),
+    ("clouds",),
+    ("cli", "__main__"),
+]
+
+
+def stage_of(module: str) -> int:
+    relative = module.removeprefix(PACKAGE).lstrip(".")
+    if not relative:
+        return 0  # the package's __init__
+    for index, prefixes in enumerate(STAGES):
+        if any(relative == prefix or relative.startswith(f"{prefix}.") for prefix in prefixes):
+            return index
+    raise AssertionError(f"{module} belongs to no stage of STAGES: add it there and to docs/architecture.md")
+
+
+def test_no_module_imports_a_later_stage():
+    late = sorted(
+        f"{name} imports {imported}"
+        for name, imports in GRAPH.items()
+        for imported in imports
+        if stage_of(imported) > stage_of(name)
+    )
+    assert late == []
+
+
+def test_the_stage_check_sees_a_late_import():
+    assert stage_of(f"{PACKAGE}.train.sft") > stage_of(f"{PACKAGE}.data.dataset")
+    assert stage_of(f"{PACKAGE}.cli") == len(STAGES) - 1
 
 
 def test_the_package_has_no_import_cycle():

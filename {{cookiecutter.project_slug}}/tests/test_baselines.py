@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from {{ cookiecutter.package_name }}.baselines import (
+from {{ cookiecutter.package_name }}.evaluate.baselines import (
     BaselineError,
     check_context,
     few_shot_rows,

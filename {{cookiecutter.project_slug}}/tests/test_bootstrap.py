@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from {{ cookiecutter.package_name }}.bootstrap import (
+from {{ cookiecutter.package_name }}.evaluate.bootstrap import (
     excludes_zero,
     paired_intervals,
     percentile_interval,
 )
-from {{ cookiecutter.package_name }}.metrics import (
+from {{ cookiecutter.package_name }}.tasks.metrics import (
     extraction_row_scores,
     means,
 )

@@ -16,20 +16,30 @@ import typer
 from typer.testing import CliRunner
 
 import {{ cookiecutter.package_name }}
-from {{ cookiecutter.package_name }} import model as model_module
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.errors import ProjectError
+from {{ cookiecutter.package_name }}.model import load as model_module
 
 runner = CliRunner()
 
 # Every command the app has: a new one must be added here (and so gets its --help checked).
-COMMANDS = {
-    *("config", "data", "task", "train", "evaluate", "promote", "report", "publish", "merge", "serve"),
-    *("serve-vllm", "monitor", "cloud", "sweep"),
-}
-SUBCOMMANDS = {"config": {"show", "keys"}, "data": {"synth", "validate", "prefs"}, "task": {"init"}}
+COMMANDS = {"config", "data", "task", "train", "evaluate", "promote", "report", "publish", "merge", "serve"}
+COMMANDS |= {"monitor", "cloud"}
+SUBCOMMANDS = {"config": {"show", "keys"}, "data": {"synth", "validate"}, "task": {"init"}}
 SUBCOMMANDS["monitor"] = {"drift"}
-SUBCOMMANDS["cloud"] = {"train", "status", "fetch", "cancel"}
+SUBCOMMANDS["cloud"] = {"fetch"}
+# >>> sweeps
+COMMANDS.add("sweep")
+# <<< sweeps
+# >>> multi_gpu
+COMMANDS.add("serve-vllm")
+# <<< multi_gpu
+# >>> preference_tuning
+SUBCOMMANDS["data"].add("prefs")
+# <<< preference_tuning
+# >>> cloud_training
+SUBCOMMANDS["cloud"] |= {"train", "status", "cancel"}
+# <<< cloud_training
 # Errors that serving turns into HTTP responses (429, 400, 500, an API error body): never seen by the CLI.
 HTTP_ERRORS = {"APIError", "EngineBusy", "PromptError", "GenerationFailed", "_ClientLeft"}
 
@@ -172,7 +182,7 @@ WARNING_LINE = re.compile(r"Warning\b|warnings\.warn|^\[transformers\]")
 def test_only_the_known_harmless_library_warnings_are_silenced():
     cases = [  # (message, category, module the warning comes from, shown?)
         (GRADIENT_CHECKPOINTING, FutureWarning, "transformers.modeling_utils", False),
-        (GRADIENT_CHECKPOINTING, FutureWarning, "{{ cookiecutter.package_name }}.model", True),
+        (GRADIENT_CHECKPOINTING, FutureWarning, "{{ cookiecutter.package_name }}.model.load", True),
         (DATASET_SOURCE, UserWarning, "mlflow.data.dataset_source_registry", False),
         (DATASET_SOURCE, FutureWarning, "mlflow.data.dataset_source_registry", True),
         ("Something else went wrong", UserWarning, "mlflow.data.dataset_source_registry", True),

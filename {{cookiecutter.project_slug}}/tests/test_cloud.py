@@ -1,7 +1,8 @@
-"""Cloud training, the part every target shares: the cost cap, the job's command, staging, the in-job
+"""Training elsewhere (a notebook, a cloud job), the part every target shares: staging, the in-job
 entrypoint (run here with the platform's folders, stopped after a checkpoint as a spot interruption would,
 then restarted), and importing its output into MLflow like a local run. No cloud is called."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,123 +12,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from {{ cookiecutter.package_name }} import train as train_module
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.cloud import cli as cloud_cli
-from {{ cookiecutter.package_name }}.cloud import entrypoint
-from {{ cookiecutter.package_name }}.cloud.importer import RunImportError, import_run, job_cost
-from {{ cookiecutter.package_name }}.cloud.job import (
-    PRICES,
-    CostCapError,
-    JobSpec,
-    check_cost,
-    train_command,
-    worst_case_cost,
-)
-from {{ cookiecutter.package_name }}.cloud.staging import StagingError, local_settings, stage_inputs
+from {{ cookiecutter.package_name }}.clouds import entrypoint
+from {{ cookiecutter.package_name }}.clouds.importer import RunImportError, import_run, job_cost
+from {{ cookiecutter.package_name }}.clouds.staging import StagingError, local_settings, stage_inputs
 from {{ cookiecutter.package_name }}.config import dump_config, load_config
+from {{ cookiecutter.package_name }}.train import sft as train_module
 
 ROOT = Path(__file__).parents[1]
-BUILD_TRAINER = train_module.build_trainer  # the real one, wrapped by the interruption tests
+SFT = train_module.SFT  # the real recipe, whose trainer the interruption tests wrap
 PACKAGE = "{{ cookiecutter.package_name }}"
-
-
-def spec(**changes) -> JobSpec:
-    values = {
-        "project": "{{ cookiecutter.project_slug }}",
-        "run_name": "gpu-20260101-120000",
-        "config_name": "gpu",
-        "target": "aws",
-        "instance_type": "ml.g5.xlarge",
-        "gpu_count": 1,
-        "instance_count": 1,
-        "spot": True,
-        "max_runtime_s": 3600,
-        "max_cost_usd": 5.0,
-        "staging": Path("/nonexistent"),
-        "region": "eu-west-1",
-    }
-    return JobSpec(**(values | changes))
-
-
-# ---- cost cap, prices, command -----------------------------------------------------------------------------
-
-
-def test_every_price_names_its_source_and_date():
-    for target, prices in PRICES.items():
-        for instance, price in prices.items():
-            assert price.source.startswith("https://"), (target, instance)
-            assert len(price.checked) == 10 and price.checked[4] == "-", (target, instance)
-            assert price.usd_per_hour > 0, (target, instance)
-
-
-def test_a_price_not_read_from_its_source_says_so():
-    price = PRICES["hf-jobs"]["t4-small"]  # read on the Hub's jobs-pricing page
-    assert price.describe() == "0.400 USD/h on-demand (https://huggingface.co/docs/hub/jobs-pricing, 2026-11-30)"
-    unread = PRICES["aws"]["ml.g5.xlarge"]
-    assert unread.describe().endswith(", 2026-11-30, not re-read from the source: check it there)")
-
-
-def test_worst_case_is_price_times_instances_times_hours():
-    hourly = PRICES["aws"]["ml.g5.xlarge"].usd_per_hour
-    assert worst_case_cost(spec(max_runtime_s=7200, instance_count=2)) == pytest.approx(hourly * 2 * 2)
-
-
-def test_cost_check_prints_price_source_and_worst_case():
-    lines: list[str] = []
-    worst = check_cost(spec(max_runtime_s=1800), echo=lines.append)
-    price = PRICES["aws"]["ml.g5.xlarge"]
-    assert worst == pytest.approx(price.usd_per_hour / 2)
-    assert lines[0] == "instance: ml.g5.xlarge (aws, eu-west-1), spot"
-    assert lines[1] == f"price: {price.describe()}"
-    assert lines[2] == f"worst case: {worst:.2f} USD (0.5 h cap), cost cap: 5.00 USD"
-
-
-def test_cost_above_the_cap_is_refused_naming_the_settings():
-    with pytest.raises(CostCapError, match=r"above CLOUD_MAX_COST_USD=1\..*CLOUD_MAX_RUNTIME_H.*Nothing was created"):
-        check_cost(spec(max_cost_usd=1.0), echo=lambda _: None)
-
-
-def test_an_instance_without_a_price_is_refused():
-    with pytest.raises(CostCapError, match=r"CLOUD_INSTANCE_TYPE=ml\.p9\.huge: no price known for it on aws"):
-        check_cost(spec(instance_type="ml.p9.huge"), echo=lambda _: None)
-
-
-def test_train_command_runs_the_entrypoint():
-    assert train_command("config.yaml", ["lora.r=8"], output="/opt/ml/model", checkpoints="/opt/ml/checkpoints") == [
-        "python",
-        "-m",
-        f"{PACKAGE}.cloud.entrypoint",
-        "--config",
-        "config.yaml",
-        "--output",
-        "/opt/ml/model",
-        "--checkpoints",
-        "/opt/ml/checkpoints",
-        "--evaluate",
-        "lora.r=8",
-    ]
-
-
-def test_several_gpus_train_through_the_multi_gpu_launcher(tmp_path, smoke_config, monkeypatch):
-    """--nproc 4 (train_command's one setting) runs training through distributed.launch_command."""
-    command = train_command("config.yaml", [], nproc=4)
-    assert command[command.index("--nproc") + 1] == "4"
-    launched = []
-    monkeypatch.setattr(entrypoint.subprocess, "run", lambda cmd, check: launched.append(cmd) or _Done(0))
-    config_file = tmp_path / "gpu.yaml"
-    dump_config(smoke_config(), config_file)
-    entrypoint._train(smoke_config(), config_file=config_file, config_name="gpu", nproc=4, resume=True)
-    [launch] = launched
-    assert launch[:2] == ["accelerate", "launch"]
-    assert launch[launch.index("--num_processes") + 1] == "4"
-    assert launch[launch.index("-m") + 1 :][:2] == [PACKAGE, "train"]
-    assert launch[-3] == "--config" and launch[-2].endswith("/gpu.yaml") and launch[-1] == "--resume"
-
-
-class _Done:
-    def __init__(self, returncode: int) -> None:
-        self.returncode = returncode
 
 
 # ---- staging -------------------------------------------------------------------------------------------------
@@ -140,7 +34,10 @@ def test_staging_writes_the_same_files_and_bytes_every_time(tmp_path, smoke_conf
     manifest = json.loads((first / "manifest.json").read_text())
     assert manifest == json.loads((second / "manifest.json").read_text())  # same sizes and sha256, same order
     paths = [entry["path"] for entry in manifest]
-    assert paths == sorted(paths) and "configs/accelerate/ddp.yaml" in paths  # the multi-GPU launcher's configs
+    assert paths == sorted(paths)
+    # >>> multi_gpu
+    assert "configs/accelerate/ddp.yaml" in paths  # the multi-GPU launcher's configs
+    # <<< multi_gpu
     assert [path for path in paths if not path.startswith("configs/accelerate/")] == [
         "config.yaml",
         "data/shop_extraction/dataset_info.json",
@@ -175,13 +72,6 @@ def test_staging_refuses_a_local_base_model_the_job_cannot_read(tmp_path, smoke_
     assert not out.exists()
 
 
-def test_without_a_cloud_target_train_points_at_the_notebook(monkeypatch):
-    monkeypatch.setattr(cloud_cli, "target_module", lambda: None)
-    result = CliRunner().invoke(app, ["cloud", "train", "--config", "configs/gpu.yaml"])
-    assert result.exit_code == 2
-    assert "no cloud target" in result.output and "notebooks/train_on_colab.ipynb" in result.output
-
-
 # ---- the entrypoint, interrupted and resumed; the import --------------------------------------------------
 
 
@@ -204,7 +94,7 @@ def _recording(stop_after_save: bool, steps: list[int]):
                 os.kill(os.getpid(), signal.SIGTERM)
 
     def build(*args, **kwargs):
-        trainer = BUILD_TRAINER(*args, **kwargs)
+        trainer = SFT.build_trainer(*args, **kwargs)
         trainer.add_callback(Recorder())
         return trainer
 
@@ -225,17 +115,18 @@ def cloud_job(tmp_path_factory, smoke_config, tiny_model):
     dump_config(job_config, root / "job" / "config.yaml")
     here = smoke_config("tracking.enabled=true", root=root / "here")  # this machine: outputs/, reports/, MLflow on
     (root / "job" / "local.json").write_text(json.dumps(local_settings(here)))
-    argv = train_command(str(root / "job" / "config.yaml"), [], config_name="smoke")[3:]  # no `python -m <module>`
+    # The arguments a job's launcher passes (clouds/jobs/job.py's train_command, without `python -m <module>`)
+    argv = ["--config", str(root / "job" / "config.yaml"), "--config-name", "smoke", "--evaluate"]
     environment = {"SM_MODEL_DIR": str(root / "model"), "SM_CHECKPOINT_DIR": str(root / "checkpoints")}
     first_steps, second_steps = [], []
     with pytest.MonkeyPatch.context() as patch:
         for name, value in environment.items():
             patch.setenv(name, value)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")  # a registry of its own
-        patch.setattr(train_module, "build_trainer", _recording(True, first_steps))
+        patch.setattr(train_module, "SFT", dataclasses.replace(SFT, build_trainer=_recording(True, first_steps)))
         interrupted = entrypoint.main(argv)
         checkpoints_after_stop = sorted(p.name for p in (root / "checkpoints" / "cloud-smoke").glob("checkpoint-*"))
-        patch.setattr(train_module, "build_trainer", _recording(False, second_steps))
+        patch.setattr(train_module, "SFT", dataclasses.replace(SFT, build_trainer=_recording(False, second_steps)))
         finished = entrypoint.main(argv)
         job = {"job_id": "cloud-smoke", "target": "aws", "instance_type": "ml.g5.xlarge", "region": "eu-west-1"}
         job |= {"billed_s": 1800, "usd_per_hour": 1.408, "instance_count": 1, "spot": True}
@@ -329,7 +220,7 @@ def test_the_same_job_is_not_imported_twice(cloud_job):
 
 @pytest.mark.e2e
 def test_promote_and_report_treat_the_import_like_a_local_run(cloud_job):
-    from {{ cookiecutter.package_name }}.registry import promote
+    from {{ cookiecutter.package_name }}.evaluate.gate import promote
     from {{ cookiecutter.package_name }}.report import write_report
 
     imported, here, root = cloud_job["imported"], cloud_job["here"], cloud_job["root"]

@@ -15,11 +15,11 @@ boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
 
 from {{ cookiecutter.package_name }}.cli import app  # noqa: E402
-from {{ cookiecutter.package_name }}.cloud import aws  # noqa: E402
-from {{ cookiecutter.package_name }}.cloud.job import PRICES, job_spec, train_command  # noqa: E402
-from {{ cookiecutter.package_name }}.cloud.staging import stage_inputs  # noqa: E402
+from {{ cookiecutter.package_name }}.clouds.aws import training as aws  # noqa: E402
+from {{ cookiecutter.package_name }}.clouds.jobs.job import PRICES, job_spec, train_command  # noqa: E402
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError  # noqa: E402
+from {{ cookiecutter.package_name }}.clouds.staging import stage_inputs  # noqa: E402
 from {{ cookiecutter.package_name }}.config import dump_config  # noqa: E402
-from {{ cookiecutter.package_name }}.deploy.settings import DeploySettingsError  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 PROJECT = "{{ cookiecutter.project_slug }}"
@@ -197,7 +197,7 @@ def test_cancel_stops_a_running_job_of_ours(aws_env, monkeypatch):
 
 
 def test_env_example_documents_every_setting_and_is_refused_as_it_is(aws_env, config_file, monkeypatch):
-    from {{ cookiecutter.package_name }}.cloud.job import JOB_VARIABLES
+    from {{ cookiecutter.package_name }}.clouds.jobs.job import JOB_VARIABLES
 
     example = (ROOT / ".env.example").read_text(encoding="utf-8")
     assert [var.name for var in [*JOB_VARIABLES, *aws.VARIABLES] if f"{var.name}=" not in example] == []
@@ -211,7 +211,7 @@ def test_env_example_documents_every_setting_and_is_refused_as_it_is(aws_env, co
 
 
 def test_train_detached_then_status_through_the_cli(aws_env, config_file, tmp_path, monkeypatch):
-    from {{ cookiecutter.package_name }}.cloud import cli as cloud_cli
+    from {{ cookiecutter.package_name }}.clouds.jobs import cli as cloud_cli
 
     monkeypatch.setattr(cloud_cli, "JOB_RECORDS", tmp_path / "jobs")
     with moto.mock_aws():

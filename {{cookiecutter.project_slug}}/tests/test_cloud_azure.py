@@ -10,14 +10,14 @@ import yaml
 from azure.ai.ml import load_job
 from azure.ai.ml.operations import JobOperations
 
-from {{ cookiecutter.package_name }}.cloud import azure
-from {{ cookiecutter.package_name }}.cloud.job import (
+from {{ cookiecutter.package_name }}.clouds.azure import training as azure
+from {{ cookiecutter.package_name }}.clouds.jobs.job import (
     PRICES,
     CostCapError,
     JobSpec,
     check_cost,
 )
-from {{ cookiecutter.package_name }}.deploy.settings import DeploySettingsError
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError
 
 ENVIRON = {
     "AZURE_SUBSCRIPTION_ID": "1b2c3d4e-0000-4a4a-8b8b-123456789abc",

@@ -14,14 +14,14 @@ from google.cloud import aiplatform_v1 as vertex
 from google.cloud import storage
 from google.protobuf import json_format
 
-from {{ cookiecutter.package_name }}.cloud import gcp
-from {{ cookiecutter.package_name }}.cloud.job import (
+from {{ cookiecutter.package_name }}.clouds.gcp import training as gcp
+from {{ cookiecutter.package_name }}.clouds.jobs.job import (
     PRICES,
     CostCapError,
     JobSpec,
     check_cost,
 )
-from {{ cookiecutter.package_name }}.deploy.settings import DeploySettingsError
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError
 
 ENVIRON = {"GCP_PROJECT_ID": "shop-ml-123", "GCP_REGION": "europe-west4", "GCS_BUCKET": "shop-ml-runs"}
 RUN = "gpu-251130-070000"

@@ -9,16 +9,16 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import DataConfig, TaskConfig
-from {{ cookiecutter.package_name }}.data import (
+from {{ cookiecutter.package_name }}.data.dataset import (
     DataError,
     Problem,
-    answer_object,
     length_problems,
     load_splits,
     shared_system_prompt,
     validate_data,
     with_recorded_system_prompt,
 )
+from {{ cookiecutter.package_name }}.tasks.answers import parse_prediction
 
 
 def chat(user, answer="ok", system=None):
@@ -291,10 +291,12 @@ TRIAGE = TaskConfig(kind="extraction", fields=["category", "priority"])
 
 
 def test_answer_object_is_strict():
-    assert answer_object('{"category": "billing"}') == {"category": "billing"}
-    assert answer_object('```json\n{"category": "billing"}\n```') is None  # the model would learn the fences
-    assert answer_object('["billing"]') is None
-    assert answer_object("billing") is None
+    assert parse_prediction('{"category": "billing"}', strict=True) == {"category": "billing"}
+    assert (
+        parse_prediction('```json\n{"category": "billing"}\n```', strict=True) is None
+    )  # the model would learn the fences
+    assert parse_prediction('["billing"]', strict=True) is None
+    assert parse_prediction("billing", strict=True) is None
 
 
 def test_validate_reports_non_json_answers_and_missing_fields_with_lines(tmp_path):

@@ -18,17 +18,17 @@ import typer
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from {{ cookiecutter.package_name }}.config import load_config
-from {{ cookiecutter.package_name }}.deploy.bundle import BundleError, bundle_model, choose_source
-from {{ cookiecutter.package_name }}.deploy.bundle import main as bundle_main
-from {{ cookiecutter.package_name }}.deploy.settings import (
+from {{ cookiecutter.package_name }}.clouds.bundle import BundleError, bundle_model, choose_source
+from {{ cookiecutter.package_name }}.clouds.bundle import main as bundle_main
+from {{ cookiecutter.package_name }}.clouds.settings import (
     DeploySettingsError,
     Var,
     read_environment,
     resolve,
     shell_exports,
 )
-from {{ cookiecutter.package_name }}.model import ModelError
+from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.model.load import ModelError
 from {{ cookiecutter.package_name }}.serve.app import create_app
 from {{ cookiecutter.package_name }}.serve.loader import load_for_serving, resolve_model_source
 from {{ cookiecutter.package_name }}.serve.settings import Settings

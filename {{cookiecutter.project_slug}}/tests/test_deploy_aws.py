@@ -12,8 +12,8 @@ import pytest
 boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
 
-from {{ cookiecutter.package_name }}.deploy import aws  # noqa: E402
-from {{ cookiecutter.package_name }}.deploy.settings import DeploySettingsError  # noqa: E402
+from {{ cookiecutter.package_name }}.clouds.aws import deploy as aws  # noqa: E402
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 PROJECT = "{{ cookiecutter.project_slug }}"
@@ -61,7 +61,7 @@ def test_dry_run_prints_the_whole_deploy_in_order():
     assert result.returncode == 0, result.stderr
     lines = steps(result.stdout)
     assert lines[:5] == [
-        f"+ {sys.executable} -m {{ cookiecutter.package_name }}.deploy.bundle "
+        f"+ {sys.executable} -m {{ cookiecutter.package_name }}.clouds.bundle "
         f"--model models:/{PROJECT}@champion --fallback latest --out build/model",
         f"+ docker build --platform linux/amd64 --target bundled --tag {IMAGE} .",
         "+ ecr.create_repository(" + json.dumps({"repositoryName": PROJECT}) + ")",

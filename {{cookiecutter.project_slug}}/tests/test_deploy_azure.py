@@ -16,8 +16,8 @@ pytest.importorskip("azure.ai.ml")
 from azure.ai.ml import load_online_deployment, load_online_endpoint
 from azure.core.exceptions import ResourceNotFoundError
 
-from {{ cookiecutter.package_name }}.deploy import azure
-from {{ cookiecutter.package_name }}.deploy.settings import DeploySettingsError
+from {{ cookiecutter.package_name }}.clouds.azure import deploy as azure
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -252,7 +252,7 @@ def test_dry_run_prints_the_whole_deploy_in_order():
     result = script("deploy.sh", DRY_RUN="1", **GOOD)
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stdout.splitlines() if line.startswith("+ ")] == [
-        f"+ {sys.executable} -m {PACKAGE}.deploy.bundle --model models:/{PROJECT}@champion --fallback latest "
+        f"+ {sys.executable} -m {PACKAGE}.clouds.bundle --model models:/{PROJECT}@champion --fallback latest "
         "--out build/model",
         f"+ docker build --platform linux/amd64 --target bundled --tag {IMAGE} .",
         "+ az acr login --name llmregistry",

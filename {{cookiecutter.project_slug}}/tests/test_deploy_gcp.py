@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from {{ cookiecutter.package_name }}.deploy import gcp
-from {{ cookiecutter.package_name }}.deploy.settings import DeploySettingsError
+from {{ cookiecutter.package_name }}.clouds.gcp import deploy as gcp
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -99,7 +99,7 @@ def test_dry_run_prints_the_whole_deploy_in_order():
     result = script("deploy.sh", DRY_RUN="1", **GOOD)
     assert result.returncode == 0, result.stderr
     assert steps(result.stdout) == [
-        f"{sys.executable} -m {PACKAGE}.deploy.bundle --model models:/{PROJECT}@champion --fallback latest "
+        f"{sys.executable} -m {PACKAGE}.clouds.bundle --model models:/{PROJECT}@champion --fallback latest "
         "--out build/model",
         f"docker build --platform linux/amd64 --target bundled --tag {IMAGE} .",
         f"gcloud artifacts repositories create {PROJECT} --repository-format docker --location europe-west1 "

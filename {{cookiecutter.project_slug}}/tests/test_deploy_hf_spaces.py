@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from {{ cookiecutter.package_name }}.deploy import hf_spaces
-from {{ cookiecutter.package_name }}.deploy.bundle import bundle_model
-from {{ cookiecutter.package_name }}.deploy.settings import DeploySettingsError
+from {{ cookiecutter.package_name }}.clouds.bundle import bundle_model
+from {{ cookiecutter.package_name }}.clouds.hf_spaces import deploy as hf_spaces
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError
 from {{ cookiecutter.package_name }}.serve.loader import resolve_model_source
 
 ROOT = Path(__file__).parents[1]
@@ -161,7 +161,7 @@ def test_a_space_left_empty_by_a_failed_first_upload_is_deployed_to():
 
 
 def test_staging_without_a_bundle_is_refused(tmp_path):
-    expected = rf"is not a model bundle .*`make bundle` \(python -m {PACKAGE}\.deploy\.bundle"
+    expected = rf"is not a model bundle .*the bundle step of `make deploy` \(python -m {PACKAGE}\.clouds\.bundle"
     with pytest.raises(DeploySettingsError, match=expected):
         hf_spaces.stage_space(ROOT, tmp_path, tmp_path / "space", project=PROJECT, values={})
 
@@ -173,7 +173,7 @@ def test_dry_run_prints_the_whole_deploy_in_order():
     result = script("deploy.sh", DRY_RUN="1", **GOOD)
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stdout.splitlines() if line.startswith("+ ")] == [
-        f"+ {sys.executable} -m {PACKAGE}.deploy.bundle --model models:/{PROJECT}@champion --fallback latest "
+        f"+ {sys.executable} -m {PACKAGE}.clouds.bundle --model models:/{PROJECT}@champion --fallback latest "
         "--out build/model",
         "+ stage build/space: Dockerfile (+ space stage, port 7860), README front matter, build/model",
         "+ HfApi.create_repo('ada/shop-assistant', repo_type='space', space_sdk='docker', exist_ok=True)",

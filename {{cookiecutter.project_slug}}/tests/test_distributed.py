@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from {{ cookiecutter.package_name }} import distributed
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.distributed import (
-    DistributedError,
-    check_launch,
-    launch_command,
-    run_params,
-)
+from {{ cookiecutter.package_name }}.distributed import launch as distributed
+from {{ cookiecutter.package_name }}.distributed.launch import DistributedError, check_launch, launch_command
+from {{ cookiecutter.package_name }}.model.device import run_params
 
 PROJECT = Path(__file__).parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -186,7 +182,7 @@ def test_two_processes_train_one_run_like_one_process(
     import torch
 
     from {{ cookiecutter.package_name }}.tracking import client as tracking_client
-    from {{ cookiecutter.package_name }}.train import train
+    from {{ cookiecutter.package_name }}.train.sft import train
 
     # A registry of its own: the session's store must keep the smoke run as its first version.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.data import load_splits
+from {{ cookiecutter.package_name }}.data.dataset import load_splits
 from {{ cookiecutter.package_name }}.monitor.drift import (
     DriftError,
     check_drift,

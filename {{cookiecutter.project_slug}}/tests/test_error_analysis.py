@@ -2,7 +2,7 @@
 
 import json
 
-from {{ cookiecutter.package_name }}.error_analysis import (
+from {{ cookiecutter.package_name }}.evaluate.error_analysis import (
     MISSING,
     OTHER,
     analyse,

@@ -9,24 +9,22 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from {{ cookiecutter.package_name }}.baselines import BaselineError, row_digest
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import dump_config, load_config
-from {{ cookiecutter.package_name }}.evaluate import (
+from {{ cookiecutter.package_name }}.evaluate.baselines import BaselineError, row_digest
+from {{ cookiecutter.package_name }}.evaluate.evaluate import (
     COMMAND,
     EvaluationError,
-    JsonAnswerEnd,
     _loss_batch,
     check_run_config,
     config_differences,
     evaluate,
-    extraction_metrics,
-    generate_answers,
-    generic_metrics,
 )
-from {{ cookiecutter.package_name }}.model import ModelError, load_finetuned, load_tokenizer
+from {{ cookiecutter.package_name }}.model.generate import JsonAnswerEnd, generate_answers
+from {{ cookiecutter.package_name }}.model.load import ModelError, load_finetuned, load_tokenizer
 from {{ cookiecutter.package_name }}.registry import ModelSource
-from {{ cookiecutter.package_name }}.task import parse_prediction
+from {{ cookiecutter.package_name }}.tasks.answers import parse_prediction
+from {{ cookiecutter.package_name }}.tasks.metrics import extraction_row_scores, generic_row_scores, means
 from {{ cookiecutter.package_name }}.tracking import client as tracking_client
 
 
@@ -40,12 +38,20 @@ EXPECTED = [
 ]
 
 
+def _extraction(answers, expected):
+    return means(extraction_row_scores(answers, expected))
+
+
+def _generic(answers, expected):
+    return means(generic_row_scores(answers, expected))
+
+
 def test_extraction_metrics_score_json_fields_and_exact_match():
     answers = [
         'Sure! {"intent":"track","order_id":"A1","quantity":null} Anything else?',  # all right, chatty
         '{"intent":"return","order_id":"B7","quantity":2',  # truncated: not JSON at all
     ]
-    metrics = extraction_metrics(answers, EXPECTED)
+    metrics = _extraction(answers, EXPECTED)
     assert metrics["json_valid_rate"] == 0.5
     assert metrics["field_accuracy_intent"] == metrics["field_accuracy_order_id"] == 0.5
     assert metrics["field_accuracy"] == 0.5  # mean over intent, order_id, quantity
@@ -53,13 +59,13 @@ def test_extraction_metrics_score_json_fields_and_exact_match():
 
 
 def test_extraction_metrics_count_a_missing_key_as_wrong_even_when_null_expected():
-    metrics = extraction_metrics(['{"intent":"track","order_id":"A1"}'], EXPECTED[:1])
+    metrics = _extraction(['{"intent":"track","order_id":"A1"}'], EXPECTED[:1])
     assert metrics["field_accuracy_quantity"] == 0.0
     assert metrics["exact_match"] == 0.0
 
 
 def test_generic_metrics_exact_match_and_rouge_l():
-    metrics = generic_metrics(["the cat sat", "a dog"], ["the cat sat", "the dog ran away"])
+    metrics = _generic(["the cat sat", "a dog"], ["the cat sat", "the dog ran away"])
     assert metrics["exact_match"] == 0.5
     assert 0.5 < metrics["rouge_l"] < 1.0
 
@@ -184,7 +190,7 @@ def test_a_config_that_disagrees_with_the_run_is_refused_before_anything_is_writ
 
 @pytest.mark.e2e
 def test_the_scored_rows_digest_is_in_eval_json_and_on_the_training_run(smoke_config, smoke_run, smoke_report):
-    from {{ cookiecutter.package_name }}.data import load_splits
+    from {{ cookiecutter.package_name }}.data.dataset import load_splits
 
     config = smoke_config()
     rows = list(load_splits(config.data, system_prompt=config.task.system_prompt)["test"]["messages"])[:32]
@@ -207,7 +213,7 @@ def test_the_scored_rows_digest_is_in_eval_json_and_on_the_training_run(smoke_co
 
 @pytest.mark.e2e
 def test_cli_evaluate_without_config_takes_the_runs_own(smoke_config, smoke_run, smoke_report, monkeypatch):
-    import {{ cookiecutter.package_name }}.evaluate as evaluate_module
+    import {{ cookiecutter.package_name }}.evaluate.evaluate as evaluate_module
 
     seen = []
     monkeypatch.setattr(evaluate_module, "evaluate", lambda config, **kwargs: seen.append(config) or smoke_report)
@@ -222,7 +228,7 @@ def test_cli_evaluate_without_config_takes_the_runs_own(smoke_config, smoke_run,
 
 
 def test_cli_evaluate_without_config_uses_smoke_yaml_for_an_adapter_without_a_run_config(tmp_path, monkeypatch):
-    import {{ cookiecutter.package_name }}.evaluate as evaluate_module
+    import {{ cookiecutter.package_name }}.evaluate.evaluate as evaluate_module
 
     seen = []
     report = {"base": {"eval_loss": 1.0}, "finetuned": {"eval_loss": 0.5}}

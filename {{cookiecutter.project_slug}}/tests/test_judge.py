@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from {{ cookiecutter.package_name }}.config import JudgeConfig
-from {{ cookiecutter.package_name }}.judge import (
+from {{ cookiecutter.package_name }}.evaluate.judge import (
     JudgeError,
     check_reachable,
     judge_answers,
@@ -112,7 +112,7 @@ def test_evaluate_with_a_judge_keeps_raw_answers_and_never_writes_the_key(
 ):
     """A generic-task evaluation of the smoke adapter (on purpose, --other-data) judged by the fake server:
     eval.json holds the judge's record, and neither the reports nor the MLflow run hold the key."""
-    from {{ cookiecutter.package_name }}.evaluate import evaluate
+    from {{ cookiecutter.package_name }}.evaluate.evaluate import evaluate
     from {{ cookiecutter.package_name }}.tracking import client
 
     monkeypatch.setenv("JUDGE_API_KEY", KEY)

@@ -7,15 +7,15 @@ import torch
 from peft import get_peft_model
 from trl.trainer.utils import add_fused_lm_head
 
-from {{ cookiecutter.package_name }}.data import load_splits
-from {{ cookiecutter.package_name }}.lm_head import answer_tokens_only
-from {{ cookiecutter.package_name }}.model import (
+from {{ cookiecutter.package_name }}.data.dataset import load_splits
+from {{ cookiecutter.package_name }}.model.load import (
     load_base_model,
     load_tokenizer,
     lora_config,
     prepare_chat_template,
 )
-from {{ cookiecutter.package_name }}.train import build_trainer
+from {{ cookiecutter.package_name }}.train.lm_head import answer_tokens_only
+from {{ cookiecutter.package_name }}.train.sft import SFT, Run, build_trainer
 
 
 def _fused_model(config, *, ours: bool):
@@ -64,14 +64,18 @@ def test_the_trainer_projects_only_the_answer_tokens_on_a_cpu(smoke_config, tiny
     tokenizer = load_tokenizer(tiny_model)
     splits = load_splits(config.data)
     trainer = build_trainer(
-        config,
-        model=load_base_model(config.model, device="cpu"),
-        tokenizer=tokenizer,
-        splits=splits,
-        loss_mode=prepare_chat_template(tokenizer),
-        run_dir=tmp_path / "run",
-        device="cpu",
-        precision="fp32",
+        Run(
+            config=config,
+            config_name="test",
+            model=load_base_model(config.model, device="cpu"),
+            tokenizer=tokenizer,
+            splits=splits,
+            loss_mode=prepare_chat_template(tokenizer),
+            run_dir=tmp_path / "run",
+            device="cpu",
+            precision="fp32",
+            recipe=SFT,
+        )
     )
     projected: list[int] = []
     head = trainer.model.get_base_model().get_output_embeddings()
@@ -94,7 +98,7 @@ def test_models_that_rescale_their_logits_keep_trls_head(smoke_config, tiny_mode
 
 @pytest.mark.skipif(not torch.cpu._is_amx_tile_supported(), reason="needs a CPU with AMX (bf16 in hardware)")
 def test_bf16_autocast_training_on_a_cpu_lowers_the_loss(smoke_config, tmp_path):
-    from {{ cookiecutter.package_name }}.train import train
+    from {{ cookiecutter.package_name }}.train.sft import train
 
     config = smoke_config(
         "train.precision=bf16", "train.device=cpu", "train.max_steps=12", "train.logging_steps=3", root=tmp_path

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import LoraConfig, ModelConfig
-from {{ cookiecutter.package_name }}.model import (
+from {{ cookiecutter.package_name }}.model.device import quantization_config, resolve_device, resolve_dtype
+from {{ cookiecutter.package_name }}.model.load import (
     CHAT_TEMPLATE,
     ModelError,
     check_model_source,
@@ -23,9 +24,6 @@ from {{ cookiecutter.package_name }}.model import (
     merge_adapter,
     newest_adapter,
     prepare_chat_template,
-    quantization_config,
-    resolve_device,
-    resolve_dtype,
 )
 
 HUB_STYLE_FILES = {

@@ -40,8 +40,8 @@ def test_the_notebook_trains_on_cpu_and_packs_a_run_that_fetch_imports(tmp_path,
     import nbformat
     from nbclient import NotebookClient
 
-    from {{ cookiecutter.package_name }}.cloud.importer import import_run
-    from {{ cookiecutter.package_name }}.task import synthesize
+    from {{ cookiecutter.package_name }}.clouds.importer import import_run
+    from {{ cookiecutter.package_name }}.data.shop_example import synthesize
 
     # A project folder as the notebook finds it after `git clone`: configs, data (60 rows: 6 validation rows keep
     # the in-training evaluation short), the tiny model.

@@ -85,8 +85,12 @@ def test_prometheus_scrapes_the_api_service(compose):
         groups = yaml.safe_load((OPS / "prometheus" / name).read_text(encoding="utf-8"))["groups"]
         assert groups and all(group["name"] and group["rules"] for group in groups), name
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"llm-api", "vllm"}
-    for name, service_name in (("llm-api", "app"), ("vllm", "vllm")):
+    services = {"llm-api": "app"}  # scrape job -> compose service
+    # >>> multi_gpu
+    services["vllm"] = "vllm"
+    # <<< multi_gpu
+    assert set(jobs) == set(services)
+    for name, service_name in services.items():
         assert jobs[name]["metrics_path"] == "/metrics"
         [target] = [target for group in jobs[name]["static_configs"] for target in group["targets"]]
         service, port = target.split(":")
@@ -98,15 +102,19 @@ def test_alert_rules_cover_downtime_latency_and_errors_on_exported_metrics(expor
     rules = yaml.safe_load((OPS / "prometheus" / "alerts.yml").read_text(encoding="utf-8"))
     alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
     assert {"LLMApiDown", "LLMHighLatencyP95", "LLMHighErrorRate"} <= set(alerts)
+    # >>> multi_gpu
     assert {"VLLMDown", "VLLMRequestsQueueing", "VLLMKVCacheFull", "VLLMSlowFirstToken"} <= set(alerts)
+    # <<< multi_gpu
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert rule["annotations"]["summary"] and re.fullmatch(r"\d+[smh]", rule["for"]), name
         job = "vllm" if name.startswith("VLLM") else "llm-api"
         assert f'job="{job}"' in rule["expr"], f"{name} must select the scrape job of prometheus.yml"
         check_query(rule["expr"], exported)
+    # >>> multi_gpu
     # Without the gpu profile the vllm target is down by design: only a server seen within the hour alerts.
     assert 'max_over_time(up{job="vllm"}[1h]) == 1' in alerts["VLLMDown"]["expr"]
+    # <<< multi_gpu
     assert alerts["LLMApiDown"]["expr"].startswith("up{")
     latency = alerts["LLMHighLatencyP95"]
     assert "histogram_quantile(0.95" in latency["expr"] and "llm_request_duration_seconds_bucket" in latency["expr"]
@@ -197,11 +205,15 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_compose_names_the_services(compose):
-    assert set(compose["services"]) == {"app", "mlflow", "postgres", "prometheus", "grafana", "vllm"}
+    services = {"app", "mlflow", "postgres", "prometheus", "grafana"}
+    # >>> multi_gpu
+    services.add("vllm")
     assert compose["services"]["vllm"]["profiles"] == ["gpu"]  # `make up` never starts it
     [gpu] = compose["services"]["vllm"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", compose["services"]["vllm"]["image"])  # pinned
+    # <<< multi_gpu
+    assert set(compose["services"]) == services
     mlflow = compose["services"]["mlflow"]
     assert any(arg.startswith("--backend-store-uri=postgresql://") for arg in mlflow["command"])
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import DpoConfig
-from {{ cookiecutter.package_name }}.data import answer_object, load_splits
-from {{ cookiecutter.package_name }}.prefs import (
+from {{ cookiecutter.package_name }}.data.dataset import load_splits
+from {{ cookiecutter.package_name }}.preference.pairs import (
     PREFS_INFO,
     PrefsError,
     build_preferences,
@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.prefs import (
     on_policy_pairs,
     prompt_digest,
 )
+from {{ cookiecutter.package_name }}.tasks.answers import parse_prediction
 
 SYSTEM = {"role": "system", "content": "Answer in JSON."}
 REFERENCE = '{"intent":"track","order_id":"A12345","urgency":"high"}'
@@ -89,7 +90,9 @@ def test_corrupted_pairs_are_seeded_and_keep_the_answer_layout():
     assert first == again and len(first) == 10
     for pair in first:
         assert pair.chosen == REFERENCE != pair.rejected
-        assert answer_object(pair.rejected) is not None and ": " not in pair.rejected  # compact, as the reference
+        assert (
+            parse_prediction(pair.rejected, strict=True) is not None and ": " not in pair.rejected
+        )  # compact, as the reference
     assert {pair.kind for pair in first} <= {"wrong_value", "dropped_field", "changed_id"}
 
 
@@ -193,4 +196,6 @@ def test_pairs_come_from_training_prompts_only(smoke_run, smoke_config, tmp_path
     for row in rows:
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         assert chosen == references[prompt_digest(row["prompt"])]  # the training answer is always `chosen`
-        assert answer_object(rejected) != answer_object(chosen)  # a real mistake, not another spacing
+        assert parse_prediction(rejected, strict=True) != parse_prediction(
+            chosen, strict=True
+        )  # a real mistake, not another spacing

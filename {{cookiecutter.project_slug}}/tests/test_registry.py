@@ -8,13 +8,13 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
+from {{ cookiecutter.package_name }}.evaluate.gate import promote
 from {{ cookiecutter.package_name }}.registry import (
     CANDIDATE,
     CHAMPION,
     COMMAND,
     fetch_model,
     is_model_uri,
-    promote,
 )
 from {{ cookiecutter.package_name }}.runs import CONFIG_FILE, run_config_path
 from {{ cookiecutter.package_name }}.tracking import TrackingError
@@ -261,9 +261,9 @@ def test_run_config_comes_from_the_run_folder_then_mlflow_then_nowhere(tmp_path)
 
 @pytest.mark.e2e
 def test_serving_the_champion_uses_its_logged_config(smoke_run, smoke_report, smoke_config):
+    from {{ cookiecutter.package_name }}.data.shop_example import SYSTEM_PROMPT
     from {{ cookiecutter.package_name }}.serve.loader import load_for_serving
     from {{ cookiecutter.package_name }}.serve.settings import Settings
-    from {{ cookiecutter.package_name }}.task import SYSTEM_PROMPT
 
     project = smoke_config().project
     loaded = load_for_serving(Settings(model=f"models:/{project}@{CHAMPION}", device="cpu"))

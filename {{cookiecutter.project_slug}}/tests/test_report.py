@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import dump_config, load_config
-from {{ cookiecutter.package_name }}.data import SPLITS, data_record, epochs_seen
+from {{ cookiecutter.package_name }}.data.dataset import SPLITS, data_record, epochs_seen
+from {{ cookiecutter.package_name }}.data.shop_example import synthesize
+from {{ cookiecutter.package_name }}.evaluate.markdown import answer_cell, table
 from {{ cookiecutter.package_name }}.report import (
     END,
     PLOTS,
@@ -29,10 +31,8 @@ from {{ cookiecutter.package_name }}.report import (
 )
 from {{ cookiecutter.package_name }}.report.about import NO_DESCRIPTION, task_section
 from {{ cookiecutter.package_name }}.report.card import TEMPLATE, model_card_text
-from {{ cookiecutter.package_name }}.report.markdown import answer_cell, table
 from {{ cookiecutter.package_name }}.report.readme import key_settings, results_section
 from {{ cookiecutter.package_name }}.report.summary import cost_text, settings
-from {{ cookiecutter.package_name }}.task import synthesize
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 GENERATOR = "{{ cookiecutter.package_name | replace('_', '-') }} data synth"  # as dataset_info.json names it

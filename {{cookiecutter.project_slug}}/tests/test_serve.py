@@ -21,12 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app as cli_app
-from {{ cookiecutter.package_name }}.model import load_tokenizer
+from {{ cookiecutter.package_name }}.data.shop_example import SYSTEM_PROMPT
+from {{ cookiecutter.package_name }}.model.load import load_tokenizer
 from {{ cookiecutter.package_name }}.monitor.request_log import RECORD_KEYS
 from {{ cookiecutter.package_name }}.serve.app import create_app
 from {{ cookiecutter.package_name }}.serve.loader import LoadedModel, ModelSourceError, resolve_model_source
 from {{ cookiecutter.package_name }}.serve.settings import Settings
-from {{ cookiecutter.package_name }}.task import SYSTEM_PROMPT
 
 CHAT = "/v1/chat/completions"
 MODEL = "{{ cookiecutter.project_slug }}"
@@ -310,7 +310,7 @@ def served_prompt_ids(client: TestClient, user_message: str, monkeypatch) -> lis
 def evaluated_prompt_ids(adapter: Path, row: list[dict[str, str]]) -> list[int]:
     """The prompt token ids evaluation generates from for one test row, with its config and tokenizer."""
     from {{ cookiecutter.package_name }}.config import load_config
-    from {{ cookiecutter.package_name }}.evaluate import generate_answers
+    from {{ cookiecutter.package_name }}.evaluate.evaluate import generate_answers
 
     class Recorder:  # stands in for the model: keeps each prompt (padding dropped), generates nothing
         def __init__(self, eos_token_id: int):
@@ -332,7 +332,7 @@ def test_served_prompt_equals_evaluated_prompt_for_the_example_rows(served_adapt
     """The example's `messages` rows carry the system prompt; `train` records it in the run's config, so a
     plain user message is served with the same prompt tokens as evaluation scored that row with."""
     from {{ cookiecutter.package_name }}.config import load_config
-    from {{ cookiecutter.package_name }}.data import load_splits
+    from {{ cookiecutter.package_name }}.data.dataset import load_splits
 
     config = load_config(served_adapter.parent / "config.yaml")
     assert config.task.system_prompt == SYSTEM_PROMPT
@@ -349,7 +349,7 @@ def test_served_prompt_equals_evaluated_prompt_for_a_user_instruction_task(serve
     import shutil
 
     from {{ cookiecutter.package_name }}.config import dump_config, load_config
-    from {{ cookiecutter.package_name }}.data import load_splits
+    from {{ cookiecutter.package_name }}.data.dataset import load_splits
 
     data = tmp_path / "tickets.jsonl"
     rows = [

@@ -26,7 +26,7 @@ HELLO = [{"role": "user", "content": "Where is my order B11688?"}]
 SRC = Path(__file__).parents[1] / "src"
 LOAD_SCRIPT = Path(__file__).parents[1] / "scripts" / "load_test.py"
 CHROMIUM = Path("/usr/bin/chromium")
-# Real servers on real ports: part of the end-to-end run (`make test`), not of `make test-fast`.
+# Real servers on real ports: part of the end-to-end run (`make test`), not of `make test FAST=1`.
 pytestmark = pytest.mark.e2e
 
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import ConfigError, load_config
-from {{ cookiecutter.package_name }}.sweep import (
+from {{ cookiecutter.package_name }}.sweep.sweep import (
     PARENT_RUN_ATTR,
     PLOTS,
     SweepError,

@@ -4,16 +4,16 @@ import json
 
 import pytest
 
-from {{ cookiecutter.package_name }}.data import DATASET_INFO
-from {{ cookiecutter.package_name }}.task import (
+from {{ cookiecutter.package_name }}.data.dataset import DATASET_INFO
+from {{ cookiecutter.package_name }}.data.shop_example import (
     FIELDS,
     INTENTS,
     SENTIMENTS,
     SYSTEM_PROMPT,
     URGENCIES,
-    parse_prediction,
     synthesize,
 )
+from {{ cookiecutter.package_name }}.tasks.answers import parse_prediction
 
 SPLIT_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl")
 

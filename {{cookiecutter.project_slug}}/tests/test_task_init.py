@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import load_config
-from {{ cookiecutter.package_name }}.data import validate_data
-from {{ cookiecutter.package_name }}.task_init import init_task
+from {{ cookiecutter.package_name }}.data.dataset import validate_data
+from {{ cookiecutter.package_name }}.data.task_init import init_task
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 CATEGORIES = ("billing", "technical", "account", "shipping")
@@ -95,7 +95,7 @@ def test_instruction_file_with_json_answers_becomes_an_extraction_task(project, 
     ]
     assert "wrote configs/ticket-triage.yaml. Check its task section:" in lines
     assert "  - task.description is empty: write one sentence (what goes in, what comes out)" in lines
-    assert "then: make validate train evaluate CONFIG=configs/ticket-triage.yaml" in lines
+    assert "then: make data train evaluate CONFIG=configs/ticket-triage.yaml" in lines
     assert "  (the test split has 12 rows: small differences in scores are noise)" in lines
 
 

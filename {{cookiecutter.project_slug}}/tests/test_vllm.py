@@ -14,9 +14,7 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import dump_config
-from {{ cookiecutter.package_name }}.model import load_tokenizer
-from {{ cookiecutter.package_name }}.serve.settings import Settings
-from {{ cookiecutter.package_name }}.serve.vllm import (
+from {{ cookiecutter.package_name }}.distributed.vllm import (
     VllmError,
     VllmTarget,
     printable,
@@ -24,6 +22,8 @@ from {{ cookiecutter.package_name }}.serve.vllm import (
     vllm_command,
     vllm_lora_rank,
 )
+from {{ cookiecutter.package_name }}.model.load import load_tokenizer
+from {{ cookiecutter.package_name }}.serve.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 ADAPTER = VllmTarget(

@@ -121,10 +121,10 @@ def test_drift_reference_is_the_task_data_of_a_config_never_generated():
     assert job["env"]["CONFIG"] == DRIFT_CONFIG and (ROOT / "configs" / "default.yaml").is_file()
 
 
-def test_readme_describes_the_drift_schedule_as_the_workflow_has_it():
-    """Manual with an opt-in schedule; the README says exactly that, never that it is a scheduled job."""
+def test_docs_describe_the_drift_schedule_as_the_workflow_has_it():
+    """Manual with an opt-in schedule; docs/operations.md says exactly that, never that it is a scheduled job."""
     assert "schedule" not in load("drift.yml")["on"]
-    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    readme = " ".join((ROOT / "docs" / "operations.md").read_text(encoding="utf-8").split())
     assert DRIFT_README in readme
     assert "scheduled job (`.github/workflows/drift.yml`)" not in readme
 

@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
-aws_py() {  # python -m <package>.deploy.aws COMMAND --project <slug> [options]
-    "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.aws "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
+aws_py() {  # python -m <package>.clouds.aws.deploy COMMAND --project <slug> [options]
+    "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.aws.deploy "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
 }
 MODEL=${MODEL:-models:/{{ cookiecutter.project_slug }}@champion}
 
@@ -22,7 +22,7 @@ eval "$settings"
 DRY=$([[ "${DRY_RUN:-0}" == 1 ]] && echo --dry-run || echo --no-dry-run)
 
 # 2. The model the image will carry: build/model (adapter + base + config).
-run "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.bundle --model "$MODEL" --fallback latest --out build/model
+run "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.bundle --model "$MODEL" --fallback latest --out build/model
 
 # 3. The image, with the model, for the endpoint's x86 CPU instances.
 run docker build --platform linux/amd64 --target bundled --tag "$IMAGE_URI" .

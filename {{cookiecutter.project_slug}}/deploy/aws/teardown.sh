@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
-aws_py() {  # python -m <package>.deploy.aws COMMAND --project <slug> [options]
-    "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.aws "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
+aws_py() {  # python -m <package>.clouds.aws.deploy COMMAND --project <slug> [options]
+    "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.aws.deploy "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
 }
 
 settings=$(aws_py settings)  # a plain assignment, so set -e stops here on a bad setting

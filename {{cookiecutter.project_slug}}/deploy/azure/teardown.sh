@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
-azure_py() {  # python -m <package>.deploy.azure COMMAND --project <slug> [options]
-    "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.azure "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
+azure_py() {  # python -m <package>.clouds.azure.deploy COMMAND --project <slug> [options]
+    "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.azure.deploy "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
 }
 
 run() {  # print the command (DRY_RUN=1) or run it

@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
-gcp_py() {  # python -m <package>.deploy.gcp COMMAND --project <slug> [options]
-    "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.gcp "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
+gcp_py() {  # python -m <package>.clouds.gcp.deploy COMMAND --project <slug> [options]
+    "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.gcp.deploy "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
 }
 MODEL=${MODEL:-models:/{{ cookiecutter.project_slug }}@champion}
 
@@ -21,7 +21,7 @@ settings=$(gcp_py settings)  # a plain assignment, so set -e stops here on a bad
 eval "$settings"
 
 # 2. The model the image will carry: build/model (adapter + base + config).
-run "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.bundle --model "$MODEL" --fallback latest --out build/model
+run "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.bundle --model "$MODEL" --fallback latest --out build/model
 
 # 3. The image, with the model, for Cloud Run's x86 instances.
 run docker build --platform linux/amd64 --target bundled --tag "$IMAGE_URI" .
@@ -37,7 +37,7 @@ run gcloud auth configure-docker "$GAR_HOST" --quiet
 run docker push "$IMAGE_URI"
 
 # 5. The service: the manifest (image, port, CPU/memory, scaling, probes), applied as a whole.
-run "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.gcp manifest --project {{ cookiecutter.project_slug }} \
+run "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.gcp.deploy manifest --project {{ cookiecutter.project_slug }} \
     --out build/service.yaml
 run gcloud run services replace build/service.yaml --region "$GCP_REGION" --project "$GCP_PROJECT_ID"
 if [[ "$CLOUD_RUN_ALLOW_UNAUTHENTICATED" == true ]]; then

@@ -10,7 +10,7 @@ run() {  # print the command (DRY_RUN=1) or run it
     if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '+ %s\n' "$*"; else "$@"; fi
 }
 
-settings=$("$PYTHON" -m {{ cookiecutter.package_name }}.deploy.gcp settings --project {{ cookiecutter.project_slug }})
+settings=$("$PYTHON" -m {{ cookiecutter.package_name }}.clouds.gcp.deploy settings --project {{ cookiecutter.project_slug }})
 eval "$settings"
 run gcloud run services delete "$CLOUD_RUN_SERVICE" --region "$GCP_REGION" --project "$GCP_PROJECT_ID" --quiet
 # A repository that existed before the first deploy (GAR_REPOSITORY may name a shared one) is not ours to delete.

@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
-space_py() {  # python -m <package>.deploy.hf_spaces COMMAND --project <slug> [options]
-    "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.hf_spaces "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
+space_py() {  # python -m <package>.clouds.hf_spaces.deploy COMMAND --project <slug> [options]
+    "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.hf_spaces.deploy "$1" --project {{ cookiecutter.project_slug }} "${@:2}"
 }
 MODEL=${MODEL:-models:/{{ cookiecutter.project_slug }}@champion}
 
@@ -21,7 +21,7 @@ settings=$(space_py settings)  # a plain assignment, so set -e stops here on a b
 eval "$settings"
 
 # 2. The model the image will carry: build/model (adapter + base + config).
-run "$PYTHON" -m {{ cookiecutter.package_name }}.deploy.bundle --model "$MODEL" --fallback latest --out build/model
+run "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.bundle --model "$MODEL" --fallback latest --out build/model
 
 # 3. The Space: created when missing (Docker SDK), the build context uploaded as one commit.
 space_py up "$([[ "${DRY_RUN:-0}" == 1 ]] && echo --dry-run || echo --no-dry-run)"

@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}
 
-"$PYTHON" -m {{ cookiecutter.package_name }}.deploy.hf_spaces settings --project {{ cookiecutter.project_slug }} >/dev/null
-"$PYTHON" -m {{ cookiecutter.package_name }}.deploy.hf_spaces down --project {{ cookiecutter.project_slug }} \
+"$PYTHON" -m {{ cookiecutter.package_name }}.clouds.hf_spaces.deploy settings --project {{ cookiecutter.project_slug }} >/dev/null
+"$PYTHON" -m {{ cookiecutter.package_name }}.clouds.hf_spaces.deploy down --project {{ cookiecutter.project_slug }} \
     "$([[ "${DRY_RUN:-0}" == 1 ]] && echo --dry-run || echo --no-dry-run)"

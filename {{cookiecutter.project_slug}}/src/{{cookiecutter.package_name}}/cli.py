@@ -28,7 +28,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from .cloud.cli import cloud_app
+from .clouds.cli import cloud_app
 from .config import Config, ConfigError, describe_keys, load_config
 from .errors import ProjectError
 
@@ -40,8 +40,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configuration files and the settings they can hold.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-app.add_typer(cloud_app, name="cloud")  # cloud/cli.py: train on a cloud GPU, status, fetch, cancel
-
+app.add_typer(cloud_app, name="cloud")  # clouds/cli.py: import a run trained elsewhere (notebook, cloud job)
 # Library warnings known to be harmless, as (message, category, module): each is silenced on its own, so a
 # newcomer does not read it as an error, and every other warning still shows.
 HARMLESS_WARNINGS = [
@@ -124,7 +123,7 @@ def data_synth(
     force: Annotated[bool, typer.Option(help="Overwrite the files in a non-empty --out folder.")] = False,
 ) -> None:
     """Generate the shop-message extraction dataset (chat `messages` JSONL)."""
-    from .task import synthesize
+    from .data.shop_example import synthesize
 
     if out.is_dir() and any(out.iterdir()) and not force:
         typer.secho(f"error: {out} is not empty; pass --force to overwrite it", fg=typer.colors.RED, err=True)
@@ -136,7 +135,7 @@ def data_synth(
 @data_app.command("validate")
 def data_validate(config: ConfigOption = Path("configs/smoke.yaml"), overrides: Overrides = None) -> None:
     """Report every data problem with file and line: schema, empty fields, duplicates, leakage, lengths."""
-    from .data import validate_data
+    from .data.dataset import validate_data
 
     resolved = _load(config, overrides)
     tokenizer = _offline_tokenizer(resolved.model.base_model, resolved.model.revision)
@@ -156,6 +155,7 @@ def data_validate(config: ConfigOption = Path("configs/smoke.yaml"), overrides: 
     typer.secho(f"{resolved.data.path}: no problems found", fg=typer.colors.GREEN)
 
 
+# >>> preference_tuning
 @data_app.command("prefs")
 def data_prefs(
     config: ConfigOption = Path("configs/dpo.yaml"),
@@ -171,7 +171,7 @@ def data_prefs(
     force: Annotated[bool, typer.Option(help="Overwrite the files in a non-empty --out folder.")] = False,
 ) -> None:
     """Build DPO preference pairs from the training split: the SFT model's wrong answers, then corruptions."""
-    from .prefs import build_preferences
+    from .preference.pairs import build_preferences
 
     resolved = _load(config, overrides)
     source = adapter or resolved.model.adapter
@@ -186,6 +186,7 @@ def data_prefs(
     typer.echo(f"wrote {folder}: train {info['rows']['train']}, validation {info['rows']['validation']} ({kinds})")
 
 
+# <<< preference_tuning
 def _offline_tokenizer(base_model: str, revision: str | None):  # -> PreTrainedTokenizerBase | None
     """The base model's tokenizer if a local folder or the hub cache has it; never downloads."""
     from transformers import AutoTokenizer
@@ -213,7 +214,7 @@ def task_init(
     ),
 ) -> None:
     """Infer the task from your data (kind, JSON fields, system prompt) and write a config; print what to check."""
-    from .task_init import init_task
+    from .data.task_init import init_task
 
     try:
         _, lines = init_task(data_file, name=name, out=out, force=force, base=base, load_tokenizer=_offline_tokenizer)
@@ -254,7 +255,7 @@ class _StderrHandler(logging.StreamHandler):
 def _show_progress_messages() -> None:
     """Print this package's INFO messages (run folder, model built, reports written) on stderr; in a launch of
     several processes only the main one does (the others print warnings and errors only)."""
-    from .distributed import is_main_process
+    from .model.device import is_main_process
 
     logger = logging.getLogger(__package__)
     if not is_main_process():
@@ -267,6 +268,17 @@ def _show_progress_messages() -> None:
         logger.setLevel(logging.INFO)
 
 
+def recipe_for(config: Config):  # -> train.sft.Recipe | None (None: SFT)
+    """The training recipe of `train.stage`: SFT (train/sft.py) unless an extra's stage is asked for."""
+    # >>> preference_tuning
+    if config.train.stage == "dpo":
+        from .preference.dpo import DPO
+
+        return DPO
+    # <<< preference_tuning
+    return None
+
+
 @app.command()
 def train(
     config: ConfigOption = Path("configs/smoke.yaml"),
@@ -274,6 +286,7 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run's last checkpoint (train.run_name, else the newest run).")
     ] = False,
+    # >>> multi_gpu
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes per machine (a GPU each; CPU: cores); >1 launches accelerate.")
     ] = 1,
@@ -284,32 +297,36 @@ def train(
     machine_rank: Annotated[int, typer.Option(min=0, help="This machine's rank, 0 on the main machine.")] = 0,
     main_process_ip: Annotated[str | None, typer.Option(help="Address of machine 0 (multi-node).")] = None,
     main_process_port: Annotated[int, typer.Option(help="Port of the processes' rendezvous on machine 0.")] = 29500,
+    # <<< multi_gpu
 ) -> None:
     """Fine-tune the base model with LoRA; writes outputs/<run>/adapter/ and config.yaml."""
-    from .distributed import is_main_process
-    from .train import train as run_training
+    from .model.device import is_main_process
+    from .train.sft import train as run_training
 
     resolved = _load(config, overrides)
+    # >>> multi_gpu
     if nproc * num_machines > 1 or strategy != "ddp":  # several processes: this one only launches them
         args = ["--config", str(config), *(["--resume"] if resume else []), *(overrides or [])]
         machines = {"num_machines": num_machines, "machine_rank": machine_rank, "main_process_ip": main_process_ip}
         launch = {**machines, "nproc": nproc, "strategy": strategy, "main_process_port": main_process_port}
         raise typer.Exit(_launch_training(resolved, train_args=args, launch=launch))
+    # <<< multi_gpu
     _show_progress_messages()
     with _known_errors():
-        run_dir = run_training(resolved, config_name=config.stem, resume=resume)
+        run_dir = run_training(resolved, config_name=config.stem, resume=resume, recipe=recipe_for(resolved))
     if is_main_process():  # launched by accelerate, the other processes print nothing
         typer.secho(f"adapter: {run_dir / 'adapter'}", fg=typer.colors.GREEN)
 
 
+# >>> multi_gpu
 def _launch_training(resolved: Config, *, train_args: list[str], launch: dict) -> int:
     """Run `train` in several processes through `accelerate launch` (the command of distributed.launch_command,
     printed first); return its exit status. What cannot run here is refused first (exit 2), nothing started."""
     import shlex
     import subprocess
 
-    from . import distributed
-    from .model import resolve_device
+    from .distributed import launch as distributed
+    from .model.device import resolve_device
 
     try:
         # train.device=cpu needs no torch import here (seconds before the launch starts)
@@ -332,6 +349,8 @@ def _launch_training(resolved: Config, *, train_args: list[str], launch: dict) -
     return subprocess.run(command, check=False).returncode
 
 
+# <<< multi_gpu
+# >>> sweeps
 @app.command()
 def sweep(
     config: ConfigOption = Path("configs/smoke.yaml"),
@@ -349,7 +368,7 @@ def sweep(
     """Search the config's sweep.space with Optuna (pruning bad trials); writes configs/best.yaml and plots."""
     import time
 
-    from .sweep import SweepError, check_space, run_sweep
+    from .sweep.sweep import SweepError, check_space, run_sweep
 
     _load(config, overrides)
     try:  # an unknown key or impossible range: refused before any training
@@ -373,6 +392,7 @@ def sweep(
         typer.secho(f"{best}\nbest config: {result.best_config}", fg=typer.colors.GREEN)
 
 
+# <<< sweeps
 @app.command()
 def evaluate(
     config: Annotated[
@@ -405,8 +425,8 @@ def evaluate(
     """Score base vs fine-tuned on the held-out split; writes reports/eval.json and reports/eval.md.
     With tracking on, logs the metrics to the model's MLflow run and runs the promotion gate."""
     from .config import TrainConfig
-    from .evaluate import evaluate as run_evaluation
-    from .evaluate import run_config_file
+    from .evaluate.evaluate import evaluate as run_evaluation
+    from .evaluate.evaluate import run_config_file
 
     _show_progress_messages()
     if config is None:
@@ -432,7 +452,7 @@ def promote(
     version: Annotated[str | None, typer.Option(help="Registered version to judge; default: @candidate.")] = None,
 ) -> None:
     """Promotion gate: alias the candidate `champion` if it beats the champion on tracking.promotion_metric."""
-    from .registry import promote as run_gate
+    from .evaluate.gate import promote as run_gate
 
     resolved = _load(config, overrides)
     with _known_errors():
@@ -512,7 +532,7 @@ def merge(
     out: Annotated[Path, typer.Option(help="New folder for the merged model (must not exist or be empty).")],
 ) -> None:
     """Fold the LoRA adapter into its base model: full weights + tokenizer, loadable without peft."""
-    from .model import merge_adapter
+    from .model.load import merge_adapter
 
     _show_progress_messages()
     with _known_errors():
@@ -557,6 +577,7 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, timeout_graceful_shutdown=settings.shutdown_timeout_s)
 
 
+# >>> multi_gpu
 @app.command("serve-vllm")
 def serve_vllm(
     model: Annotated[
@@ -571,7 +592,7 @@ def serve_vllm(
     print_only: Annotated[bool, typer.Option("--print", help="Print the vLLM command instead of running it.")] = False,
 ) -> None:
     """Serve the model with vLLM on a GPU: same model id, chat template and API key (LLM_API_KEY) as `serve`."""
-    from .serve.vllm import exec_vllm, printable, resolve_target, vllm_command
+    from .distributed.vllm import exec_vllm, printable, resolve_target, vllm_command
 
     settings = _serve_settings(model=model, config=config)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
@@ -586,6 +607,7 @@ def serve_vllm(
         raise typer.Exit(2) from None
 
 
+# <<< multi_gpu
 def _serve_settings(*, model: str | None, config: Path | None):  # -> serve.settings.Settings
     """LLM_* variables (and .env) with the command's options on top; exit 2 naming each bad variable."""
     from pydantic import ValidationError
@@ -665,3 +687,8 @@ def monitor_drift(
     typer.secho(message, fg=typer.colors.RED if drifted else typer.colors.GREEN)
     if drifted:
         raise typer.Exit(1)
+
+
+# >>> cloud_training
+from .clouds.jobs import cli as _cloud_jobs  # noqa: E402, F401  (adds cloud train, status, cancel and fetch JOB)
+# <<< cloud_training

@@ -1,6 +1,6 @@
 """Typed configuration: one YAML file, then `key.sub=value` overrides from the command line.
 
-Every setting is documented once, here, by the docstring under it; `config show --help-keys`
+Every setting is documented once, here, by the docstring under it; `config keys`
 prints those texts. Unknown keys and wrong types are rejected all at once, each problem naming
 the key, the file and line it came from, the type expected and, for a typo, the key meant.
 """
@@ -85,9 +85,11 @@ class ModelConfig(_Section):
     """QLoRA: load the base model in 4-bit NF4 with bitsandbytes. CUDA only."""
     trust_remote_code: bool = False
     """Allow model code from the hub repository to run. Keep false unless the model needs it."""
+    # >>> preference_tuning
     adapter: str | None = None
     """The SFT adapter a `train.stage: dpo` run starts from (and `data prefs` generates with): a run folder
     (`outputs/<run>`), its `adapter/` folder or a model URI (`models:/<project>@champion`). null for SFT."""
+    # <<< preference_tuning
 
 
 class LoraConfig(_Section):
@@ -147,9 +149,11 @@ class TrainConfig(_Section):
     SFT in one process only; DPO and several processes (`--nproc`) sample at random."""
     packing: bool = False
     """Pack several short examples into one sequence: faster on GPUs for short data."""
+    # >>> preference_tuning
     stage: Literal["sft", "dpo"] = "sft"
     """`sft`: supervised fine-tuning of a fresh LoRA adapter on `data`; `dpo`: preference tuning (DPO) of the
     `model.adapter` SFT adapter on the pairs in `dpo.data_path` (the `dpo` section)."""
+    # <<< preference_tuning
 
     @field_validator("run_name")
     @classmethod
@@ -253,6 +257,7 @@ class ReportConfig(_Section):
     """Sample generations (input, base, fine-tuned) shown in the README results section."""
 
 
+# >>> preference_tuning
 class DpoConfig(_Section):
     data_path: str = "data/prefs"
     """Preference pairs for `train.stage: dpo`: a folder of train (+ validation) files or one file (.jsonl,
@@ -274,6 +279,10 @@ class DpoConfig(_Section):
     """`data prefs`: share of the pairs held out as DPO's validation split (its eval loss and reward margins)."""
 
 
+# <<< preference_tuning
+
+
+# >>> sweeps
 class SweepParam(_Section):
     type: Literal["log_uniform", "uniform", "int", "categorical"]
     """`log_uniform`: a float drawn evenly on a log scale between low and high (learning rates); `uniform`: a
@@ -330,6 +339,9 @@ class SweepConfig(_Section):
     """Seed of Optuna's sampler (TPE): the same seed draws the same trial values, so a sweep can be repeated."""
 
 
+# <<< sweeps
+
+
 class Config(_Section):
     project: str
     """Project slug: the MLflow experiment and registered model name."""
@@ -340,10 +352,14 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # >>> preference_tuning
     dpo: DpoConfig = Field(default_factory=DpoConfig)
+    # <<< preference_tuning
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    # >>> sweeps
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    # <<< sweeps
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
@@ -351,11 +367,13 @@ class Config(_Section):
             self.task.name = self.project  # a neutral title, never the shop example's
         if self.model.load_in_4bit and self.train.device in ("cpu", "mps"):
             raise ValueError("model.load_in_4bit needs CUDA; set train.device=auto or cuda, or load_in_4bit=false")
+        # >>> preference_tuning
         if self.train.stage == "dpo" and not self.model.adapter:
             raise ValueError(
                 "train.stage=dpo needs model.adapter, the SFT adapter to start from: a run folder (outputs/<run>), "
                 f"its adapter folder or a model URI (models:/{self.project}@champion)"
             )
+        # <<< preference_tuning
         if self.eval.split == "validation" and self.train.early_stopping_patience:
             # Early stopping selects on validation, so scoring on it would overstate the result.
             raise ValueError("eval.split=validation with early stopping leaks; use eval.split=test")

@@ -24,7 +24,7 @@ from typing import Any
 
 from .config import Config, ConfigError, load_config
 from .errors import ProjectError
-from .model import read_adapter_config
+from .model.load import read_adapter_config
 
 PLACEHOLDER_USER = "your-github-username"  # the template's default answer for github_username
 Runner = Callable[[list[str]], subprocess.CompletedProcess]

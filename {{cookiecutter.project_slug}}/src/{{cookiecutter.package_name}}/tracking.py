@@ -3,7 +3,7 @@
     <project> train --config configs/smoke.yaml     # one MLflow run: the config, the data, the curves
     <project> evaluate --config configs/smoke.yaml  # adds the held-out metrics and reports to that run
     <project> evaluate --config other.yaml --other-data  # a new run, tagged evaluation_of=<training run>
-    make mlflow-ui                                  # browse runs, curves, datasets and models
+    mlflow ui --backend-store-uri sqlite:///mlflow.db   # browse runs, curves, datasets and models
 
 Embedded by default: runs and the registry live in ./mlflow.db (SQLite) and artifacts in ./mlruns, no
 server needed. `MLFLOW_TRACKING_URI=http://host:5000` sends everything to a tracking server instead.
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
-from .distributed import run_params
 from .errors import ProjectError
+from .model.device import run_params
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -109,7 +109,7 @@ def training_run(
     config: Config, *, run_name: str, config_name: str, run_id: str | None = None, tags: dict[str, str] | None = None
 ) -> Iterator[str]:
     """An MLflow run around training (`run_id` reopens one, for --resume); yields its id. It ends FINISHED,
-    FAILED, or KILLED on Ctrl-C, never left RUNNING. A new run is tagged `stage` (train.stage) and `tags`."""
+    FAILED, or KILLED on Ctrl-C, never left RUNNING. A new run is tagged with `tags` (the training stage)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -117,8 +117,7 @@ def training_run(
     if run_id:
         run = mlflow.start_run(run_id=run_id)
     else:
-        stage = {"stage": config.train.stage}
-        run = mlflow.start_run(run_name=run_name, tags=run_tags(config_name) | stage | (tags or {}))
+        run = mlflow.start_run(run_name=run_name, tags=run_tags(config_name) | (tags or {}))
     try:
         yield run.info.run_id
     except KeyboardInterrupt:
@@ -160,8 +159,9 @@ def _git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def log_training_inputs(config: Config, *, splits: DatasetDict, config_file: Path, device: str) -> None:
-    """Parameters (the flattened config), the dataset as an MLflow input, library versions and device."""
+def log_training_inputs(config: Config, *, splits: DatasetDict, config_file: Path, device: str, data_path: str) -> None:
+    """Parameters (the flattened config), the dataset (read from `data_path`) as an MLflow input, library versions
+    and device."""
     import mlflow
     import pandas as pd
 
@@ -172,7 +172,7 @@ def log_training_inputs(config: Config, *, splits: DatasetDict, config_file: Pat
     params |= run_params(device=device, batch_size=batch, accumulation=accumulation)
     log_run_params(params)
     mlflow.log_artifact(str(config_file))
-    path = config.dpo.data_path if config.train.stage == "dpo" else config.data.path  # DPO: the preference pairs
+    path = data_path
     for split, rows in splits.items():
         # One JSON string per conversation (per pair for DPO): MLflow hashes the content into the dataset's digest.
         texts = [json.dumps(messages) for messages in rows["messages"]] if "messages" in rows.column_names else None

@@ -80,7 +80,7 @@ def check_drift(
     Returns the report (the content of drift.json) and evidently's snapshot (for the HTML). Raises
     DriftError when no verdict is possible and data.DataError when the reference data is unusable.
     """
-    from ..data import load_splits
+    from ..data.dataset import load_splits
 
     monitor, notes = config.monitor, []
     records = read_request_log(current, max_requests=monitor.max_requests)
@@ -199,7 +199,7 @@ def served_tokenizer(config: Config, source: str | Path | None = None) -> PreTra
     """
     from transformers import AutoTokenizer
 
-    from ..model import ModelError, newest_adapter
+    from ..model.load import ModelError, newest_adapter
 
     if source is None:
         try:

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from ..config import Config
-from ..data import USER_DATA
+from ..data.dataset import USER_DATA
 from .facts import RunFacts
 from .summary import LABELS, Settings, settings
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..evaluate.markdown import table
 from ..registry import is_model_uri
 from .about import data_record, data_text, is_example_data, scoring_text, task_description, task_name, warnings
 from .facts import RunFacts, display_path
-from .markdown import table
-from .sft_vs_dpo import comparison_lines
 from .summary import (
     LABELS,
     RATES,
@@ -51,6 +50,10 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
     """Every value the template shows, by name (the YAML metadata comes separately, as `card_data`)."""
     run, cfg = facts.run, facts.run_config
     adapter = str(run.get("adapter") or "")
+    # >>> preference_tuning
+    from .sft_vs_dpo import comparison_lines
+
+    # <<< preference_tuning
     return {
         "name": project["name"],
         "repository": project["repository"],
@@ -72,7 +75,9 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
         "cost": cost(facts, hourly=hourly_cost),
         "metrics": "\n".join(metrics_table(facts.results)),
         "metric_notes": [*interval_notes(facts.results), *filter(None, [error_kinds_text(facts.results)])],
+        # >>> preference_tuning
         "sft_vs_dpo": "\n".join(comparison_lines(facts)).strip(),  # empty for an SFT run
+        # <<< preference_tuning
         "parameters": parameters_text(facts.train_log),
         # A registry URI is no folder a reader has: point at where training writes the adapter instead.
         "usage_adapter": "outputs/<run>/adapter" if is_model_uri(adapter) else display_path(Path(adapter)),

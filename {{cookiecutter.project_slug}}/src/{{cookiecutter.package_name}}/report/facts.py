@@ -18,9 +18,14 @@ from ..config import Config, ConfigError, load_config
 from ..errors import ProjectError
 from ..registry import is_model_uri
 from ..runs import CONFIG_FILE, TRACKING_FILE, TRAIN_LOG, run_config_path
-from .lineage import SftParent, sft_parent
 
 log = logging.getLogger(__name__)
+# >>> preference_tuning
+from typing import TYPE_CHECKING  # noqa: E402  (the preference_tuning extra's type, for the `parent` field)
+
+if TYPE_CHECKING:
+    from .lineage import SftParent
+# <<< preference_tuning
 
 History = dict[str, list[tuple[int, float]]]  # "loss" and "eval_loss": (optimizer step, value)
 
@@ -41,7 +46,9 @@ class RunFacts:
     history_source: str
     train_log: dict[str, Any] = field(default_factory=dict)
     promotion: dict[str, Any] | None = None
+    # >>> preference_tuning
     parent: SftParent | None = None  # a DPO run's SFT model and its evaluation; None for an SFT run
+    # <<< preference_tuning
 
     @property
     def run(self) -> dict[str, Any]:
@@ -80,6 +87,11 @@ def gather(config: Config, *, results: dict[str, Any], report_dir: Path) -> RunF
     promotion = _read_json(report_dir / "promotion.json")
     if promotion.get("candidate_version") != run.get("model_version"):
         promotion = {}  # the gate judged another version since: not this run's decision
+    # >>> preference_tuning
+    from .lineage import sft_parent
+
+    parent = sft_parent(run_config, run_id=run_id, test_digest=run.get("test_digest"), tracking=config.tracking.enabled)
+    # <<< preference_tuning
     return RunFacts(
         results=results,
         run_config=run_config,
@@ -89,9 +101,9 @@ def gather(config: Config, *, results: dict[str, Any], report_dir: Path) -> RunF
         history_source=history_source,
         train_log=train_log,
         promotion=promotion or None,
-        parent=sft_parent(
-            run_config, run_id=run_id, test_digest=run.get("test_digest"), tracking=config.tracking.enabled
-        ),
+        # >>> preference_tuning
+        parent=parent,
+        # <<< preference_tuning
     )
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..evaluate.markdown import answer_cell, table
 from .about import data_text, task_name, warnings
 from .facts import ReportError, RunFacts, display_path
-from .markdown import answer_cell, table
-from .sft_vs_dpo import comparison_lines
 from .summary import (
     Settings,
     cost,
@@ -113,7 +112,11 @@ def results_section(facts: RunFacts, *, plots: dict[str, Path], readme_dir: Path
         "",
     ]
     lines += [*(f"{note}\n" for note in interval_notes(facts.results))]
+    # >>> preference_tuning
+    from .sft_vs_dpo import comparison_lines
+
     lines += comparison_lines(facts)  # a DPO run only: its SFT parent's figures beside its own
+    # <<< preference_tuning
     errors = error_kinds_text(facts.results)
     lines += [f"{errors}\n"] if errors else []
     for warning in warnings(facts):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bootstrap import excludes_zero, paired_intervals
+from ..evaluate.bootstrap import excludes_zero, paired_intervals
+from ..evaluate.markdown import table
 from ..registry import COMMAND
 from .facts import RunFacts
-from .markdown import table
 from .summary import LABELS, RATES
 
 COMPARED = ("field_accuracy", "json_valid_rate", "exact_match", "rouge_l", "eval_loss")  # then each field

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..data import epochs_seen
+from ..data.dataset import epochs_seen
+from ..evaluate.markdown import table
 from .facts import RunFacts
-from .markdown import table
 
 LABELS = {
     "json_valid_rate": "Valid JSON",

@@ -27,7 +27,7 @@ from .errors import install_error_handlers
 from .loader import LoadedModel, load_for_serving
 from .middleware import BodySizeLimit, RequestAccounting
 from .openapi import install_openapi
-from .routes import chat, demo, health, metrics, models, sagemaker
+from .routes import chat, demo, health, metrics, models
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,13 @@ def create_app(settings: Settings | None = None, *, loaded: LoadedModel | None =
     app.state.server = state
     install_error_handlers(app)
     install_openapi(app, settings=settings)
-    for module in (health, models, chat, metrics, demo, sagemaker):
+    for module in (health, models, chat, metrics, demo):
         app.include_router(module.router)
+    # >>> aws
+    from .routes import sagemaker  # SageMaker's /ping and /invocations, for the aws deployment
+
+    app.include_router(sagemaker.router)
+    # <<< aws
     # Added last = outermost: accounting sees the 413s of the size limit, and every other outcome.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestAccounting, recorder=state.recorder)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ..model import end_token_ids
+from ..model.load import end_token_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -15,15 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import Config, ModelConfig, load_config
-from ..model import (
-    Device,
-    ModelError,
-    check_adapter_dir,
-    load_finetuned,
-    load_tokenizer,
-    newest_adapter,
-    resolve_device,
-)
+from ..model.device import Device, resolve_device
+from ..model.load import ModelError, check_adapter_dir, load_finetuned, load_tokenizer, newest_adapter
 from ..registry import ModelSource, fetch_model, is_model_uri
 from ..runs import run_config_path
 from ..tracking import TrackingError

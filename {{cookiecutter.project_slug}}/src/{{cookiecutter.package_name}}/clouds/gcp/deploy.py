@@ -1,0 +1,195 @@
+"""Google Cloud: the image in Artifact Registry, served by Cloud Run (deploy/gcp/README.md has the commands).
+
+    python -m <package>.deploy.gcp settings --project <slug>                       # check + print the variables
+    python -m <package>.deploy.gcp manifest --project <slug> --out build/service.yaml
+
+The service is described by a Knative `serving.knative.dev/v1` Service manifest, applied with
+`gcloud run services replace`: the whole configuration is one reviewable file, and a re-deploy with the
+same file changes nothing. Cloud Run sets $PORT (8080) for the container; the image's CMD listens on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from ..settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
+
+# Deploying the service and training (cloud/gcp.py) alike run in this project.
+PROJECT_ID = Var(
+    "GCP_PROJECT_ID",
+    "the Google Cloud project id (gcloud projects list)",
+    pattern=r"[a-z][a-z0-9-]{4,28}[a-z0-9]",
+    rule="must be a project id: 6-30 lower-case letters, digits and dashes, starting with a letter",
+)
+
+VARIABLES = [
+    PROJECT_ID,
+    Var(
+        "GCP_REGION",
+        "the region of the service and the registry, e.g. europe-west1",
+        pattern=r"[a-z]+-[a-z]+\d+",
+        rule="must be a Cloud Run region such as europe-west1 or us-central1",
+    ),
+    Var(
+        "GAR_REPOSITORY",
+        "the Artifact Registry (Docker) repository of the image",
+        default="{project}",
+        pattern=r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?",
+        rule="must be lower-case letters, digits and dashes, starting with a letter",
+    ),
+    Var(
+        "CLOUD_RUN_SERVICE",
+        "the Cloud Run service name",
+        default="{project}",
+        pattern=r"[a-z]([-a-z0-9]{0,47}[a-z0-9])?",
+        rule="must be 1-49 lower-case letters, digits and dashes, starting with a letter",
+    ),
+    Var("CLOUD_RUN_CPU", "vCPUs per instance", default="2", pattern=r"[1248]", rule="must be 1, 2, 4 or 8"),
+    Var(
+        "CLOUD_RUN_MEMORY",
+        "memory per instance (torch + the model; 2 vCPU need at least 1Gi)",
+        default="4Gi",
+        pattern=r"\d+(Mi|Gi)",
+        rule="must be a size such as 4Gi or 512Mi",
+    ),
+    Var("CLOUD_RUN_MIN_INSTANCES", "instances kept warm (0: none, no cost when idle)", default="0", pattern=r"\d+"),
+    Var("CLOUD_RUN_MAX_INSTANCES", "the most instances Cloud Run starts", default="2", pattern=r"[1-9]\d*"),
+    Var(
+        "CLOUD_RUN_CONCURRENCY",
+        "requests one instance takes at once before Cloud Run starts another (its autoscaling target); keep it "
+        "at the server's LLM_MAX_BATCH_SIZE (8): more in flight would only queue inside the instance",
+        default="8",
+        pattern=r"[1-9]\d{0,2}",
+        rule="must be a whole number from 1 to 999 (Cloud Run allows up to 1000)",
+    ),
+    Var(
+        "CLOUD_RUN_ALLOW_UNAUTHENTICATED",
+        "true: anyone with the URL may call it; false: callers need an identity token (roles/run.invoker)",
+        default="false",
+        pattern=r"true|false",
+        rule="must be true or false",
+    ),
+    Var("IMAGE_TAG", "the image tag", default="{tag}", pattern=r"[a-z0-9](-?[a-z0-9]){0,62}", rule="bad tag"),
+]
+PORT = 8080  # Cloud Run's default; it sets $PORT to this in the container
+
+
+def settings(environ: dict[str, str], *, project: str, tag: str) -> dict[str, str]:
+    """The deploy variables, checked, plus the image URI and the registry host that follow from them."""
+    values = resolve(VARIABLES, environ, project=project, tag=tag)
+    registry = f"{values['GCP_REGION']}-docker.pkg.dev"
+    path = f"{values['GCP_PROJECT_ID']}/{values['GAR_REPOSITORY']}/{project}"
+    return {**values, "GAR_HOST": registry, "IMAGE_URI": f"{registry}/{path}:{values['IMAGE_TAG']}"}
+
+
+def service_manifest(values: dict[str, str]) -> dict[str, Any]:
+    """The Cloud Run service as a Knative Service (https://cloud.google.com/run/docs/reference/yaml/v1)."""
+    minimum, maximum = int(values["CLOUD_RUN_MIN_INSTANCES"]), int(values["CLOUD_RUN_MAX_INSTANCES"])
+    if minimum > maximum:
+        raise DeploySettingsError(
+            f"CLOUD_RUN_MIN_INSTANCES={minimum} is above CLOUD_RUN_MAX_INSTANCES={maximum}; lower it or raise the max"
+        )
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {
+            "name": values["CLOUD_RUN_SERVICE"],
+            "labels": {"cloud.googleapis.com/location": values["GCP_REGION"]},
+        },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "annotations": {
+                        "autoscaling.knative.dev/minScale": str(minimum),
+                        "autoscaling.knative.dev/maxScale": str(maximum),
+                        # CPU only while a request is in flight: billed per request, not per instance-hour.
+                        "run.googleapis.com/cpu-throttling": "true",
+                        # More CPU while the container starts: loading and merging the model is CPU-bound.
+                        "run.googleapis.com/startup-cpu-boost": "true",
+                    }
+                },
+                "spec": {
+                    # One instance batches up to LLM_MAX_BATCH_SIZE requests; more in flight would only queue,
+                    # so Cloud Run starts another instance (up to maxScale) when all are this busy.
+                    "containerConcurrency": int(values["CLOUD_RUN_CONCURRENCY"]),
+                    "timeoutSeconds": 300,
+                    "containers": [
+                        {
+                            "image": values["IMAGE_URI"],
+                            "ports": [{"name": "http1", "containerPort": PORT}],
+                            "env": [{"name": "LLM_DEVICE", "value": "cpu"}],
+                            "resources": {
+                                "limits": {"cpu": values["CLOUD_RUN_CPU"], "memory": values["CLOUD_RUN_MEMORY"]}
+                            },
+                            # Traffic only once the model is loaded (/ready), not merely once the server
+                            # answers (/health): the first requests would get 503 otherwise. 10 s x 30 = 5 min.
+                            "startupProbe": {
+                                "httpGet": {"path": "/ready", "port": PORT},
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 5,
+                                "failureThreshold": 30,
+                            },
+                            # /health turns 503 when the model failed to load: Cloud Run restarts it.
+                            "livenessProbe": {
+                                "httpGet": {"path": "/health", "port": PORT},
+                                "periodSeconds": 30,
+                                "timeoutSeconds": 5,
+                            },
+                        }
+                    ],
+                },
+            },
+            "traffic": [{"percent": 100, "latestRevision": True}],
+        },
+    }
+
+
+def write_manifest(values: dict[str, str], out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(service_manifest(values), sort_keys=False), encoding="utf-8")
+    return out
+
+
+# ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
+
+app = typer.Typer(help="Cloud Run service + Artifact Registry image of the served model.", no_args_is_help=True)
+ProjectOption = Annotated[str, typer.Option(help="Project name: the default service and repository name.")]
+
+
+def _settings_or_exit(project: str) -> dict[str, str]:
+    import time
+
+    try:
+        return settings(read_environment(), project=project, tag=time.strftime("%y%m%d-%H%M%S", time.gmtime()))
+    except DeploySettingsError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("settings")
+def settings_command(project: ProjectOption) -> None:
+    """Check the deploy variables; print them as `export` lines (exit 2 naming each bad one)."""
+    values = _settings_or_exit(project)
+    try:
+        service_manifest(values)
+    except DeploySettingsError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(shell_exports(values, VARIABLES), nl=False)
+
+
+@app.command()
+def manifest(
+    project: ProjectOption,
+    out: Annotated[Path, typer.Option(help="Where to write the manifest.")] = Path("build/service.yaml"),
+) -> None:
+    """Write the Cloud Run service manifest for IMAGE_URI (applied by `gcloud run services replace`)."""
+    typer.echo(write_manifest(_settings_or_exit(project), out))
+
+
+if __name__ == "__main__":
+    app()
