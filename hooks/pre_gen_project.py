@@ -99,9 +99,11 @@ def validate(answers: dict) -> list[str]:
         problem = check(value)
         if problem:
             problems.append(f"{field}={value!r} {problem}.")
-    if answers.get("cloud") == "none" and str(answers.get("cloud_training", False)).lower() in ("true", "yes", "y", "1"):
+    cloud_training = str(answers.get("cloud_training", False)).lower() in ("true", "yes", "y", "1")
+    if cloud_training and answers.get("cloud") == "none":  # cookiecutter cannot skip the question: refuse it
         problems.append(
-            "cloud_training=yes needs a cloud to train on, but cloud='none'; choose a cloud or answer cloud_training=no."
+            "cloud_training=yes needs a cloud to train on, but cloud='none'; "
+            "choose a cloud or answer cloud_training=no."
         )
     return problems
 

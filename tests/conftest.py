@@ -89,7 +89,7 @@ src/{pkg}/report/__init__.py
 src/{pkg}/report/about.py
 src/{pkg}/report/card.py
 src/{pkg}/report/facts.py
-src/{pkg}/report/markdown.py
+src/{pkg}/evaluate/markdown.py
 src/{pkg}/report/model_card.md
 src/{pkg}/report/plots.py
 src/{pkg}/report/readme.py
@@ -130,6 +130,7 @@ tests/test_config.py
 tests/test_configs.py
 tests/test_data.py
 tests/test_deploy.py
+tests/test_docs.py
 tests/test_drift.py
 tests/test_error_analysis.py
 tests/test_evaluate.py

@@ -151,6 +151,7 @@ RENDERED_FILE_TESTS = [
     "tests/test_deploy.py",  # Dockerfile stages, .gitignore, the bundled image
     "tests/test_publish.py",  # README.md and pyproject.toml metadata
     "tests/test_report.py",  # README.md results markers
+    "tests/test_docs.py",  # README.md, docs/tour.md and docs/skills.md name files and targets this bake has
 ]
 
 

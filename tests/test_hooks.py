@@ -154,12 +154,13 @@ def test_next_steps_name_the_commands_to_run(tmp_path, cloud, deploy):
 
 
 CLOUD_PATHS = {
-    "aws": {"deploy/aws/deploy.sh", "src/pkg/deploy/aws.py", "tests/test_deploy_aws.py"},
-    "gcp": {"deploy/gcp/deploy.sh", "src/pkg/deploy/gcp.py", "tests/test_deploy_gcp.py"},
-    "azure": {"deploy/azure/deploy.sh", "src/pkg/deploy/azure.py", "tests/test_deploy_azure.py"},
-    "hf-spaces": {"deploy/hf-spaces/deploy.sh", "src/pkg/deploy/hf_spaces.py", "tests/test_deploy_hf_spaces.py"},
+    "aws": {"deploy/aws/deploy.sh", "src/pkg/clouds/aws/deploy.py", "tests/test_deploy_aws.py"},
+    "gcp": {"deploy/gcp/deploy.sh", "src/pkg/clouds/gcp/deploy.py", "tests/test_deploy_gcp.py"},
+    "azure": {"deploy/azure/deploy.sh", "src/pkg/clouds/azure/deploy.py", "tests/test_deploy_azure.py"},
+    "hf-spaces": {"deploy/hf-spaces/deploy.sh", "src/pkg/clouds/hf_spaces/deploy.py", "tests/test_deploy_hf_spaces.py"},
 }
-COMMON_PATHS = {"src/pkg/deploy/bundle.py", "tests/test_workflows.py", ".github/workflows/ci.yml"}
+CLOUD_PATHS["aws"].add("src/pkg/serve/routes/sagemaker.py")  # SageMaker's /ping and /invocations
+COMMON_PATHS = {"src/pkg/clouds/bundle.py", "tests/test_workflows.py", ".github/workflows/ci.yml"}
 
 
 @pytest.mark.parametrize("cloud", ["aws", "gcp", "azure", "hf-spaces", "none"])
@@ -174,3 +175,74 @@ def test_post_hook_keeps_only_the_chosen_clouds_files(tmp_path, cloud):
     deploy_workflow = set() if cloud == "none" else {".github/workflows/deploy.yml"}
     assert left == COMMON_PATHS | CLOUD_PATHS.get(cloud, set()) | deploy_workflow
     assert (project / "deploy").is_dir() == (cloud != "none")
+
+
+EXTRA_PATHS = {
+    "preference_tuning": {"src/pkg/preference/dpo.py", "configs/dpo.yaml", "tests/test_prefs.py"},
+    "sweeps": {"src/pkg/sweep/sweep.py", "tests/test_sweep.py"},
+    "multi_gpu": {"src/pkg/distributed/launch.py", "configs/accelerate/ddp.yaml", "tests/test_vllm.py"},
+    "cloud_training": {"src/pkg/clouds/jobs/job.py", "src/pkg/clouds/aws/training.py", "tests/test_cloud_aws.py"},
+}
+
+
+@pytest.mark.parametrize("extra", [*EXTRA_PATHS, None])
+def test_post_hook_deletes_the_files_of_every_extra_not_chosen(tmp_path, extra):
+    project = tmp_path / "project"
+    for path in {*COMMON_PATHS, *(p for paths in EXTRA_PATHS.values() for p in paths)}:
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).write_text("x")
+    answers = {**DEFAULTS, "cloud": "aws", "package_name": "pkg", **({extra: True} if extra else {})}
+    post = load_hook("post_gen_project", answers, tmp_path)
+    post.choose_extras(project, answers)
+    left = {str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()}
+    assert left == COMMON_PATHS | EXTRA_PATHS.get(extra, set())
+
+
+def test_cloud_training_without_a_cloud_is_off(tmp_path):
+    post = load_hook("post_gen_project", DEFAULTS, tmp_path)
+    assert post.chosen({"cloud": "aws", "cloud_training": "yes"}, "cloud_training")
+    assert not post.chosen({"cloud": "none", "cloud_training": True}, "cloud_training")
+    assert not post.chosen({"cloud": "aws"}, "sweeps")
+
+
+BLOCKS = """import os
+
+
+# >>> sweeps
+def sweep():
+    return 1
+
+
+# <<< sweeps
+def train():
+    # >>> multi_gpu
+    launch()
+    # <<< multi_gpu
+    # >>> !multi_gpu
+    run()
+    # <<< !multi_gpu
+    return 2
+"""
+
+
+def test_blocks_of_unchosen_extras_go_and_markers_never_stay(tmp_path):
+    post = load_hook("post_gen_project", DEFAULTS, tmp_path)
+    assert post.strip_blocks(BLOCKS, keep=set()) == ("import os\n\n\ndef train():\n    run()\n    return 2\n")
+    assert post.strip_blocks(BLOCKS, keep={"sweeps", "multi_gpu"}) == (
+        "import os\n\n\ndef sweep():\n    return 1\n\n\ndef train():\n    launch()\n    return 2\n"
+    )
+
+
+@pytest.mark.parametrize("text", ["# >>> sweeps\nx = 1\n", "x = 1\n# <<< sweeps\n"])
+def test_an_unbalanced_block_is_refused(tmp_path, text):
+    post = load_hook("post_gen_project", DEFAULTS, tmp_path)
+    with pytest.raises(ValueError, match=r"never closed|closes no block"):
+        post.strip_blocks(text, keep=set())
+
+
+@pytest.mark.parametrize("value", ["yes", True])
+def test_cloud_training_without_a_cloud_is_refused_before_anything_is_written(pre, value):
+    assert pre.validate({**DEFAULTS, "cloud": "none", "cloud_training": value}) == [
+        "cloud_training=yes needs a cloud to train on, but cloud='none'; choose a cloud or answer cloud_training=no."
+    ]
+    assert pre.validate({**DEFAULTS, "cloud": "aws", "cloud_training": value}) == []

@@ -1,4 +1,5 @@
-"""The majority and few-shot baselines (baselines.py): built from the training split only, never a scored row."""
+"""The majority (tasks/kinds.py) and few-shot (baselines.py) baselines: from the training split only, never a scored
+row."""
 
 import json
 
@@ -8,11 +9,11 @@ from {{ cookiecutter.package_name }}.evaluate.baselines import (
     BaselineError,
     check_context,
     few_shot_rows,
-    majority_answer,
     pick_examples,
     prompt_token_stats,
     row_digest,
 )
+from {{ cookiecutter.package_name }}.tasks.kinds import task_kind
 
 
 def chat(user: str, answer: str, system: str | None = "Extract.") -> list[dict[str, str]]:
@@ -30,8 +31,9 @@ TRAIN = [
 
 
 def test_majority_answer_is_each_fields_most_common_training_value():
-    assert json.loads(majority_answer(TRAIN, task="extraction")) == {"intent": "track", "qty": 1, "tags": ["x"]}
-    assert majority_answer([chat("q", "yes"), chat("r", "no"), chat("s", "no")], task="generic") == "no"
+    answers = [row[-1]["content"] for row in TRAIN]
+    assert json.loads(task_kind("extraction").majority_answer(answers)) == {"intent": "track", "qty": 1, "tags": ["x"]}
+    assert task_kind("generic").majority_answer(["yes", "no", "no"]) == "no"
 
 
 def test_few_shot_examples_come_from_training_never_a_scored_row_and_are_seeded():

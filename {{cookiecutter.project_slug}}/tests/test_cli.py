@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import {{ cookiecutter.package_name }}
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.errors import ProjectError
+from {{ cookiecutter.package_name }}.errors import BadInput, ProjectError
 from {{ cookiecutter.package_name }}.model import load as model_module
 
 runner = CliRunner()
@@ -66,7 +66,7 @@ def test_every_command_has_help(command):
 
 def test_config_show_applies_overrides(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("project: demo\n")
+    config.write_text("project: demo\nmodel:\n  base_model: org/model\n")
     result = runner.invoke(app, ["config", "show", "--config", str(config), "lora.r=4"])
     assert result.exit_code == 0, result.output
     assert "  r: 4\n" in result.output
@@ -116,10 +116,10 @@ def _write_config(tmp_path: Path, data_path: Path) -> Path:
     return config
 
 
-@pytest.mark.parametrize("case", ["data", "train", "publish"])
-def test_expected_errors_of_each_module_exit_1_with_their_message(case, tmp_path, monkeypatch):
-    """One `except ProjectError` in the CLI: errors raised by data.py, train.py and publish.py (and config.py,
-    model.py, registry and drift in their own test files) print `error: <message>` with no traceback."""
+@pytest.mark.parametrize(("case", "code"), [("data", 2), ("train", 1), ("publish", 1)])
+def test_expected_errors_exit_with_their_class_code_and_message(case, code, tmp_path, monkeypatch):
+    """One error boundary (errors.ErrorBoundary): errors raised by data, train and publish print `error: <message>`
+    with no traceback and exit with their class's code: bad input (a DataError) 2, a failure 1."""
     config = _write_config(tmp_path, data_path=tmp_path / "no-data")
     monkeypatch.chdir(tmp_path)  # publish looks for pyproject.toml here
     arguments, message = {
@@ -130,7 +130,7 @@ def test_expected_errors_of_each_module_exit_1_with_their_message(case, tmp_path
     if case == "train":
         (tmp_path / "outputs" / "mine").mkdir(parents=True)
     result = runner.invoke(app, [arguments[0], "--config", str(config), *arguments[1:]])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == code, result.output
     assert message in result.output
     assert "Traceback" not in result.output
 
@@ -145,6 +145,16 @@ def test_any_project_error_is_caught_and_other_exceptions_keep_their_traceback(t
     monkeypatch.setattr(model_module, "merge_adapter", fail)
     result = runner.invoke(app, ["merge", "--adapter", "a", "--out", str(tmp_path / "m")])
     assert (result.exit_code, result.output) == (1, "error: a: something the user can fix\n")
+
+    class NewBadInput(BadInput):
+        """Bad input of a kind the CLI has never heard of: exit 2 through its base alone."""
+
+    def refuse(adapter_dir, out_dir):
+        raise NewBadInput(f"{adapter_dir}: no such adapter")
+
+    monkeypatch.setattr(model_module, "merge_adapter", refuse)
+    result = runner.invoke(app, ["merge", "--adapter", "a", "--out", str(tmp_path / "m")])
+    assert (result.exit_code, result.output) == (2, "error: a: no such adapter\n")
 
     def crash(adapter_dir, out_dir):
         raise KeyError("a bug")

@@ -50,7 +50,7 @@ def test_staging_writes_the_same_files_and_bytes_every_time(tmp_path, smoke_conf
     ]
     with tarfile.open(first / "project.tar.gz") as archive:
         names = archive.getnames()
-    assert "project/pyproject.toml" in names and f"project/src/{PACKAGE}/cloud/entrypoint.py" in names
+    assert "project/pyproject.toml" in names and f"project/src/{PACKAGE}/clouds/entrypoint.py" in names
     assert not [name for name in names if "__pycache__" in name]
     staged = (first / "config.yaml").read_text()
     assert "path: data/shop_extraction\n" in staged and "run_name: gpu-1\n" in staged

@@ -16,7 +16,7 @@ moto = pytest.importorskip("moto")
 
 from {{ cookiecutter.package_name }}.cli import app  # noqa: E402
 from {{ cookiecutter.package_name }}.clouds.aws import training as aws  # noqa: E402
-from {{ cookiecutter.package_name }}.clouds.jobs.job import PRICES, job_spec, train_command  # noqa: E402
+from {{ cookiecutter.package_name }}.clouds.jobs.job import PRICES, EntrypointOptions, job_spec, train_command  # noqa: E402
 from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError  # noqa: E402
 from {{ cookiecutter.package_name }}.clouds.staging import stage_inputs  # noqa: E402
 from {{ cookiecutter.package_name }}.config import dump_config  # noqa: E402
@@ -106,9 +106,7 @@ def test_dry_run_prints_the_whole_sequence_and_creates_nothing(aws_env, config_f
 
 def test_on_demand_has_no_spot_and_no_wait_time(tmp_path):
     values = aws.settings({**GOOD, "CLOUD_SPOT": "false"}, project=PROJECT)
-    spec = job_spec(
-        values, target="aws", project=PROJECT, run_name="r", config_name="gpu", staging=tmp_path, region=REGION
-    )
+    spec = job_spec(values, target="aws", project=PROJECT, run_name="r", config_name="gpu", staging=tmp_path)
     [(_, _, job)] = [call for call in aws.job_calls(spec, values) if call[1] == "create_training_job"]
     assert job["EnableManagedSpotTraining"] is False
     assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600}
@@ -122,9 +120,8 @@ def staged(tmp_path, smoke_config):
 
 def test_submit_status_download_end_to_end(aws_env, staged, tmp_path):
     values = aws.settings(GOOD, project=PROJECT)
-    spec = job_spec(
-        values, target="aws", project=PROJECT, run_name="gpu-moto", config_name="gpu", staging=staged, region=REGION
-    )
+    spec = job_spec(values, target="aws", project=PROJECT, run_name="gpu-moto", config_name="gpu", staging=staged)
+    assert spec.region == REGION  # read from AWS_REGION
     with moto.mock_aws():
         job_id = aws.submit(spec, values)
         s3, sagemaker = boto3.client("s3", region_name=REGION), boto3.client("sagemaker", region_name=REGION)
@@ -137,9 +134,8 @@ def test_submit_status_download_end_to_end(aws_env, staged, tmp_path):
         assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
         assert job["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/{PROJECT}/gpu-moto/checkpoints/"
         assert job["AlgorithmSpecification"]["ContainerEntrypoint"] == ["bash", "/opt/ml/input/data/job/run.sh"]
-        assert job["AlgorithmSpecification"]["ContainerArguments"] == train_command(
-            "config.yaml", [], output="/opt/ml/model", checkpoints="/opt/ml/checkpoints", config_name="gpu"
-        )
+        options = EntrypointOptions(output="/opt/ml/model", checkpoints="/opt/ml/checkpoints", config_name="gpu")
+        assert job["AlgorithmSpecification"]["ContainerArguments"] == train_command("config.yaml", [], options)
         assert job["AlgorithmSpecification"]["TrainingImage"].startswith(f"763104351884.dkr.ecr.{REGION}.")
         status = aws.status(job_id, values)
         assert (status.state, status.instance_type, status.region) == ("completed", "ml.g5.xlarge", REGION)

@@ -1,4 +1,4 @@
-"""Azure ML training target (cloud/azure.py): the command job through the SDK's YAML schema, and the four
+"""Azure ML training target (clouds/azure/training.py): the command job through the SDK's YAML schema, and the four
 operations against a recording fake MLClient whose methods bind to the real JobOperations signatures."""
 
 import inspect

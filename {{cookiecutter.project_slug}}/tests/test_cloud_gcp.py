@@ -1,4 +1,4 @@
-"""Vertex AI training target (cloud/gcp.py) against recording fakes of the job and storage clients.
+"""Vertex AI training target (clouds/gcp/training.py) against recording fakes of the job and storage clients.
 
 No test reaches Google: the fakes bind every call to the real client methods' signatures (a wrong argument
 name fails), and the job is google-cloud-aiplatform's own CustomJob message (a wrong field name fails).

@@ -1,4 +1,4 @@
-"""Hugging Face Jobs target (cloud/hf_jobs.py) against a recording fake HfApi: every call is bound to the
+"""Hugging Face Jobs target (clouds/hf_spaces/training.py) against a recording fake HfApi: every call is bound to the
 installed huggingface_hub's own method signature, so a renamed or missing argument fails here."""
 
 import inspect
@@ -101,7 +101,6 @@ def make_spec(staging: Path, **overrides) -> JobSpec:
         run_name=RUN,
         config_name="gpu",
         staging=staging,
-        region="",
     )
 
 

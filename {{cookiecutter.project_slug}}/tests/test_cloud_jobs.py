@@ -4,16 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }}.clouds import entrypoint
 from {{ cookiecutter.package_name }}.clouds.jobs.job import (
     PRICES,
     CostCapError,
+    EntrypointOptions,
     JobSpec,
     check_cost,
     train_command,
     worst_case_cost,
 )
-from {{ cookiecutter.package_name }}.config import dump_config
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 
@@ -80,10 +79,11 @@ def test_an_instance_without_a_price_is_refused():
 
 
 def test_train_command_runs_the_entrypoint():
-    assert train_command("config.yaml", ["lora.r=8"], output="/opt/ml/model", checkpoints="/opt/ml/checkpoints") == [
+    options = EntrypointOptions(output="/opt/ml/model", checkpoints="/opt/ml/checkpoints")
+    assert train_command("config.yaml", ["lora.r=8"], options) == [
         "python",
         "-m",
-        f"{PACKAGE}.cloud.entrypoint",
+        f"{PACKAGE}.clouds.entrypoint",
         "--config",
         "config.yaml",
         "--output",
@@ -98,10 +98,14 @@ def test_train_command_runs_the_entrypoint():
 # >>> multi_gpu
 def test_several_gpus_train_through_the_multi_gpu_launcher(tmp_path, smoke_config, monkeypatch):
     """--nproc 4 (train_command's one setting) runs training through distributed.launch_command."""
-    command = train_command("config.yaml", [], nproc=4)
+    from {{ cookiecutter.package_name }}.clouds import entrypoint  # here: only this extra's test uses them
+    from {{ cookiecutter.package_name }}.config import dump_config
+
+    command = train_command("config.yaml", [], EntrypointOptions(nproc=4))
     assert command[command.index("--nproc") + 1] == "4"
     launched = []
-    monkeypatch.setattr(entrypoint.subprocess, "run", lambda cmd, check: launched.append(cmd) or _Done(0))
+    # _train imports subprocess where it launches (its multi_gpu block): the module's own `run` is patched
+    monkeypatch.setattr("subprocess.run", lambda cmd, check: launched.append(cmd) or _Done(0))
     config_file = tmp_path / "gpu.yaml"
     dump_config(smoke_config(), config_file)
     entrypoint._train(smoke_config(), config_file=config_file, config_name="gpu", nproc=4, resume=True)

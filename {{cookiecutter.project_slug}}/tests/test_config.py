@@ -10,6 +10,8 @@ from {{ cookiecutter.package_name }}.config import Config, ConfigError, describe
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "run.yaml"
+    if text.startswith("project:") and "\nmodel:" not in text:  # every config names its base model
+        text += "model:\n  base_model: org/model\n"
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -87,7 +89,8 @@ def test_bad_override_syntax(tmp_path, override):
 
 
 def test_qlora_on_cpu_rejected(tmp_path):
-    path = write(tmp_path, "project: demo\nmodel:\n  load_in_4bit: true\ntrain:\n  device: cpu\n")
+    text = "project: demo\nmodel:\n  base_model: org/model\n  load_in_4bit: true\ntrain:\n  device: cpu\n"
+    path = write(tmp_path, text)
     with pytest.raises(ConfigError, match="load_in_4bit needs CUDA"):
         load_config(path)
 
@@ -159,3 +162,14 @@ def test_run_name_that_leaves_the_output_folder_is_refused(tmp_path, run_name):
     with pytest.raises(ConfigError, match=r"train.run_name: .*must be a plain folder name under train.output_dir"):
         load_config(write(tmp_path, "project: demo\n"), [f"train.run_name={run_name}"])
     assert load_config(write(tmp_path, "project: demo\n"), ["train.run_name=a..b"]).train.run_name == "a..b"
+
+
+def test_base_model_has_no_hidden_default(tmp_path):
+    """The package's code is copied as is into every project: a default base model there would ignore the one
+    chosen when the project was made. Each config names it (configs/default.yaml: the chosen one)."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("project: x\nmodel:\n  dtype: auto\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"mine\.yaml:2: model\.base_model: required key is missing"):
+        load_config(path)
+    default = yaml.safe_load((Path(__file__).parents[1] / "configs" / "default.yaml").read_text(encoding="utf-8"))
+    assert default["model"]["base_model"] == "{{ cookiecutter.base_model }}"

@@ -12,7 +12,6 @@ from {{ cookiecutter.package_name }}.config import DataConfig, TaskConfig
 from {{ cookiecutter.package_name }}.data.dataset import (
     DataError,
     Problem,
-    length_problems,
     load_splits,
     shared_system_prompt,
     validate_data,
@@ -246,8 +245,9 @@ def test_validate_reports_duplicates_leakage_and_length_with_lines(tmp_path):
 def test_length_problems_name_only_the_long_rows(tmp_path):
     chat_folder(tmp_path)
     path = write_jsonl(tmp_path / "train.jsonl", [chat("short"), chat("short too"), chat("long " * 40)])
-    problems = length_problems(DataConfig(path=str(path.parent), max_seq_length=32), tokenizer=WordTokenizer())
-    assert [(problem.file, problem.line) for problem in problems] == [(str(path), 3)]
+    problems = validate_data(DataConfig(path=str(path.parent), max_seq_length=32), tokenizer=WordTokenizer())
+    too_long = [problem for problem in problems if "longer than data.max_seq_length" in problem.message]
+    assert [(problem.file, problem.line) for problem in too_long] == [(str(path), 3)]
 
 
 def test_validate_without_tokenizer_skips_lengths(tmp_path):

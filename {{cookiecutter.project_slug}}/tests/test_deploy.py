@@ -29,8 +29,9 @@ from {{ cookiecutter.package_name }}.clouds.settings import (
 )
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.model.load import ModelError
+from {{ cookiecutter.package_name }}.registry import resolve_model_source
 from {{ cookiecutter.package_name }}.serve.app import create_app
-from {{ cookiecutter.package_name }}.serve.loader import load_for_serving, resolve_model_source
+from {{ cookiecutter.package_name }}.serve.loader import load_for_serving
 from {{ cookiecutter.package_name }}.serve.settings import Settings
 
 ROOT = Path(__file__).parents[1]

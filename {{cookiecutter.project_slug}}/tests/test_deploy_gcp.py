@@ -106,7 +106,7 @@ def test_dry_run_prints_the_whole_deploy_in_order():
         "--project shop-demo-123 --labels created-by=deploy-gcp",
         "gcloud auth configure-docker europe-west1-docker.pkg.dev --quiet",
         f"docker push {IMAGE}",
-        f"{sys.executable} -m {PACKAGE}.deploy.gcp manifest --project {PROJECT} --out build/service.yaml",
+        f"{sys.executable} -m {PACKAGE}.clouds.gcp.deploy manifest --project {PROJECT} --out build/service.yaml",
         f"gcloud run services replace build/service.yaml {WHERE}",
         f"gcloud run services describe {PROJECT} {WHERE} --format value(status.url)",
     ]

@@ -13,8 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.distributed import launch as distributed
-from {{ cookiecutter.package_name }}.distributed.launch import DistributedError, check_launch, launch_command
+from {{ cookiecutter.package_name }}.distributed.launch import (
+    DistributedError,
+    LaunchShape,
+    check_launch,
+    launch_command,
+)
+from {{ cookiecutter.package_name }}.model import device
 from {{ cookiecutter.package_name }}.model.device import run_params
 
 PROJECT = Path(__file__).parents[1]
@@ -24,7 +29,7 @@ SHARDED = "SHARDED_STATE_DICT"  # fsdp.yaml's checkpoints: each rank writes its 
 
 
 def test_launch_command_for_one_machine():
-    assert launch_command(nproc=4, train_args=TRAIN_ARGS) == [
+    assert launch_command(LaunchShape(nproc=4), train_args=TRAIN_ARGS) == [
         "accelerate", "launch", "--config_file", "configs/accelerate/ddp.yaml",
         "--num_processes", "4", "--num_machines", "1", "--main_process_port", "29500",
         "-m", PACKAGE, "train", "--config", "configs/gpu.yaml", "lora.r=8",
@@ -32,9 +37,8 @@ def test_launch_command_for_one_machine():
 
 
 def test_launch_command_for_two_machines_counts_every_process():
-    command = launch_command(
-        nproc=8, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1", strategy="fsdp", train_args=TRAIN_ARGS
-    )
+    shape = LaunchShape(nproc=8, num_machines=2, machine_rank=1, main_process_ip="10.0.0.1", strategy="fsdp")
+    command = launch_command(shape, train_args=TRAIN_ARGS)
     assert command[:12] == [
         "accelerate", "launch", "--config_file", "configs/accelerate/fsdp.yaml",
         "--num_processes", "16", "--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1",
@@ -52,7 +56,7 @@ def test_launch_command_for_two_machines_counts_every_process():
 )
 def test_launch_command_refuses_impossible_shapes(kwargs, message):
     with pytest.raises(DistributedError, match=re.escape(message)):
-        launch_command(**kwargs)
+        launch_command(LaunchShape(**kwargs))
 
 
 @pytest.mark.parametrize(
@@ -129,7 +133,8 @@ def test_shipped_accelerate_configs_load_and_parse_with_our_command(strategy, di
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     monkeypatch.chdir(PROJECT)
-    command = launch_command(nproc=2, strategy=strategy, main_process_port=0, train_args=["--config", "c.yaml"])
+    shape = LaunchShape(nproc=2, strategy=strategy, main_process_port=0)
+    command = launch_command(shape, train_args=["--config", "c.yaml"])
     config = load_config_from_file(command[3])
     assert config.distributed_type.value == distributed_type
     assert config.mixed_precision == "no"  # precision is train.precision's, through the Trainer
@@ -144,17 +149,17 @@ def test_shipped_accelerate_configs_load_and_parse_with_our_command(strategy, di
     assert {key: workers_env.get(key) for key in env} == env
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert distributed.active_strategy() == ("fsdp" if strategy == "fsdp" else "none")
+    assert device.active_strategy() == ("fsdp" if strategy == "fsdp" else "none")
 
 
 def test_agree_on_in_one_process_returns_or_raises_the_decision():
-    assert distributed.agree_on(lambda: "smoke-20250101-120000", "cpu") == "smoke-20250101-120000"
+    assert device.agree_on(lambda: "smoke-20250101-120000", "cpu") == "smoke-20250101-120000"
 
     def refuse():
         raise DistributedError("outputs/x already exists")
 
     with pytest.raises(DistributedError, match="already exists"):
-        distributed.agree_on(refuse, "cpu")
+        device.agree_on(refuse, "cpu")
 
 
 # ---- a real 2-process run (gloo) -------------------------------------------------------------------------
@@ -168,6 +173,33 @@ STEPS += ["data.max_train_samples=96", "train.group_by_length=false"]  # the sam
 # at steps 3 and 6. 0.1% leaves room for other CPUs' kernels; another effective batch, other rows per step or
 # gradients not averaged across the processes move the step-6 loss by far more than that.
 LOSS_TOLERANCE = 1e-3
+
+
+# Loaded by each launched process (Python imports sitecustomize at startup): before `train` saves the adapter,
+# the process writes the SHA-256 of its own LoRA weights, so the test checks that DDP kept the replicas identical.
+# A test instrument, so it lives here and not in the package.
+DIGEST_HOOK = """
+import hashlib, os
+from pathlib import Path
+
+if "LOCAL_RANK" in os.environ:
+    from {{ cookiecutter.package_name }}.train import sft
+
+    saving = sft._save_adapter
+
+    def digest_then_save(trainer, **kwargs):
+        digest = hashlib.sha256()
+        for name, parameter in sorted(trainer.model.named_parameters()):
+            if parameter.requires_grad:
+                digest.update(name.encode())
+                digest.update(parameter.detach().float().cpu().numpy().tobytes())
+        folder = Path(os.environ["DIGEST_DIR"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"rank-{os.environ['RANK']}.sha256").write_text(digest.hexdigest())
+        return saving(trainer, **kwargs)
+
+    sft._save_adapter = digest_then_save
+"""
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -193,11 +225,13 @@ def test_two_processes_train_one_run_like_one_process(
         reference = train(smoke_config(*STEPS, "train.run_name=reference", root=tmp_path / "one"), config_name="smoke")
     finally:
         torch.set_num_threads(threads)
-    outputs, digests = tmp_path / "two" / "outputs", tmp_path / "digests"
+    outputs, digests, hook = tmp_path / "two" / "outputs", tmp_path / "digests", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DIGEST_HOOK)
     paths = [f"data.path={workdir / 'data' / 'shop_extraction'}", f"model.base_model={tiny_model}"]
     env = os.environ | {
-        "PYTHONPATH": str(PROJECT / "src"),
-        distributed.WEIGHT_DIGEST_DIR_ENV: str(digests),
+        "PYTHONPATH": f"{PROJECT / 'src'}{os.pathsep}{hook}",
+        "DIGEST_DIR": str(digests),
         "OMP_NUM_THREADS": "1",  # 2 processes on 2 cores
     }
     command = [sys.executable, "-m", PACKAGE, "train", "--config", "configs/smoke.yaml", "--nproc", "2"]

@@ -234,7 +234,10 @@ def test_cli_evaluate_without_config_uses_smoke_yaml_for_an_adapter_without_a_ru
     report = {"base": {"eval_loss": 1.0}, "finetuned": {"eval_loss": 0.5}}
     monkeypatch.setattr(evaluate_module, "evaluate", lambda config, **kwargs: seen.append(config) or report)
     monkeypatch.chdir(Path(__file__).parents[1])  # the project root, where configs/smoke.yaml is
-    (tmp_path / "old" / "adapter").mkdir(parents=True)  # untracked, no config.yaml beside it
+    adapter = tmp_path / "old" / "adapter"  # untracked, no config.yaml beside it
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "org/base"}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # not read: `evaluate` is replaced
     result = CliRunner().invoke(app, ["evaluate", "--adapter", str(tmp_path / "old" / "adapter")])
     assert result.exit_code == 0, result.output
     assert "config: configs/smoke.yaml\n" in result.output

@@ -24,6 +24,7 @@ from {{ cookiecutter.package_name }}.preference.pairs import (
     prompt_digest,
 )
 from {{ cookiecutter.package_name }}.tasks.answers import parse_prediction
+from {{ cookiecutter.package_name }}.tasks.kinds import task_kind
 
 SYSTEM = {"role": "system", "content": "Answer in JSON."}
 REFERENCE = '{"intent":"track","order_id":"A12345","urgency":"high"}'
@@ -45,7 +46,7 @@ def test_on_policy_pairs_keep_only_real_mistakes():
         "not json at all",  # broken output: the most useful rejected answer
         "   ",  # nothing generated: no pair (it needs two real answers)
     ]
-    pairs = on_policy_pairs(rows, answers, task="extraction")
+    pairs = on_policy_pairs(rows, answers, kind=task_kind("extraction"))
     assert [(pair.prompt[-1]["content"], pair.rejected) for pair in pairs] == [
         ("b", answers[1]),
         ("c", "not json at all"),

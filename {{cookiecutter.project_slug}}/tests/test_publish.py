@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import dump_config, load_config
-from {{ cookiecutter.package_name }}.publish import PublishError, publish
+from {{ cookiecutter.package_name }}.publish import PublishError, PublishRequest, World, publish
 
 CONFIG_FILE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
 SMOKE_WARNING = (
@@ -88,7 +88,12 @@ def test_dry_run_of_a_committed_repository_with_its_origin_only_pushes(project):
         subprocess.run(command, cwd=project, check=True, capture_output=True)
     (project / "README.md").write_text("# changed\n")
     lines = []
-    publish(load_config(CONFIG_FILE), root=project, dry_run=True, private=True, echo=lines.append)
+    publish(
+        load_config(CONFIG_FILE),
+        root=project,
+        request=PublishRequest(dry_run=True, private=True),
+        world=World(echo=lines.append),
+    )
     assert lines == [
         "Dry run: nothing is done. The real run would:",
         "  $ gh auth status    (check: logged in)",
@@ -107,7 +112,12 @@ def test_without_a_terminal_and_without_yes_it_refuses_and_does_nothing(project)
 def test_missing_gh_is_a_clear_message(project):
     runner = FakeGh(project)
     with pytest.raises(PublishError, match=r"`gh` is not installed: get it from https://cli.github.com"):
-        publish(load_config(CONFIG_FILE), root=project, yes=True, run=runner, which=without_gh)
+        publish(
+            load_config(CONFIG_FILE),
+            root=project,
+            request=PublishRequest(yes=True),
+            world=World(run=runner, which=without_gh),
+        )
     assert not (project / ".git").exists()
     assert not any(command[0] == "gh" for command in runner.commands)
 
@@ -117,12 +127,8 @@ def test_confirmed_run_inits_commits_once_and_creates_the_repository(project):
     publish(
         load_config(CONFIG_FILE),
         root=project,
-        private=True,
-        interactive=True,
-        confirm=lambda question: True,
-        run=runner,
-        which=on_path,
-        echo=lines.append,
+        request=PublishRequest(private=True, interactive=True),
+        world=World(confirm=lambda question: True, run=runner, which=on_path, echo=lines.append),
     )
     log = subprocess.run(["git", "log", "--format=%s"], cwd=project, capture_output=True, text=True, check=True)
     assert log.stdout.splitlines() == ["First commit: demo-proj"]
@@ -144,7 +150,10 @@ def test_declining_the_question_does_nothing(project):
     runner = FakeGh(project)
     with pytest.raises(PublishError, match="not confirmed; nothing was done"):
         publish(
-            load_config(CONFIG_FILE), root=project, interactive=True, confirm=lambda q: False, run=runner, which=on_path
+            load_config(CONFIG_FILE),
+            root=project,
+            request=PublishRequest(interactive=True),
+            world=World(confirm=lambda q: False, run=runner, which=on_path),
         )
     assert not (project / ".git").exists()
 
@@ -154,14 +163,14 @@ def test_an_origin_pointing_elsewhere_is_refused(project):
     subprocess.run(["git", "remote", "add", "origin", "https://github.com/someone/else.git"], cwd=project, check=True)
     elsewhere = r"remote 'origin' is https://github.com/someone/else.git, not github.com/octo/demo-proj"
     with pytest.raises(PublishError, match=elsewhere):
-        publish(load_config(CONFIG_FILE), root=project, dry_run=True)
+        publish(load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True))
 
 
 def test_the_placeholder_user_is_refused(project):
     text = (project / "pyproject.toml").read_text().replace("octo", "your-github-username")
     (project / "pyproject.toml").write_text(text)
     with pytest.raises(PublishError, match="placeholder user 'your-github-username'"):
-        publish(load_config(CONFIG_FILE), root=project, dry_run=True)
+        publish(load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True))
 
 
 def _evaluated_adapter(root: Path, base_model: str) -> Path:
@@ -199,7 +208,8 @@ def test_hf_push_creates_the_model_repository_and_uploads_adapter_and_card(proje
         return clients[-1]
 
     config = load_config(CONFIG_FILE)
-    publish(config, root=project, yes=True, hf=True, run=FakeGh(project), which=on_path, hf_api=make_client, echo=print)
+    world = World(run=FakeGh(project), which=on_path, hf_api=make_client, echo=print)
+    publish(config, root=project, request=PublishRequest(yes=True, hf=True), world=world)
     (client,) = clients
     assert client.token == "hf_test"
     assert client.calls == [
@@ -225,7 +235,12 @@ def test_hf_dry_run_lists_the_api_calls(project, monkeypatch):
     _evaluated_adapter(project, base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     lines = []
-    publish(load_config(CONFIG_FILE), root=project, dry_run=True, hf=True, hf_repo="me/model", echo=lines.append)
+    publish(
+        load_config(CONFIG_FILE),
+        root=project,
+        request=PublishRequest(dry_run=True, hf=True, hf_repo="me/model"),
+        world=World(echo=lines.append),
+    )
     assert lines[len(PLAN) + 1 :] == [
         "  HfApi.create_repo(repo_id='me/model', repo_type='model', private=False, exist_ok=True)",
         f"  HfApi.upload_folder(repo_id='me/model', folder_path='{project / 'outputs/run-1/adapter'}', "
@@ -238,12 +253,12 @@ def test_hf_dry_run_lists_the_api_calls(project, monkeypatch):
 def test_hf_refuses_an_adapter_of_a_local_base_model_and_a_missing_token(project, monkeypatch):
     _evaluated_adapter(project, base_model=str(project))  # a local folder: the smoke model's case
     with pytest.raises(PublishError, match="adapts the local model"):
-        publish(load_config(CONFIG_FILE), root=project, dry_run=True, hf=True)
+        publish(load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True, hf=True))
     (project / "outputs" / "run-1" / "adapter" / "adapter_config.json").write_text(
         json.dumps({"base_model_name_or_path": "org/model"})
     )
     with pytest.raises(PublishError, match="--hf needs HF_TOKEN"):
-        publish(load_config(CONFIG_FILE), root=project, dry_run=True, hf=True)
+        publish(load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True, hf=True))
 
 
 def test_hf_with_a_corrupt_adapter_config_names_the_file_and_does_nothing(project, monkeypatch):
@@ -280,7 +295,12 @@ def test_dry_run_warns_first_when_the_results_come_from_the_smoke_model(project)
 def test_a_real_publish_warns_before_its_plan_and_still_publishes(project):
     _evaluated_smoke_run(project, run_config=[])
     runner, lines = FakeGh(project), []
-    publish(load_config(CONFIG_FILE), root=project, yes=True, run=runner, which=on_path, echo=lines.append)
+    publish(
+        load_config(CONFIG_FILE),
+        root=project,
+        request=PublishRequest(yes=True),
+        world=World(run=runner, which=on_path, echo=lines.append),
+    )
     assert lines[:2] == [SMOKE_WARNING.format(where="run outputs/smoke-1, "), "Publishing will:"]
     assert lines[-1] == "published: https://github.com/octo/demo-proj"
 
@@ -293,7 +313,9 @@ def test_the_tiny_base_model_is_recognised_by_its_folder(project, run_config, wh
     the given config's tiny model folder, however its path is written."""
     _evaluated_smoke_run(project, base_model="./models/../models/tiny-chat", run_config=run_config)
     lines = []
-    publish(load_config(CONFIG_FILE), root=project, dry_run=True, echo=lines.append)
+    publish(
+        load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True), world=World(echo=lines.append)
+    )
     shown = "base model ./models/../models/tiny-chat"
     assert lines[0] == SMOKE_WARNING.format(where=where).replace("base model models/tiny-chat", shown)
 
@@ -302,5 +324,7 @@ def test_results_of_a_real_base_model_get_no_warning(project):
     real = "HuggingFaceTB/SmolLM2-135M-Instruct"
     _evaluated_smoke_run(project, base_model=real, run_config=["model.build_tiny=false", f"model.base_model={real}"])
     lines = []
-    publish(load_config(CONFIG_FILE), root=project, dry_run=True, echo=lines.append)
+    publish(
+        load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True), world=World(echo=lines.append)
+    )
     assert lines == ["Dry run: nothing is done. The real run would:", *PLAN]

@@ -2,6 +2,7 @@
 MLflow's own client."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ from {{ cookiecutter.package_name }}.registry import (
     CANDIDATE,
     CHAMPION,
     COMMAND,
+    ModelSourceError,
     fetch_model,
     is_model_uri,
+    resolve_model_source,
 )
 from {{ cookiecutter.package_name }}.runs import CONFIG_FILE, run_config_path
 from {{ cookiecutter.package_name }}.tracking import TrackingError
@@ -85,10 +88,41 @@ def test_unknown_model_uri_is_a_clear_error(uri):
 
 
 def test_local_folder_that_is_not_an_adapter_is_a_clear_error(tmp_path):
-    with pytest.raises(TrackingError, match=r"not a LoRA adapter folder \(no adapter_config\.json\)"):
-        fetch_model(str(tmp_path))
-    with pytest.raises(TrackingError, match="no such folder"):
-        fetch_model(str(tmp_path / "missing"))
+    with pytest.raises(ModelSourceError, match=r"not a LoRA adapter folder \(missing adapter_config\.json"):
+        resolve_model_source(str(tmp_path))
+    with pytest.raises(ModelSourceError, match="no such folder"):
+        resolve_model_source(str(tmp_path / "missing"))
+
+
+@pytest.mark.e2e
+def test_one_resolver_takes_every_model_source_form(smoke_run, smoke_config, tmp_path):
+    run_dir = shutil.copytree(smoke_run, tmp_path / "outputs" / "run")  # the only run there: `latest`
+    adapter, version, run_id = run_dir / "adapter", tracked(smoke_run)["model_version"], tracked(smoke_run)["run_id"]
+    local = {
+        "run folder": resolve_model_source(run_dir),
+        "adapter folder": resolve_model_source(str(adapter)),
+        "latest": resolve_model_source("latest", output_dir=tmp_path / "outputs"),
+        "None": resolve_model_source(None, output_dir=tmp_path / "outputs"),
+    }
+    for form, source in local.items():
+        assert (source.adapter_dir, source.tokenizer_dir, source.uri) == (adapter, adapter, None), form
+        assert (source.name, source.version, source.run_id) == ("run", version, run_id), form
+        assert source.run_dir == run_dir and source.config_path() == run_dir / CONFIG_FILE, form
+
+    uri = f"models:/{smoke_config().project}/{version}"  # registered by training
+    registered = resolve_model_source(uri)
+    assert (registered.uri, registered.version, registered.run_id) == (uri, version, run_id)
+    assert registered.run_dir is None and registered.base_model == local["latest"].base_model
+    logged = load_file(registered.adapter_dir / "adapter_model.safetensors")
+    assert logged.keys() == load_file(adapter / "adapter_model.safetensors").keys()
+    assert registered.config_path().read_text() == (smoke_run / CONFIG_FILE).read_text()  # the one logged to MLflow
+
+    missing = tmp_path / "outputs" / "gone"
+    with pytest.raises(ModelSourceError) as refused:
+        resolve_model_source(str(missing), given_as="--adapter")
+    assert str(refused.value).startswith(f"--adapter {missing}: no such folder; pass outputs/<run>/adapter, `latest`")
+    with pytest.raises(ModelSourceError, match=r"--model models:/no-such-model@champion: model .* not found"):
+        resolve_model_source("models:/no-such-model@champion")
 
 
 def test_model_uris_are_told_from_local_folders(tmp_path):

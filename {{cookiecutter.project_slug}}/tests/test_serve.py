@@ -24,8 +24,9 @@ from {{ cookiecutter.package_name }}.cli import app as cli_app
 from {{ cookiecutter.package_name }}.data.shop_example import SYSTEM_PROMPT
 from {{ cookiecutter.package_name }}.model.load import load_tokenizer
 from {{ cookiecutter.package_name }}.monitor.request_log import RECORD_KEYS
+from {{ cookiecutter.package_name }}.registry import ModelSourceError, resolve_model_source
 from {{ cookiecutter.package_name }}.serve.app import create_app
-from {{ cookiecutter.package_name }}.serve.loader import LoadedModel, ModelSourceError, resolve_model_source
+from {{ cookiecutter.package_name }}.serve.loader import LoadedModel
 from {{ cookiecutter.package_name }}.serve.settings import Settings
 
 CHAT = "/v1/chat/completions"

@@ -25,7 +25,9 @@ runner = CliRunner()
 def _space_config(tmp_path: Path, entry: str) -> Path:
     """A config whose sweep.space holds `entry` on line 4."""
     path = tmp_path / "space.yaml"
-    path.write_text(f"project: demo\nsweep:\n  space:\n    {entry}\n", encoding="utf-8")
+    path.write_text(
+        f"project: demo\nsweep:\n  space:\n    {entry}\nmodel:\n  base_model: org/model\n", encoding="utf-8"
+    )
     return path
 
 

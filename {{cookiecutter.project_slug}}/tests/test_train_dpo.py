@@ -33,12 +33,16 @@ def test_shipped_dpo_config_is_a_dpo_stage_on_the_smoke_data():
 
 
 def test_missing_sft_adapter_fails_before_any_output(smoke_config, tmp_path):
-    from {{ cookiecutter.package_name }}.train.sft import train
+    from {{ cookiecutter.package_name }}.preference.dpo import DPO
+    from {{ cookiecutter.package_name }}.train.sft import TrainError, train
 
     config = smoke_config(
         "train.stage=dpo", f"model.adapter={tmp_path / 'outputs' / 'gone'}", "train.run_name=dpo", root=tmp_path
     )
     with pytest.raises(PrefsError, match=r"model.adapter='.*gone': no SFT adapter there"):
+        train(config, config_name="dpo", recipe=DPO)
+    # A DPO config never trains as SFT by mistake: the recipe must be the stage's (cli.recipe_for picks it).
+    with pytest.raises(TrainError, match=r"train.stage=dpo, but the recipe given is sft"):
         train(config, config_name="dpo")
     assert not (tmp_path / "outputs").exists()
 

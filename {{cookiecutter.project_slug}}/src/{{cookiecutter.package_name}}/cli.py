@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -29,10 +27,13 @@ import typer
 import yaml
 
 from .clouds.cli import cloud_app
-from .config import Config, ConfigError, describe_keys, load_config
-from .errors import ProjectError
+from .config import Config, describe_keys, load_config
+from .errors import BadInput, ErrorBoundary, ProjectError
 
+# ErrorBoundary is the CLI's one error boundary: an expected error (errors.ProjectError) ends as `error: <message>`
+# and its class's exit code (bad input 2, failure 1), with no traceback; anything else is a bug and keeps its own.
 app = typer.Typer(
+    cls=ErrorBoundary,
     help="Fine-tune, evaluate, track and serve a LoRA-adapted LLM.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -79,6 +80,7 @@ def _silence_harmless_warnings() -> None:
             logger.addFilter(_DropRecordsStartingWith(prefix))
 
 
+DEFAULT_CONFIG = Path("configs/smoke.yaml")  # the offline tiny model: every command works without a download
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file (see configs/).")]
 Overrides = Annotated[
     list[str] | None,
@@ -86,19 +88,10 @@ Overrides = Annotated[
 ]
 
 
-def _load(config: Path, overrides: list[str] | None) -> Config:
-    """Load and validate a config; on a problem print every message and exit 2 before any work starts."""
-    try:
-        return load_config(config, overrides or [])
-    except ConfigError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-
-
 @config_app.command("show")
-def config_show(config: ConfigOption = Path("configs/smoke.yaml"), overrides: Overrides = None) -> None:
+def config_show(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
     """Print the resolved config (file + overrides + defaults) as YAML."""
-    resolved = _load(config, overrides)
+    resolved = load_config(config, overrides or [])
     typer.echo(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), nl=False)
 
 
@@ -126,27 +119,23 @@ def data_synth(
     from .data.shop_example import synthesize
 
     if out.is_dir() and any(out.iterdir()) and not force:
-        typer.secho(f"error: {out} is not empty; pass --force to overwrite it", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        raise BadInput(f"{out} is not empty; pass --force to overwrite it")
     counts = synthesize(out, n=n, seed=seed)
     typer.echo(f"wrote {out}: " + ", ".join(f"{split} {rows}" for split, rows in counts.items()))
 
 
 @data_app.command("validate")
-def data_validate(config: ConfigOption = Path("configs/smoke.yaml"), overrides: Overrides = None) -> None:
+def data_validate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
     """Report every data problem with file and line: schema, empty fields, duplicates, leakage, lengths."""
     from .data.dataset import validate_data
 
-    resolved = _load(config, overrides)
+    resolved = load_config(config, overrides or [])
     tokenizer = _offline_tokenizer(resolved.model.base_model, resolved.model.revision)
     if tokenizer is None:
         note = f"note: tokenizer of {resolved.model.base_model} is not available offline; token lengths not checked"
         typer.echo(note)
-    try:
-        problems = validate_data(resolved.data, tokenizer=tokenizer, task=resolved.task)
-    except ProjectError as err:  # nothing readable (missing path, bad extension): no problem list possible
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    # Nothing readable (a missing path, a bad extension) is a DataError (exit 2); problems found are listed (exit 1).
+    problems = validate_data(resolved.data, tokenizer=tokenizer, task=resolved.task)
     for problem in problems:
         typer.echo(str(problem))
     if problems:
@@ -173,15 +162,13 @@ def data_prefs(
     """Build DPO preference pairs from the training split: the SFT model's wrong answers, then corruptions."""
     from .preference.pairs import build_preferences
 
-    resolved = _load(config, overrides)
+    resolved = load_config(config, overrides or [])
     source = adapter or resolved.model.adapter
     if not source:
-        typer.secho("error: no SFT adapter: pass --adapter or set model.adapter", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        raise BadInput("no SFT adapter: pass --adapter or set model.adapter")
     _show_progress_messages()
-    with _known_errors():
-        folder = out or Path(resolved.dpo.data_path)
-        info = build_preferences(resolved, adapter=source, out_dir=folder, min_pairs=min_pairs, force=force)
+    folder = out or Path(resolved.dpo.data_path)
+    info = build_preferences(resolved, adapter=source, out_dir=folder, min_pairs=min_pairs, force=force)
     kinds = ", ".join(f"{kind} {count}" for kind, count in info["kinds"].items())
     typer.echo(f"wrote {folder}: train {info['rows']['train']}, validation {info['rows']['validation']} ({kinds})")
 
@@ -216,27 +203,13 @@ def task_init(
     """Infer the task from your data (kind, JSON fields, system prompt) and write a config; print what to check."""
     from .data.task_init import init_task
 
-    try:
-        _, lines = init_task(data_file, name=name, out=out, force=force, base=base, load_tokenizer=_offline_tokenizer)
-    except ProjectError as err:  # unreadable data, an existing --out: nothing was written
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    # Unreadable data or an existing --out: bad input (exit 2), nothing written.
+    _, lines = init_task(data_file, name=name, out=out, force=force, base=base, load_tokenizer=_offline_tokenizer)
     for line in lines:
         typer.echo(line)
 
 
 # --- train, evaluate, merge ------------------------------------------------------------------
-
-
-@contextmanager
-def _known_errors() -> Iterator[None]:
-    """Turn an expected problem (bad data, model, run folder) into `error: ...` and exit 1, no traceback.
-    Every module's expected errors derive from ProjectError; anything else is a bug and keeps its traceback."""
-    try:
-        yield
-    except ProjectError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -281,7 +254,7 @@ def recipe_for(config: Config):  # -> train.sft.Recipe | None (None: SFT)
 
 @app.command()
 def train(
-    config: ConfigOption = Path("configs/smoke.yaml"),
+    config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run's last checkpoint (train.run_name, else the newest run).")
@@ -303,7 +276,7 @@ def train(
     from .model.device import is_main_process
     from .train.sft import train as run_training
 
-    resolved = _load(config, overrides)
+    resolved = load_config(config, overrides or [])
     # >>> multi_gpu
     if nproc * num_machines > 1 or strategy != "ddp":  # several processes: this one only launches them
         args = ["--config", str(config), *(["--resume"] if resume else []), *(overrides or [])]
@@ -312,8 +285,7 @@ def train(
         raise typer.Exit(_launch_training(resolved, train_args=args, launch=launch))
     # <<< multi_gpu
     _show_progress_messages()
-    with _known_errors():
-        run_dir = run_training(resolved, config_name=config.stem, resume=resume, recipe=recipe_for(resolved))
+    run_dir = run_training(resolved, config_name=config.stem, resume=resume, recipe=recipe_for(resolved))
     if is_main_process():  # launched by accelerate, the other processes print nothing
         typer.secho(f"adapter: {run_dir / 'adapter'}", fg=typer.colors.GREEN)
 
@@ -321,27 +293,28 @@ def train(
 # >>> multi_gpu
 def _launch_training(resolved: Config, *, train_args: list[str], launch: dict) -> int:
     """Run `train` in several processes through `accelerate launch` (the command of distributed.launch_command,
-    printed first); return its exit status. What cannot run here is refused first (exit 2), nothing started."""
+    printed first); return its exit status. What cannot run here is refused first (DistributedError: exit 2),
+    nothing started."""
     import shlex
     import subprocess
 
     from .distributed import launch as distributed
     from .model.device import resolve_device
 
+    shape = distributed.LaunchShape(**launch)
     try:
         # train.device=cpu needs no torch import here (seconds before the launch starts)
         device = "cpu" if resolved.train.device == "cpu" else resolve_device(resolved.train.device)
         distributed.check_launch(
-            nproc=launch["nproc"],
-            strategy=launch["strategy"],
+            nproc=shape.nproc,
+            strategy=shape.strategy,
             device=device,
             load_in_4bit=resolved.model.load_in_4bit,
             devices_available=distributed.devices_available(device),
         )
-        command = distributed.launch_command(**launch, train_args=train_args)
-    except ProjectError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        return 2
+        command = distributed.launch_command(shape, train_args=train_args)
+    except ProjectError as err:  # e.g. train.device=cuda without a GPU: a launch that cannot run, as the rest
+        raise distributed.DistributedError(str(err)) from None
     beside_python = Path(sys.executable).with_name(command[0])  # this environment's accelerate, not another's
     typer.echo(f"$ {shlex.join(command)}", err=True)
     if beside_python.is_file():
@@ -353,7 +326,7 @@ def _launch_training(resolved: Config, *, train_args: list[str], launch: dict) -
 # >>> sweeps
 @app.command()
 def sweep(
-    config: ConfigOption = Path("configs/smoke.yaml"),
+    config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
     trials: Annotated[
         int, typer.Option(min=1, help="Finished trials the study should hold; a continued study runs only the rest.")
@@ -368,20 +341,13 @@ def sweep(
     """Search the config's sweep.space with Optuna (pruning bad trials); writes configs/best.yaml and plots."""
     import time
 
-    from .sweep.sweep import SweepError, check_space, run_sweep
+    from .sweep.sweep import check_space, run_sweep
 
-    _load(config, overrides)
-    try:  # an unknown key or impossible range: refused before any training
-        check_space(config, overrides=overrides or [])
-    except (SweepError, ConfigError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    load_config(config, overrides or [])
+    check_space(config, overrides=overrides or [])  # an unknown key or impossible range: refused before training
     _show_progress_messages()
     started = time.monotonic()
-    with _known_errors():
-        result = run_sweep(
-            config, trials=trials, overrides=overrides or [], study_name=study_name, best_config=best_config
-        )
+    result = run_sweep(config, trials=trials, overrides=overrides or [], study_name=study_name, best_config=best_config)
     counts = ", ".join(f"{count} {state.lower()}" for state, count in sorted(result.states.items()))
     typer.echo(f"study {result.study_name}: {counts} ({result.ran} run now, {time.monotonic() - started:.0f} s)")
     for note in result.notes:
@@ -426,16 +392,16 @@ def evaluate(
     With tracking on, logs the metrics to the model's MLflow run and runs the promotion gate."""
     from .config import TrainConfig
     from .evaluate.evaluate import evaluate as run_evaluation
-    from .evaluate.evaluate import run_config_file
+    from .registry import ModelSource, resolve_model_source
 
     _show_progress_messages()
-    if config is None:
-        with _known_errors():  # no adapter yet, or a model URI that MLflow does not know
-            config = run_config_file(adapter, output_dir=TrainConfig().output_dir) or Path("configs/smoke.yaml")
+    model: str | ModelSource | None = adapter
+    if config is None:  # the run's own config: the model is resolved here, once
+        model = resolve_model_source(adapter, output_dir=TrainConfig().output_dir, given_as="--adapter")
+        config = model.config_path() or DEFAULT_CONFIG
         typer.echo(f"config: {config}", err=True)
-    resolved = _load(config, overrides)
-    with _known_errors():
-        report = run_evaluation(resolved, adapter_dir=adapter, other_data=other_data)
+    resolved = load_config(config, overrides or [])
+    report = run_evaluation(resolved, adapter_dir=model, other_data=other_data)
     baselines = report.get("baselines", {})
     columns = {"majority": baselines.get("majority"), "base": report["base"]}
     columns |= {"few_shot": baselines.get("few_shot"), "finetuned": report["finetuned"]}
@@ -447,24 +413,46 @@ def evaluate(
 
 @app.command()
 def promote(
-    config: ConfigOption = Path("configs/smoke.yaml"),
+    config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
     version: Annotated[str | None, typer.Option(help="Registered version to judge; default: @candidate.")] = None,
 ) -> None:
     """Promotion gate: alias the candidate `champion` if it beats the champion on tracking.promotion_metric."""
     from .evaluate.gate import promote as run_gate
 
-    resolved = _load(config, overrides)
-    with _known_errors():
-        decision = run_gate(resolved, version=version, report_dir=Path(resolved.eval.report_dir))
+    resolved = load_config(config, overrides or [])
+    decision = run_gate(resolved, version=version, report_dir=Path(resolved.eval.report_dir))
     verdict = "promoted to champion" if decision.promoted else "not promoted"
     color = typer.colors.GREEN if decision.promoted else typer.colors.YELLOW
     typer.secho(f"{decision.model} version {decision.candidate_version}: {verdict} ({decision.reason})", fg=color)
 
 
+def _evaluated_run_config() -> Path:
+    """The config of the run that reports/eval.json scored (its outputs/<run>/config.yaml, else the copy in its
+    MLflow run), so that `report` describes and prices that run; DEFAULT_CONFIG before any evaluation."""
+    from .config import EvalConfig, TrainConfig
+    from .report.facts import ReportError, find_run_dir, read_results
+    from .runs import run_config_path
+
+    try:
+        run = read_results(Path(EvalConfig().report_dir))["run"]
+    except ReportError:
+        return DEFAULT_CONFIG
+    run_dir = find_run_dir(run, output_dir=Path(TrainConfig().output_dir))
+    return run_config_path(run_dir=run_dir, run_id=run.get("mlflow_run_id")) or DEFAULT_CONFIG
+
+
 @app.command()
 def report(
-    config: ConfigOption = Path("configs/smoke.yaml"),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML config file; default: the config of the run reports/eval.json scored.",
+            show_default=False,
+        ),
+    ] = None,
     overrides: Overrides = None,
     readme: Annotated[
         Path,
@@ -478,16 +466,15 @@ def report(
     """Plots (reports/*.png), the README results section and MODEL_CARD.md from the last evaluation."""
     from .report import write_report
 
-    resolved = _load(config, overrides)
+    resolved = load_config(config or _evaluated_run_config(), overrides or [])
     _show_progress_messages()
-    with _known_errors():
-        written = write_report(resolved, readme=readme, model_card=model_card)
+    written = write_report(resolved, readme=readme, model_card=model_card)
     typer.secho("wrote " + ", ".join(str(path) for path in written), fg=typer.colors.GREEN)
 
 
 @app.command()
 def publish(
-    config: ConfigOption = Path("configs/smoke.yaml"),
+    config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every command and API call; do nothing.")] = False,
     yes: Annotated[
@@ -507,23 +494,15 @@ def publish(
     """Create the GitHub repository with `gh` and push (asks first); --hf also publishes the model on the Hub."""
     import sys
 
+    from .publish import PublishRequest, World
     from .publish import publish as run_publish
 
-    resolved = _load(config, overrides)
-    with _known_errors():
-        run_publish(
-            resolved,
-            root=Path.cwd(),
-            repo=repo,
-            private=private,
-            hf=hf,
-            hf_repo=hf_repo,
-            yes=yes,
-            dry_run=dry_run,
-            interactive=sys.stdin.isatty(),
-            confirm=lambda question: typer.confirm(question, default=False),
-            echo=typer.echo,
-        )
+    resolved = load_config(config, overrides or [])
+    request = PublishRequest(
+        repo=repo, private=private, hf=hf, hf_repo=hf_repo, yes=yes, dry_run=dry_run, interactive=sys.stdin.isatty()
+    )
+    world = World(confirm=lambda question: typer.confirm(question, default=False), echo=typer.echo)
+    run_publish(resolved, root=Path.cwd(), request=request, world=world)
 
 
 @app.command()
@@ -535,8 +514,7 @@ def merge(
     from .model.load import merge_adapter
 
     _show_progress_messages()
-    with _known_errors():
-        merged = merge_adapter(adapter, out)
+    merged = merge_adapter(adapter, out)
     typer.secho(f"merged model: {merged}", fg=typer.colors.GREEN)
 
 
@@ -565,13 +543,13 @@ def serve(
     """Serve the model: OpenAI-compatible API, /metrics, demo page at /. Other settings: LLM_* variables."""
     import uvicorn
 
+    from .registry import resolve_model_source
     from .serve.app import create_app
-    from .serve.loader import resolve_model_source
 
     settings = _serve_settings(model=model, config=config)
     _show_progress_messages()
-    with _known_errors():  # a wrong --model fails here, before the server starts
-        source = resolve_model_source(settings.model, output_dir=settings.output_dir)
+    # A wrong --model fails here, before the server starts.
+    source = resolve_model_source(settings.model, output_dir=settings.output_dir)
     typer.echo(f"serving {source.adapter_dir} at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
     # After SIGTERM, in-flight requests get shutdown_timeout_s to finish; then their connections are closed.
     uvicorn.run(create_app(settings), host=host, port=port, timeout_graceful_shutdown=settings.shutdown_timeout_s)
@@ -592,7 +570,7 @@ def serve_vllm(
     print_only: Annotated[bool, typer.Option("--print", help="Print the vLLM command instead of running it.")] = False,
 ) -> None:
     """Serve the model with vLLM on a GPU: same model id, chat template and API key (LLM_API_KEY) as `serve`."""
-    from .distributed.vllm import exec_vllm, printable, resolve_target, vllm_command
+    from .distributed.vllm import VllmError, exec_vllm, printable, resolve_target, vllm_command
 
     settings = _serve_settings(model=model, config=config)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
@@ -603,13 +581,12 @@ def serve_vllm(
             return
         exec_vllm(command)
     except ProjectError as err:  # no model, a rank vLLM cannot serve, vLLM not installed: nothing started
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        raise VllmError(str(err)) from None
 
 
 # <<< multi_gpu
 def _serve_settings(*, model: str | None, config: Path | None):  # -> serve.settings.Settings
-    """LLM_* variables (and .env) with the command's options on top; exit 2 naming each bad variable."""
+    """LLM_* variables (and .env) with the command's options on top; BadInput (exit 2) naming each bad variable."""
     from pydantic import ValidationError
 
     from .serve.settings import Settings
@@ -617,13 +594,14 @@ def _serve_settings(*, model: str | None, config: Path | None):  # -> serve.sett
     try:
         settings = Settings(**{key: value for key, value in {"model": model, "config": config}.items() if value})
     except ValidationError as err:
-        for problem in err.errors():
-            name = f"LLM_{'_'.join(str(part) for part in problem['loc']).upper()}"
-            message = f"error: {name}: {problem['msg']} (got {problem.get('input')!r})"
-            typer.secho(message, fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        problems = [
+            f"LLM_{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']} "
+            f"(got {problem.get('input')!r})"
+            for problem in err.errors()
+        ]
+        raise BadInput("\n  ".join(problems)) from None
     if settings.config is not None:
-        _load(settings.config, [])  # exits 2 with the problems of a bad config file
+        load_config(settings.config)  # a bad config file: ConfigError, exit 2
     return settings
 
 
@@ -639,7 +617,7 @@ def monitor_drift(
     reference: Annotated[
         str | None, typer.Option(help="Training data (folder, file or hub id); default: data.path.", show_default=False)
     ] = None,
-    config: ConfigOption = Path("configs/smoke.yaml"),
+    config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
     tokenizer: Annotated[
         str | None,
@@ -657,15 +635,14 @@ def monitor_drift(
     from .monitor.drift import DriftError, check_drift, log_to_mlflow, served_tokenizer, write_reports
 
     threshold_override = [] if threshold is None else [f"monitor.drift_threshold={threshold}"]
-    resolved = _load(config, [*(overrides or []), *threshold_override])
+    resolved = load_config(config, [*(overrides or []), *threshold_override])
     counter = served_tokenizer(resolved, tokenizer)
     try:
         if counter is None and tokenizer is not None:
             raise DriftError(f"--tokenizer {tokenizer}: no tokenizer there (local folders and the hub cache only)")
         report, snapshot = check_drift(resolved, current=current, reference=reference, tokenizer=counter)
-    except ProjectError as err:  # unreadable log or data, too few requests: no verdict possible
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    except ProjectError as err:  # unreadable log or data, too few requests: no verdict possible (exit 2)
+        raise DriftError(str(err)) from None
     files = write_reports(report, snapshot, out)
     for note in report["notes"]:
         typer.echo(f"note: {note}")

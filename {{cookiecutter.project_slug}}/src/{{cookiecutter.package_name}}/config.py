@@ -16,10 +16,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ProjectError
+from .errors import BadInput
 
 
-class ConfigError(ProjectError, ValueError):
+class ConfigError(BadInput, ValueError):
     """A config file or override is invalid; the message lists every problem found."""
 
 
@@ -68,8 +68,9 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    """Model to fine-tune: a hub id (`org/name`) or a local folder saved with `save_pretrained`."""
+    base_model: str
+    """Model to fine-tune: a hub id (`org/name`) or a local folder saved with `save_pretrained`. Required: each
+    config names its own (configs/default.yaml the one chosen when the project was made)."""
     build_tiny: bool = False
     """Build a tiny randomly initialised model at `base_model` when that folder does not exist yet.
     Only for offline smoke runs and tests: it has no language knowledge."""
@@ -347,7 +348,7 @@ class Config(_Section):
     """Project slug: the MLflow experiment and registered model name."""
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -1,10 +1,37 @@
-"""The one base class of every expected error: bad input, a missing file or run, an unreachable service.
+"""The one base class of every expected error, and the one place where it becomes an exit code.
 
-Each module raises its own subclass (ConfigError, DataError, TrackingError, ...) with a message that says
-what is wrong and how to fix it; the CLI catches ProjectError, prints the message and exits non-zero, so a
-user never sees a traceback for a mistake they can fix. Anything else is a bug and keeps its traceback.
+Each module raises its own subclass (ConfigError, DataError, TrackingError, ...) with a message that says what
+is wrong and how to fix it. Its class says which kind of problem it is: `exit_code` 2 for bad input (a setting,
+a file, a variable the user can fix; nothing was done), 1 for a failure while working. Every command line of
+the project (cli.py, the deploy modules) is a Typer app of class `ErrorBoundary`, which prints the message and
+exits with that code, so a user never sees a traceback for a mistake they can fix. Anything else is a bug and
+keeps its traceback.
 """
+
+from __future__ import annotations
+
+import typer
+from typer.core import TyperGroup
 
 
 class ProjectError(Exception):
     """An expected failure whose message is meant for the user (names the field, file or line and the fix)."""
+
+    exit_code = 1
+
+
+class BadInput(ProjectError):
+    """Bad input: a setting, file or variable to fix before anything can run; nothing was done."""
+
+    exit_code = 2
+
+
+class ErrorBoundary(TyperGroup):
+    """A command group whose commands' ProjectErrors end as `error: <message>` and the error's exit code."""
+
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except ProjectError as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(err.exit_code) from None

@@ -55,51 +55,60 @@ class GitState:
     identity: bool  # user.name and user.email are set (a commit needs them)
 
 
-def publish(
-    config: Config,
-    *,
-    root: Path,
-    repo: str | None = None,
-    private: bool = False,
-    hf: bool = False,
-    hf_repo: str | None = None,
-    yes: bool = False,
-    dry_run: bool = False,
-    interactive: bool = False,
-    confirm: Callable[[str], bool] = lambda question: False,
-    echo: Callable[[str], None] = print,
-    run: Runner | None = None,
-    which: Callable[[str], str | None] = shutil.which,
-    hf_api: Callable[[str], Any] | None = None,
-) -> None:
-    """Plan, show, confirm, then do. `run`, `which` and `hf_api` (token -> HfApi-like client) are the
-    outside world, replaced in tests. Every check that needs no network runs before anything is done."""
-    run = run or _runner(root)
+@dataclass(frozen=True)
+class PublishRequest:
+    """What the user asked for: the `publish` command's options."""
+
+    repo: str | None = None  # None: [project.urls] Repository in pyproject.toml
+    private: bool = False
+    hf: bool = False
+    hf_repo: str | None = None  # None: <your Hub user>/<project>
+    yes: bool = False
+    dry_run: bool = False
+    interactive: bool = False  # stdin is a terminal: someone is there to confirm
+
+
+@dataclass(frozen=True)
+class World:
+    """The outside world publishing talks to, replaced in tests. `run` None: commands run in the project folder
+    (which only `publish` knows); `hf_api` None: huggingface_hub's HfApi (token -> HfApi-like client)."""
+
+    confirm: Callable[[str], bool] = lambda question: False
+    echo: Callable[[str], None] = print
+    run: Runner | None = None
+    which: Callable[[str], str | None] = shutil.which
+    hf_api: Callable[[str], Any] | None = None
+
+
+def publish(config: Config, *, root: Path, request: PublishRequest, world: World = World()) -> None:
+    """Plan, show, confirm, then do. Every check that needs no network runs before anything is done."""
+    echo, which, private = world.echo, world.which, request.private
+    run = world.run or _runner(root)
     project = _project(root)
     smoke = smoke_results_warning(config, root=root)
     if smoke:
         echo(smoke)
-    repo = repo or _repo_from_url(project["repository"])
+    repo = request.repo or _repo_from_url(project["repository"])
     _check_repo_name(repo)
     if which("git") is None:
         raise PublishError("git is not installed (https://git-scm.com); nothing was done")
     state = inspect_git(root, run=run)
     _check_git(state, root=root, repo=repo)
-    hf_plan = _hf_inputs(config, root=root) if hf else None
-    token = _hf_token() if hf else ""
+    hf_plan = _hf_inputs(config, root=root) if request.hf else None
+    token = _hf_token() if request.hf else ""
 
-    if dry_run:
+    if request.dry_run:
         steps = [
             Step("$ gh auth status    (check: logged in)"),
             *([] if _origin_matches(state, repo) else [Step(f"$ gh repo view {repo}    (check: must not exist yet)")]),
             *git_steps(state, repo=repo, private=private, description=project["description"], name=project["name"]),
         ]
         if hf_plan:
-            steps += hf_steps(None, repo_id=hf_repo, slug=project["slug"], private=private, **hf_plan)
+            steps += hf_steps(None, repo_id=request.hf_repo, slug=project["slug"], private=private, **hf_plan)
         _show(echo, "Dry run: nothing is done. The real run would:", steps, state)
         return
 
-    if not yes and not interactive:
+    if not request.yes and not request.interactive:
         raise PublishError(
             "stdin is not a terminal, so there is no one to confirm: pass --yes to publish without the question, "
             "or --dry-run to see the plan; nothing was done"
@@ -107,10 +116,10 @@ def publish(
     _check_gh(run=run, which=which, repo=repo, creating=not _origin_matches(state, repo))
     steps = git_steps(state, repo=repo, private=private, description=project["description"], name=project["name"])
     if hf_plan:
-        api = (hf_api or _hf_client)(token)
-        steps += hf_steps(api, repo_id=hf_repo, slug=project["slug"], private=private, **hf_plan)
+        api = (world.hf_api or _hf_client)(token)
+        steps += hf_steps(api, repo_id=request.hf_repo, slug=project["slug"], private=private, **hf_plan)
     _show(echo, "Publishing will:", steps, state)
-    if not yes and not confirm("Go ahead?"):
+    if not request.yes and not world.confirm("Go ahead?"):
         raise PublishError("not confirmed; nothing was done")
     _execute(steps, run=run, echo=echo)
     echo(f"published: https://github.com/{repo}")

@@ -7,9 +7,10 @@
 
 Registered model name = the config's `project`; alias `candidate` = the newest version, `champion` = the
 version that won the gate (it beats the champion on `tracking.promotion_metric`, scored on the same test rows:
-the `evaluation.test_digest` tags of both training runs must agree). Evaluation, serving and
-deployment load a model through one function, `fetch_model`, whatever the source: `models:/<name>@<alias>`,
-`models:/<name>/<version>`, `runs:/<run id>/model`, or a local adapter folder.
+the `evaluation.test_digest` tags of both training runs must agree). Serving, evaluation, preference pairs,
+drift, the deploy bundle and vLLM find a model through one function, `resolve_model_source`, whatever the
+source: `latest` (the newest outputs/*/adapter), a run folder outputs/<run>, its adapter folder, or an MLflow
+model URI `models:/<name>@<alias>`, `models:/<name>/<version>`, `runs:/<run id>/model` (downloaded).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from .config import Config
-from .model.load import read_adapter_config
-from .runs import read_tracking_file
+from .model.load import ModelSourceError, check_adapter_dir, newest_adapter, read_adapter_config
+from .runs import read_tracking_file, run_config_path
 from .tracking import (
     TrackingError,
     client,
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION = "candidate", "champion"
 MODEL_ARTIFACT = "model"  # name of the logged MLflow model inside each run
 COMMAND = __package__.replace("_", "-")  # the console script, as in __main__.py: named in the reasons
+LATEST = "latest"  # the model source meaning the newest outputs/*/adapter
+_URIS = "models:/<name>@champion, models:/<name>/<version> or runs:/<id>/model"
 
 
 def is_model_uri(source: str | Path) -> bool:
@@ -134,7 +137,7 @@ def alias_or_none(mlflow_client: MlflowClient, name: str, alias: str) -> ModelVe
         return None
 
 
-# ---- loading by URI -------------------------------------------------------------------------------------
+# ---- resolving a model source ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -148,58 +151,73 @@ class ModelSource:
     version: str | None
     run_id: str | None
     """The MLflow run that trained it (None for an untracked local adapter)."""
+    uri: str | None = None
+    """The MLflow model URI it was downloaded from; None for a local adapter folder."""
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder holding the adapter (its config.yaml, tracking.json); None for a downloaded model."""
+        return None if self.uri else self.adapter_dir.parent
+
+    def config_path(self, *, ask_mlflow: bool = True) -> Path | None:
+        """The config.yaml that trained it: the run folder's, else (`ask_mlflow`) the copy logged to its MLflow
+        run, else None."""
+        return run_config_path(run_dir=self.run_dir, run_id=self.run_id if ask_mlflow else None)
 
 
-def fetch_model(source: str, *, download_dir: Path | None = None) -> ModelSource:
-    """The one loading function of evaluation and serving. `source` is `models:/<name>@<alias>`,
-    `models:/<name>/<version>`, `runs:/<run id>/model`, or a local adapter folder."""
+def resolve_model_source(
+    source: str | Path | None, *, output_dir: str | Path = "outputs", given_as: str = "--model"
+) -> ModelSource:
+    """The one model-source resolver (serving, evaluation, preference pairs, drift, the deploy bundle, vLLM).
+
+    `source` is `latest` or None (the newest `output_dir`/*/adapter), a run folder holding adapter/, an adapter
+    folder, or an MLflow model URI (models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model), which
+    is downloaded. ModelSourceError (a ModelError) names the source as `given_as` it (--model, --adapter,
+    model.adapter) and what to pass instead."""
+    if source is None or str(source) == LATEST:
+        return _local_source(newest_adapter(output_dir, given_as=given_as))
     if is_model_uri(source):
-        return _fetch_from_mlflow(source, download_dir=download_dir)
-    return _local_source(Path(source))
-
-
-def model_run_id(source: str) -> str | None:
-    """The MLflow run that trained `source` (a model URI or an adapter folder), found without downloading the
-    model; None for an untracked local adapter."""
-    if is_model_uri(source):
-        return _identify(source)[2]
-    return (read_tracking_file(Path(source).parent) or {}).get("run_id")
+        try:
+            return fetch_model(str(source))
+        except TrackingError as err:
+            raise ModelSourceError(f"{given_as} {source}: {err}") from None
+    folder = Path(source).expanduser()
+    adapter_dir = folder / "adapter" if (folder / "adapter").is_dir() else folder  # a run folder: its adapter
+    if not adapter_dir.is_dir():
+        raise ModelSourceError(
+            f"{given_as} {source}: no such folder; pass outputs/<run>/adapter, `latest` or a model URI ({_URIS})"
+        )
+    return _local_source(adapter_dir)
 
 
 def _local_source(adapter_dir: Path) -> ModelSource:
-    uris = "models:/<name>@champion, models:/<name>/<version> or runs:/<id>/model"
-    if not adapter_dir.exists():
-        raise TrackingError(f"{adapter_dir}: no such folder; pass outputs/<run>/adapter or a model URI ({uris})")
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise TrackingError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json) nor a URI ({uris})")
-    base = read_adapter_config(adapter_dir)["base_model_name_or_path"]
+    check_adapter_dir(adapter_dir)  # the weights and a readable adapter_config.json, before anything loads
     tracked = read_tracking_file(adapter_dir.parent) or {}
     return ModelSource(
         adapter_dir=adapter_dir,
         tokenizer_dir=adapter_dir,
-        base_model=base,
+        base_model=read_adapter_config(adapter_dir)["base_model_name_or_path"],
         name=adapter_dir.parent.name,
         version=tracked.get("model_version"),
         run_id=tracked.get("run_id"),
     )
 
 
-def _fetch_from_mlflow(source: str, *, download_dir: Path | None) -> ModelSource:
+def fetch_model(uri: str, *, download_dir: Path | None = None) -> ModelSource:
+    """Download the MLflow model `uri` (models:/<name>@<alias>, models:/<name>/<version>, runs:/<id>/model);
+    TrackingError when the store has no such model. Callers resolve sources with `resolve_model_source`."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=download_dir and str(download_dir))
-        )
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=download_dir and str(download_dir)))
     except MlflowException as err:
-        raise TrackingError(f"model {source} not found in {tracking_uri()}: {err.message.splitlines()[0]}") from None
+        raise TrackingError(f"model {uri} not found in {tracking_uri()}: {err.message.splitlines()[0]}") from None
     # The transformers flavor of the MLmodel file names the adapter folder and the base it adapts.
     flavor = Model.load(local).flavors["transformers"]
-    name, version, run_id = _identify(source)
+    name, version, run_id = _identify(uri)
     return ModelSource(
         adapter_dir=local / flavor["peft_adaptor"],
         tokenizer_dir=local / "components" / "tokenizer",
@@ -207,6 +225,7 @@ def _fetch_from_mlflow(source: str, *, download_dir: Path | None) -> ModelSource
         name=name,
         version=version,
         run_id=run_id,
+        uri=uri,
     )
 
 

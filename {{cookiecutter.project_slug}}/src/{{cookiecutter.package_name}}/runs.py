@@ -1,6 +1,6 @@
 """What a training run leaves in outputs/<run>/, and how to find it again.
 
-    outputs/<run>/adapter/          the LoRA adapter + tokenizer (model.py and registry.py load it)
+    outputs/<run>/adapter/          the LoRA adapter + tokenizer (model/load.py and registry.py load it)
     outputs/<run>/config.yaml       CONFIG_FILE: the resolved config, also logged to the MLflow run
     outputs/<run>/train_log.json    TRAIN_LOG: loss by step, wall time, hardware (`report` reads it)
     outputs/<run>/tracking.json     TRACKING_FILE: the MLflow run and registered version of this folder

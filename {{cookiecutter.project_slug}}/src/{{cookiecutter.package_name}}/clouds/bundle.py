@@ -31,9 +31,8 @@ import typer
 from ..config import load_config
 from ..errors import ProjectError
 from ..model.load import ModelError, read_adapter_config
-from ..registry import ModelSource
-from ..runs import CONFIG_FILE, TRACKING_FILE, run_config_path
-from ..serve.loader import ModelSourceError, resolve_model_source
+from ..registry import ModelSource, resolve_model_source
+from ..runs import CONFIG_FILE, TRACKING_FILE
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def choose_source(model: str, *, fallback: str | None, output_dir: Path = Path("
     for candidate in [model, fallback] if fallback else [model]:
         try:
             return candidate, resolve_model_source(candidate, output_dir=output_dir)
-        except (ModelSourceError, ModelError) as err:
+        except ModelError as err:  # no such model, or not a loadable adapter
             tried.append(str(err))
             log.info("model %s not available: %s", candidate, err)
     raise BundleError(
@@ -121,7 +120,7 @@ def _copy_base(base_model: str, target: Path) -> None:
 
 
 def _run_config(source: ModelSource):  # -> Config | None
-    logged = run_config_path(run_dir=source.adapter_dir.parent, run_id=source.run_id)
+    logged = source.config_path()
     return load_config(logged) if logged else None
 
 

@@ -6,43 +6,24 @@
     <project> cloud status JOB | cloud fetch JOB | cloud cancel JOB
     # <<< cloud_training
 
-Bad input (a second import of the same run, a bad file) ends with exit 2; other expected failures with exit 1.
+Bad input (a second import of the same run, a bad file) ends with exit 2, other expected failures with exit 1
+(errors.ErrorBoundary, through cli.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..config import ConfigError, load_config
-from ..errors import ProjectError
-from .settings import DeploySettingsError
+from ..config import load_config
 
 cloud_app = typer.Typer(
     help="Import a run trained on another machine (notebook, cloud job) into MLflow.", no_args_is_help=True
 )
-BAD_INPUT: tuple[type[Exception], ...] = (ConfigError, DeploySettingsError)  # exit 2: fix the input and run again
-
-
-@contextmanager
-def errors() -> Iterator[None]:
-    """Bad input (settings, config, staging, a second import) exits 2; other expected failures 1."""
-    from .importer import RunImportError
-    from .staging import StagingError
-
-    try:
-        yield
-    except (*BAD_INPUT, StagingError, RunImportError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    except ProjectError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
 
 
 # A job id fetcher, plugged in by the cloud_training extra (clouds/jobs/cli.py): `cloud fetch JOB`.
@@ -56,11 +37,10 @@ def fetch(
     """Read a run .zip or folder (or download a cloud job's), import it into outputs/, reports/ and MLflow
     (registered version aliased candidate, promotion gate), and rewrite the report."""
     path = Path(source)
-    with errors():
-        if fetch_job is not None and not path.exists():
-            fetch_job(source)
-        else:
-            import_file(path)
+    if fetch_job is not None and not path.exists():
+        fetch_job(source)
+    else:
+        import_file(path)
 
 
 def import_file(path: Path) -> None:

@@ -153,12 +153,13 @@ def _train(config, *, config_file: Path, config_name: str, nproc: int, resume: b
     import tempfile
 
     from ..config import dump_config
-    from ..distributed.launch import launch_command
+    from ..distributed.launch import LaunchShape, launch_command
 
     with tempfile.TemporaryDirectory() as scratch:
         resolved = Path(scratch) / f"{config_name}.yaml"  # the launched `train` names runs after the file
         dump_config(config, resolved)
-        command = launch_command(nproc=nproc, train_args=["--config", str(resolved), *(["--resume"] if resume else [])])
+        train_args = ["--config", str(resolved), *(["--resume"] if resume else [])]
+        command = launch_command(LaunchShape(nproc=nproc), train_args=train_args)
         log.info("+ %s", " ".join(command))
         finished = subprocess.run(command, check=False)
     if finished.returncode in (INTERRUPTED, -15):  # the launcher stopped by SIGTERM: a spot interruption

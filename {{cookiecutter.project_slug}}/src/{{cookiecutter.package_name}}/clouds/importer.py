@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
-from ..errors import ProjectError
+from ..errors import BadInput
 from ..runs import CONFIG_FILE, TRAIN_LOG, write_tracking_file
 from .entrypoint import JOB_FILE
 
@@ -32,7 +32,7 @@ JOB_ID_TAG = "cloud.job_id"
 EVAL_FILES = ("eval.json", "eval.md")
 
 
-class RunImportError(ProjectError, ValueError):
+class RunImportError(BadInput, ValueError):
     """A job's output cannot be imported (files missing, already imported, run folder taken); nothing changed."""
 
 

@@ -1,6 +1,6 @@
 """Deploy variables: read from the environment and `.env` (the environment wins), all checked at once.
 
-    python -m <package>.deploy.aws settings     # prints `export NAME=value` lines for deploy.sh, or exits 2
+    python -m <package>.clouds.aws.deploy settings     # prints `export NAME=value` lines for deploy.sh, or exits 2
 
 A missing value, a placeholder left from .env.example (REPLACE_ME, <...>, your-...) or a malformed value
 is reported with the variable's name and the fix, every problem in one message, before any command runs,
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ProjectError
+from ..errors import BadInput
 
 # Values people leave in from .env.example or documentation. Case-insensitive.
 PLACEHOLDER = re.compile(
@@ -26,7 +26,7 @@ PLACEHOLDER = re.compile(
 )
 
 
-class DeploySettingsError(ProjectError, ValueError):
+class DeploySettingsError(BadInput, ValueError):
     """One or more deploy variables are missing or wrong; the message names each one and the fix."""
 
 

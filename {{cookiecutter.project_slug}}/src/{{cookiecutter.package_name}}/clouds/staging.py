@@ -29,7 +29,7 @@ import tarfile
 from pathlib import Path
 
 from ..config import Config, dump_config
-from ..errors import ProjectError
+from ..errors import BadInput
 
 ARCHIVE, CONFIG, LAUNCHER, MANIFEST = "project.tar.gz", "config.yaml", "run.sh", "manifest.json"
 LOCAL = "local.json"  # the settings as they are on this machine (local_settings)
@@ -38,7 +38,7 @@ PROJECT_FILES = ("pyproject.toml", "README.md", "LICENSE")
 SKIPPED = ("__pycache__", ".pyc", ".egg-info")
 
 
-class StagingError(ProjectError, ValueError):
+class StagingError(BadInput, ValueError):
     """The job's inputs cannot be staged (the data is not local, the project files are missing); the
     message names the file or setting and the fix."""
 

@@ -1,6 +1,6 @@
 """Load, validate, format and split training data into chat `messages` rows.
 
-    <project> data synth --out data/shop_extraction     # the shipped example (see task.py)
+    <project> data synth --out data/shop_extraction     # the shipped example (see shop_example.py)
     <project> data validate --config configs/smoke.yaml  # every problem, with file and line
 
 `data.path` is a folder of train/validation/test files (.jsonl, .csv, .parquet), one such file, or a
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, DataConfig, TaskConfig
-from ..errors import ProjectError
+from ..errors import BadInput
 from ..tasks.answers import parse_prediction
+from ..tasks.kinds import task_kind
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -42,7 +43,7 @@ ACCEPTED_FORMS = "`messages`, `prompt` + `completion`, or `instruction` + `outpu
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-class DataError(ProjectError, ValueError):
+class DataError(BadInput, ValueError):
     """The data cannot be loaded; the message names the file and line and says how to fix it."""
 
 
@@ -128,7 +129,7 @@ def validate_data(
     """
     examples, problems = _collect(cfg, seed=seed, system_prompt=task.system_prompt if task else None)
     problems += _empty_split_problems(examples, cfg)
-    if task is not None and task.kind == "extraction":
+    if task is not None and task_kind(task).json_answers:
         problems += _schema_problems([ex for rows in examples.values() for ex in rows], task.fields, cfg.path)
     for rows in examples.values():
         problems += _duplicate_problems(rows)
@@ -138,14 +139,6 @@ def validate_data(
         for rows in examples.values():
             problems += _length_problems(rows, tokenizer, cfg.max_seq_length)
     return problems
-
-
-def length_problems(
-    cfg: DataConfig, tokenizer: Any, seed: int = 0, *, system_prompt: str | None = None
-) -> list[Problem]:
-    """Rows longer than `cfg.max_seq_length` tokens, with file and line: for training to refuse before it starts."""
-    examples, _ = _collect(cfg, seed=seed, system_prompt=system_prompt)
-    return [problem for rows in examples.values() for problem in _length_problems(rows, tokenizer, cfg.max_seq_length)]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     <project> task init data/tickets.jsonl --name "Ticket triage"   # writes configs/ticket-triage.yaml
 
-Reads the file (or folder) with data.py's loaders, decides the task's kind (extraction when at least 90% of
+Reads the file (or folder) with dataset.py's loaders, decides the task's kind (extraction when at least 90% of
 the answers are JSON objects), infers the answer's fields (keys in at least half the answers, first-seen
 order) and a system prompt, and writes a config: configs/default.yaml with its task and data sections
 (and the settings that depend on the data's size) filled in. Nothing is written when the file cannot be

@@ -14,67 +14,65 @@ accelerate/torchrun set, so nothing here starts a process group of its own excep
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import Literal
 
-from ..errors import ProjectError
-from ..model.device import active_strategy, rank, world_size
-
-if TYPE_CHECKING:
-    from torch.nn import Module
+from ..errors import BadInput
+from ..model.device import active_strategy, world_size
 
 Strategy = Literal["ddp", "fsdp", "deepspeed"]
 # One accelerate config file per strategy, shipped in configs/accelerate/ (each explains when to use it).
 STRATEGY_FILES: dict[str, str] = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "deepspeed": "deepspeed_zero3.yaml"}
 ACCELERATE_CONFIG_DIR = "configs/accelerate"
 DEFAULT_PORT = 29500
-# Set only by tests: each rank writes the SHA-256 of its LoRA weights there after training, so a test can
-# check that DDP kept every replica identical instead of assuming it.
-WEIGHT_DIGEST_DIR_ENV = "LLM_TRAIN_WEIGHT_DIGEST_DIR"
 PACKAGE = (__package__ or "llm_portfolio").split(".")[0]
 
 
-class DistributedError(ProjectError, ValueError):
+class DistributedError(BadInput, ValueError):
     """A multi-process launch that cannot run here (devices, strategy, packages); nothing was started."""
 
 
+@dataclass(frozen=True)
+class LaunchShape:
+    """How many processes on how many machines, sharding how: `train`'s --nproc, --strategy and node options."""
+
+    nproc: int  # processes (GPUs) per machine
+    strategy: Strategy = "ddp"
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str | None = None  # the machine with machine_rank 0; needed with several machines
+    main_process_port: int = DEFAULT_PORT
+
+
 def launch_command(
-    *,
-    nproc: int,
-    num_machines: int = 1,
-    machine_rank: int = 0,
-    main_process_ip: str | None = None,
-    main_process_port: int = DEFAULT_PORT,
-    strategy: Strategy = "ddp",
-    train_args: Sequence[str] = (),
-    config_dir: str = ACCELERATE_CONFIG_DIR,
+    shape: LaunchShape, *, train_args: Sequence[str] = (), config_dir: str = ACCELERATE_CONFIG_DIR
 ) -> list[str]:
-    """The `accelerate launch` command training `nproc` processes on each of `num_machines` machines.
+    """The `accelerate launch` command training `shape.nproc` processes on each of `shape.num_machines` machines.
 
     `nproc` counts processes (GPUs) per machine; accelerate's `--num_processes` is the total over all
     machines. `train_args` follow `<package> train` (e.g. `["--config", "configs/gpu.yaml", "lora.r=8"]`).
     The same `accelerate launch` works on CPU: with the MULTI_GPU config it starts torchrun workers, and the
     Trainer's `use_cpu` makes each join a gloo process group (accelerate's own `--cpu` would start one
     process only, or need mpirun). Run the command from the project folder (`config_dir` is relative)."""
-    if strategy not in STRATEGY_FILES:
-        raise DistributedError(f"strategy={strategy!r} is not one of {', '.join(STRATEGY_FILES)}")
-    if nproc < 1 or num_machines < 1:
-        raise DistributedError(f"nproc={nproc}, num_machines={num_machines}: both must be at least 1")
-    if not 0 <= machine_rank < num_machines:
-        raise DistributedError(f"machine_rank={machine_rank} must be in 0..{num_machines - 1} (num_machines)")
-    if num_machines > 1 and not main_process_ip:
+    if shape.strategy not in STRATEGY_FILES:
+        raise DistributedError(f"strategy={shape.strategy!r} is not one of {', '.join(STRATEGY_FILES)}")
+    nproc, machines = shape.nproc, shape.num_machines
+    if nproc < 1 or machines < 1:
+        raise DistributedError(f"nproc={nproc}, num_machines={machines}: both must be at least 1")
+    if not 0 <= shape.machine_rank < machines:
+        raise DistributedError(f"machine_rank={shape.machine_rank} must be in 0..{machines - 1} (num_machines)")
+    if machines > 1 and not shape.main_process_ip:
         raise DistributedError(
-            f"num_machines={num_machines} needs main_process_ip: the address of the machine with machine_rank 0"
+            f"num_machines={machines} needs main_process_ip: the address of the machine with machine_rank 0"
         )
-    command = ["accelerate", "launch", "--config_file", f"{config_dir}/{STRATEGY_FILES[strategy]}"]
-    command += ["--num_processes", str(nproc * num_machines), "--num_machines", str(num_machines)]
-    if num_machines > 1:
-        command += ["--machine_rank", str(machine_rank), "--main_process_ip", str(main_process_ip)]
-    command += ["--main_process_port", str(main_process_port), "-m", PACKAGE, "train", *train_args]
+    command = ["accelerate", "launch", "--config_file", f"{config_dir}/{STRATEGY_FILES[shape.strategy]}"]
+    command += ["--num_processes", str(nproc * machines), "--num_machines", str(machines)]
+    if machines > 1:
+        command += ["--machine_rank", str(shape.machine_rank), "--main_process_ip", str(shape.main_process_ip)]
+    command += ["--main_process_port", str(shape.main_process_port), "-m", PACKAGE, "train", *train_args]
     return command
 
 
@@ -145,16 +143,3 @@ def check_launched(*, device: str, load_in_4bit: bool) -> None:
         load_in_4bit=load_in_4bit,
         devices_available=devices_available(device),
     )
-
-
-def write_weight_digest(model: Module, folder: Path) -> Path:
-    """`<folder>/rank-<rank>.sha256`: the SHA-256 of this process's trainable (LoRA) weights, in name order."""
-    digest = hashlib.sha256()
-    for name, parameter in sorted(model.named_parameters()):
-        if parameter.requires_grad:
-            digest.update(name.encode())
-            digest.update(parameter.detach().float().cpu().numpy().tobytes())
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"rank-{rank()}.sha256"
-    path.write_text(digest.hexdigest() + "\n", encoding="utf-8")
-    return path

@@ -3,10 +3,10 @@
     <project> serve-vllm [--model outputs/<run>/adapter | models:/<name>@champion | outputs/<run>/merged] [--print]
     make serve-vllm [MODEL=...]                      # the same; `make up-gpu` runs it in the vllm/vllm-openai image
 
-The model is resolved exactly as `serve` resolves it (serve/loader.py), and vLLM gets the same model id, the same
-chat template and the same default system prompt as our server, so the `openai` client, the demo page's requests
-and scripts/benchmark_serve.py work unchanged against either. Flags (vLLM docs, "vllm serve" CLI reference and
-"LoRA Adapters", https://docs.vllm.ai/en/stable/features/lora.html):
+The model is resolved exactly as `serve` resolves it (registry.resolve_model_source), and vLLM gets the same
+model id, the same chat template and the same default system prompt as our server, so the `openai` client, the
+demo page's requests and scripts/benchmark_serve.py work unchanged against either. Flags (vLLM docs, "vllm serve"
+CLI reference and "LoRA Adapters", https://docs.vllm.ai/en/stable/features/lora.html):
   --enable-lora --lora-modules <name>=<path>   serve an adapter on the base model; requests pick it by `model`
   --max-lora-rank N                            must be >= the adapter's r and one of VLLM_LORA_RANKS
   --served-model-name, --tokenizer, --chat-template (a file path or the template text), --dtype, --host, --port
@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import load_config
-from ..errors import ProjectError
+from ..errors import BadInput
 from ..model.load import CHAT_TEMPLATE, read_adapter_config
+from ..registry import resolve_model_source
 from ..runs import run_config_path
-from ..serve.loader import resolve_model_source, served_model_name, training_config
+from ..serve.loader import served_model_name, training_config
 
 if TYPE_CHECKING:
     from ..serve.settings import Settings
@@ -45,7 +46,7 @@ INSTALL_HINT = (
 )
 
 
-class VllmError(ProjectError):
+class VllmError(BadInput):
     """vLLM cannot serve this model as asked; the message names the setting and the fix."""
 
 

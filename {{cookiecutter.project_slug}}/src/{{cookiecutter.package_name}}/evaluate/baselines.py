@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections import Counter
 from typing import Any
 
 from ..errors import ProjectError
@@ -32,27 +31,6 @@ def row_digest(row: Conversation) -> str:
     turns = [message for message in row if message["role"] != "system"]
     text = json.dumps(turns, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# ---- majority -------------------------------------------------------------------------------------------
-
-
-def majority_answer(train_rows: list[Conversation], *, task: str) -> str:
-    """The answer a model-free guesser gives every row: per field the most common training value (extraction),
-    else the most common training answer. Ties go to the value seen first."""
-    answers = [row[-1]["content"] for row in train_rows]
-    if task != "extraction":
-        return Counter(answers).most_common(1)[0][0] if answers else ""
-    from ..tasks.answers import parse_prediction
-
-    targets = [parsed for parsed in map(parse_prediction, answers) if parsed is not None]
-    fields = list(dict.fromkeys(key for target in targets for key in target))
-    majority = {}
-    for field in fields:
-        # Values go through JSON text so that lists and objects count too (they are not hashable).
-        counts = Counter(json.dumps(target.get(field), sort_keys=True) for target in targets)
-        majority[field] = json.loads(counts.most_common(1)[0][0])
-    return json.dumps(majority, ensure_ascii=False)
 
 
 # ---- few-shot -------------------------------------------------------------------------------------------

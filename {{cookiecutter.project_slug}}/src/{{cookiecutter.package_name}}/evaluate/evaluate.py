@@ -40,20 +40,18 @@ from ..data.dataset import training_rows
 from ..errors import ProjectError
 from ..model.device import Device, resolve_device
 from ..model.generate import chat_ids, generate_answers
-from ..model.load import check_adapter_dir, load_finetuned, load_tokenizer, newest_adapter
-from ..registry import COMMAND  # the console script, named in the fixes
-from ..runs import run_config_path
-from ..tasks.metrics import RowScores, means, row_scores
+from ..model.load import load_finetuned, load_tokenizer
+from ..registry import COMMAND, ModelSource, resolve_model_source  # COMMAND: the console script, named in fixes
+from ..tasks.kinds import TaskKind, task_kind
+from ..tasks.metrics import RowScores, means
 from ..tracking import flatten
-from .baselines import check_context, few_shot_rows, majority_answer, pick_examples, prompt_token_stats, row_digest
+from .baselines import check_context, few_shot_rows, pick_examples, prompt_token_stats, row_digest
 from .bootstrap import paired_intervals
 from .markdown import answer_cell, table
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
-
-    from ..registry import ModelSource
 
 log = logging.getLogger(__name__)
 Conversation = list[dict[str, str]]
@@ -78,27 +76,31 @@ class EvaluationError(ProjectError, ValueError):
 DATA_KEYS = ("data.path", "data.format", "data.max_seq_length", "data.validation_fraction", "data.test_fraction")
 
 
-def evaluate(config: Config, *, adapter_dir: Path | str | None = None, other_data: bool = False) -> dict[str, Any]:
+def evaluate(
+    config: Config, *, adapter_dir: Path | str | ModelSource | None = None, other_data: bool = False
+) -> dict[str, Any]:
     """Score base and fine-tuned on `config.eval.split`; write eval.json + eval.md; return the report.
 
-    `adapter_dir` is an adapter folder or an MLflow model URI (models:/<name>@champion, runs:/<id>/model);
-    default: the newest outputs/*/adapter. A config that disagrees with the run's own config.yaml on the data
-    or the task is refused (EvaluationError), unless `other_data`: then the metrics go to a new MLflow run
-    tagged `evaluation_of=<training run>` and the gate does not run. Otherwise, with tracking on, the metrics
-    go to the model's training run and the promotion gate runs."""
-    from ..registry import fetch_model, is_model_uri
-
+    `adapter_dir` is a model source (an adapter or run folder, `latest`, an MLflow model URI such as
+    models:/<name>@champion: registry.resolve_model_source) or one already resolved; default: the newest
+    outputs/*/adapter. A config that disagrees with the run's own config.yaml on the data or the task is refused
+    (EvaluationError), unless `other_data`: then the metrics go to a new MLflow run tagged
+    `evaluation_of=<training run>` and the gate does not run. Otherwise, with tracking on, the metrics go to the
+    model's training run and the promotion gate runs."""
     started = time.perf_counter()
-    requested = str(adapter_dir or newest_adapter(config.train.output_dir))
-    source = fetch_model(requested)
-    check_adapter_dir(source.adapter_dir)
+    source = (
+        adapter_dir
+        if isinstance(adapter_dir, ModelSource)
+        else resolve_model_source(adapter_dir, output_dir=config.train.output_dir, given_as="--adapter")
+    )
+    requested = source.uri or str(source.adapter_dir)
     rows = scored_rows(config, system_prompt=config.task.system_prompt)
     if not other_data:  # before any model is loaded or anything written
         check_run_config(config, source=source, requested=requested, rows=rows)
     judged = _judge_ready(config)  # an unreachable judge fails now, before minutes of scoring
     # A registry model names its own base; a local adapter uses the config's, and load_finetuned refuses
     # an adapter trained on another base (the wrong config would otherwise score and log the wrong model).
-    from_registry = is_model_uri(requested)
+    from_registry = source.uri is not None
     model_cfg = config.model.model_copy(update={"base_model": source.base_model}) if from_registry else config.model
     device = resolve_device(config.train.device)
     train_rows = training_rows(config)
@@ -123,10 +125,8 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None, other_dat
         "row_scores": {
             "finetuned": {name: [round(v, 6) for v in values] for name, values in finetuned.row_scores.items()}
         },
-        "run": _run_record(
-            config, requested=requested, source=source, model_cfg=model_cfg, rows=rows, device=device, started=started
-        )
-        | {"other_data": other_data},  # scored with another config than the run's own, on purpose
+        "run": _run_record(config, source=source, base_model=model_cfg.base_model, rows=rows, started=started)
+        | {"device": device, "other_data": other_data},  # scored with another config than the run's own, on purpose
         # The first eval.num_examples answers side by side, for `report` (README and model card).
         "examples": examples[: config.eval.num_examples],
     }
@@ -137,19 +137,12 @@ def evaluate(config: Config, *, adapter_dir: Path | str | None = None, other_dat
 
 
 def _run_record(
-    config: Config,
-    *,
-    requested: str,
-    source: ModelSource,
-    model_cfg: ModelConfig,
-    rows: list[Conversation],
-    device: Device,
-    started: float,
+    config: Config, *, source: ModelSource, base_model: str, rows: list[Conversation], started: float
 ) -> dict[str, Any]:
     """eval.json's `run`: what was scored, on which rows, with which model, and how long it took."""
     return {
-        "adapter": requested,
-        "base_model": model_cfg.base_model,
+        "adapter": source.uri or str(source.adapter_dir),  # the URI of a registered model, else its folder
+        "base_model": base_model,
         "split": config.eval.split,
         "num_examples": len(rows),
         # Which rows were scored: the promotion gate compares only versions scored on the same ones.
@@ -159,7 +152,6 @@ def _run_record(
         "max_new_tokens": config.eval.max_new_tokens,
         "mlflow_run_id": source.run_id,
         "model_version": source.version,
-        "device": device,
         "wall_time_s": round(time.perf_counter() - started, 1),  # loading + scoring every column
     }
 
@@ -191,7 +183,7 @@ def _score_columns(
     """Every column on the same rows: `majority` (no model), then one model load for `base` and `few_shot`
     (the adapter switched off) and `finetuned`. Returns the columns and the few-shot settings (None when
     eval.few_shot is 0). A few-shot setting that cannot work is refused before anything is generated."""
-    k, task = config.eval.few_shot, config.task.kind
+    k, kind = config.eval.few_shot, task_kind(config.task)
     examples = pick_examples(train_rows, k=k, seed=config.train.seed, scored_rows=rows) if k else []
     tokenizer = load_tokenizer(source.tokenizer_dir)  # carries the chat template training used
     model = load_finetuned(model_cfg, adapter_dir=source.adapter_dir, device=device)
@@ -199,8 +191,9 @@ def _score_columns(
     prompt_tokens = [len(chat_ids(tokenizer, row[:-1], add_generation_prompt=True)) for row in shot_rows]
     context = getattr(model.config, "max_position_embeddings", None)
     check_context(prompt_tokens, max_new_tokens=config.eval.max_new_tokens, context=context, k=k)
-    columns = {"majority": score_answers([majority_answer(train_rows, task=task)] * len(rows), rows=rows, task=task)}
-    scoring = {"tokenizer": tokenizer, "eval_cfg": config.eval, "task": task, "device": device}
+    majority = kind.majority_answer([row[-1]["content"] for row in train_rows])
+    columns = {"majority": score_answers([majority] * len(rows), rows=rows, kind=kind)}
+    scoring = {"tokenizer": tokenizer, "eval_cfg": config.eval, "kind": kind, "device": device}
     with model.disable_adapter():
         columns["base"] = score(model, rows=rows, **scoring)
         if k:
@@ -217,7 +210,7 @@ def _score_columns(
 def _judge_ready(config: Config) -> bool:
     """Whether the LLM judge scores this evaluation (generic task, eval.judge.base_url set); its endpoint is
     checked now (JudgeError naming the URL when it does not answer)."""
-    if not config.eval.judge.base_url or config.task.kind != "generic":
+    if not config.eval.judge.base_url or task_kind(config.task).json_answers:  # the judge reads free text
         return False
     from .judge import check_reachable
 
@@ -256,9 +249,13 @@ def _error_analysis(
     from .error_analysis import analyse, worst_rows
 
     answers = {name: column.answers for name, column in columns.items() if name != "majority"}
-    if config.task.kind != "extraction":
+    kind = task_kind(config.task)
+    if not kind.json_answers:  # no fields to analyse: the rows it did worst on
         scores = columns["finetuned"].row_scores
-        return {"model": "finetuned", "worst_rows": worst_rows(rows, scores=scores, metric="rouge_l", answers=answers)}
+        return {
+            "model": "finetuned",
+            "worst_rows": worst_rows(rows, scores=scores, metric=kind.headline, answers=answers),
+        }
     train_answers = [row[-1]["content"] for row in train_rows]
     return analyse(rows, train_answers=train_answers, scores=columns["finetuned"].row_scores, answers=answers)
 
@@ -266,26 +263,13 @@ def _error_analysis(
 # ---- the run's own config ------------------------------------------------------------------------------
 
 
-def run_config_file(adapter_dir: Path | str | None, *, output_dir: Path | str) -> Path | None:
-    """The config.yaml that trained the model `evaluate` would score (the default of `evaluate --config`):
-    the run folder's, else the copy logged to its MLflow run; None for an untracked adapter without one."""
-    from ..registry import is_model_uri, model_run_id
-
-    requested = str(adapter_dir or newest_adapter(output_dir))
-    run_dir = None if is_model_uri(requested) else Path(requested).parent
-    return run_config_path(run_dir=run_dir, run_id=model_run_id(requested))
-
-
 def check_run_config(config: Config, *, source: ModelSource, requested: str, rows: list[Conversation]) -> None:
     """Refuse (EvaluationError) to score a model with a config that disagrees with its run's own on the data
     or the task: its scores would describe other data, and land on its run as if they were its own. An
     untracked adapter without a config.yaml has nothing to compare with and passes."""
-    from ..registry import is_model_uri
-
-    from_registry = is_model_uri(requested)
+    from_registry = source.uri is not None
     # With tracking off, MLflow is not asked: a local run folder holds its config.yaml anyway.
-    run_id = source.run_id if from_registry or config.tracking.enabled else None
-    path = run_config_path(run_dir=None if from_registry else source.adapter_dir.parent, run_id=run_id)
+    path = source.config_path(ask_mlflow=from_registry or config.tracking.enabled)
     if path is None:
         return
     own = load_config(path)
@@ -372,22 +356,22 @@ def score(
     tokenizer: PreTrainedTokenizerBase,
     rows: list[Conversation],
     eval_cfg: EvalConfig,
-    task: str,
+    kind: TaskKind,
     device: Device,
 ) -> Scored:
     """Loss, greedy answers and task metrics of `model` as it is now (adapter on or off)."""
     loss = answer_loss(model, tokenizer=tokenizer, rows=rows, batch_size=eval_cfg.batch_size, device=device)
     answers = generate_answers(
-        model, tokenizer=tokenizer, rows=rows, eval_cfg=eval_cfg, device=device, json_answers=task == "extraction"
+        model, tokenizer=tokenizer, rows=rows, eval_cfg=eval_cfg, device=device, json_answers=kind.json_answers
     )
-    scored = score_answers(answers, rows=rows, task=task)
+    scored = score_answers(answers, rows=rows, kind=kind)
     metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}  # capped: exp overflows past ~709
     return Scored(metrics=metrics | scored.metrics, answers=answers, row_scores=scored.row_scores)
 
 
-def score_answers(answers: list[str], *, rows: list[Conversation], task: str) -> Scored:
+def score_answers(answers: list[str], *, rows: list[Conversation], kind: TaskKind) -> Scored:
     """The task metrics of given answers to `rows` (per row, and their means); no loss, no model."""
-    scores = row_scores(answers, [row[-1]["content"] for row in rows], task=task)
+    scores = kind.row_scores(answers, [row[-1]["content"] for row in rows])
     return Scored(metrics=means(scores), answers=answers, row_scores=scores)
 
 

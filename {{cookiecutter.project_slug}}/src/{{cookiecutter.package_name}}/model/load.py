@@ -53,6 +53,11 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 
 
+class ModelSourceError(ModelError):
+    """A model source (`latest`, a run or adapter folder, an MLflow URI) is not a LoRA adapter that can be found;
+    the message names the source and what to pass instead."""
+
+
 # ---- finding and loading models -------------------------------------------------------------------------
 
 
@@ -163,7 +168,7 @@ def _same_model(a: str, b: str) -> bool:
 def check_adapter_dir(adapter_dir: Path) -> None:
     missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
     if missing:
-        raise ModelError(f"{adapter_dir}: not a LoRA adapter folder (missing {', '.join(missing)})")
+        raise ModelSourceError(f"{adapter_dir}: not a LoRA adapter folder (missing {', '.join(missing)})")
     read_adapter_config(adapter_dir)  # a corrupt file fails here, named, not as a traceback deep in peft
 
 
@@ -195,11 +200,11 @@ def module_names(model: PreTrainedModel, *, limit: int = 8) -> list[str]:
     return names[:limit]
 
 
-def newest_adapter(output_dir: str | Path) -> Path:
-    """The adapter of the most recent run under `output_dir` (the default for `evaluate`)."""
+def newest_adapter(output_dir: str | Path, *, given_as: str = "--model") -> Path:
+    """The adapter of the most recent run under `output_dir`: what the model source `latest` means."""
     adapters = [p.parent for p in Path(output_dir).glob("*/adapter/adapter_config.json")]
     if not adapters:
-        raise ModelError(f"no trained adapter under {output_dir}/; run `train` first or pass --adapter PATH")
+        raise ModelSourceError(f"no trained adapter under {output_dir}/; run `train` first or pass {given_as}")
     newest = max(adapters, key=lambda p: (p / "adapter_config.json").stat().st_mtime)
     read_adapter_config(newest)  # a corrupt file fails here, before MLflow or serving parse it
     return newest

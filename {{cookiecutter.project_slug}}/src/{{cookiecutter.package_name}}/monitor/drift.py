@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ProjectError
+from ..errors import BadInput
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -49,7 +49,7 @@ _WORD = re.compile(r"[^\W\d_]+")  # runs of letters, any script
 _TOP_UNSEEN = 20  # unseen words listed in the report
 
 
-class DriftError(ProjectError, ValueError):
+class DriftError(BadInput, ValueError):
     """No verdict is possible (missing or unreadable log or data, too few requests); the message says why."""
 
 
@@ -199,11 +199,12 @@ def served_tokenizer(config: Config, source: str | Path | None = None) -> PreTra
     """
     from transformers import AutoTokenizer
 
-    from ..model.load import ModelError, newest_adapter
+    from ..model.load import ModelError
+    from ..registry import LATEST, resolve_model_source
 
     if source is None:
-        try:
-            source = newest_adapter(config.train.output_dir)  # what `serve` serves by default (`latest`)
+        try:  # what `serve` serves by default
+            source = resolve_model_source(LATEST, output_dir=config.train.output_dir).tokenizer_dir
         except ModelError:
             source = config.model.base_model
     try:

@@ -33,6 +33,7 @@ from ..config import Config, DpoConfig
 from ..data.dataset import ROLES, Problem, read_data_file, split_files, training_rows
 from ..errors import ProjectError
 from ..tasks.answers import parse_prediction
+from ..tasks.kinds import TaskKind, task_kind
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -81,12 +82,13 @@ def build_preferences(
     wanted = config.dpo.min_pairs if min_pairs is None else min_pairs
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise PrefsError(f"{out_dir} is not empty; pass --force to overwrite it, or choose another --out")
-    source = resolve_sft_adapter(adapter)
+    source = resolve_sft_adapter(adapter, output_dir=config.train.output_dir)
     rows = training_rows(config)
     prompts = sample_rows(rows, n=config.dpo.prompts, seed=config.train.seed)
     answers = _greedy_answers(config, source=source, rows=prompts)
-    pairs = on_policy_pairs(prompts, answers, task=config.task.kind)
-    if len(pairs) < wanted and config.task.kind == "extraction":
+    kind = task_kind(config.task)
+    pairs = on_policy_pairs(prompts, answers, kind=kind)
+    if len(pairs) < wanted and kind.json_answers:  # rule-made mistakes need fields to make wrong
         taken = {prompt_digest(pair.prompt) for pair in pairs}
         spare = [row for row in rows if prompt_digest(row[:-1]) not in taken]
         answers_seen = [row[-1]["content"] for row in rows]
@@ -113,21 +115,20 @@ def build_preferences(
     return info
 
 
-def resolve_sft_adapter(source: str) -> ModelSource:
-    """The SFT adapter of `model.adapter` / `--adapter`: a run folder, its adapter/ folder or a model URI."""
-    from ..registry import fetch_model, is_model_uri
+def resolve_sft_adapter(source: str, *, output_dir: str | Path = "outputs") -> ModelSource:
+    """The SFT model of `model.adapter` / `--adapter`: any model source (registry.resolve_model_source)."""
+    from ..model.load import ModelSourceError
+    from ..registry import LATEST, is_model_uri, resolve_model_source
 
-    if not is_model_uri(source):
-        path = Path(source)
-        if (path / "adapter" / "adapter_config.json").is_file():
-            path = path / "adapter"  # a run folder outputs/<run>
-        if not (path / "adapter_config.json").is_file():
-            raise PrefsError(
-                f"model.adapter={source!r}: no SFT adapter there (neither a run folder holding adapter/ nor an "
-                "adapter folder); train one first (`make train`), or name a model URI like models:/<project>@champion"
-            )
-        source = str(path)
-    return fetch_model(source)
+    try:
+        return resolve_model_source(source, output_dir=output_dir, given_as="model.adapter")
+    except ModelSourceError:
+        if is_model_uri(source) or source == LATEST:
+            raise  # the store or outputs/ has no such model: the resolver's message says so
+        raise PrefsError(
+            f"model.adapter={source!r}: no SFT adapter there (neither a run folder holding adapter/ nor an "
+            "adapter folder); train one first (`make train`), or name a model URI like models:/<project>@champion"
+        ) from None
 
 
 def sample_rows(rows: list[list[Message]], *, n: int, seed: int) -> list[list[Message]]:
@@ -149,22 +150,15 @@ def _greedy_answers(config: Config, *, source: ModelSource, rows: list[list[Mess
     return generate_answers(model, tokenizer=tokenizer, rows=rows, eval_cfg=config.eval, device=device)
 
 
-def on_policy_pairs(rows: list[list[Message]], answers: list[str], *, task: str) -> list[Pair]:
+def on_policy_pairs(rows: list[list[Message]], answers: list[str], *, kind: TaskKind) -> list[Pair]:
     """A pair for each answer that differs from the row's reference answer; empty answers are skipped (a pair
     needs two real answers). Extraction answers compare as JSON objects, so spacing alone is no mistake."""
     pairs = []
     for row, answer in zip(rows, answers, strict=True):
         reference = row[-1]["content"]
-        if answer.strip() and not _same_answer(answer, reference, task=task):
+        if answer.strip() and not kind.same_answer(answer, reference):
             pairs.append(Pair(prompt=row[:-1], chosen=reference, rejected=answer.strip(), kind="on_policy"))
     return pairs
-
-
-def _same_answer(answer: str, reference: str, *, task: str) -> bool:
-    if task == "extraction":
-        parsed = parse_prediction(answer, strict=True)
-        return parsed is not None and parsed == parse_prediction(reference, strict=True)
-    return answer.strip() == reference.strip()
 
 
 def corrupted_pairs(rows: list[list[Message]], *, train_answers: list[str], n: int, seed: int) -> list[Pair]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import Config
 from ..data.dataset import USER_DATA
+from ..tasks.kinds import task_kind
 from .facts import RunFacts
 from .summary import LABELS, Settings, settings
 
@@ -54,13 +55,7 @@ def scored_fields(facts: RunFacts) -> list[str]:
 
 
 def scoring_text(facts: RunFacts) -> str:
-    if facts.run_config.task.kind == "extraction":
-        fields = ", ".join(f"`{name}`" for name in scored_fields(facts)) or "every key of the reference answers"
-        return (
-            "Scored against the reference answers of held-out rows: valid JSON rate, accuracy of each JSON field "
-            f"({fields}) and exact match."
-        )
-    return "Scored against the reference answers of held-out rows: exact match and ROUGE-L of the free-text answer."
+    return task_kind(facts.run_config.task).scoring_text(scored_fields(facts))
 
 
 def task_section(facts: RunFacts, *, command: str) -> str:

@@ -2,7 +2,7 @@
 "SFT vs SFT+DPO" table (sft_vs_dpo.py) compares the evaluated model with.
 
 A DPO training run is tagged `stage=dpo` and `parent.run_id` / `parent.model_version` / `parent.source`
-(train.py); `evaluate` of the SFT parent logged `finetuned.<metric>`, the `evaluation.test_digest` tag and
+(train/sft.py); `evaluate` of the SFT parent logged `finetuned.<metric>`, the `evaluation.test_digest` tag and
 an `evaluation/eval.json` artifact with per-row scores to the parent's run. When any of that is missing the
 parent is still returned, with `missing` saying why: the report says so in one sentence and never fails.
 """

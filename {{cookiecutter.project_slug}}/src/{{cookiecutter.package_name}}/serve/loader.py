@@ -1,10 +1,9 @@
-"""From a model source (adapter folder, `latest`, MLflow URI) to a merged model ready to generate.
+"""From a model source (adapter or run folder, `latest`, MLflow URI) to a merged model ready to generate.
 
-    source = resolve_model_source("latest")          # -> ModelSource(adapter_dir=outputs/<run>/adapter, ...)
     loaded = load_for_serving(settings)              # base + adapter, LoRA merged, eval mode
 
-The source is resolved in exactly one place, `resolve_model_source`, so the CLI (which checks it before
-starting the server) and the server agree on what is served.
+The source is resolved by registry.resolve_model_source, the one resolver of every command, so the CLI (which
+checks it before starting the server) and the server agree on what is served.
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..config import Config, ModelConfig, load_config
 from ..model.device import Device, resolve_device
-from ..model.load import ModelError, check_adapter_dir, load_finetuned, load_tokenizer, newest_adapter
-from ..registry import ModelSource, fetch_model, is_model_uri
-from ..runs import run_config_path
-from ..tracking import TrackingError
+from ..model.load import load_finetuned, load_tokenizer
+from ..registry import ModelSource, resolve_model_source
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -27,10 +24,6 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class ModelSourceError(ModelError):
-    """The model to serve cannot be found; the message names the source and what to pass instead."""
 
 
 @dataclass
@@ -46,34 +39,6 @@ class LoadedModel:
     system_prompt: str | None
     """Put first when a request has no system message: LLM_SYSTEM_PROMPT, else the run config's
     task.system_prompt (the one training used), else none."""
-
-
-def resolve_model_source(source: str, *, output_dir: str | Path = "outputs") -> ModelSource:
-    """What to serve, in local folders: `source` is an MLflow model URI (models:/<name>@champion,
-    models:/<name>/<version>, runs:/<id>/model), an adapter folder, a run folder holding `adapter/`, or
-    `latest` (the newest run under `output_dir`)."""
-    if is_model_uri(source):
-        try:
-            return fetch_model(source)
-        except TrackingError as err:
-            raise ModelSourceError(f"--model {source}: {err}") from None
-    return fetch_model(str(_local_adapter(source, output_dir=Path(output_dir))))
-
-
-def _local_adapter(source: str, *, output_dir: Path) -> Path:
-    if source == "latest":
-        try:
-            return newest_adapter(output_dir)
-        except ModelError:
-            raise ModelSourceError(
-                f"no trained adapter under {output_dir}/; run `train` first or pass --model"
-            ) from None
-    adapter_dir = Path(source).expanduser()
-    adapter_dir = adapter_dir / "adapter" if (adapter_dir / "adapter").is_dir() else adapter_dir
-    if not adapter_dir.is_dir():
-        raise ModelSourceError(f"--model {source}: no such folder; pass outputs/<run>/adapter, `latest` or a URI")
-    check_adapter_dir(adapter_dir)
-    return adapter_dir
 
 
 def load_for_serving(settings: Settings) -> LoadedModel:
@@ -104,14 +69,14 @@ def load_for_serving(settings: Settings) -> LoadedModel:
 
 def served_model_name(*, override: str | None, config: Config | None, source: ModelSource) -> str:
     """The id /v1/models lists and clients put in `model`: LLM_SERVED_MODEL_NAME, else the project of the
-    config that trained the model, else the run's name. serve/vllm.py gives vLLM the same id."""
+    config that trained the model, else the run's name. distributed/vllm.py gives vLLM the same id."""
     return override or (config.project if config else source.name)
 
 
 def training_config(source: ModelSource, *, fallback: Path | None) -> Config | None:
     """The config that trained the model: config.yaml beside a local adapter, or the one logged to the
     model's MLflow run; else `fallback`; else none."""
-    logged = run_config_path(run_dir=source.adapter_dir.parent, run_id=source.run_id)
+    logged = source.config_path()
     if logged is not None:
         return load_config(logged)
     return load_config(fallback) if fallback else None

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..config import Config, ConfigError, SweepParam, describe_keys, key_lines, load_config
-from ..errors import ProjectError
+from ..errors import BadInput
 from ..runs import read_tracking_file
 from ..tracking import check_tracking_server, client, project_experiment_id
 from ..train.sft import train
@@ -48,7 +48,7 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"
 FINISHED = ("COMPLETE", "PRUNED")  # trials that count towards --trials; failed ones are run again
 
 
-class SweepError(ProjectError, ValueError):
+class SweepError(BadInput, ValueError):
     """The search space is invalid, or a sweep cannot go on; the message names the key, file and line."""
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .answers import parse_prediction
+
 RowScores = dict[str, list[float]]  # metric name -> one value per scored row, in row order
 
 
 def extraction_row_scores(answers: list[str], expected: list[str]) -> RowScores:
     """Per row: valid JSON (0/1), each field right (0/1), the share of fields right, all fields right (0/1)."""
-    from ..tasks.answers import parse_prediction
-
     predicted = [parse_prediction(answer) for answer in answers]
     targets = [parse_prediction(text) or {} for text in expected]
     fields = answer_fields(targets)
@@ -54,12 +54,6 @@ def generic_row_scores(answers: list[str], expected: list[str]) -> RowScores:
         "exact_match": [float(a.strip() == e.strip()) for a, e in pairs],
         "rouge_l": [scorer.score(e, a)["rougeL"].fmeasure for a, e in pairs],
     }
-
-
-def row_scores(answers: list[str], expected: list[str], *, task: str) -> RowScores:
-    """The per-row scores of `task` (`extraction` or `generic`)."""
-    scorer = extraction_row_scores if task == "extraction" else generic_row_scores
-    return scorer(answers, expected)
 
 
 def means(scores: RowScores) -> dict[str, float]:

@@ -146,6 +146,13 @@ def train(
 
 def _prepare(config: Config, *, config_name: str, resume: bool, recipe: Recipe) -> Run:
     """Every check, then the run folder's name, the data and the model: nothing is written before this returns."""
+    # >>> preference_tuning
+    if config.train.stage != recipe.name:  # a DPO config trained as SFT would silently train the wrong thing
+        raise TrainError(
+            f"train.stage={config.train.stage}, but the recipe given is {recipe.name}; pass the stage's recipe "
+            "(cli.recipe_for(config) picks it)"
+        )
+    # <<< preference_tuning
     if config.tracking.enabled:
         check_tracking_server()  # an unreachable server must fail now, not after an hour of training
     device = resolve_device(config.train.device)
@@ -175,17 +182,7 @@ def _prepare(config: Config, *, config_name: str, resume: bool, recipe: Recipe) 
 
 def _record(run: Run, *, trainer: Trainer, runtime_s: float, run_id: str | None) -> None:
     """train_log.json beside the adapter; with `run_id`, the model logged to the MLflow run and registered."""
-    data = run.config.data.model_copy(update={"path": run.recipe.data_path(run.config)})
-    write_train_log(
-        run.run_dir,
-        log_history=trainer.state.log_history,
-        runtime_s=runtime_s,
-        device=run.device,
-        config_name=run.config_name,
-        data=data_record(data, rows={name: len(rows) for name, rows in run.splits.items()}),
-        epochs=_epochs(trainer, train_cfg=run.config.train, train_rows=len(run.splits["train"])),
-        parameters=trainable_parameters(trainer.model),
-    )
+    write_train_log(run, trainer=trainer, runtime_s=runtime_s)
     (run.run_dir / "README.md").unlink(missing_ok=True)  # TRL's draft model card; names no base for local models
     log.info("saved %s", run.run_dir / "adapter")
     if run_id:
@@ -519,32 +516,23 @@ def callbacks_for(train_cfg: TrainConfig) -> list[TrainerCallback]:
     return [EarlyStoppingCallback(early_stopping_patience=train_cfg.early_stopping_patience)]
 
 
-def write_train_log(
-    run_dir: Path,
-    *,
-    log_history: list[dict],
-    runtime_s: float,
-    device: Device,
-    config_name: str,
-    data: dict[str, Any],
-    epochs: float | None,
-    parameters: dict[str, Any] | None = None,
-) -> None:
+def write_train_log(run: Run, *, trainer: Trainer, runtime_s: float) -> None:
     """outputs/<run>/train_log.json: what `report` needs without MLflow (loss by step, wall time, hardware,
     the data's origin and digest, epochs). `runtime_s` covers every session of a resumed run
     (`_run_training`); the Trainer's log history already holds them all."""
-    path = run_dir / TRAIN_LOG
+    data = run.config.data.model_copy(update={"path": run.recipe.data_path(run.config)})
     record = {
-        "config_name": config_name,
-        "device": device,
-        "hardware": describe_hardware(device),
+        "config_name": run.config_name,
+        "device": run.device,
+        "hardware": describe_hardware(run.device),
         "train_runtime_s": round(runtime_s, 1),
-        "data": data,  # data.data_record: path, origin, digest, rows per split
-        "epochs": epochs,
-        "parameters": parameters,  # trainable (LoRA) vs all parameters, as peft counts them
-        "log_history": log_history,
+        # data.data_record: path, origin, digest, rows per split
+        "data": data_record(data, rows={name: len(rows) for name, rows in run.splits.items()}),
+        "epochs": _epochs(trainer, train_cfg=run.config.train, train_rows=len(run.splits["train"])),
+        "parameters": trainable_parameters(trainer.model),  # trainable (LoRA) vs all, as peft counts them
+        "log_history": trainer.state.log_history,
     }
-    path.write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
+    (run.run_dir / TRAIN_LOG).write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
 
 
 def trainable_parameters(model: Any) -> dict[str, Any] | None:

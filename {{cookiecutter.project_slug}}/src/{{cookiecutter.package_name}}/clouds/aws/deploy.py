@@ -1,8 +1,8 @@
 """AWS: the image in ECR, served by a SageMaker real-time endpoint (deploy/aws/README.md has the commands).
 
-    python -m <package>.deploy.aws settings --project <slug>   # check the variables; print them for deploy.sh
-    python -m <package>.deploy.aws up [--dry-run]              # model + endpoint config + endpoint, wait InService
-    python -m <package>.deploy.aws down [--dry-run]            # delete endpoint, configs, models, ECR repository
+    python -m <package>.clouds.aws.deploy settings --project <slug>  # check the variables; print them for deploy.sh
+    python -m <package>.clouds.aws.deploy up [--dry-run]    # model + endpoint config + endpoint, wait InService
+    python -m <package>.clouds.aws.deploy down [--dry-run]  # delete endpoint, configs, models, ECR repository
 
 Each deploy creates a model and an endpoint config named <endpoint>-<image tag>, then creates the endpoint
 or switches an existing one to the new config (SageMaker then replaces the instances without downtime).
@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ...errors import ErrorBoundary
 from ..settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
 
 VARIABLES = [
@@ -363,15 +364,7 @@ def _names(list_call, key: str, field: str, arn_field: str, contains: str) -> li
 
 # ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
 
-app = typer.Typer(help="SageMaker endpoint + ECR image of the served model.", no_args_is_help=True)
-
-
-def _settings_or_exit(project: str) -> dict[str, str]:
-    try:
-        return settings(read_environment(), project=project)
-    except DeploySettingsError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+app = typer.Typer(cls=ErrorBoundary, help="SageMaker endpoint + ECR image of the served model.", no_args_is_help=True)
 
 
 def _print_call(service: str, operation: str, kwargs: dict[str, Any]) -> None:
@@ -385,13 +378,13 @@ DryRunOption = Annotated[bool, typer.Option(help="Print the API calls instead of
 @app.command("settings")
 def settings_command(project: ProjectOption) -> None:
     """Check the deploy variables; print them as `export` lines (exit 2 naming each bad one)."""
-    typer.echo(shell_exports(_settings_or_exit(project), VARIABLES), nl=False)
+    typer.echo(shell_exports(settings(read_environment(), project=project), VARIABLES), nl=False)
 
 
 @app.command()
 def up(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     """Create the SageMaker model, endpoint config and endpoint for IMAGE_URI; wait until InService."""
-    values = _settings_or_exit(project)
+    values = settings(read_environment(), project=project)
     if dry_run:
         for operation, kwargs in endpoint_calls(values):
             _print_call("sagemaker", operation, kwargs)
@@ -407,11 +400,7 @@ def up(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     sagemaker = boto3.client("sagemaker", region_name=values["AWS_REGION"])
     autoscaling = boto3.client("application-autoscaling", region_name=values["AWS_REGION"])
     typer.echo(f"deploying {values['IMAGE_URI']} to endpoint {values['SAGEMAKER_ENDPOINT_NAME']} (minutes)...")
-    try:
-        endpoint = deploy_endpoint(sagemaker, values, autoscaling=autoscaling)
-    except DeploySettingsError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    endpoint = deploy_endpoint(sagemaker, values, autoscaling=autoscaling)
     typer.secho(f"{endpoint['EndpointName']}: {endpoint['EndpointStatus']}", fg=typer.colors.GREEN)
     typer.echo(
         f"try it: python -m {__package__.split('.')[0]}.clouds.aws.deploy invoke --project {project} "
@@ -422,7 +411,7 @@ def up(project: ProjectOption, dry_run: DryRunOption = False) -> None:
 @app.command()
 def repository(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     """Create the ECR repository when missing; print its URI."""
-    values = _settings_or_exit(project)
+    values = settings(read_environment(), project=project)
     if dry_run:
         _print_call("ecr", "create_repository", {"repositoryName": values["ECR_REPOSITORY"]})
         typer.echo("# only when describe_repositories does not find it")
@@ -435,7 +424,7 @@ def repository(project: ProjectOption, dry_run: DryRunOption = False) -> None:
 @app.command()
 def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     """Delete the endpoint, its endpoint configs and models, and the ECR repository with its images."""
-    values = _settings_or_exit(project)
+    values = settings(read_environment(), project=project)
     endpoint, repo = values["SAGEMAKER_ENDPOINT_NAME"], values["ECR_REPOSITORY"]
     if dry_run:
         resource = _variant_resource(endpoint)
@@ -479,7 +468,7 @@ def invoke(project: ProjectOption, message: Annotated[str, typer.Argument(help="
     """Send one chat message to the endpoint (POST /invocations) and print the answer."""
     import boto3
 
-    values = _settings_or_exit(project)
+    values = settings(read_environment(), project=project)
     runtime = boto3.client("sagemaker-runtime", region_name=values["AWS_REGION"])
     body = {"messages": [{"role": "user", "content": message}], "max_tokens": 128}
     answer = runtime.invoke_endpoint(

@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from ..jobs.job import JOB_VARIABLES, JobSpec, JobStatus, check_cost, train_command
+from ..jobs.job import JOB_VARIABLES, EntrypointOptions, JobSpec, JobStatus, check_cost, train_command
 from ..settings import DeploySettingsError, Var, resolve
 from ..staging import LAUNCHER, staged_files
 
@@ -102,14 +102,10 @@ def _bucket_kwargs(bucket: str, region: str) -> dict[str, Any]:
 
 def _training_job(spec: JobSpec, values: dict[str, str], *, name: str, prefix: str) -> dict[str, Any]:
     bucket = values["CLOUD_BUCKET"]
-    command = train_command(
-        "config.yaml",
-        [],
-        nproc=spec.gpu_count,
-        output=MODEL_DIR,
-        checkpoints=CHECKPOINT_DIR,
-        config_name=spec.config_name,
+    options = EntrypointOptions(
+        nproc=spec.gpu_count, output=MODEL_DIR, checkpoints=CHECKPOINT_DIR, config_name=spec.config_name
     )
+    command = train_command("config.yaml", [], options)
     stopping: dict[str, int] = {"MaxRuntimeInSeconds": spec.max_runtime_s}
     if spec.spot:
         # Billed time stays under MaxRuntime; MaxWait (>= MaxRuntime) adds the time spent waiting for spot capacity.

@@ -1,9 +1,9 @@
 """Azure: the image in Azure Container Registry, served by an Azure ML managed online endpoint
 (deploy/azure/README.md has the commands and why this and not Container Apps).
 
-    python -m <package>.deploy.azure settings --project <slug>     # check + print the variables
-    python -m <package>.deploy.azure up --project <slug> [--dry-run]   # endpoint + deployment, 100% traffic
-    python -m <package>.deploy.azure down --project <slug> [--dry-run] # delete the endpoint (and deployment)
+    python -m <package>.clouds.azure.deploy settings --project <slug>     # check + print the variables
+    python -m <package>.clouds.azure.deploy up --project <slug> [--dry-run]   # endpoint + deployment, 100% traffic
+    python -m <package>.clouds.azure.deploy down --project <slug> [--dry-run] # delete the endpoint (and deployment)
 
 The endpoint and its deployment are `azure-ai-ml` entities built from the settings alone (no credentials,
 no network), so the tests build them, dump them to YAML and load them back; only `up`/`down` make an
@@ -28,9 +28,10 @@ from typing import Annotated
 import typer
 import yaml
 
+from ...errors import ErrorBoundary
 from ..settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
 
-# The workspace every Azure ML call names: deploying an endpoint and training (cloud/azure.py) alike.
+# The workspace every Azure ML call names: deploying an endpoint and training (clouds/azure/training.py) alike.
 WORKSPACE_VARIABLES = [
     Var(
         "AZURE_SUBSCRIPTION_ID",
@@ -305,23 +306,21 @@ def ml_client(values: dict[str, str]):  # -> MLClient
 
 # ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
 
-app = typer.Typer(help="Azure ML managed online endpoint + ACR image of the served model.", no_args_is_help=True)
+app = typer.Typer(
+    cls=ErrorBoundary, help="Azure ML managed online endpoint + ACR image of the served model.", no_args_is_help=True
+)
 ProjectOption = Annotated[str, typer.Option(help="Project name: the default endpoint name and image name.")]
 DryRunOption = Annotated[bool, typer.Option(help="Write the YAML of what would be created, create nothing.")]
 
 
-def _settings_or_exit(project: str) -> dict[str, str]:
-    try:
-        return settings(read_environment(), project=project, tag=time.strftime("%y%m%d-%H%M%S", time.gmtime()))
-    except DeploySettingsError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+def _settings(project: str) -> dict[str, str]:
+    return settings(read_environment(), project=project, tag=time.strftime("%y%m%d-%H%M%S", time.gmtime()))
 
 
 @app.command("settings")
 def settings_command(project: ProjectOption) -> None:
     """Check the deploy variables; print them as `export` lines (exit 2 naming each bad one)."""
-    typer.echo(shell_exports(_settings_or_exit(project), VARIABLES), nl=False)
+    typer.echo(shell_exports(_settings(project), VARIABLES), nl=False)
 
 
 @app.command()
@@ -331,7 +330,7 @@ def up(
     out: Annotated[Path, typer.Option(help="Folder for endpoint.yml and deployment.yml.")] = Path("build/azure"),
 ) -> None:
     """Create or update the endpoint and deployment for IMAGE_URI (minutes); the YAML goes to --out."""
-    values = _settings_or_exit(project)
+    values = _settings(project)
     endpoint_yml, deployment_yml = write_yaml(values, out)
     if dry_run:
         typer.echo(f"+ ml_client.online_endpoints.begin_create_or_update({endpoint_yml})")
@@ -341,11 +340,7 @@ def up(
             typer.echo(f"+ {shlex.join(command)}")
         return
     typer.echo(f"deploying {values['IMAGE_URI']} to endpoint {values['AZURE_ENDPOINT_NAME']} (minutes)...")
-    try:
-        endpoint = deploy(ml_client(values), values)
-    except DeploySettingsError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    endpoint = deploy(ml_client(values), values)
     remove_autoscale(values, run=run_az)  # a re-deploy replaces the setting with the current values
     for command in autoscale_commands(values):
         run_az(command)
@@ -358,7 +353,7 @@ def up(
 def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     """Delete the endpoint and its deployment. Exit status KEPT when another endpoint has the name: then
     teardown.sh keeps the image repository too (ACR repositories carry no tag saying who made them)."""
-    values = _settings_or_exit(project)
+    values = _settings(project)
     name = values["AZURE_ENDPOINT_NAME"]
     if dry_run:
         group = ["--resource-group", values["AZURE_RESOURCE_GROUP"], "--name", autoscale_name(values)]

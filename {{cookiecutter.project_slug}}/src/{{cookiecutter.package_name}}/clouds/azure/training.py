@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ProjectError
-from ..jobs.job import JOB_VARIABLES, JobSpec, JobStatus, check_cost, train_command
+from ..jobs.job import JOB_VARIABLES, EntrypointOptions, JobSpec, JobStatus, check_cost, train_command
 from ..settings import DeploySettingsError, Var, resolve
 from ..staging import LAUNCHER, staged_files
 from .deploy import WORKSPACE_VARIABLES
@@ -79,7 +79,8 @@ def build_job(spec: JobSpec, values: dict[str, str]):  # -> azure.ai.ml.entities
     from azure.ai.ml import Input, Output
     from azure.ai.ml.entities import CommandJob, CommandJobLimits, JobResourceConfiguration, QueueSettings
 
-    command = train_command("config.yaml", [], nproc=spec.gpu_count, output=RESULTS, checkpoints=CHECKPOINTS)
+    options = EntrypointOptions(nproc=spec.gpu_count, output=RESULTS, checkpoints=CHECKPOINTS)
+    command = train_command("config.yaml", [], options)
     # The staged run.sh is `python -m <package>.clouds.entrypoint --config config.yaml "$@"`: it gets the rest.
     arguments = command[command.index("config.yaml") + 1 :]
     return CommandJob(

@@ -1,7 +1,7 @@
 """Google Cloud: the image in Artifact Registry, served by Cloud Run (deploy/gcp/README.md has the commands).
 
-    python -m <package>.deploy.gcp settings --project <slug>                       # check + print the variables
-    python -m <package>.deploy.gcp manifest --project <slug> --out build/service.yaml
+    python -m <package>.clouds.gcp.deploy settings --project <slug>                       # check + print the variables
+    python -m <package>.clouds.gcp.deploy manifest --project <slug> --out build/service.yaml
 
 The service is described by a Knative `serving.knative.dev/v1` Service manifest, applied with
 `gcloud run services replace`: the whole configuration is one reviewable file, and a re-deploy with the
@@ -16,9 +16,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from ...errors import ErrorBoundary
 from ..settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
 
-# Deploying the service and training (cloud/gcp.py) alike run in this project.
+# Deploying the service and training (clouds/gcp/training.py) alike run in this project.
 PROJECT_ID = Var(
     "GCP_PROJECT_ID",
     "the Google Cloud project id (gcloud projects list)",
@@ -156,29 +157,23 @@ def write_manifest(values: dict[str, str], out: Path) -> Path:
 
 # ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
 
-app = typer.Typer(help="Cloud Run service + Artifact Registry image of the served model.", no_args_is_help=True)
+app = typer.Typer(
+    cls=ErrorBoundary, help="Cloud Run service + Artifact Registry image of the served model.", no_args_is_help=True
+)
 ProjectOption = Annotated[str, typer.Option(help="Project name: the default service and repository name.")]
 
 
-def _settings_or_exit(project: str) -> dict[str, str]:
+def _settings(project: str) -> dict[str, str]:
     import time
 
-    try:
-        return settings(read_environment(), project=project, tag=time.strftime("%y%m%d-%H%M%S", time.gmtime()))
-    except DeploySettingsError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    return settings(read_environment(), project=project, tag=time.strftime("%y%m%d-%H%M%S", time.gmtime()))
 
 
 @app.command("settings")
 def settings_command(project: ProjectOption) -> None:
     """Check the deploy variables; print them as `export` lines (exit 2 naming each bad one)."""
-    values = _settings_or_exit(project)
-    try:
-        service_manifest(values)
-    except DeploySettingsError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    values = _settings(project)
+    service_manifest(values)
     typer.echo(shell_exports(values, VARIABLES), nl=False)
 
 
@@ -188,7 +183,7 @@ def manifest(
     out: Annotated[Path, typer.Option(help="Where to write the manifest.")] = Path("build/service.yaml"),
 ) -> None:
     """Write the Cloud Run service manifest for IMAGE_URI (applied by `gcloud run services replace`)."""
-    typer.echo(write_manifest(_settings_or_exit(project), out))
+    typer.echo(write_manifest(_settings(project), out))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..jobs.job import JOB_VARIABLES, JobSpec, JobStatus, check_cost, train_command
+from ..jobs.job import JOB_VARIABLES, EntrypointOptions, JobSpec, JobStatus, check_cost, train_command
 from ..settings import DeploySettingsError, Var, resolve
 from ..staging import LAUNCHER, staged_files
 from .deploy import PROJECT_ID
@@ -109,9 +109,8 @@ def build_custom_job(spec: JobSpec, values: dict[str, str]):  # -> aiplatform_v1
     machine, accelerator = spec.instance_type.split("+")
     bucket_folder = job_folder(spec, values)
     folder = _fuse(bucket_folder)
-    command = train_command(
-        "config.yaml", [], nproc=spec.gpu_count, output=f"{folder}/model", checkpoints=f"{folder}/checkpoints"
-    )
+    options = EntrypointOptions(nproc=spec.gpu_count, output=f"{folder}/model", checkpoints=f"{folder}/checkpoints")
+    command = train_command("config.yaml", [], options)
     # The staged run.sh is `python -m <package>.clouds.entrypoint --config config.yaml "$@"`: it gets the rest.
     arguments = command[command.index("config.yaml") + 1 :]
     strategy = vertex.Scheduling.Strategy.SPOT if spec.spot else vertex.Scheduling.Strategy.STANDARD

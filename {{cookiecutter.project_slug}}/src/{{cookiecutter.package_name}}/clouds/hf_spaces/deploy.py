@@ -1,9 +1,9 @@
 """Hugging Face Spaces: a Docker Space that builds this project's image, model included
 (deploy/hf-spaces/README.md has the commands).
 
-    python -m <package>.deploy.hf_spaces settings --project <slug>   # check + print the variables
-    python -m <package>.deploy.hf_spaces up --project <slug> [--dry-run]   # stage build/space, create + upload
-    python -m <package>.deploy.hf_spaces down --project <slug> [--dry-run] # delete the Space
+    python -m <package>.clouds.hf_spaces.deploy settings --project <slug>   # check + print the variables
+    python -m <package>.clouds.hf_spaces.deploy up --project <slug> [--dry-run]   # stage build/space, create + upload
+    python -m <package>.clouds.hf_spaces.deploy down --project <slug> [--dry-run] # delete the Space
 
 A Space builds its own image from the Dockerfile at the root of its repository, so `up` uploads a build
 context, not an image: the project's Dockerfile plus a last stage on top of `bundled` that listens on the
@@ -21,6 +21,7 @@ from typing import Annotated
 import typer
 import yaml
 
+from ...errors import ErrorBoundary
 from ..settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
 
 VARIABLES = [
@@ -165,17 +166,9 @@ def _made_here(api, space_id: str) -> bool | None:
 
 # ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
 
-app = typer.Typer(help="Hugging Face Docker Space of the served model.", no_args_is_help=True)
+app = typer.Typer(cls=ErrorBoundary, help="Hugging Face Docker Space of the served model.", no_args_is_help=True)
 ProjectOption = Annotated[str, typer.Option(help="Project name: the Space's title.")]
 DryRunOption = Annotated[bool, typer.Option(help="Print the staging step and the API calls; write and upload nothing.")]
-
-
-def _settings_or_exit(project: str) -> dict[str, str]:
-    try:
-        return settings(read_environment(), project=project)
-    except DeploySettingsError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
 
 
 def _api(values: dict[str, str]):  # -> HfApi
@@ -187,7 +180,7 @@ def _api(values: dict[str, str]):  # -> HfApi
 @app.command("settings")
 def settings_command(project: ProjectOption) -> None:
     """Check the deploy variables; print them as `export` lines, the token left out (exit 2 naming each bad one)."""
-    typer.echo(shell_exports(_settings_or_exit(project), VARIABLES), nl=False)
+    typer.echo(shell_exports(settings(read_environment(), project=project), VARIABLES), nl=False)
 
 
 @app.command()
@@ -198,7 +191,7 @@ def up(
     out: Annotated[Path, typer.Option(help="Where to stage the Space's files.")] = Path("build/space"),
 ) -> None:
     """Stage the Space's files in --out and upload them (the Space then builds and starts the image)."""
-    values = _settings_or_exit(project)
+    values = settings(read_environment(), project=project)
     space_id = values["HF_SPACE_ID"]
     if dry_run:
         typer.echo(f"+ stage {out}: Dockerfile (+ space stage, port {APP_PORT}), README front matter, {bundle}")
@@ -206,24 +199,16 @@ def up(
         typer.echo(f"+ HfApi.create_repo({space_id!r}, repo_type='space', space_sdk='docker', exist_ok=True)")
         typer.echo(f"+ HfApi.upload_folder(repo_id={space_id!r}, repo_type='space', folder_path={str(out)!r})")
         return
-    try:
-        folder = stage_space(Path.cwd(), bundle, out, project=project, values=values)
-    except DeploySettingsError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    folder = stage_space(Path.cwd(), bundle, out, project=project, values=values)
     api_key = read_environment().get("LLM_API_KEY")
-    try:
-        url = deploy_space(_api(values), folder, values, api_key=api_key)
-    except DeploySettingsError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    url = deploy_space(_api(values), folder, values, api_key=api_key)
     typer.secho(f"uploaded; the Space builds and starts at {url} (a few minutes)", fg=typer.colors.GREEN)
 
 
 @app.command()
 def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     """Delete the Space (its repository, builds and secrets)."""
-    values = _settings_or_exit(project)
+    values = settings(read_environment(), project=project)
     if dry_run:
         typer.echo(f"+ HfApi.delete_repo({values['HF_SPACE_ID']!r}, repo_type='space', missing_ok=True)")
         typer.echo(f"# only when `make deploy` made the Space (it holds {MARKER})")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ProjectError
-from ..jobs.job import JOB_VARIABLES, JobSpec, JobStatus, check_cost, train_command
+from ..jobs.job import JOB_VARIABLES, EntrypointOptions, JobSpec, JobStatus, check_cost, train_command
 from ..settings import DeploySettingsError, Var, resolve
 from ..staging import LAUNCHER
 
@@ -89,9 +89,8 @@ def settings(environ: dict[str, str], *, project: str) -> dict[str, str]:
 def job_script(spec: JobSpec, values: dict[str, str]) -> str:
     """The job's shell script: fetch the inputs, run the launcher, push the results (the `hf` CLI reads HF_TOKEN)."""
     repo, run = shlex.quote(values["HF_JOBS_REPO"]), spec.run_name
-    command = train_command(
-        "config.yaml", [], nproc=spec.gpu_count, output=f"{WORK}/output", checkpoints=f"{WORK}/checkpoints"
-    )
+    options = EntrypointOptions(nproc=spec.gpu_count, output=f"{WORK}/output", checkpoints=f"{WORK}/checkpoints")
+    command = train_command("config.yaml", [], options)
     # The staged run.sh is `python -m <package>.clouds.entrypoint --config config.yaml "$@"`: it gets the rest.
     arguments = shlex.join(command[command.index("config.yaml") + 1 :])
     return "\n".join(

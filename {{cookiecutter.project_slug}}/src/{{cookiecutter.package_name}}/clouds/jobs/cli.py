@@ -25,10 +25,11 @@ from typing import Annotated, Any
 import typer
 
 from ...config import load_config
+from ...errors import ProjectError
 from .. import cli as cloud_cli
 from ..cli import cloud_app, import_and_report
 from ..settings import read_environment
-from .job import CostCapError, JobSpec, JobStatus, check_cost, job_spec, price_of
+from .job import JobSpec, JobStatus, check_cost, job_spec, price_of
 
 # The cloud chosen at bake time: the bake keeps exactly one of these lines.
 # >>> aws
@@ -44,8 +45,6 @@ CLOUD = "azure"
 CLOUD = "hf_spaces"
 # <<< hf_spaces
 JOB_RECORDS = Path("outputs/cloud-jobs")  # one JSON per job: what `fetch` needs for the cost (instance, price)
-cloud_cli.BAD_INPUT += (CostCapError,)  # a job over the cost cap is bad input too: exit 2, nothing created
-_errors = cloud_cli.errors
 POLL_S = float(os.environ.get("CLOUD_POLL_S", "30"))
 
 
@@ -56,10 +55,6 @@ def _require_target() -> ModuleType:
 
 def dry_run() -> bool:
     return os.environ.get("DRY_RUN", "").strip().lower() in ("1", "true", "yes")
-
-
-def _region(values: dict[str, str]) -> str:
-    return next((value for key, value in values.items() if key.endswith(("_REGION", "_LOCATION"))), "")
 
 
 def print_call(service: str, operation: str, kwargs: dict[str, Any]) -> None:
@@ -79,39 +74,36 @@ def train(
 ) -> None:
     """Stage the project, data and resolved config, start the job (spot, time cap), follow it, fetch it."""
     target = _require_target()
-    with _errors():
-        resolved = load_config(config, overrides or [])
-        values = target.settings(read_environment(), project=resolved.project)
-        run_name = resolved.train.run_name or f"{config.stem}-{datetime.now():%Y%m%d-%H%M%S}"
-        overrides = [*(overrides or []), f"train.run_name={run_name}"]
-        resolved = load_config(config, overrides)
-        with tempfile.TemporaryDirectory(prefix="cloud-staging-") as scratch:
-            spec = job_spec(
-                values,
-                target=target.TARGET,
-                project=resolved.project,
-                run_name=run_name,
-                config_name=config.stem,
-                staging=Path(scratch) / "staging",
-                region=_region(values),
-            )
-            check_cost(spec, echo=typer.echo)  # before anything is made, dry run or not
-            from ..staging import stage_inputs
+    resolved = load_config(config, overrides or [])
+    values = target.settings(read_environment(), project=resolved.project)
+    run_name = resolved.train.run_name or f"{config.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    overrides = [*(overrides or []), f"train.run_name={run_name}"]
+    resolved = load_config(config, overrides)
+    with tempfile.TemporaryDirectory(prefix="cloud-staging-") as scratch:
+        spec = job_spec(
+            values,
+            target=target.TARGET,
+            project=resolved.project,
+            run_name=run_name,
+            config_name=config.stem,
+            staging=Path(scratch) / "staging",
+        )
+        check_cost(spec, echo=typer.echo)  # before anything is made, dry run or not
+        from ..staging import stage_inputs
 
-            stage_inputs(resolved, config, overrides, spec.staging)
-            if dry_run():
-                _print_plan(target, spec, values)
-                return
-            job_id = target.submit(spec, values)
-        _record_job(job_id, spec)
+        stage_inputs(resolved, config, overrides, spec.staging)
+        if dry_run():
+            _print_plan(target, spec, values)
+            return
+        job_id = target.submit(spec, values)
+    _record_job(job_id, spec)
     typer.secho(f"job: {job_id}", fg=typer.colors.GREEN)
     if detach:
         typer.echo(f"follow it: cloud status {job_id}; then: cloud fetch {job_id}")
         return
     final = _follow(target, job_id, values)
     if final.state != "completed":
-        typer.secho(f"error: job {job_id} ended {final.state}: {final.message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
+        raise ProjectError(f"job {job_id} ended {final.state}: {final.message}")
     _fetch_job(target, job_id, values)
 
 
@@ -167,9 +159,8 @@ def _follow(target: ModuleType, job_id: str, values: dict[str, str]) -> JobStatu
 def status(job: JobArgument) -> None:
     """The job's state, billed seconds and cost so far, and its log lines."""
     target = _require_target()
-    with _errors():
-        values = target.settings(read_environment(), project=_project())
-        current = target.status(job, values)
+    values = target.settings(read_environment(), project=_project())
+    current = target.status(job, values)
     for line in current.log_lines:
         typer.echo(line)
     billed = "" if current.billed_s is None else f", billed {current.billed_s} s"
@@ -210,10 +201,9 @@ def _fetch_job(target: ModuleType, job_id: str, values: dict[str, str]) -> None:
 def cancel(job: JobArgument) -> None:
     """Stop the job (only one `cloud train` started: tagged/labelled as made by this project)."""
     target = _require_target()
-    with _errors():
-        values = target.settings(read_environment(), project=_project())
-        if dry_run():
-            typer.echo(f"DRY_RUN=1: would stop {target.TARGET} job {job} if this project made it")
-            return
-        target.cancel(job, values)
+    values = target.settings(read_environment(), project=_project())
+    if dry_run():
+        typer.echo(f"DRY_RUN=1: would stop {target.TARGET} job {job} if this project made it")
+        return
+    target.cancel(job, values)
     typer.echo(f"stopping {job}")

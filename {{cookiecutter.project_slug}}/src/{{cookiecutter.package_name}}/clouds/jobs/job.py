@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ...errors import ProjectError
+from ...errors import BadInput
 from ..settings import Var
 
 TARGETS = ("aws", "gcp", "azure", "hf-jobs")
@@ -21,7 +21,7 @@ JobState = Literal["pending", "running", "stopping", "completed", "failed", "sto
 FINAL_STATES = ("completed", "failed", "stopped")
 
 
-class CostCapError(ProjectError, ValueError):
+class CostCapError(BadInput, ValueError):
     """The job's worst-case cost is above CLOUD_MAX_COST_USD, or its instance has no known price; nothing
     was created."""
 
@@ -181,32 +181,36 @@ def check_cost(spec: JobSpec, *, echo=print) -> float:
     return worst
 
 
+@dataclass(frozen=True)
+class EntrypointOptions:
+    """The in-job entrypoint's options (clouds/entrypoint.py), as `train_command` writes them."""
+
+    nproc: int = 1  # the GPUs of the instance
+    output: str | None = None
+    checkpoints: str | None = None
+    evaluate: bool = True
+    config_name: str | None = None  # the staged file is config.yaml; runs keep the user's name
+    python: str = "python"
+
+
 def train_command(
-    config_file: str,
-    overrides: list[str],
-    *,
-    nproc: int = 1,
-    output: str | None = None,
-    checkpoints: str | None = None,
-    evaluate: bool = True,
-    config_name: str | None = None,
-    python: str = "python",
+    config_file: str, overrides: list[str], options: EntrypointOptions = EntrypointOptions()
 ) -> list[str]:
     """The command the job runs: the in-job entrypoint (train, evaluate, write what `fetch` imports).
     `output`/`checkpoints` None: the entrypoint takes the platform's folders from its environment. With
     nproc > 1 the entrypoint runs its training step through `distributed.launch_command` (one setting: the
     GPUs of the instance), and evaluates in its own single process afterwards."""
     package = __package__.split(".")[0]
-    command = [python, "-m", f"{package}.clouds.entrypoint", "--config", config_file]
-    if output:
-        command += ["--output", output]
-    if checkpoints:
-        command += ["--checkpoints", checkpoints]
-    if config_name:
-        command += ["--config-name", config_name]  # the staged file is config.yaml; runs keep the user's name
-    if nproc > 1:
-        command += ["--nproc", str(nproc)]
-    command.append("--evaluate" if evaluate else "--no-evaluate")
+    command = [options.python, "-m", f"{package}.clouds.entrypoint", "--config", config_file]
+    if options.output:
+        command += ["--output", options.output]
+    if options.checkpoints:
+        command += ["--checkpoints", options.checkpoints]
+    if options.config_name:
+        command += ["--config-name", options.config_name]
+    if options.nproc > 1:
+        command += ["--nproc", str(options.nproc)]
+    command.append("--evaluate" if options.evaluate else "--no-evaluate")
     return command + list(overrides)
 
 
@@ -228,9 +232,9 @@ class JobStatus:
 
 
 def job_spec(
-    values: dict[str, str], *, target: str, project: str, run_name: str, config_name: str, staging: Path, region: str
+    values: dict[str, str], *, target: str, project: str, run_name: str, config_name: str, staging: Path
 ) -> JobSpec:
-    """A JobSpec from resolved settings (JOB_VARIABLES + the target's VARIABLES)."""
+    """A JobSpec from resolved settings (JOB_VARIABLES + the target's VARIABLES), the region among them."""
     return JobSpec(
         project=project,
         run_name=run_name,
@@ -243,5 +247,10 @@ def job_spec(
         max_runtime_s=round(float(values["CLOUD_MAX_RUNTIME_H"]) * 3600),
         max_cost_usd=float(values["CLOUD_MAX_COST_USD"]),
         staging=staging,
-        region=region,
+        region=region_of(values),
     )
+
+
+def region_of(values: dict[str, str]) -> str:
+    """The target's region: its setting named *_REGION or *_LOCATION (AWS_REGION, GCP_REGION); "" without one."""
+    return next((value for key, value in values.items() if key.endswith(("_REGION", "_LOCATION"))), "")
