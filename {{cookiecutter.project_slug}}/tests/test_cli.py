@@ -248,3 +248,14 @@ def test_a_smoke_pipeline_prints_no_library_warnings(workdir, tiny_model, tmp_pa
     assert [line for line in stderr.splitlines() if WARNING_LINE.search(line)] == []
     # MLflow really logged (the warnings were not silenced by switching tracking off):
     assert "registered {{ cookiecutter.project_slug }} version 1 as @candidate" in stderr
+
+
+# >>> !sweeps
+def test_an_extra_not_chosen_has_no_command():
+    """Made without the sweeps extra: `sweep` is no command at all (Typer's own message, exit 2), no traceback."""
+    result = runner.invoke(app, ["sweep"])
+    assert result.exit_code == 2
+    assert "No such command 'sweep'" in result.output and "Traceback" not in result.output
+
+
+# <<< !sweeps

@@ -569,3 +569,24 @@ def test_serving_figures_and_a_wide_interval_appear_when_recorded(tmp_path):
     assert "> **The 95% interval of the fine-tuned rouge-l f1 is 24 points wide** (over 10)" in section
     assert "| ROUGE-L F1 | 20.0% | 50.0% [38.0, 62.0] | +30.0 pp |" in section
     assert "Trained parameters | not recorded" in section
+
+
+def test_report_without_config_prices_and_describes_the_evaluated_run(tmp_path, monkeypatch):
+    """`make evaluate` scores with the run's own config; `report` (no --config) must describe the same run: a run
+    trained with a cloud price set is priced at it, not at configs/smoke.yaml's $0."""
+    monkeypatch.chdir(tmp_path)
+    overrides = [*TICKETS, "model.build_tiny=false", "tracking.enabled=false", "report.hourly_cost_usd=2.0"]
+    run_dir = tmp_path / "outputs" / "tickets-1"
+    (run_dir / "adapter").mkdir(parents=True)
+    dump_config(load_config(CONFIGS / "smoke.yaml", overrides), run_dir / "config.yaml")
+    log = {**_ticket_log(), "config_name": "tickets", "train_runtime_s": 1800}
+    (run_dir / "train_log.json").write_text(json.dumps(log))
+    (tmp_path / "reports").mkdir()
+    run = {"adapter": "outputs/tickets-1/adapter", "split": "test", "num_examples": 6}
+    (tmp_path / "reports" / "eval.json").write_text(json.dumps({**TICKET_RESULTS, "run": run}))
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "ticket-triage"\n')
+    (tmp_path / "README.md").write_text((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8"))
+    result = CliRunner().invoke(app, ["report"])
+    assert result.exit_code == 0, result.output
+    results = (tmp_path / "README.md").read_text().split(START)[1].split(END)[0]
+    assert "$1.00 (0.50 h x $2/h" in results and "$0 extra" not in results
