@@ -114,6 +114,7 @@ src/{pkg}/serve/settings.py
 src/{pkg}/serve/static/index.html
 src/{pkg}/tasks/__init__.py
 src/{pkg}/tasks/answers.py
+src/{pkg}/tasks/kinds.py
 src/{pkg}/tasks/metrics.py
 src/{pkg}/tracking.py
 src/{pkg}/train/__init__.py

@@ -36,7 +36,13 @@ from {{ cookiecutter.package_name }}.config import Config, load_config
 from {{ cookiecutter.package_name }}.data.dataset import load_splits
 from {{ cookiecutter.package_name }}.model.device import resolve_device, resolve_precision
 from {{ cookiecutter.package_name }}.model.load import lora_config
-from {{ cookiecutter.package_name }}.train.sft import SFT, Run, build_trainer, describe_hardware, load_for_training
+from {{ cookiecutter.package_name }}.train.sft import (
+    SFT,
+    Run,
+    build_trainer,
+    describe_hardware,
+    load_for_training,
+)
 
 PHASES = ("data collation", "forward (backbone)", "lm_head + loss", "backward", "optimizer")
 
