@@ -23,7 +23,13 @@ def choose_license(project: Path, license_name: str) -> None:
 # Files only one cloud uses, relative to the project; {pkg} is the package name. Everything else is common.
 # (serve/routes/sagemaker.py serves SageMaker's /ping and /invocations: aws only.)
 CLOUD_FILES = {
-    "aws": ["deploy/aws", "src/{pkg}/clouds/aws", "tests/test_deploy_aws.py", "tests/test_cloud_aws.py"],
+    "aws": [
+        "deploy/aws",
+        "src/{pkg}/clouds/aws",
+        "tests/test_deploy_aws.py",
+        "tests/test_cloud_aws.py",
+        "tests/test_serve_sagemaker.py",
+    ],
     "gcp": ["deploy/gcp", "src/{pkg}/clouds/gcp", "tests/test_deploy_gcp.py", "tests/test_cloud_gcp.py"],
     "azure": ["deploy/azure", "src/{pkg}/clouds/azure", "tests/test_deploy_azure.py", "tests/test_cloud_azure.py"],
     "hf-spaces": [

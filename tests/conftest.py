@@ -164,7 +164,7 @@ CLOUD_FILES = {
         f"src/{{pkg}}/clouds/{cloud.replace('-', '_')}/__init__.py",
         f"src/{{pkg}}/clouds/{cloud.replace('-', '_')}/deploy.py",
         f"tests/test_deploy_{cloud.replace('-', '_')}.py",
-        *(["src/{pkg}/serve/routes/sagemaker.py"] if cloud == "aws" else []),
+        *(["src/{pkg}/serve/routes/sagemaker.py", "tests/test_serve_sagemaker.py"] if cloud == "aws" else []),
     ]
     for cloud in ("aws", "gcp", "azure", "hf-spaces")
 }

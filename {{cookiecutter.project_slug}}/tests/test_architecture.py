@@ -13,6 +13,7 @@ import pytest
 PACKAGE = "{{ cookiecutter.package_name }}"
 SOURCE = Path(__file__).parents[1] / "src" / PACKAGE
 MAX_FUNCTION_LINES = 60
+MAX_PARAMETERS = 6
 
 
 def module_name(path: Path) -> str:
@@ -138,6 +139,39 @@ def test_no_function_is_longer_than_the_limit():
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not too_long, f"split these (limit {MAX_FUNCTION_LINES} lines):\n" + "\n".join(too_long)
+
+
+def parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """How many arguments a function takes, `self`/`cls` aside."""
+    args = node.args
+    names = [*args.posonlyargs, *args.args, *args.kwonlyargs, *filter(None, [args.vararg, args.kwarg])]
+    return len([arg for arg in names if arg.arg not in ("self", "cls")])
+
+
+def is_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A Typer command or callback: its options are its parameters, so it may take many."""
+    return any(
+        isinstance(decorator, ast.Call) and getattr(decorator.func, "attr", "") in ("command", "callback")
+        for decorator in node.decorator_list
+    )
+
+
+def test_no_function_takes_more_than_the_limit_of_parameters():
+    """Many related arguments travel as one object (train.sft.Run, publish.PublishRequest), not as long lists."""
+    too_many = [
+        f"{path.relative_to(SOURCE.parent)}:{node.lineno} {node.name}() takes {parameters(node)}"
+        for path in MODULES.values()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and parameters(node) > MAX_PARAMETERS
+        and not is_command(node)
+    ]
+    assert not too_many, f"group these into an object (limit {MAX_PARAMETERS}):\n" + "\n".join(too_many)
+
+
+def test_the_parameter_count_sees_keyword_only_arguments_and_skips_self():
+    [node] = ast.parse("def f(self, a, /, b, *c, d, e=1, **f): pass").body
+    assert parameters(node) == 6
 
 
 @pytest.mark.parametrize("name", sorted(name for name in MODULES if not name.endswith(".__main__")))  # runs the CLI

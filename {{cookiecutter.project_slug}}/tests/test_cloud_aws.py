@@ -16,7 +16,12 @@ moto = pytest.importorskip("moto")
 
 from {{ cookiecutter.package_name }}.cli import app  # noqa: E402
 from {{ cookiecutter.package_name }}.clouds.aws import training as aws  # noqa: E402
-from {{ cookiecutter.package_name }}.clouds.jobs.job import PRICES, EntrypointOptions, job_spec, train_command  # noqa: E402
+from {{ cookiecutter.package_name }}.clouds.jobs.job import (  # noqa: E402
+    PRICES,
+    EntrypointOptions,
+    job_spec,
+    train_command,
+)
 from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError  # noqa: E402
 from {{ cookiecutter.package_name }}.clouds.staging import stage_inputs  # noqa: E402
 from {{ cookiecutter.package_name }}.config import dump_config  # noqa: E402

@@ -1,5 +1,5 @@
-"""Deployment, whatever the cloud: settings checks, the model bundle an image carries, SageMaker's container
-contract (/ping, /invocations, the `serve` program) and the shell scripts' lint.
+"""Deployment, whatever the cloud: settings checks, the model bundle an image carries, the image's `serve` program
+and the shell scripts' lint (SageMaker's /ping and /invocations: tests/test_serve_sagemaker.py, aws only).
 
 The cloud-specific flows are in tests/test_deploy_<cloud>.py.
 """
@@ -10,12 +10,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import typer
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.clouds.bundle import BundleError, bundle_model, choose_source
@@ -30,7 +28,6 @@ from {{ cookiecutter.package_name }}.clouds.settings import (
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.model.load import ModelError
 from {{ cookiecutter.package_name }}.registry import resolve_model_source
-from {{ cookiecutter.package_name }}.serve.app import create_app
 from {{ cookiecutter.package_name }}.serve.loader import load_for_serving
 from {{ cookiecutter.package_name }}.serve.settings import Settings
 
@@ -212,49 +209,6 @@ def test_the_registered_champion_bundles_and_serves_its_version(smoke_run, smoke
     assert load_config(bundle / "config.yaml").task == load_config(smoke_run / "config.yaml").task  # the run's own
 
 
-# ---- SageMaker's container contract ------------------------------------------------------------------------
-
-
-def wait_until(client: TestClient, path: str, status: int = 200, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while client.get(path).status_code != status:
-        assert time.monotonic() < deadline, client.get(path).text
-        time.sleep(0.02)
-
-
-def test_invocations_answers_like_chat_completions_and_is_logged(served_adapter, served_model, tmp_path):
-    log = tmp_path / "requests.jsonl"
-    with TestClient(create_app(settings_for(served_adapter, request_log=log), loaded=served_model)) as client:
-        wait_until(client, "/ping")
-        body = {"messages": HELLO, "temperature": 0, "max_tokens": 8}
-        invoked, chatted = client.post("/invocations", json=body), client.post("/v1/chat/completions", json=body)
-        assert invoked.status_code == 200, invoked.text
-        assert invoked.json()["choices"] == chatted.json()["choices"]
-        assert invoked.headers["x-request-id"].startswith("chatcmpl-")
-        assert client.post("/invocations", json={"messages": []}).status_code == 422  # as /v1/chat/completions
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [record["status"] for record in records] == [200, 200, 422]
-
-
-def test_ping_is_503_before_the_model_loads_and_when_it_cannot(served_adapter, tmp_path):
-    assert TestClient(create_app(settings_for(served_adapter))).get("/ping").status_code == 503  # no lifespan
-    with TestClient(create_app(settings_for(tmp_path / "no-such-adapter"))) as client:
-        wait_until(client, "/ready", status=503)
-        deadline = time.monotonic() + 30
-        while client.get("/ping").json()["status"] != "failed":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        assert client.get("/ping").status_code == 503
-
-
-def test_invocations_needs_the_api_key_when_one_is_set(served_adapter, served_model):
-    with TestClient(create_app(settings_for(served_adapter, api_key="k3y"), loaded=served_model)) as client:
-        wait_until(client, "/ping")  # SageMaker's health check needs no key
-        body = {"messages": HELLO, "max_tokens": 4}
-        assert client.post("/invocations", json=body).status_code == 401
-        assert client.post("/invocations", json=body, headers={"Authorization": "Bearer k3y"}).status_code == 200
-
-
 @pytest.mark.e2e  # starts the server: once, in the default bake's suite
 def test_the_images_serve_program_starts_the_server_on_port(served_adapter, tmp_path, free_port, wait_until_ready):
     """`docker run <image> serve` (SageMaker) runs scripts/serve.sh; here it runs as a process."""
@@ -276,8 +230,8 @@ def test_the_images_serve_program_starts_the_server_on_port(served_adapter, tmp_
             ["sh", str(ROOT / "scripts" / "serve.sh")], cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT
         )
     try:
-        # SageMaker's own check: /ping answers 200 once the model is loaded (503 while it loads).
-        wait_until_ready(f"http://127.0.0.1:{port}/ping", process=server, output=log, timeout_s=120)
+        # /ready answers 200 once the model is loaded (503 while it loads); SageMaker's /ping says the same.
+        wait_until_ready(f"http://127.0.0.1:{port}/ready", process=server, output=log, timeout_s=120)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -35,13 +35,14 @@ VALID_REQUEST_STATUSES = ["2XX", "400", "404", "413", "429"]
 # Every operation of the schema: (path, method, whether it takes input that can be invalid).
 OPERATIONS = [
     ("/v1/chat/completions", "POST", True),
-    ("/invocations", "POST", True),
     ("/v1/models", "GET", False),
     ("/v1/models/{model_id}", "GET", False),  # any string is a valid model id (an unknown one gets 404)
     ("/health", "GET", False),
     ("/ready", "GET", False),
-    ("/ping", "GET", False),
 ]
+# >>> aws
+OPERATIONS += [("/invocations", "POST", True), ("/ping", "GET", False)]  # SageMaker's container contract
+# <<< aws
 
 
 def fuzz_settings(tmp_dir, **overrides) -> Settings:
@@ -123,7 +124,9 @@ def test_the_schema_is_valid_openapi_and_documents_every_error_in_openai_shape(a
     assert all(chat[status]["content"]["application/json"]["schema"] == error_ref for status in set(chat) - {"200"})
     assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
     assert set(chat["429"]["headers"]) == {"Retry-After"} and set(chat["503"]["headers"]) == {"Retry-After"}
+    # >>> aws
     assert raw["paths"]["/invocations"]["post"]["responses"] == chat  # SageMaker's route answers the same
+    # <<< aws
     assert set(raw["paths"]["/v1/models/{model_id}"]["get"]["responses"]) == {"200", "404", "503"}
     # FastAPI's own 422 body ({"detail": [...]}) is not what this server answers: it is gone.
     assert "HTTPValidationError" not in raw["components"]["schemas"]
@@ -153,7 +156,7 @@ def test_the_schema_states_the_request_limits_exactly(api_schema):
 def test_the_bearer_scheme_and_401_are_documented_only_with_an_api_key(served_adapter, tmp_path):
     raw = create_app(fuzz_settings(tmp_path, model=str(served_adapter), api_key="k")).openapi()
     assert raw["components"]["securitySchemes"] == {"HTTPBearer": {"type": "http", "scheme": "bearer"}}
-    for path in ("/v1/chat/completions", "/invocations"):
+    for path in [path for path, method, _ in OPERATIONS if method == "POST"]:
         operation = raw["paths"][path]["post"]
         assert operation["security"] == [{"HTTPBearer": []}] and "401" in operation["responses"]
     assert "401" not in raw["paths"]["/health"]["get"]["responses"]  # health stays open to probes

@@ -25,7 +25,12 @@ from {{ cookiecutter.package_name }}.model.device import (
     resolve_dtype,
     resolve_precision,
 )
-from {{ cookiecutter.package_name }}.model.load import ModelError, load_base_model, load_tokenizer, prepare_chat_template
+from {{ cookiecutter.package_name }}.model.load import (
+    ModelError,
+    load_base_model,
+    load_tokenizer,
+    prepare_chat_template,
+)
 from {{ cookiecutter.package_name }}.train.sft import (
     SFT,
     Run,
