@@ -56,6 +56,7 @@ src/{pkg}/cli.py
 src/{pkg}/clouds/__init__.py
 src/{pkg}/clouds/bundle.py
 src/{pkg}/clouds/cli.py
+src/{pkg}/clouds/deploy.py
 src/{pkg}/clouds/entrypoint.py
 src/{pkg}/clouds/importer.py
 src/{pkg}/clouds/settings.py

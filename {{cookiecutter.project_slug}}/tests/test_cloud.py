@@ -130,7 +130,9 @@ def cloud_job(tmp_path_factory, smoke_config, tiny_model):
         finished = entrypoint.main(argv)
         job = {"job_id": "cloud-smoke", "target": "aws", "instance_type": "ml.g5.xlarge", "region": "eu-west-1"}
         job |= {"billed_s": 1800, "usd_per_hour": 1.408, "instance_count": 1, "spot": True}
-        imported = import_run(root / "model", job=job)
+        # This machine's folders (`here`); `cloud fetch` passes none: the project's outputs/ and reports/.
+        folders = {"output_dir": here.train.output_dir, "report_dir": here.eval.report_dir}
+        imported = import_run(root / "model", job=job, **folders)
         yield {
             "root": root,
             "here": here,
@@ -139,6 +141,7 @@ def cloud_job(tmp_path_factory, smoke_config, tiny_model):
             "checkpoints_after_stop": checkpoints_after_stop,
             "steps": (first_steps, second_steps),
             "imported": imported,
+            "folders": folders,
         }
 
 
@@ -207,12 +210,12 @@ def test_the_import_is_an_mlflow_run_like_a_local_one(cloud_job):
 def test_the_same_job_is_not_imported_twice(cloud_job):
     imported, output = cloud_job["imported"], cloud_job["root"] / "model"
     with pytest.raises(RunImportError, match="already exists"):
-        import_run(output, job=cloud_job["job"])
+        import_run(output, job=cloud_job["job"], **cloud_job["folders"])
     moved = imported.run_dir.with_name("moved-away")
     imported.run_dir.rename(moved)  # even with the folder gone, the MLflow tag refuses it
     try:
         with pytest.raises(RunImportError, match="job cloud-smoke was imported already: MLflow run"):
-            import_run(output, job=cloud_job["job"])
+            import_run(output, job=cloud_job["job"], **cloud_job["folders"])
         assert not imported.run_dir.exists()
     finally:
         moved.rename(imported.run_dir)
@@ -250,7 +253,81 @@ def test_fetch_reads_a_zip_and_refuses_a_run_already_here(cloud_job, tmp_path, m
     import shutil
 
     archive = shutil.make_archive(str(tmp_path / "run"), "zip", cloud_job["root"] / "model")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(cloud_job["root"] / "here")  # the project the job was imported into: its outputs/
     result = CliRunner().invoke(app, ["cloud", "fetch", archive])
     assert result.exit_code == 2
-    assert f"{cloud_job['imported'].run_dir} already exists" in result.output
+    assert f"{Path('outputs') / 'cloud-smoke'} already exists" in result.output
+
+
+# ---- hostile archives ------------------------------------------------------------------------------------
+
+
+def _run_zip(path: Path, config, *, extra: dict[str, bytes] | None = None) -> Path:
+    """A run .zip as the notebook packs it (outputs/<run>/ and reports/), `config` as its config.yaml."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("outputs/hostile/adapter/adapter_config.json", "{}")
+        archive.writestr("outputs/hostile/config.yaml", dump_config_text(config))
+        archive.writestr("outputs/hostile/train_log.json", json.dumps({"log_history": []}))
+        archive.writestr("reports/eval.json", json.dumps({"run": {}}))
+        archive.writestr("reports/eval.md", "# eval\n")
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return path
+
+
+def dump_config_text(config) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        dump_config(config, Path(folder) / "config.yaml")
+        return (Path(folder) / "config.yaml").read_text(encoding="utf-8")
+
+
+def test_an_archive_cannot_choose_where_the_run_and_its_reports_go(smoke_config, tmp_path, monkeypatch):
+    """The archive's config.yaml points outside the project (/tmp/x, /tmp/y in the report): the run still lands in
+    the project's own outputs/ and reports/, and its config.yaml is rewritten to say so."""
+    elsewhere = tmp_path / "elsewhere"
+    hostile = smoke_config(f"train.output_dir={elsewhere / 'x'}", f"eval.report_dir={elsewhere / 'y'}")
+    archive = _run_zip(tmp_path / "run.zip", hostile)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+
+    imported = import_run(archive, job={"job_id": "hostile", "target": "notebook"})
+
+    assert imported.run_dir == Path("outputs") / "hostile"
+    assert (project / "outputs" / "hostile" / "adapter" / "adapter_config.json").is_file()
+    assert (project / "reports" / "eval.json").is_file() and (project / "reports" / "eval.md").is_file()
+    assert not elsewhere.exists()
+    run_config = load_config(project / "outputs" / "hostile" / "config.yaml")
+    assert (run_config.train.output_dir, run_config.eval.report_dir) == ("outputs", "reports")
+
+
+@pytest.mark.parametrize("cap", ["MAX_UNPACKED_BYTES", "MAX_FILES"])
+def test_a_zip_bomb_is_refused_before_anything_is_unpacked(cap, smoke_config, tmp_path, monkeypatch):
+    """Past the unpacked-size or file-count cap (lowered here: the real ones are 2 GiB and 10,000 files), `cloud
+    fetch` exits 2 and writes nothing: a megabyte of zeros compresses to about a kilobyte."""
+    from {{ cookiecutter.package_name }}.clouds import importer
+
+    assert (importer.MAX_UNPACKED_BYTES, importer.MAX_FILES) == (2 * 1024**3, 10_000)
+    monkeypatch.setattr(importer, "MAX_UNPACKED_BYTES", 2**20 if cap == "MAX_UNPACKED_BYTES" else 2**40)
+    monkeypatch.setattr(importer, "MAX_FILES", 20 if cap == "MAX_FILES" else 10_000)
+    extra = {"reports/zeros.bin": bytes(2**20)} if cap == "MAX_UNPACKED_BYTES" else {}
+    extra |= {f"reports/extra-{i}.txt": b"x" for i in range(20)} if cap == "MAX_FILES" else {}
+    archive = _run_zip(tmp_path / "bomb.zip", smoke_config(), extra=extra)
+    assert archive.stat().st_size < 2**16
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr("tempfile.tempdir", None)
+
+    result = CliRunner().invoke(app, ["cloud", "fetch", str(archive)])
+
+    assert result.exit_code == 2, result.output
+    assert "a run's archive holds at most" in result.output and "Nothing was imported" in result.output
+    assert list(project.iterdir()) == [] and list(scratch.iterdir()) == []

@@ -173,3 +173,58 @@ def test_base_model_has_no_hidden_default(tmp_path):
         load_config(path)
     default = yaml.safe_load((Path(__file__).parents[1] / "configs" / "default.yaml").read_text(encoding="utf-8"))
     assert default["model"]["base_model"] == "{{ cookiecutter.base_model }}"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("train:\n  learning_rate: .inf\n", 3, "train.learning_rate"),  # 3 steps of it saved an adapter of NaNs
+        ("report:\n  hourly_cost_usd: .nan\n", 3, "report.hourly_cost_usd"),
+        ("eval:\n  judge:\n    timeout_s: .inf\n", 4, "eval.judge.timeout_s"),
+    ],
+)
+def test_non_finite_numbers_are_refused_in_every_section(tmp_path, text, line, key):
+    path = write(tmp_path, f"project: demo\n{text}")
+    with pytest.raises(ConfigError, match=rf"{path}:{line}: {key}: Input should be a finite number"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"command line \({key}=-inf\): {key}: Input should be a finite number"):
+        load_config(write(tmp_path, "project: demo\n"), [f"{key}=-inf"])
+
+
+@pytest.mark.parametrize(
+    ("key", "absurd", "limit"),
+    [("lora.r", "1000000000", "1024"), ("train.learning_rate", "10.0", "1")],  # lora.r=1e9 asked for 256 GB
+)
+def test_absurd_values_are_refused_with_file_and_line(tmp_path, key, absurd, limit):
+    from typer.testing import CliRunner
+
+    from {{ cookiecutter.package_name }}.cli import app
+
+    section, name = key.split(".")
+    path = write(tmp_path, f"project: demo\n{section}:\n  {name}: {absurd}\n")
+    with pytest.raises(ConfigError, match=rf"{path}:3: {key}: Input should be less than or equal to {limit}"):
+        load_config(path)
+    result = CliRunner().invoke(app, ["config", "show", "--config", str(path)])
+    assert result.exit_code == 2 and f"{key}: Input should be less than or equal to {limit}" in result.output
+    assert "Traceback" not in result.output
+    section_cfg = getattr(load_config(write(tmp_path, "project: demo\n"), [f"{key}={limit}"]), section)
+    assert getattr(section_cfg, name) == float(limit)  # the limit itself is allowed
+
+
+def test_yaml_alias_bomb_is_refused_at_once_in_a_short_message(tmp_path):
+    import time
+
+    # Nine levels of nine aliases each: 4 KB of text that expands to 9**9 (387 million) items.
+    levels = ["a0: &a0 [" + ", ".join(["lol"] * 9) + "]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    path = write(tmp_path, "project: demo\nmodel:\n  base_model: org/model\n" + "\n".join(levels) + "\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert time.monotonic() - started < 2
+    message = str(err.value)
+    assert message.startswith(f"{path}:5: YAML aliases (*a0) are not accepted in a config") and len(message) < 300
+    with pytest.raises(ConfigError, match=r"command line \(lora.target_modules=.*\): YAML aliases"):
+        load_config(write(tmp_path, "project: demo\n"), ["lora.target_modules=[&x q_proj, *x]"])
+    # A value that merely starts with `*` (no anchor to refer to) stays text, as before.
+    assert load_config(write(tmp_path, "project: demo\n"), ["model.revision=*main"]).model.revision == "*main"

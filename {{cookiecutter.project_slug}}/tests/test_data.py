@@ -399,3 +399,58 @@ def test_cli_synth_refuses_to_overwrite_without_force(tmp_path):
 
     forced = runner.invoke(app, ["data", "synth", "--out", str(out), "--n", "50", "--force"])
     assert forced.exit_code == 0 and len((out / "train.jsonl").read_text().splitlines()) == 40
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_row_over_the_size_cap_is_refused_without_tokenizing_it(tmp_path, monkeypatch, suffix):
+    """One 50 MB row took 98 s and 15 GB to validate: a row beyond the cap is a problem with its line, and
+    is never tokenized (monkeypatched to a small cap here, so the test stays fast)."""
+    from {{ cookiecutter.package_name }}.data import dataset
+
+    monkeypatch.setattr(dataset, "MAX_ROW_CHARS", 1000)
+    rows = [{"prompt": f"question {i}", "completion": "answer"} for i in range(6)]
+    rows[2]["prompt"] = "word " * 400  # 2,000 characters
+    path = tmp_path / f"train{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, rows)
+    else:
+        frame = pd.DataFrame(rows)
+        frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+    line = 4 if suffix == ".csv" else 3  # CSV: line 1 is the header
+
+    class CountingTokenizer(WordTokenizer):
+        longest = 0
+
+        def apply_chat_template(self, messages, **kwargs):
+            self.longest = max(self.longest, sum(len(m["content"]) for m in messages))
+            return super().apply_chat_template(messages, **kwargs)
+
+    tokenizer = CountingTokenizer()
+    problems = validate_data(DataConfig(path=str(path)), tokenizer=tokenizer)
+    [problem] = problems_at(problems, path, line)
+    assert "over the 1,000 characters a row may hold" in problem.message and len(str(problem)) < 300
+    assert tokenizer.longest < 1000  # the long row never reached the tokenizer
+    assert load_error(path).startswith(f"{path}:{line}: ")
+
+
+def test_a_csv_cell_over_the_size_cap_is_refused_by_line(tmp_path, monkeypatch):
+    from {{ cookiecutter.package_name }}.data import dataset
+
+    monkeypatch.setattr(dataset, "MAX_ROW_CHARS", 150_000)  # above the csv module's own 131,072 limit
+    path = tmp_path / "train.csv"
+    rows = [{"prompt": f"question {i}", "completion": "answer"} for i in range(6)]
+    rows[1]["prompt"] = "x" * 200_000
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert load_error(path).startswith(f"{path}:3: a cell over the 150,000 characters a row may hold")
+
+
+def test_jsonl_with_a_byte_order_mark_loads_like_csv_with_one(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"prompt": f"question {i}", "completion": "answer"} for i in range(6)]
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(row) + "\n" for row in rows).encode())
+    splits = load_splits(DataConfig(path=str(path)))
+    assert sum(len(split) for split in splits.values()) == 6
+    csv_path = tmp_path / "csv" / "train.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_bytes(b"\xef\xbb\xbf" + pd.DataFrame(rows).to_csv(index=False).encode())
+    assert sum(len(split) for split in load_splits(DataConfig(path=str(csv_path))).values()) == 6

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.clouds.bundle import BundleError, bundle_model, choose_source
 from {{ cookiecutter.package_name }}.clouds.bundle import main as bundle_main
+from {{ cookiecutter.package_name }}.clouds.deploy import command_group, print_call
 from {{ cookiecutter.package_name }}.clouds.settings import (
     DeploySettingsError,
     Var,
@@ -115,6 +116,62 @@ def test_shell_exports_survive_eval_unchanged_and_leave_secrets_out():
     assert "TOKEN" not in exports and "s3cret" not in exports
     shown = subprocess.run(["bash", "-c", f'{exports}\nprintf %s "$NAME"'], capture_output=True, text=True, check=True)
     assert shown.stdout == tricky
+
+
+# ---- the deploy command group (clouds/deploy.py) -----------------------------------------------------------
+
+
+def recording_cloud(calls: list) -> typer.Typer:
+    """A cloud behind the deploy interface: `up` records what it gets, `down` refuses as a cloud module does."""
+
+    def settings(environ, *, project):
+        return resolve(VARIABLES, environ, project=project)
+
+    def up(values, *, project, dry_run, out, bundle):
+        """Make the service."""
+        calls.append((values["NAME"], project, dry_run, out, bundle))
+
+    def down(values, *, dry_run):
+        """Delete the service."""
+        raise DeploySettingsError(f"{values['NAME']} is not ours; nothing was deleted")
+
+    return command_group("A test cloud.", VARIABLES, settings, up, down)
+
+
+def test_deploy_commands_check_the_settings_first_and_end_errors_with_their_exit_code(monkeypatch):
+    for name in ("REGION", "NAME", "TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DEPLOY_ENV_FILE", os.devnull)
+    calls: list = []
+    app = recording_cloud(calls)
+    missing = CliRunner().invoke(app, ["up", "--project", "shop", "--dry-run"])
+    assert missing.exit_code == 2 and "REGION is not set" in missing.output and calls == []
+
+    monkeypatch.setenv("REGION", "eu-1")
+    monkeypatch.setenv("TOKEN", "s3cret-value")
+    exported = CliRunner().invoke(app, ["settings", "--project", "shop"])
+    assert (exported.exit_code, exported.output) == (0, "export REGION=eu-1\nexport NAME=shop-api\n")
+    assert CliRunner().invoke(app, ["up", "--project", "shop", "--dry-run", "--out", "build/x"]).exit_code == 0
+    assert calls == [("shop-api", "shop", True, Path("build/x"), Path("build/model"))]
+    refused = CliRunner().invoke(app, ["down", "--project", "shop"])
+    assert refused.exit_code == 2 and "error: shop-api is not ours; nothing was deleted" in refused.output
+    assert "Make the service." in CliRunner().invoke(app, ["up", "--help"]).output
+
+
+def test_a_cloud_without_up_and_down_keeps_settings_and_adds_its_own_commands():
+    app = command_group("A cloud whose own CLI deploys.", VARIABLES, lambda environ, *, project: {})
+
+    @app.command()
+    def manifest() -> None:
+        """Write the service's manifest."""
+
+    assert sorted(typer.main.get_command(app).commands) == ["manifest", "settings"]
+
+
+def test_a_dry_run_prints_each_call_with_its_arguments_as_sorted_json(capsys):
+    print_call("ecr", "create_repository", {"repositoryName": "shop", "imageTagMutability": "IMMUTABLE"})
+    expected = '+ ecr.create_repository({"imageTagMutability": "IMMUTABLE", "repositoryName": "shop"})\n'
+    assert capsys.readouterr().out == expected
 
 
 # ---- the model bundle --------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
 
 from {{ cookiecutter.package_name }}.clouds.aws import deploy as aws  # noqa: E402
-from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError  # noqa: E402
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError, shell_exports  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 PROJECT = "{{ cookiecutter.project_slug }}"
@@ -379,7 +379,7 @@ def test_a_second_deploy_detaches_scaling_for_the_update_and_attaches_it_again()
 
 def test_scaling_settings_have_safe_defaults_and_min_above_max_is_refused():
     values = aws.settings(GOOD, project=PROJECT)
-    exports = aws.shell_exports(values, aws.VARIABLES)
+    exports = shell_exports(values, aws.VARIABLES)
     for line in ("SAGEMAKER_MIN_INSTANCES=1", "SAGEMAKER_MAX_INSTANCES=2", "SAGEMAKER_TARGET_INVOCATIONS=30"):
         assert f"export {line}\n" in exports
     with pytest.raises(DeploySettingsError, match="SAGEMAKER_MIN_INSTANCES=3 is above SAGEMAKER_MAX_INSTANCES=2"):

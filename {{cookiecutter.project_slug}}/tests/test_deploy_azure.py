@@ -17,7 +17,7 @@ from azure.ai.ml import load_online_deployment, load_online_endpoint
 from azure.core.exceptions import ResourceNotFoundError
 
 from {{ cookiecutter.package_name }}.clouds.azure import deploy as azure
-from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError, shell_exports
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -121,7 +121,7 @@ def test_autoscale_commands_cover_the_instance_range_and_cpu_rules():
 
 
 def test_scaling_settings_have_safe_defaults_and_are_checked():
-    exports = azure.shell_exports(values(), azure.VARIABLES)
+    exports = shell_exports(values(), azure.VARIABLES)
     for line in ("AZURE_INSTANCE_COUNT=1", "AZURE_MAX_INSTANCES=2", "AZURE_SCALE_OUT_CPU=70"):
         assert f"export {line}\n" in exports
     with pytest.raises(DeploySettingsError, match="AZURE_INSTANCE_COUNT=3 is above AZURE_MAX_INSTANCES=2"):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from {{ cookiecutter.package_name }}.clouds.gcp import deploy as gcp
-from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError
+from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError, shell_exports
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -70,7 +70,7 @@ def test_manifest_is_a_knative_service_with_image_port_resources_scaling_and_pro
 def test_concurrency_setting_reaches_the_manifest_and_bad_values_are_refused():
     values = gcp.settings({**GOOD, "CLOUD_RUN_CONCURRENCY": "16"}, project=PROJECT, tag="x")
     assert gcp.service_manifest(values)["spec"]["template"]["spec"]["containerConcurrency"] == 16
-    assert "export CLOUD_RUN_CONCURRENCY=16\n" in gcp.shell_exports(values, gcp.VARIABLES)
+    assert "export CLOUD_RUN_CONCURRENCY=16\n" in shell_exports(values, gcp.VARIABLES)
     with pytest.raises(DeploySettingsError, match="CLOUD_RUN_CONCURRENCY='0' must be a whole number from 1 to 999"):
         gcp.settings({**GOOD, "CLOUD_RUN_CONCURRENCY": "0"}, project=PROJECT, tag="x")
 
@@ -87,9 +87,8 @@ def test_manifest_probes_are_routes_the_server_has():
 
 def test_more_minimum_than_maximum_instances_is_refused():
     env = {**GOOD, "CLOUD_RUN_MIN_INSTANCES": "3", "CLOUD_RUN_MAX_INSTANCES": "1"}
-    values = gcp.settings(env, project=PROJECT, tag="x")
     with pytest.raises(DeploySettingsError, match="CLOUD_RUN_MIN_INSTANCES=3 is above CLOUD_RUN_MAX_INSTANCES=1"):
-        gcp.service_manifest(values)
+        gcp.settings(env, project=PROJECT, tag="x")
 
 
 # ---- the scripts -------------------------------------------------------------------------------------------

@@ -188,6 +188,66 @@ def test_a_config_that_disagrees_with_the_run_is_refused_before_anything_is_writ
     assert client.get_run(run_id).data.metrics == metrics_before
 
 
+def _copy_of_run(run_dir: Path, dest: Path) -> Path:
+    """The run folder (adapter, config.yaml, tracking.json: the same MLflow run) copied, checkpoints left out."""
+    import shutil
+
+    return Path(shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoint-*")))
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_never_rewrites_its_runs_scores_nor_drives_the_gate(smoke_config, smoke_run, tmp_path):
+    """outputs/<run>/checkpoint-<step>/ is not the run's model: refused as the run (nothing written or logged);
+    with --other-data it is its own record (a new MLflow run tagged evaluation_of), no version named, no gate."""
+    import shutil
+
+    client = tracking_client()
+    run_id = tracked(smoke_run)["run_id"]
+    before = client.get_run(run_id)
+    runs_before = {run.info.run_id for run in client.search_runs([before.info.experiment_id])}
+    run_dir = _copy_of_run(smoke_run, tmp_path / "run")
+    checkpoint = Path(shutil.copytree(run_dir / "adapter", run_dir / "checkpoint-2"))
+    config = smoke_config("tracking.enabled=true", "eval.max_samples=2", "eval.few_shot=0", root=tmp_path)
+
+    with pytest.raises(EvaluationError) as refused:
+        evaluate(config, adapter_dir=checkpoint)
+    assert str(refused.value).startswith(f"{checkpoint} is a training checkpoint, not the run's final model")
+    assert f"\n  {COMMAND} evaluate --adapter {run_dir / 'adapter'}\n" in str(refused.value)
+    assert "add --other-data" in str(refused.value)
+    assert not (tmp_path / "reports").exists()
+    assert {run.info.run_id for run in client.search_runs([before.info.experiment_id])} == runs_before
+
+    report = evaluate(config, adapter_dir=checkpoint, other_data=True)
+    assert report["run"]["adapter"] == str(checkpoint) and report["run"]["model_version"] is None
+    assert not (tmp_path / "reports" / "promotion.json").exists()  # the gate did not run
+    after = client.get_run(run_id)
+    assert (after.data.metrics, after.data.tags) == (before.data.metrics, before.data.tags)
+    (logged,) = [run for run in client.search_runs([before.info.experiment_id]) if run.info.run_id not in runs_before]
+    assert logged.data.tags["evaluation_of"] == run_id
+
+
+@pytest.mark.e2e
+def test_a_run_tracked_elsewhere_is_refused_before_anything_is_written(smoke_config, smoke_run, tmp_path, monkeypatch):
+    """tracking.json names the store the run was trained against; evaluated without MLFLOW_TRACKING_URI (the
+    ./mlflow.db default), its run is not there: refused, naming the store, before reports/eval.* is touched."""
+    from {{ cookiecutter.package_name }}.tracking import TrackingError
+
+    run_dir = _copy_of_run(smoke_run, tmp_path / "run")
+    record = tracked(run_dir) | {"tracking_uri": "http://127.0.0.1:9"}
+    (run_dir / "tracking.json").write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    config = smoke_config("tracking.enabled=true", "eval.max_samples=2", root=tmp_path)
+
+    with pytest.raises(TrackingError) as refused:
+        evaluate(config, adapter_dir=run_dir / "adapter")
+    assert "was trained with MLflow tracking at http://127.0.0.1:9" in str(refused.value)
+    assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:9 {COMMAND} evaluate --adapter {run_dir / 'adapter'}" in str(
+        refused.value
+    )
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.mark.e2e
 def test_the_scored_rows_digest_is_in_eval_json_and_on_the_training_run(smoke_config, smoke_run, smoke_report):
     from {{ cookiecutter.package_name }}.data.dataset import load_splits

@@ -17,15 +17,41 @@ from {{ cookiecutter.package_name }}.registry import (
     ModelSourceError,
     fetch_model,
     is_model_uri,
+    log_and_register,
     resolve_model_source,
 )
 from {{ cookiecutter.package_name }}.runs import CONFIG_FILE, run_config_path
-from {{ cookiecutter.package_name }}.tracking import TrackingError
+from {{ cookiecutter.package_name }}.tracking import TrackingError, project_experiment_id
 from {{ cookiecutter.package_name }}.tracking import client as tracking_client
 
 
 def tracked(run_dir: Path) -> dict:
     return json.loads((run_dir / "tracking.json").read_text())
+
+
+@pytest.mark.e2e
+def test_registering_a_run_again_finishes_its_version_instead_of_adding_one(smoke_config, served_adapter):
+    """kill -9 during registration, then --resume: the run's version is found and finished, not doubled."""
+    from {{ cookiecutter.package_name }}.model.load import load_finetuned, load_tokenizer
+
+    config = smoke_config("tracking.enabled=true", "project=registry-idempotent")
+    client = tracking_client()
+    # A run of the project's experiment, as training makes; registered under a model name of its own.
+    experiment = project_experiment_id(smoke_config().project)
+    run_id = client.create_run(experiment, tags={"stage": "sft"}).info.run_id
+    model = load_finetuned(config.model, adapter_dir=served_adapter, device="cpu")
+    tokenizer = load_tokenizer(served_adapter)
+
+    first = log_and_register(config, run_id=run_id, model=model, tokenizer=tokenizer)
+    client.delete_registered_model_alias(config.project, CANDIDATE)  # as if killed before the alias and tags
+    client.delete_model_version_tag(config.project, first.version, "stage")
+    again = log_and_register(config, run_id=run_id, model=model, tokenizer=tokenizer)
+
+    versions = client.search_model_versions(f"name='{config.project}'")
+    assert [(v.version, v.run_id) for v in versions] == [(first.version, run_id)]
+    assert again.version == first.version
+    assert client.get_model_version_by_alias(config.project, CANDIDATE).version == first.version
+    assert client.get_model_version(config.project, first.version).tags["stage"] == "sft"
 
 
 @pytest.mark.e2e

@@ -271,6 +271,26 @@ def test_sigterm_during_training_ends_killed_and_resumes(smoke_config, tiny_mode
     assert json.loads((run_dir / "train_log.json").read_text())["train_runtime_s"] >= 3.0
 
 
+def test_a_run_whose_loss_goes_non_finite_stops_and_is_not_registered(smoke_config, tiny_model, tmp_path):
+    """An infinite learning rate (the config refuses it now; a sweep or a bad GPU can still blow up) once saved an
+    adapter of NaN weights and logged loss 0 (the Trainer hides NaN losses by default). The run stops instead."""
+    from {{ cookiecutter.package_name }}.tracking import client
+
+    overrides = ("tracking.enabled=true", "project=poisoned", "train.run_name=poisoned", "data.max_train_samples=16")
+    steps = ("train.batch_size=4", "train.max_steps=4", "train.logging_steps=1", "train.eval_steps=1000")
+    config = smoke_config(*overrides, *steps, "train.save_steps=1000", root=tmp_path)
+    config = config.model_copy(update={"train": config.train.model_copy(update={"learning_rate": float("inf")})})
+    with pytest.raises(TrainError, match=r"training loss is nan at step \d+.*not registered") as err:
+        train(config, config_name="smoke")
+    assert "train.learning_rate" in str(err.value)
+    run_dir = tmp_path / "outputs" / "poisoned"
+    assert not (run_dir / "adapter").exists() and not (run_dir / "train_log.json").exists()
+    tracking = json.loads((run_dir / "tracking.json").read_text())
+    assert tracking["model_version"] is None
+    assert client().get_run(tracking["run_id"]).info.status == "FAILED"
+    assert client().search_model_versions("name='poisoned'") == []
+
+
 def test_resume_without_a_checkpoint_is_refused(smoke_config, tmp_path):
     with pytest.raises(TrainError, match="no run of 'smoke' with a checkpoint"):
         train(smoke_config(root=tmp_path), config_name="smoke", resume=True)

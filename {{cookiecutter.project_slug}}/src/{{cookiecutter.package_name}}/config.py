@@ -29,7 +29,10 @@ MOVED_KEYS = {"data.task": "task.kind", "data.system_prompt": "task.system_promp
 
 class _Section(BaseModel):
     # extra="forbid": a misspelt key must fail loudly instead of being silently ignored.
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # allow_inf_nan=False: no setting means anything at inf or nan (a learning rate of inf trained NaN weights).
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class TaskConfig(_Section):
@@ -94,8 +97,9 @@ class ModelConfig(_Section):
 
 
 class LoraConfig(_Section):
-    r: int = Field(16, gt=0)
-    """LoRA rank: the size of the low-rank update. 8-64 is usual; higher learns more, costs more."""
+    # At most 1024: beyond the hidden size of most models a rank adds nothing, and lora.r=1e9 tried to allocate 256 GB.
+    r: int = Field(16, gt=0, le=1024)
+    """LoRA rank: the size of the low-rank update. 8-64 is usual; higher learns more, costs more. At most 1024."""
     alpha: int = Field(32, gt=0)
     """LoRA scaling numerator (update scaled by alpha/r); usually 2*r."""
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -120,8 +124,9 @@ class TrainConfig(_Section):
     """Examples per device per forward pass."""
     gradient_accumulation_steps: int = Field(1, gt=0)
     """Forward passes per optimizer step: effective batch = batch_size * this."""
-    learning_rate: float = Field(2e-4, gt=0)
-    """Peak learning rate. LoRA tolerates ~10x the full fine-tuning rate; 1e-4 to 3e-4 is usual."""
+    # At most 1: Adam's step is about the learning rate itself, so above 1 every update outweighs the weights.
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    """Peak learning rate. LoRA tolerates ~10x the full fine-tuning rate; 1e-4 to 3e-4 is usual. At most 1."""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     """Learning-rate schedule after warm-up."""
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
@@ -396,6 +401,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         )
     text = path.read_text(encoding="utf-8")
     try:
+        _refuse_aliases(text, where=str(path))
         raw = yaml.safe_load(text) or {}
         lines = _key_lines(yaml.compose(text))
     except yaml.YAMLError as err:
@@ -436,11 +442,28 @@ def describe_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tup
 
 
 def key_lines(path: str | Path) -> dict[str, int]:
-    """The 1-based line of each dotted key of a YAML config file ({} when it is not valid YAML)."""
+    """The 1-based line of each dotted key of a YAML config file ({} when it is not valid YAML or has aliases)."""
     try:
-        return _key_lines(yaml.compose(Path(path).read_text(encoding="utf-8")))
-    except yaml.YAMLError:
+        text = Path(path).read_text(encoding="utf-8")
+        _refuse_aliases(text, where=str(path))
+        return _key_lines(yaml.compose(text))
+    except (yaml.YAMLError, ConfigError):
         return {}
+
+
+def _refuse_aliases(text: str, *, where: str, with_line: bool = True) -> None:
+    """Raise ConfigError at a YAML alias (`*name`): a few KB of nested aliases expand to billions of items (an
+    "alias bomb" took 54 s and 1 GB), and a config has no need of them. Reads parser events: linear, nothing built."""
+    anchors = set()
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.NodeEvent) and not isinstance(event, yaml.AliasEvent) and event.anchor:
+            anchors.add(event.anchor)
+        # An undefined alias is left to the YAML error (a file) or taken as text (an override such as `*proj`).
+        if isinstance(event, yaml.AliasEvent) and event.anchor in anchors:
+            line = f":{event.start_mark.line + 1}" if with_line and event.start_mark else ""
+            raise ConfigError(
+                f"{where}{line}: YAML aliases (*{event.anchor}) are not accepted in a config; write the value out"
+            )
 
 
 def _parse_override(override: str) -> tuple[str, Any]:
@@ -450,6 +473,7 @@ def _parse_override(override: str) -> tuple[str, Any]:
             f"command line: '{override}' is not an override; write key.sub=value, e.g. train.max_steps=20"
         )
     try:
+        _refuse_aliases(value, where=f"command line ({override})", with_line=False)
         return key.strip(), yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         return key.strip(), value  # not YAML: take it as a plain string

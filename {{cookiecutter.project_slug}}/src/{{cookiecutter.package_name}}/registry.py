@@ -66,9 +66,15 @@ def log_and_register(
     config: Config, *, run_id: str, model: PeftModel, tokenizer: PreTrainedTokenizerBase
 ) -> ModelVersion | None:
     """Log the trained adapter (the in-memory PeftModel training just saved, so the base model is not
-    loaded a second time) as an MLflow transformers model, register it, alias the new version `candidate`."""
+    loaded a second time) as an MLflow transformers model, register it, alias the new version `candidate`.
+
+    Idempotent per run: when the run already has a version (a registration cut short by kill -9, then
+    `--resume`), that version is finished (alias, tags) and returned; no second version is created."""
     import mlflow
 
+    if config.tracking.register_model and (existing := _version_of_run(config.project, run_id)) is not None:
+        log.info("run %s already has %s version %s: finishing it", run_id, config.project, existing.version)
+        return _finish_version(config, run_id=run_id, version=existing)
     base = Path(config.model.base_model)
     with inside_run(run_id):
         info = mlflow.transformers.log_model(
@@ -84,6 +90,22 @@ def log_and_register(
     if not config.tracking.register_model:
         return None
     version = client().get_model_version(config.project, str(info.registered_model_version))
+    return _finish_version(config, run_id=run_id, version=version)
+
+
+def _version_of_run(name: str, run_id: str) -> ModelVersion | None:
+    """The registered version of model `name` that run `run_id` already has (the oldest), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _finish_version(config: Config, *, run_id: str, version: ModelVersion) -> ModelVersion:
+    """Alias `version` candidate and tag it with its run's lineage: safe to repeat."""
     client().set_registered_model_alias(config.project, CANDIDATE, version.version)
     # The run's stage and (DPO) SFT parent on the version too, so the registry shows what each version is.
     lineage = {k: v for k, v in client().get_run(run_id).data.tags.items() if k == "stage" or k.startswith("parent.")}

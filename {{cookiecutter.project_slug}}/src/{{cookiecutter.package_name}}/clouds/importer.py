@@ -8,6 +8,10 @@ made: the resolved config as parameters, every logged step of train_log.json as 
 splits as dataset inputs, the job's id, target, instance, region, billed seconds and cost as tags; logs and
 registers the adapter (alias `candidate`), logs the evaluation, and runs the promotion gate, as `evaluate` does.
 A job already imported (its `cloud.job_id` tag is on a run of the project's experiment) is refused.
+
+The archive never decides where files go: the run lands in this project's outputs/ and reports/ (the default
+train.output_dir and eval.report_dir, relative to the project folder), whatever its config.yaml says, and the
+imported config.yaml is rewritten to say so. A .zip past MAX_UNPACKED_BYTES or MAX_FILES is refused unopened.
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, load_config
+from ..config import Config, EvalConfig, TrainConfig, load_config
 from ..errors import BadInput
 from ..runs import CONFIG_FILE, TRAIN_LOG, write_tracking_file
 from .entrypoint import JOB_FILE
 
 JOB_ID_TAG = "cloud.job_id"
 EVAL_FILES = ("eval.json", "eval.md")
+# A run holds an adapter (tens of MB for a 7B model's LoRA; full-precision weights of a small model stay well
+# under 2 GiB), a few config and log files, and its checkpoints are left out: an archive past either cap is not
+# a run but a zip bomb (a 1.2 MB zip can unpack to 1 GiB), refused before a byte is unpacked.
+MAX_UNPACKED_BYTES = 2 * 1024**3
+MAX_FILES = 10_000
+# This project's folders (the config defaults, relative to the project folder): where every import goes.
+PROJECT_OUTPUT_DIR, PROJECT_REPORT_DIR = TrainConfig().output_dir, EvalConfig().report_dir
 
 
 class RunImportError(BadInput, ValueError):
@@ -54,10 +65,26 @@ def _unpacked(path: Path) -> Iterator[Path]:
     if not zipfile.is_zipfile(path):
         raise RunImportError(f"{path}: neither a folder nor a .zip of a run (from `cloud fetch` or the notebook)")
     with tempfile.TemporaryDirectory(prefix="cloud-import-") as scratch, zipfile.ZipFile(path) as archive:
-        archive.extractall(scratch)
+        _check_size(path, archive)
+        try:
+            archive.extractall(scratch)
+        except (zipfile.BadZipFile, EOFError) as err:  # e.g. a member larger than its header says: bad CRC
+            raise RunImportError(f"{path}: a damaged .zip ({err}); nothing was imported") from None
         inner = [p for p in Path(scratch).iterdir() if p.is_dir()]
         # A zip of the folder itself holds one top folder; a zip of its content holds outputs/ at the top.
         yield inner[0] if len(inner) == 1 and not (Path(scratch) / "outputs").is_dir() else Path(scratch)
+
+
+def _check_size(path: Path, archive: zipfile.ZipFile) -> None:
+    """Refuse an archive whose members would unpack past MAX_FILES or MAX_UNPACKED_BYTES. zipfile stops reading
+    a member at the size its header declares (a member that holds more fails its CRC), so the headers bound it."""
+    members = archive.infolist()
+    unpacked = sum(member.file_size for member in members)
+    if len(members) > MAX_FILES or unpacked > MAX_UNPACKED_BYTES:
+        raise RunImportError(
+            f"{path}: {len(members):,} files, {unpacked:,} bytes unpacked; a run's archive holds at most "
+            f"{MAX_FILES:,} files and {MAX_UNPACKED_BYTES:,} bytes. Nothing was imported"
+        )
 
 
 def _layout(folder: Path) -> Path:
@@ -75,17 +102,30 @@ def _layout(folder: Path) -> Path:
     return runs[0]
 
 
-def import_run(path: Path, *, job: dict[str, Any]) -> ImportedRun:
+def import_run(
+    path: Path,
+    *,
+    job: dict[str, Any],
+    output_dir: str | Path = PROJECT_OUTPUT_DIR,
+    report_dir: str | Path = PROJECT_REPORT_DIR,
+) -> ImportedRun:
     """Import the job output at `path` (folder or .zip). `job`: job_id, target, instance_type, region,
-    billed_s, usd_per_hour, instance_count (what is unknown may be missing). Refuses a second import."""
+    billed_s, usd_per_hour, instance_count (what is unknown may be missing). Refuses a second import. The run
+    goes to `output_dir`/<run>/ and its reports to `report_dir` (this project's), never where the archive's
+    config.yaml points."""
     with _unpacked(Path(path)) as folder:
         source = _layout(folder)
         config = load_config(source / CONFIG_FILE)
-        run_dir = Path(config.train.output_dir) / source.name
+        run_dir = Path(output_dir) / source.name
         _refuse_second_import(config, job_id=str(job["job_id"]), run_dir=run_dir)
         shutil.copytree(source, run_dir)
+        updates: dict[tuple[str, str], Any] = {
+            ("train", "output_dir"): str(output_dir),
+            ("eval", "report_dir"): str(report_dir),
+        }
         if job.get("usd_per_hour") is not None:  # the report's cost estimate: wall time x this job's price
-            config = _with_hourly_cost(run_dir / CONFIG_FILE, float(job["usd_per_hour"]))
+            updates["report", "hourly_cost_usd"] = float(job["usd_per_hour"])
+        config = _rewrite_config(run_dir / CONFIG_FILE, updates)
         report_dir = Path(config.eval.report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
         for name in EVAL_FILES:
@@ -105,12 +145,14 @@ def import_run(path: Path, *, job: dict[str, Any]) -> ImportedRun:
     return ImportedRun(run_dir=run_dir, run_id=run_id, version=version, cost_usd=cost, promoted=promoted)
 
 
-def _with_hourly_cost(config_file: Path, usd_per_hour: float) -> Config:
-    """The run's config.yaml with report.hourly_cost_usd set to the job's price; returns it loaded."""
+def _rewrite_config(config_file: Path, updates: dict[tuple[str, str], Any]) -> Config:
+    """The run's config.yaml with each (section, key) of `updates` set (this project's folders, the job's
+    price as report.hourly_cost_usd); returns it loaded."""
     import yaml
 
     resolved = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    resolved.setdefault("report", {})["hourly_cost_usd"] = usd_per_hour
+    for (section, key), value in updates.items():
+        resolved.setdefault(section, {})[key] = value
     config_file.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     return load_config(config_file)
 

@@ -1,6 +1,6 @@
 """Deploy variables: read from the environment and `.env` (the environment wins), all checked at once.
 
-    python -m <package>.clouds.aws.deploy settings     # prints `export NAME=value` lines for deploy.sh, or exits 2
+    python -m <package>.clouds.<cloud>.deploy settings --project <slug>   # `export NAME=value` lines, or exit 2
 
 A missing value, a placeholder left from .env.example (REPLACE_ME, <...>, your-...) or a malformed value
 is reported with the variable's name and the fix, every problem in one message, before any command runs,

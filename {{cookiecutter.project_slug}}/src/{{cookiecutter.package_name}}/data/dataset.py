@@ -41,6 +41,9 @@ FORMS = {
 }
 ACCEPTED_FORMS = "`messages`, `prompt` + `completion`, or `instruction` + `output` (+ optional `input`)"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# Characters one row may hold (its JSON line, or the text of its cells): about 250,000 tokens, far beyond any
+# data.max_seq_length. A longer row is refused before it is parsed or tokenized (one 50 MB row took 98 s and 15 GB).
+MAX_ROW_CHARS = 1_000_000
 
 
 class DataError(BadInput, ValueError):
@@ -233,8 +236,12 @@ def read_data_file(path: Path) -> tuple[list[_Row], list[Problem]]:
 
 def _read_jsonl(path: Path) -> tuple[list[_Row], list[Problem]]:
     rows, problems = [], []
-    with path.open(encoding="utf-8") as lines:
+    # utf-8-sig: a byte-order mark (some Windows editors write one) is skipped, as for CSV.
+    with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, start=1):
+            if len(line) > MAX_ROW_CHARS:
+                problems.append(Problem(str(path), number, _too_long(len(line))))
+                continue
             if not line.strip():
                 continue  # blank lines (e.g. a trailing one) are harmless
             try:
@@ -251,18 +258,36 @@ def _read_jsonl(path: Path) -> tuple[list[_Row], list[Problem]]:
 
 
 def _read_csv(path: Path) -> tuple[list[_Row], list[Problem]]:
+    # Cells up to the row cap are read (the csv module's own limit is 131,072 characters); a longer one stops
+    # the reader at once, before it is held in memory whole. The module-wide limit is restored after.
+    previous_limit = csv.field_size_limit(MAX_ROW_CHARS)
+    try:
+        return _read_csv_rows(path)
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _read_csv_rows(path: Path) -> tuple[list[_Row], list[Problem]]:
     rows, problems = [], []
     # utf-8-sig: spreadsheet exports often start with a byte-order mark that would corrupt the first column name.
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         start = 2  # line 1 is the header
-        for record in reader:
-            if None in record:  # DictReader files surplus cells under the key None
-                problems.append(Problem(str(path), start, "more cells than header columns; quote cells with commas"))
-            else:
-                values = {key: _from_json_cell(value) if key == "messages" else value for key, value in record.items()}
-                rows.append(_Row(values, str(path), start))
-            start = reader.line_num + 1  # a quoted cell may span several lines
+        try:
+            for record in reader:
+                if None in record:  # DictReader files surplus cells under the key None
+                    fix = "quote cells with commas"
+                    problems.append(Problem(str(path), start, f"more cells than header columns; {fix}"))
+                else:
+                    values = {k: _from_json_cell(v) if k == "messages" else v for k, v in record.items()}
+                    rows.append(_Row(values, str(path), start))
+                start = reader.line_num + 1  # a quoted cell may span several lines
+        except csv.Error as err:  # a cell over the limit, or a NUL byte: the rest of the file cannot be read
+            message = f"cannot read this row ({err}); rows after it were not read"
+            if "field larger than field limit" in str(err):
+                cap = f"{MAX_ROW_CHARS:,} characters"
+                message = f"a cell over the {cap} a row may hold; shorten it (the rows after it were not read)"
+            problems.append(Problem(str(path), start, message))
     return rows, problems
 
 
@@ -331,6 +356,9 @@ def _convert_split(
 ) -> tuple[list[_Example], list[Problem]]:
     examples, problems = [], []
     for row in rows:
+        if (size := _text_size(row.values)) > MAX_ROW_CHARS:  # CSV, Parquet and hub rows (JSONL: when read)
+            problems.append(Problem(row.file, row.line, _too_long(size)))
+            continue
         try:
             form = _detect_form(row.values, cfg.format)
             messages = _with_system_prompt(_to_messages(row.values, form), system_prompt)
@@ -339,6 +367,24 @@ def _convert_split(
             continue
         examples.append(_Example(messages, row.file, row.line, form))
     return examples, problems
+
+
+def _text_size(value: Any) -> int:
+    """Characters of text in a row's values, nested lists and mappings included (keys are not counted)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_size(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_text_size(item) for item in value)
+    return 0
+
+
+def _too_long(size: int) -> str:
+    return (
+        f"row of {size:,} characters, over the {MAX_ROW_CHARS:,} characters a row may hold; "
+        "shorten it or remove it (it was not read further)"
+    )
 
 
 def _detect_form(values: dict[str, Any], wanted: str) -> str:

@@ -26,6 +26,7 @@ Every rate is the mean of per-row scores (metrics.py), which also give:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -94,6 +95,7 @@ def evaluate(
         else resolve_model_source(adapter_dir, output_dir=config.train.output_dir, given_as="--adapter")
     )
     requested = source.uri or str(source.adapter_dir)
+    source = _checked_source(config, source=source, requested=requested, other_data=other_data)
     rows = scored_rows(config, system_prompt=config.task.system_prompt)
     if not other_data:  # before any model is loaded or anything written
         check_run_config(config, source=source, requested=requested, rows=rows)
@@ -134,6 +136,56 @@ def evaluate(
     if config.tracking.enabled and source.run_id:
         _track(config, report=report, report_dir=out, examples=examples)
     return report
+
+
+def _checked_source(config: Config, *, source: ModelSource, requested: str, other_data: bool) -> ModelSource:
+    """Before anything is loaded or written: a checkpoint refused (or, --other-data, scored as its own record),
+    a run tracked in another store than the current one refused."""
+    if is_checkpoint(source):
+        source = _as_checkpoint(source, requested=requested, other_data=other_data)
+    if config.tracking.enabled and source.run_id:
+        check_recorded_tracking_uri(source, requested=requested)
+    return source
+
+
+def is_checkpoint(source: ModelSource) -> bool:
+    """A training checkpoint (outputs/<run>/checkpoint-<step>/), not the run's final adapter."""
+    name = source.adapter_dir.name
+    return source.uri is None and name.startswith("checkpoint-") and name.removeprefix("checkpoint-").isdigit()
+
+
+def _as_checkpoint(source: ModelSource, *, requested: str, other_data: bool) -> ModelSource:
+    """A checkpoint is not its run's model: its scores must never land on the run's own metrics nor drive the
+    gate on the run's version. Refused (EvaluationError) unless --other-data, which logs a separate MLflow run
+    tagged evaluation_of=<its run>; the run's version is not named as the one scored."""
+    if not other_data:
+        run = source.adapter_dir.parent
+        raise EvaluationError(
+            f"{requested} is a training checkpoint, not the run's final model: scored as the run, its metrics "
+            "would replace the run's own and the promotion gate would judge the run's version on them. Nothing "
+            f"was written. Evaluate the run's model:\n  {COMMAND} evaluate --adapter {run / 'adapter'}\n"
+            "or score the checkpoint as its own record: add --other-data (the metrics go to a new MLflow run "
+            "tagged evaluation_of=<its run>; the promotion gate does not run)."
+        )
+    return dataclasses.replace(source, version=None)
+
+
+def check_recorded_tracking_uri(source: ModelSource, *, requested: str) -> None:
+    """Refuse (TrackingError) a run folder whose tracking.json names another tracking store than the current
+    one: its MLflow run is not there, and the evaluation would be written, then fail to log."""
+    from ..runs import read_tracking_file
+    from ..tracking import TrackingError, tracking_uri
+
+    if source.run_dir is None:  # a registry model: found in the current store already
+        return
+    recorded = (read_tracking_file(source.run_dir) or {}).get("tracking_uri")
+    if recorded and recorded != tracking_uri():
+        raise TrackingError(
+            f"{requested} was trained with MLflow tracking at {recorded}, not {tracking_uri()} (the current "
+            f"MLFLOW_TRACKING_URI, or ./mlflow.db when unset): its run {source.run_id} is not there. Nothing was "
+            f"written. Evaluate it against its own store:\n  MLFLOW_TRACKING_URI={recorded} {COMMAND} evaluate "
+            f"--adapter {requested}"
+        )
 
 
 def _run_record(

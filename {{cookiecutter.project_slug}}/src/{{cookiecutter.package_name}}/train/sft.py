@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -197,6 +198,7 @@ def _run_training(trainer: SFTTrainer, *, run_dir: Path, resume: bool) -> float:
     checkpoint = last_checkpoint(run_dir) if resume else None
     earlier_s = _earlier_runtime_s(run_dir, checkpoint=checkpoint)
     trainer.add_callback(_runtime_recorder(earlier_s))
+    trainer.add_callback(_stop_when_non_finite())
     with sigterm_as_interrupt(trainer):  # `docker stop`, a spot instance: the run ends KILLED, checkpoints kept
         result = trainer.train(resume_from_checkpoint=checkpoint)
     return earlier_s + result.metrics.get("train_runtime", 0.0)
@@ -230,6 +232,27 @@ def _runtime_recorder(earlier_s: float) -> TrainerCallback:
                 (folder / CHECKPOINT_RUNTIME).write_text(json.dumps({"train_runtime_s": seconds}) + "\n")
 
     return RuntimeRecorder()
+
+
+def _stop_when_non_finite() -> TrainerCallback:
+    """A callback raising TrainError when a logged training loss or gradient norm is nan or inf: the weights are
+    no longer numbers, so the run stops there (its MLflow run ends FAILED) and nothing is saved or registered.
+    An infinite learning rate once trained 3 steps into an adapter of NaN weights, reported as a success."""
+    from transformers import TrainerCallback
+
+    class StopWhenNonFinite(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key, name in (("loss", "training loss"), ("grad_norm", "gradient norm")):
+                value = (logs or {}).get(key)
+                if isinstance(value, int | float) and not math.isfinite(value):
+                    raise TrainError(
+                        f"{name} is {value} at step {state.global_step}: training diverged, so the run was stopped "
+                        "and not registered. Lower train.learning_rate (it was "
+                        f"{args.learning_rate:g}) or check the data, and start a new run: checkpoints saved since "
+                        "the last finite loss may hold the same non-numbers"
+                    )
+
+    return StopWhenNonFinite()
 
 
 @contextmanager
@@ -495,6 +518,8 @@ def trainer_arguments(
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         logging_steps=t.logging_steps,
+        # A nan or inf loss is logged as such (not left out of the average), so _stop_when_non_finite sees it.
+        logging_nan_inf_filter=False,
         load_best_model_at_end=t.early_stopping_patience is not None,  # early stopping keeps the best checkpoint
         metric_for_best_model="eval_loss",
         greater_is_better=False,

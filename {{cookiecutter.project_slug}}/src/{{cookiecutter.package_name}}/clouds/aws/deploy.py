@@ -20,8 +20,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ...errors import ErrorBoundary
-from ..settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
+from ..deploy import DryRunOption, ProjectOption, command_group, print_call
+from ..settings import DeploySettingsError, Var, read_environment, resolve
 
 VARIABLES = [
     Var(
@@ -362,38 +362,21 @@ def _names(list_call, key: str, field: str, arn_field: str, contains: str) -> li
             return names
 
 
-# ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
-
-app = typer.Typer(cls=ErrorBoundary, help="SageMaker endpoint + ECR image of the served model.", no_args_is_help=True)
+# ---- the deploy commands (clouds/deploy.py; deploy.sh, teardown.sh) ---------------------------------------
 
 
-def _print_call(service: str, operation: str, kwargs: dict[str, Any]) -> None:
-    typer.echo(f"+ {service}.{operation}({json.dumps(kwargs, sort_keys=True)})")
-
-
-ProjectOption = Annotated[str, typer.Option(help="Project name: the default endpoint and repository name.")]
-DryRunOption = Annotated[bool, typer.Option(help="Print the API calls instead of making them.")]
-
-
-@app.command("settings")
-def settings_command(project: ProjectOption) -> None:
-    """Check the deploy variables; print them as `export` lines (exit 2 naming each bad one)."""
-    typer.echo(shell_exports(settings(read_environment(), project=project), VARIABLES), nl=False)
-
-
-@app.command()
-def up(project: ProjectOption, dry_run: DryRunOption = False) -> None:
+def up(values: dict[str, str], *, project: str, dry_run: bool, **_files: object) -> None:
     """Create the SageMaker model, endpoint config and endpoint for IMAGE_URI; wait until InService."""
-    values = settings(read_environment(), project=project)
+    # --out and --bundle do not apply: the image in ECR carries the model, nothing is staged.
     if dry_run:
         for operation, kwargs in endpoint_calls(values):
-            _print_call("sagemaker", operation, kwargs)
+            print_call("sagemaker", operation, kwargs)
         typer.echo("# update_endpoint instead of create_endpoint when the endpoint exists (scaling detached first)")
-        _print_call(
+        print_call(
             "sagemaker", "get_waiter('endpoint_in_service').wait", {"EndpointName": values["SAGEMAKER_ENDPOINT_NAME"]}
         )
         for operation, kwargs in scaling_calls(values):
-            _print_call("application-autoscaling", operation, kwargs)
+            print_call("application-autoscaling", operation, kwargs)
         return
     import boto3
 
@@ -408,36 +391,21 @@ def up(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     )
 
 
-@app.command()
-def repository(project: ProjectOption, dry_run: DryRunOption = False) -> None:
-    """Create the ECR repository when missing; print its URI."""
-    values = settings(read_environment(), project=project)
-    if dry_run:
-        _print_call("ecr", "create_repository", {"repositoryName": values["ECR_REPOSITORY"]})
-        typer.echo("# only when describe_repositories does not find it")
-        return
-    import boto3
-
-    typer.echo(ensure_repository(boto3.client("ecr", region_name=values["AWS_REGION"]), values["ECR_REPOSITORY"]))
-
-
-@app.command()
-def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
+def down(values: dict[str, str], *, dry_run: bool) -> None:
     """Delete the endpoint, its endpoint configs and models, and the ECR repository with its images."""
-    values = settings(read_environment(), project=project)
     endpoint, repo = values["SAGEMAKER_ENDPOINT_NAME"], values["ECR_REPOSITORY"]
     if dry_run:
         resource = _variant_resource(endpoint)
-        _print_call(
+        print_call(
             "application-autoscaling",
             "delete_scaling_policy",
             {"PolicyName": scaling_policy_name(endpoint), **resource},
         )
-        _print_call("application-autoscaling", "deregister_scalable_target", resource)
-        _print_call("sagemaker", "delete_endpoint", {"EndpointName": endpoint})
+        print_call("application-autoscaling", "deregister_scalable_target", resource)
+        print_call("sagemaker", "delete_endpoint", {"EndpointName": endpoint})
         typer.echo(f"# then delete_endpoint_config and delete_model for every {endpoint}-<tag> (list_* NameContains)")
         typer.echo(f"# all of these only when deploy created them (tag {CREATED_BY['Key']}={CREATED_BY['Value']})")
-        _print_call("ecr", "delete_repository", {"force": True, "repositoryName": repo})
+        print_call("ecr", "delete_repository", {"force": True, "repositoryName": repo})
         typer.echo(f"# only when deploy created it (tag {CREATED_BY['Key']}={CREATED_BY['Value']})")
         return
     import boto3
@@ -461,6 +429,22 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
             f"kept ECR repository {repo}: deploy did not create it (no {CREATED_BY['Key']}={CREATED_BY['Value']} tag); "
             "delete its images yourself if they are no longer needed"
         )
+
+
+app = command_group("SageMaker endpoint + ECR image of the served model.", VARIABLES, settings, up, down)
+
+
+@app.command()
+def repository(project: ProjectOption, dry_run: DryRunOption = False) -> None:
+    """Create the ECR repository when missing; print its URI."""
+    values = settings(read_environment(), project=project)
+    if dry_run:
+        print_call("ecr", "create_repository", {"repositoryName": values["ECR_REPOSITORY"]})
+        typer.echo("# only when describe_repositories does not find it")
+        return
+    import boto3
+
+    typer.echo(ensure_repository(boto3.client("ecr", region_name=values["AWS_REGION"]), values["ECR_REPOSITORY"]))
 
 
 @app.command()

@@ -23,13 +23,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
 
 import typer
 import yaml
 
-from ...errors import ErrorBoundary
-from ..settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
+from ..deploy import command_group, print_step
+from ..settings import DeploySettingsError, Var, resolve
 
 # The workspace every Azure ML call names: deploying an endpoint and training (clouds/azure/training.py) alike.
 WORKSPACE_VARIABLES = [
@@ -106,8 +105,9 @@ PORT = 8000  # the image's default port; Azure ML sends traffic to the routes of
 CREATED_BY = {"created-by": "deploy/azure"}
 
 
-def settings(environ: dict[str, str], *, project: str, tag: str) -> dict[str, str]:
+def settings(environ: dict[str, str], *, project: str, tag: str | None = None) -> dict[str, str]:
     """The deploy variables, checked, plus the registry's login server and the image URI."""
+    tag = tag or time.strftime("%y%m%d-%H%M%S", time.gmtime())  # a new tag per deploy (UTC time)
     values = resolve(VARIABLES, environ, project=project, endpoint=project[:32].rstrip("-"), tag=tag)
     if int(values["AZURE_INSTANCE_COUNT"]) > int(values["AZURE_MAX_INSTANCES"]):
         raise DeploySettingsError(
@@ -304,40 +304,22 @@ def ml_client(values: dict[str, str]):  # -> MLClient
     )
 
 
-# ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
+# ---- the deploy commands (clouds/deploy.py; deploy.sh, teardown.sh) ---------------------------------------
 
-app = typer.Typer(
-    cls=ErrorBoundary, help="Azure ML managed online endpoint + ACR image of the served model.", no_args_is_help=True
-)
-ProjectOption = Annotated[str, typer.Option(help="Project name: the default endpoint name and image name.")]
-DryRunOption = Annotated[bool, typer.Option(help="Write the YAML of what would be created, create nothing.")]
+OUT = Path("build/azure")  # `up`'s default --out: endpoint.yml and deployment.yml
 
 
-def _settings(project: str) -> dict[str, str]:
-    return settings(read_environment(), project=project, tag=time.strftime("%y%m%d-%H%M%S", time.gmtime()))
-
-
-@app.command("settings")
-def settings_command(project: ProjectOption) -> None:
-    """Check the deploy variables; print them as `export` lines (exit 2 naming each bad one)."""
-    typer.echo(shell_exports(_settings(project), VARIABLES), nl=False)
-
-
-@app.command()
-def up(
-    project: ProjectOption,
-    dry_run: DryRunOption = False,
-    out: Annotated[Path, typer.Option(help="Folder for endpoint.yml and deployment.yml.")] = Path("build/azure"),
-) -> None:
-    """Create or update the endpoint and deployment for IMAGE_URI (minutes); the YAML goes to --out."""
-    values = _settings(project)
-    endpoint_yml, deployment_yml = write_yaml(values, out)
+def up(values: dict[str, str], *, project: str, dry_run: bool, out: Path | None, bundle: Path) -> None:
+    """Create or update the endpoint and deployment for IMAGE_URI (minutes); endpoint.yml and deployment.yml go
+    to --out (build/azure), a dry run included."""
+    # --bundle does not apply: the image in ACR carries the model.
+    endpoint_yml, deployment_yml = write_yaml(values, out or OUT)
     if dry_run:
-        typer.echo(f"+ ml_client.online_endpoints.begin_create_or_update({endpoint_yml})")
-        typer.echo(f"+ ml_client.online_deployments.begin_create_or_update({deployment_yml})")
-        typer.echo(f"+ ml_client.online_endpoints.begin_create_or_update(traffic={{'{DEPLOYMENT}': 100}})")
+        print_step(f"ml_client.online_endpoints.begin_create_or_update({endpoint_yml})")
+        print_step(f"ml_client.online_deployments.begin_create_or_update({deployment_yml})")
+        print_step(f"ml_client.online_endpoints.begin_create_or_update(traffic={{'{DEPLOYMENT}': 100}})")
         for command in autoscale_commands(values):
-            typer.echo(f"+ {shlex.join(command)}")
+            print_step(shlex.join(command))
         return
     typer.echo(f"deploying {values['IMAGE_URI']} to endpoint {values['AZURE_ENDPOINT_NAME']} (minutes)...")
     endpoint = deploy(ml_client(values), values)
@@ -349,16 +331,14 @@ def up(
     typer.echo(f"autoscale {autoscale_name(values)}: {low} to {high} instances")
 
 
-@app.command()
-def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
+def down(values: dict[str, str], *, dry_run: bool) -> None:
     """Delete the endpoint and its deployment. Exit status KEPT when another endpoint has the name: then
     teardown.sh keeps the image repository too (ACR repositories carry no tag saying who made them)."""
-    values = _settings(project)
     name = values["AZURE_ENDPOINT_NAME"]
     if dry_run:
         group = ["--resource-group", values["AZURE_RESOURCE_GROUP"], "--name", autoscale_name(values)]
-        typer.echo(f"+ {shlex.join(['az', 'monitor', 'autoscale', 'delete', *group])}")
-        typer.echo(f"+ ml_client.online_endpoints.begin_delete(name={name!r})")
+        print_step(shlex.join(["az", "monitor", "autoscale", "delete", *group]))
+        print_step(f"ml_client.online_endpoints.begin_delete(name={name!r})")
         typer.echo(f"# each only when deploy created it (tag created-by={CREATED_BY['created-by']})")
         return
     deleted = delete(ml_client(values), name)
@@ -372,6 +352,8 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
         typer.echo(f"deleted autoscale setting {autoscale_name(values)}")
     typer.echo(f"deleted endpoint {name}" if deleted else f"endpoint {name} did not exist")
 
+
+app = command_group("Azure ML managed online endpoint + ACR image of the served model.", VARIABLES, settings, up, down)
 
 if __name__ == "__main__":
     app()

@@ -10,14 +10,15 @@ same file changes nothing. Cloud Run sets $PORT (8080) for the container; the im
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
 
-from ...errors import ErrorBoundary
-from ..settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
+from ..deploy import ProjectOption, command_group
+from ..settings import DeploySettingsError, Var, read_environment, resolve
 
 # Deploying the service and training (clouds/gcp/training.py) alike run in this project.
 PROJECT_ID = Var(
@@ -79,9 +80,15 @@ VARIABLES = [
 PORT = 8080  # Cloud Run's default; it sets $PORT to this in the container
 
 
-def settings(environ: dict[str, str], *, project: str, tag: str) -> dict[str, str]:
+def settings(environ: dict[str, str], *, project: str, tag: str | None = None) -> dict[str, str]:
     """The deploy variables, checked, plus the image URI and the registry host that follow from them."""
+    tag = tag or time.strftime("%y%m%d-%H%M%S", time.gmtime())  # a new tag per deploy (UTC time)
     values = resolve(VARIABLES, environ, project=project, tag=tag)
+    minimum, maximum = values["CLOUD_RUN_MIN_INSTANCES"], values["CLOUD_RUN_MAX_INSTANCES"]
+    if int(minimum) > int(maximum):
+        raise DeploySettingsError(
+            f"CLOUD_RUN_MIN_INSTANCES={minimum} is above CLOUD_RUN_MAX_INSTANCES={maximum}; lower it or raise the max"
+        )
     registry = f"{values['GCP_REGION']}-docker.pkg.dev"
     path = f"{values['GCP_PROJECT_ID']}/{values['GAR_REPOSITORY']}/{project}"
     return {**values, "GAR_HOST": registry, "IMAGE_URI": f"{registry}/{path}:{values['IMAGE_TAG']}"}
@@ -90,10 +97,6 @@ def settings(environ: dict[str, str], *, project: str, tag: str) -> dict[str, st
 def service_manifest(values: dict[str, str]) -> dict[str, Any]:
     """The Cloud Run service as a Knative Service (https://cloud.google.com/run/docs/reference/yaml/v1)."""
     minimum, maximum = int(values["CLOUD_RUN_MIN_INSTANCES"]), int(values["CLOUD_RUN_MAX_INSTANCES"])
-    if minimum > maximum:
-        raise DeploySettingsError(
-            f"CLOUD_RUN_MIN_INSTANCES={minimum} is above CLOUD_RUN_MAX_INSTANCES={maximum}; lower it or raise the max"
-        )
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
@@ -155,26 +158,10 @@ def write_manifest(values: dict[str, str], out: Path) -> Path:
     return out
 
 
-# ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
+# ---- the deploy commands (clouds/deploy.py; deploy.sh, teardown.sh) ---------------------------------------
 
-app = typer.Typer(
-    cls=ErrorBoundary, help="Cloud Run service + Artifact Registry image of the served model.", no_args_is_help=True
-)
-ProjectOption = Annotated[str, typer.Option(help="Project name: the default service and repository name.")]
-
-
-def _settings(project: str) -> dict[str, str]:
-    import time
-
-    return settings(read_environment(), project=project, tag=time.strftime("%y%m%d-%H%M%S", time.gmtime()))
-
-
-@app.command("settings")
-def settings_command(project: ProjectOption) -> None:
-    """Check the deploy variables; print them as `export` lines (exit 2 naming each bad one)."""
-    values = _settings(project)
-    service_manifest(values)
-    typer.echo(shell_exports(values, VARIABLES), nl=False)
+# No `up` or `down`: deploy.sh applies the manifest with `gcloud run services replace`, teardown.sh deletes with gcloud.
+app = command_group("Cloud Run service + Artifact Registry image of the served model.", VARIABLES, settings)
 
 
 @app.command()
@@ -183,7 +170,7 @@ def manifest(
     out: Annotated[Path, typer.Option(help="Where to write the manifest.")] = Path("build/service.yaml"),
 ) -> None:
     """Write the Cloud Run service manifest for IMAGE_URI (applied by `gcloud run services replace`)."""
-    typer.echo(write_manifest(_settings(project), out))
+    typer.echo(write_manifest(settings(read_environment(), project=project), out))
 
 
 if __name__ == "__main__":

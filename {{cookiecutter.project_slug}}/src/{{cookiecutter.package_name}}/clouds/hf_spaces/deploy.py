@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated
 
 import typer
 import yaml
 
-from ...errors import ErrorBoundary
-from ..settings import DeploySettingsError, Var, read_environment, resolve, shell_exports
+from ..deploy import command_group, print_step
+from ..settings import DeploySettingsError, Var, read_environment, resolve
 
 VARIABLES = [
     Var(
@@ -164,11 +163,9 @@ def _made_here(api, space_id: str) -> bool | None:
     return MARKER in files or files <= {".gitattributes", "README.md"}
 
 
-# ---- command line (deploy.sh, teardown.sh) ---------------------------------------------------------------
+# ---- the deploy commands (clouds/deploy.py; deploy.sh, teardown.sh) ---------------------------------------
 
-app = typer.Typer(cls=ErrorBoundary, help="Hugging Face Docker Space of the served model.", no_args_is_help=True)
-ProjectOption = Annotated[str, typer.Option(help="Project name: the Space's title.")]
-DryRunOption = Annotated[bool, typer.Option(help="Print the staging step and the API calls; write and upload nothing.")]
+OUT = Path("build/space")  # `up`'s default --out: the Space's files, staged
 
 
 def _api(values: dict[str, str]):  # -> HfApi
@@ -177,27 +174,15 @@ def _api(values: dict[str, str]):  # -> HfApi
     return HfApi(token=values["HF_TOKEN"])
 
 
-@app.command("settings")
-def settings_command(project: ProjectOption) -> None:
-    """Check the deploy variables; print them as `export` lines, the token left out (exit 2 naming each bad one)."""
-    typer.echo(shell_exports(settings(read_environment(), project=project), VARIABLES), nl=False)
-
-
-@app.command()
-def up(
-    project: ProjectOption,
-    dry_run: DryRunOption = False,
-    bundle: Annotated[Path, typer.Option(help="The model bundle.")] = Path("build/model"),
-    out: Annotated[Path, typer.Option(help="Where to stage the Space's files.")] = Path("build/space"),
-) -> None:
-    """Stage the Space's files in --out and upload them (the Space then builds and starts the image)."""
-    values = settings(read_environment(), project=project)
-    space_id = values["HF_SPACE_ID"]
+def up(values: dict[str, str], *, project: str, dry_run: bool, out: Path | None, bundle: Path) -> None:
+    """Stage the Space's files in --out (build/space) and upload them (the Space then builds and starts the
+    image); a dry run stages and uploads nothing."""
+    out, space_id = out or OUT, values["HF_SPACE_ID"]
     if dry_run:
-        typer.echo(f"+ stage {out}: Dockerfile (+ space stage, port {APP_PORT}), README front matter, {bundle}")
+        print_step(f"stage {out}: Dockerfile (+ space stage, port {APP_PORT}), README front matter, {bundle}")
         typer.echo(f"# refused when {space_id} exists and `make deploy` did not make it (no {MARKER})")
-        typer.echo(f"+ HfApi.create_repo({space_id!r}, repo_type='space', space_sdk='docker', exist_ok=True)")
-        typer.echo(f"+ HfApi.upload_folder(repo_id={space_id!r}, repo_type='space', folder_path={str(out)!r})")
+        print_step(f"HfApi.create_repo({space_id!r}, repo_type='space', space_sdk='docker', exist_ok=True)")
+        print_step(f"HfApi.upload_folder(repo_id={space_id!r}, repo_type='space', folder_path={str(out)!r})")
         return
     folder = stage_space(Path.cwd(), bundle, out, project=project, values=values)
     api_key = read_environment().get("LLM_API_KEY")
@@ -205,12 +190,10 @@ def up(
     typer.secho(f"uploaded; the Space builds and starts at {url} (a few minutes)", fg=typer.colors.GREEN)
 
 
-@app.command()
-def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
+def down(values: dict[str, str], *, dry_run: bool) -> None:
     """Delete the Space (its repository, builds and secrets)."""
-    values = settings(read_environment(), project=project)
     if dry_run:
-        typer.echo(f"+ HfApi.delete_repo({values['HF_SPACE_ID']!r}, repo_type='space', missing_ok=True)")
+        print_step(f"HfApi.delete_repo({values['HF_SPACE_ID']!r}, repo_type='space', missing_ok=True)")
         typer.echo(f"# only when `make deploy` made the Space (it holds {MARKER})")
         return
     deleted = delete_space(_api(values), values["HF_SPACE_ID"])
@@ -221,6 +204,8 @@ def down(project: ProjectOption, dry_run: DryRunOption = False) -> None:
     else:
         typer.echo(f"kept {values['HF_SPACE_URL']}: `make deploy` did not make it (no {MARKER}); delete it yourself")
 
+
+app = command_group("Hugging Face Docker Space of the served model.", VARIABLES, settings, up, down)
 
 if __name__ == "__main__":
     app()

@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -28,6 +28,7 @@ from ...config import load_config
 from ...errors import ProjectError
 from .. import cli as cloud_cli
 from ..cli import cloud_app, import_and_report
+from ..deploy import print_call
 from ..settings import read_environment
 from .job import JobSpec, JobStatus, check_cost, job_spec, price_of
 
@@ -55,10 +56,6 @@ def _require_target() -> ModuleType:
 
 def dry_run() -> bool:
     return os.environ.get("DRY_RUN", "").strip().lower() in ("1", "true", "yes")
-
-
-def print_call(service: str, operation: str, kwargs: dict[str, Any]) -> None:
-    typer.echo(f"+ {service}.{operation}({json.dumps(kwargs, sort_keys=True, default=str)})")
 
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file, e.g. configs/gpu.yaml.")]
