@@ -5,7 +5,13 @@ import threading
 
 import pytest
 
-from {{ cookiecutter.package_name }}.monitor.request_log import RECORD_KEYS, RequestLog, redact
+from {{ cookiecutter.package_name }}.monitor.request_log import (
+    RECORD_KEYS,
+    RequestLog,
+    RequestLogError,
+    check_request_log,
+    redact,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +79,16 @@ def test_a_lone_surrogate_is_written_escaped_and_other_lines_stay_byte_identical
     records = [json.loads(line) for line in lines]
     assert [r["request_id"] for r in records] == ["a", "b", "c"]
     assert records[1]["prompt"] == "bad \ud800 half" and b'"bad \\ud800 half"' in lines[1]
+
+
+def test_an_unwritable_log_path_is_refused_naming_the_variable_and_creating_nothing(tmp_path):
+    """Issue 27 item 11: checked before the server starts; a folder still to be made is fine."""
+    check_request_log(tmp_path / "logs" / "deeper" / "requests.jsonl")
+    assert not (tmp_path / "logs").exists()
+    (tmp_path / "afile").write_text("")
+    under_a_file = tmp_path / "afile" / "requests.jsonl"
+    for path, problem in ((under_a_file, "is a file, not a folder"), (tmp_path, "it is a folder")):
+        with pytest.raises(RequestLogError, match=f"LLM_REQUEST_LOG={path}: cannot write the request log .*{problem}"):
+            check_request_log(path)
+    with pytest.raises(RequestLogError, match=f"LLM_REQUEST_LOG={under_a_file}: cannot write the request log"):
+        RequestLog(under_a_file)

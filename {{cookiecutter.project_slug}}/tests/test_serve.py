@@ -181,6 +181,8 @@ def test_demo_page_is_html_that_calls_the_api(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/v1/chat/completions" in page.text and "<script>" in page.text
+    # The API key lives for the tab's session only, not on disk for every later visitor (issue 27 item 12).
+    assert "sessionStorage" in page.text and "localStorage" not in page.text
 
 
 # ---- chat completions -----------------------------------------------------------------------------------
@@ -587,6 +589,17 @@ def test_serve_command_fails_fast_with_a_clear_error(args, env, exit_code, messa
     result = CliRunner().invoke(cli_app, ["serve", *args], env=env)
     assert result.exit_code == exit_code, result.output
     assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_unwritable_request_log_is_refused_before_the_server_starts(tmp_path, monkeypatch):
+    """Issue 27 item 11: not a traceback from the app's start-up, but the variable, the path and exit 2."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    log = tmp_path / "afile" / "requests.jsonl"  # its parent is a file: unwritable, even as root
+    result = CliRunner().invoke(cli_app, ["serve"], env={"LLM_REQUEST_LOG": str(log)})
+    assert result.exit_code == 2, result.output
+    assert f"error: LLM_REQUEST_LOG={log}: cannot write the request log" in result.output
     assert "Traceback" not in result.output
 
 

@@ -62,13 +62,41 @@ def test_merged_command_serves_the_folder_under_our_model_id_without_lora():
     ]  # fmt: skip
 
 
-def test_api_key_is_passed_when_set_and_never_printed():
-    without = vllm_command(ADAPTER, host="127.0.0.1", port=8000)
-    with_key = vllm_command(ADAPTER, host="127.0.0.1", port=8000, api_key="s3cret")
-    assert with_key == [*without, "--api-key", "s3cret"]
-    shown = printable(with_key)
-    assert "s3cret" not in shown and shown.endswith('--api-key "$LLM_API_KEY"')
-    assert shlex.split(printable(without)) == without
+def test_printed_command_names_the_key_variable_never_its_value():
+    command = vllm_command(ADAPTER, host="127.0.0.1", port=8000)
+    assert shlex.split(printable(command)) == command
+    shown = printable(command, with_key=True)
+    assert shown == 'VLLM_API_KEY="$LLM_API_KEY" ' + printable(command)
+
+
+def test_the_api_key_reaches_vllm_in_its_environment_not_its_command_line(tmp_path, smoke_config, monkeypatch):
+    """Issue 27 item 12: a command-line argument is visible to every user of the machine (`ps`); the
+    environment is not. vLLM reads VLLM_API_KEY itself."""
+    import importlib.util
+    import os
+
+    adapter = fake_run(tmp_path, smoke_config())
+    monkeypatch.chdir(tmp_path)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else find_spec(name, *a)
+    )
+    execs = []
+    monkeypatch.setattr(os, "execv", lambda program, argv: execs.append((argv, None)))
+    monkeypatch.setattr(os, "execve", lambda program, argv, env: execs.append((argv, dict(env))))
+    for key in ("s3cret", None):
+        if key:
+            monkeypatch.setenv("LLM_API_KEY", key)
+        else:
+            monkeypatch.delenv("LLM_API_KEY")
+            monkeypatch.setenv("VLLM_API_KEY", "inherited")  # the same key as `serve`: none
+        result = CliRunner().invoke(app, ["serve-vllm", "--model", str(adapter)])
+        assert result.exit_code == 0, result.output
+        argv, env = execs.pop()
+        assert argv[:2] == ["vllm", "serve"] and "--api-key" not in argv and "s3cret" not in argv
+        assert env is not None and env.get("VLLM_API_KEY") == key
+        assert env["PATH"] == os.environ["PATH"]  # the rest of the environment is kept
+        assert "s3cret" not in result.output
 
 
 @pytest.mark.parametrize(("rank", "expected"), [(1, 1), (4, 8), (16, 16), (17, 32), (300, 320), (512, 512)])
@@ -162,8 +190,8 @@ def test_cli_prints_the_command_with_the_key_hidden(tmp_path, smoke_config, monk
     monkeypatch.setenv("LLM_API_KEY", "s3cret")
     result = CliRunner().invoke(app, ["serve-vllm", "--model", str(adapter), "--print", "--port", "8001"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"vllm serve org/base --tokenizer {adapter} ")
-    assert "--port 8001" in result.output and "s3cret" not in result.output
+    assert result.output.startswith(f'VLLM_API_KEY="$LLM_API_KEY" vllm serve org/base --tokenizer {adapter} ')
+    assert "--port 8001" in result.output and "s3cret" not in result.output and "--api-key" not in result.output
 
 
 def test_cli_without_vllm_exits_2_with_the_install_hint(tmp_path, smoke_config, monkeypatch):

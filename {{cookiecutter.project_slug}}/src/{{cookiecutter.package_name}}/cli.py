@@ -543,10 +543,13 @@ def serve(
     """Serve the model: OpenAI-compatible API, /metrics, demo page at /. Other settings: LLM_* variables."""
     import uvicorn
 
+    from .monitor.request_log import check_request_log
     from .registry import resolve_model_source
     from .serve.app import create_app
 
     settings = _serve_settings(model=model, config=config)
+    if settings.request_log is not None:
+        check_request_log(settings.request_log)  # opened by the app at start-up: refuse it here, not there
     _show_progress_messages()
     # A wrong --model fails here, before the server starts.
     source = resolve_model_source(settings.model, output_dir=settings.output_dir)
@@ -575,11 +578,11 @@ def serve_vllm(
     settings = _serve_settings(model=model, config=config)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     try:
-        command = vllm_command(resolve_target(settings), host=host, port=port, api_key=api_key)
+        command = vllm_command(resolve_target(settings), host=host, port=port)
         if print_only:
-            typer.echo(printable(command))
+            typer.echo(printable(command, with_key=api_key is not None))
             return
-        exec_vllm(command)
+        exec_vllm(command, api_key=api_key)
     except ProjectError as err:  # no model, a rank vLLM cannot serve, vLLM not installed: nothing started
         raise VllmError(str(err)) from None
 

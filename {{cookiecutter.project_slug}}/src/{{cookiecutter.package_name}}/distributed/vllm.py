@@ -10,8 +10,8 @@ CLI reference and "LoRA Adapters", https://docs.vllm.ai/en/stable/features/lora.
   --enable-lora --lora-modules <name>=<path>   serve an adapter on the base model; requests pick it by `model`
   --max-lora-rank N                            must be >= the adapter's r and one of VLLM_LORA_RANKS
   --served-model-name, --tokenizer, --chat-template (a file path or the template text), --dtype, --host, --port
-  --api-key                                    requests need `Authorization: Bearer <key>` (vLLM also reads
-                                               VLLM_API_KEY, which the compose service uses)
+  VLLM_API_KEY (environment, not --api-key)    requests need `Authorization: Bearer <key>`; an argument would be
+                                               visible to every user of the machine in `ps`, the environment is not
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ class VllmTarget:
     dtype: str = "auto"
 
 
-def vllm_command(target: VllmTarget, *, host: str, port: int, api_key: str | None = None) -> list[str]:
+def vllm_command(target: VllmTarget, *, host: str, port: int) -> list[str]:
     """The `vllm serve` argument list for `target`; the only place it is built (the compose file's command is
-    checked against it by tests/test_vllm.py)."""
+    checked against it by tests/test_vllm.py). It never holds the API key: `exec_vllm` passes that in VLLM_API_KEY."""
     command = ["vllm", "serve", target.model, "--tokenizer", target.tokenizer]
     if target.adapter_dir is None:
         command += ["--served-model-name", target.served_name]
@@ -84,8 +84,7 @@ def vllm_command(target: VllmTarget, *, host: str, port: int, api_key: str | Non
         command += ["--lora-modules", f"{target.served_name}={target.adapter_dir}"]
         command += ["--max-lora-rank", str(vllm_lora_rank(target.lora_rank or 1))]
     command += ["--chat-template", target.chat_template, "--dtype", target.dtype]
-    command += ["--host", host, "--port", str(port)]
-    return command + (["--api-key", api_key] if api_key else [])
+    return [*command, "--host", host, "--port", str(port)]
 
 
 def vllm_lora_rank(rank: int) -> int:
@@ -171,18 +170,17 @@ def _tokenizer_config_template(tokenizer_dir: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def printable(command: list[str]) -> str:
-    """`command` as a shell line, with the API key shown as the variable it came from, never its value."""
-    shown = [
-        "$LLM_API_KEY" if index and command[index - 1] == "--api-key" else part for index, part in enumerate(command)
-    ]
-    return shlex.join(shown).replace("'$LLM_API_KEY'", '"$LLM_API_KEY"')
+def printable(command: list[str], *, with_key: bool = False) -> str:
+    """`command` as a shell line; `with_key`: prefixed with the API key's variable, never its value."""
+    return ('VLLM_API_KEY="$LLM_API_KEY" ' if with_key else "") + shlex.join(command)
 
 
-def exec_vllm(command: list[str]) -> None:
-    """Replace this process with vLLM (signals and exit status are then vLLM's own)."""
+def exec_vllm(command: list[str], *, api_key: str | None = None) -> None:
+    """Replace this process with vLLM (signals and exit status are then vLLM's own), with `api_key` in
+    VLLM_API_KEY: the key `serve` uses (LLM_API_KEY), so an inherited VLLM_API_KEY is dropped when it has none."""
     if importlib.util.find_spec("vllm") is None:
         raise VllmError(INSTALL_HINT)
     # The `vllm` program beside this interpreter: a venv's bin/ need not be on PATH (`.venv/bin/<project>`).
     program = shutil.which(command[0]) or str(Path(sys.executable).with_name(command[0]))
-    os.execv(program, command)
+    env = {name: value for name, value in os.environ.items() if name != "VLLM_API_KEY"}
+    os.execve(program, command, {**env, "VLLM_API_KEY": api_key} if api_key else env)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ..errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,33 @@ def _enough_digits(candidate: str) -> bool:
     return "@" in candidate or sum(ch.isdigit() for ch in candidate) >= 9
 
 
+class RequestLogError(BadInput):
+    """The request log cannot be written where LLM_REQUEST_LOG points."""
+
+
+def check_request_log(path: str | Path) -> None:
+    """Refuse a request log that cannot be created or appended to, before the server starts (the app opens it in
+    its start-up, where an OSError would be a traceback). Creates nothing: it checks the file, or else the
+    nearest folder above it that exists (the rest of the path is created when the log is opened)."""
+    path = Path(path)
+    existing = path if path.exists() else next((parent for parent in path.parents if parent.exists()), Path("."))
+    if existing == path:
+        problem = "it is a folder" if path.is_dir() else None if os.access(path, os.W_OK) else "the file is read-only"
+    elif not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    else:
+        problem = None if os.access(existing, os.W_OK | os.X_OK) else f"the folder {existing} is not writable"
+    if problem:
+        raise _unwritable(path, problem)
+
+
+def _unwritable(path: Path, problem: str) -> RequestLogError:
+    return RequestLogError(
+        f"LLM_REQUEST_LOG={path}: cannot write the request log ({problem}); point it at a writable file, "
+        "or set LLM_REQUEST_LOG= (empty) to switch the log off"
+    )
+
+
 class RequestLog:
     """Appends records to a JSONL file; safe to call from the event loop and worker threads at once."""
 
@@ -65,11 +95,14 @@ class RequestLog:
         self.path = Path(path)
         self.log_texts = log_texts
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Line-buffered append: each record reaches the file whole, even if the server is killed later.
-        # backslashreplace: text UTF-8 cannot encode (a lone surrogate such as "\ud800", which JSON escapes
-        # can carry) is written as its JSON escape, so the line is kept and every other line is unchanged.
-        self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace", buffering=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Line-buffered append: each record reaches the file whole, even if the server is killed later.
+            # backslashreplace: text UTF-8 cannot encode (a lone surrogate such as "\ud800", which JSON escapes
+            # can carry) is written as its JSON escape, so the line is kept and every other line is unchanged.
+            self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace", buffering=1)
+        except OSError as err:
+            raise _unwritable(self.path, err.strerror or str(err)) from None
 
     def write(self, record: dict[str, Any], *, prompt: str | None = None, response: str | None = None) -> None:
         """Append `record` (RECORD_KEYS; `time` is filled in when missing) and, if enabled, the redacted texts.
