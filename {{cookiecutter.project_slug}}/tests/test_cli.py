@@ -135,32 +135,28 @@ def test_expected_errors_exit_with_their_class_code_and_message(case, code, tmp_
     assert "Traceback" not in result.output
 
 
+def _merge_raising(error: Exception, tmp_path: Path, monkeypatch):
+    """`merge` with its work replaced by one that raises `error`: what the CLI makes of it."""
+
+    def fail(adapter_dir, out_dir):
+        raise error
+
+    monkeypatch.setattr(model_module, "merge_adapter", fail)
+    return runner.invoke(app, ["merge", "--adapter", "a", "--out", str(tmp_path / "m")])
+
+
 def test_any_project_error_is_caught_and_other_exceptions_keep_their_traceback(tmp_path, monkeypatch):
     class NewError(ProjectError):
         """An error class the CLI has never heard of: caught through its base alone."""
 
-    def fail(adapter_dir, out_dir):
-        raise NewError(f"{adapter_dir}: something the user can fix")
-
-    monkeypatch.setattr(model_module, "merge_adapter", fail)
-    result = runner.invoke(app, ["merge", "--adapter", "a", "--out", str(tmp_path / "m")])
-    assert (result.exit_code, result.output) == (1, "error: a: something the user can fix\n")
-
     class NewBadInput(BadInput):
         """Bad input of a kind the CLI has never heard of: exit 2 through its base alone."""
 
-    def refuse(adapter_dir, out_dir):
-        raise NewBadInput(f"{adapter_dir}: no such adapter")
-
-    monkeypatch.setattr(model_module, "merge_adapter", refuse)
-    result = runner.invoke(app, ["merge", "--adapter", "a", "--out", str(tmp_path / "m")])
+    result = _merge_raising(NewError("a: something the user can fix"), tmp_path, monkeypatch)
+    assert (result.exit_code, result.output) == (1, "error: a: something the user can fix\n")
+    result = _merge_raising(NewBadInput("a: no such adapter"), tmp_path, monkeypatch)
     assert (result.exit_code, result.output) == (2, "error: a: no such adapter\n")
-
-    def crash(adapter_dir, out_dir):
-        raise KeyError("a bug")
-
-    monkeypatch.setattr(model_module, "merge_adapter", crash)
-    result = runner.invoke(app, ["merge", "--adapter", "a", "--out", str(tmp_path / "m")])
+    result = _merge_raising(KeyError("a bug"), tmp_path, monkeypatch)
     assert isinstance(result.exception, KeyError)  # a bug is not an expected error: it is not swallowed
 
 
