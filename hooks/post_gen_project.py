@@ -132,7 +132,7 @@ def _tidy_blank_lines(text: str) -> str:
 
 
 def strip_project_blocks(project: Path, answers: dict) -> None:
-    """Apply `strip_blocks` to every Python, YAML and TOML file: keep the blocks of the chosen extras and cloud."""
+    """Apply `strip_blocks` to every Python, YAML, TOML and shell file: keep the chosen extras' and cloud's blocks."""
     keep = {extra for extra in EXTRAS if chosen(answers, extra)} | {answers["cloud"].replace("-", "_")}
     for path in project.rglob("*"):
         if path.suffix in (".py", ".yml", ".yaml", ".toml", ".sh") and path.is_file():
