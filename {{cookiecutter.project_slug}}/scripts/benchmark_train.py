@@ -12,7 +12,10 @@ Run it in the project folder after `make data`. Both sides run in this process, 
 The first --warmup steps of each are not timed. Prints, for each: tokens/s (tokens that are not padding), seconds
 per step, the share of padding, peak memory (GPU memory on CUDA, the process's resident memory on a CPU), a
 per-phase profile of one step (data collation, backbone forward, lm_head + loss, backward, optimizer) and its
-top operators from torch.profiler; then the ratio ours / bare. --out writes the figures as JSON.
+top operators from torch.profiler; then the ratio ours / bare, and each side's model FLOPs utilization (MFU):
+the model FLOPs its tokens/s stand for (4 x parameters per token: the forward pass, and a backward pass that
+computes activation gradients only, since LoRA leaves the base weights frozen) over the peak of a matmul in the
+run's precision, measured in this same process. --out writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -74,8 +77,14 @@ def main() -> int:
     gc.collect()
     bare = _bare(config, batches=batches, device=device, precision=precision, warmup=args.warmup)
 
+    peak = _matmul_peak(device, precision)
+    for side in (ours, bare):
+        side["mfu"] = round(side["tokens_per_s"] * side["flops_per_token"] / peak, 4)
     ratio = ours["tokens_per_s"] / bare["tokens_per_s"]
     _print_results({"ours": ours, "bare": bare}, ratio=ratio)
+    print(
+        f"MFU: ours {ours['mfu']:.1%}, bare {bare['mfu']:.1%} of a {precision} matmul peak of {peak / 1e9:,.0f} GFLOPS"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         record = {
@@ -89,6 +98,7 @@ def main() -> int:
             "ours": ours,
             "bare": bare,
             "ratio_ours_over_bare": round(ratio, 3),
+            "matmul_peak_gflops": round(peak / 1e9, 1),
         }
         args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
@@ -162,6 +172,7 @@ def _ours(config: Config, *, splits, device: str, precision: str, warmup: int, o
     step_s = [b - a for a, b in itertools.pairwise(step_ends[first - 1 :])]
     timed = batches[first * accumulation :]
     figures = _figures(step_s, timed, memory=peak())
+    figures["flops_per_token"] = _flops_per_token(model)
     step_model, target = trainer.model_wrapped, trainer.args.device  # accelerate's wrapper applies the autocast
     figures["phases_ms"], figures["top_operators"] = _profile_step(
         step_model,
@@ -212,6 +223,7 @@ def _bare(config: Config, *, batches: list[dict], device: str, precision: str, w
     first = max(warmup, 1)  # the same steps as ours
     step_s = [b - a for a, b in itertools.pairwise(step_ends[first:])]
     figures = _figures(step_s, batches[first * accumulation :], memory=peak())
+    figures["flops_per_token"] = _flops_per_token(model)
     figures["phases_ms"], figures["top_operators"] = _profile_step(
         model,
         batch=batches[-1],
@@ -239,6 +251,31 @@ def _figures(step_s: list[float], batches: list[dict], *, memory: float) -> dict
         "padding_share": round(1 - tokens / slots, 3),
         "peak_memory_gb": round(memory / 2**30, 2),
     }
+
+
+def _flops_per_token(model) -> int:
+    """Training FLOPs per token: 2 x parameters for the forward pass, 2 x for the backward pass through the frozen
+    weights (activation gradients; LoRA computes no weight gradients for them). The input embedding counts only
+    when it is also the output head (a lookup is not a matmul); attention scores (small at these lengths) and
+    the LoRA matrices (under 1%) are left out."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embedding, head = inner.get_input_embeddings().weight, inner.get_output_embeddings().weight
+    weights = sum(p.numel() for name, p in inner.named_parameters() if "lora_" not in name)
+    return 4 * (weights - (embedding.numel() if head is not embedding else 0))
+
+
+def _matmul_peak(device: str, precision: str, size: int = 2048) -> float:
+    """FLOP/s of a square matmul in the run's precision on this device, the best of repeats over about 1 s: the
+    ceiling that the MFU figures are a share of."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    a @ b  # first call: kernel choice, allocations
+    best, deadline = float("inf"), time.perf_counter() + 1.0
+    while time.perf_counter() < deadline:
+        started = _now(device)
+        a @ b
+        best = min(best, _now(device) - started)
+    return 2 * size**3 / best
 
 
 def _real_tokens(batch: dict) -> int:

@@ -34,6 +34,9 @@ def test_benchmark_times_both_loops_on_the_same_batches(smoke_config, tiny_model
         assert side["tokens_per_s"] > 0 and side["seconds_per_step"] > 0 and side["peak_memory_gb"] > 0
         assert set(side["phases_ms"]) == PHASES and side["phases_ms"]["forward (backbone)"] > 0
         assert any("aten::" in line for line in side["top_operators"])
+        assert 0 < side["mfu"] < 1 and side["flops_per_token"] == ours["flops_per_token"]  # the same model
+    assert record["matmul_peak_gflops"] > 0
+    assert f"MFU: ours {ours['mfu']:.1%}, bare {bare['mfu']:.1%}" in result.stdout
     assert record["ratio_ours_over_bare"] == round(ours["tokens_per_s"] / bare["tokens_per_s"], 3)
     assert f"ours / bare tokens/s: {ours['tokens_per_s'] / bare['tokens_per_s']:.2f}" in result.stdout
     assert record["precision"] == "fp32" and record["steps"] == 3  # smoke.yaml's precision
