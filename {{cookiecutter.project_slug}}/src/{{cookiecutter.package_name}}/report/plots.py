@@ -147,3 +147,29 @@ def _fields_figure(base: dict[str, float], tuned: dict[str, float], fields: list
     ax.set_title("Accuracy per extracted field")
     ax.legend(loc="lower right")
     return figure
+
+
+JOURNEY = "journey.png"  # docs/experiments.md links it
+
+
+def write_journey_plot(points: dict[str, list], *, metric: str, out: Path) -> Path:
+    """The headline metric of each evaluated run, oldest first, with its 95% interval; the champion starred."""
+    import matplotlib.style
+
+    out.mkdir(parents=True, exist_ok=True)
+    with matplotlib.style.context("default"):
+        figure, (ax,) = _figure()
+        x, values = range(len(points["values"])), points["values"]
+        errors = [
+            [v - low if low is not None else 0.0 for v, low in zip(values, points["lows"], strict=True)],
+            [high - v if high is not None else 0.0 for v, high in zip(values, points["highs"], strict=True)],
+        ]
+        ax.errorbar(x, values, yerr=errors, fmt="o-", color=TUNED_COLOR, capsize=4, label=f"{metric}, 95% interval")
+        best = [i for i, champion in enumerate(points["champion"]) if champion]
+        if best:
+            ax.plot(best, [values[i] for i in best], "*", color="#d62728", markersize=16, label="champion")
+        ax.set_xticks(list(x), points["labels"], rotation=20, ha="right", fontsize=8)
+        ax.set(ylabel=metric, title="Headline metric over the runs")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return _save(figure, out / JOURNEY)
