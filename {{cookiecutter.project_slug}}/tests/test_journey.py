@@ -15,8 +15,14 @@ from {{ cookiecutter.package_name }}.data.dataset import load_splits
 from {{ cookiecutter.package_name }}.evaluate.gate import promote
 from {{ cookiecutter.package_name }}.registry import CANDIDATE
 from {{ cookiecutter.package_name }}.report import START, write_report
-from {{ cookiecutter.package_name }}.report.journey import experiments_text, read_journey
-from {{ cookiecutter.package_name }}.tracking import client, log_evaluation, log_training_inputs, training_run
+from {{ cookiecutter.package_name }}.report.journey import experiments_text, read_journey, update_decisions
+from {{ cookiecutter.package_name }}.tracking import (
+    client,
+    log_evaluation,
+    log_training_inputs,
+    project_experiment_id,
+    training_run,
+)
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 README = f"# Demo\n\n## Results\n\n{START}\n_old_\n<!-- results:end -->\n"
@@ -108,16 +114,16 @@ def test_two_evaluated_runs_make_the_experiment_log_decisions_and_interview(
 
     mine = decisions.replace("- Why:\n", "- Why: the smaller rank was worth a try.\n", 1) + "\nMy own note.\n"
     (docs / "decisions.md").write_text(mine)
+    update_decisions(docs / "decisions.md", read_journey(config))  # a report run with nothing new: kept as it is
+    assert (docs / "decisions.md").read_text() == mine
     third = _tracked_run(changed, name="run-c", evaluation=smoke_report, report_dir=reports)
-    for _ in range(2):
-        write_report(config, readme=readme, model_card=card)
+    write_report(config, readme=readme, model_card=card)
     after = (docs / "decisions.md").read_text()
     assert after.startswith(mine.rstrip("\n")) and after.count(f"<!-- decision: {third} refusal -->") == 1
     assert "- Changed: no setting changed against run-b" in after.split(third)[1]
 
 
-def test_a_run_without_evaluation_and_a_deleted_run(tmp_path, monkeypatch, smoke_config, synth_dir):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_a_run_without_evaluation_and_a_deleted_run(tmp_path, smoke_config):
     config = smoke_config("tracking.enabled=true", "project=journey-bare", *HEADLINE)
     kept = _tracked_run(config, name="kept", evaluation=None, report_dir=tmp_path)
     gone = _tracked_run(config, name="gone", evaluation=None, report_dir=tmp_path)
@@ -127,6 +133,27 @@ def test_a_run_without_evaluation_and_a_deleted_run(tmp_path, monkeypatch, smoke
     text = experiments_text(journey, project="journey-bare", plot=None)
     assert "- Field accuracy (mean): not evaluated (`evaluate --adapter models:/journey-bare/1` scores it)" in text
     assert "- Gate: version 1, not judged yet" in text and f"<!-- run: {kept} -->" in text and "![" not in text
+
+
+def test_a_sweep_is_one_line_with_its_best_trial(smoke_config):
+    """The tags the sweeps extra records (sweep/sweep.py): the sweep's run, its trials nested under it."""
+    config = smoke_config("tracking.enabled=true", "project=journey-sweep")
+    mlflow_client = client()
+    experiment = project_experiment_id(config.project)
+    space = json.dumps({"lora.r": {"type": "categorical", "choices": [4, 8, 16]}})
+    tags = {"sweep.study": "smoke-sweep", "sweep.objective": "minimize eval_loss", "sweep.space": space}
+    sweep = mlflow_client.create_run(experiment, run_name="smoke-sweep", tags=tags).info.run_id
+    for number, (rank, loss) in enumerate([(8, 1.5), (16, 1.25), (4, 1.9)]):
+        trial_tags = {"mlflow.parentRunId": sweep, "stage": "sft", "sweep.trial": str(number)}
+        trial = mlflow_client.create_run(experiment, run_name=f"trial-{number:03d}", tags=trial_tags).info.run_id
+        mlflow_client.log_param(trial, "lora.r", str(rank))
+        mlflow_client.log_metric(trial, "sweep.objective", loss)
+    text = experiments_text(read_journey(config), project="journey-sweep", plot=None)
+    assert text.count("\n## ") == 1 and "\n## 1. smoke-sweep · sweep · " in text
+    assert (
+        "- Sweep of 3 trials, best trial-001: eval_loss 1.25 with `lora.r`=16; plots: `reports/sweep_history.png`"
+        in text
+    )
 
 
 @pytest.mark.parametrize(

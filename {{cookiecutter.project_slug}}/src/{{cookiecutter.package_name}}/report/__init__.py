@@ -40,8 +40,8 @@ from .about import task_section
 from .card import model_card_text
 from .facts import ReportError, RunFacts, find_run_dir, gather, project_metadata, read_results
 from .interview import interview_text
-from .journey import Journey, experiments_text, journey_plot_data, read_journey, update_decisions
-from .plots import JOURNEY, PLOTS, write_journey_plot, write_plots
+from .journey import Journey, experiments_text, read_journey, update_decisions
+from .plots import PLOTS, write_journey_plot, write_plots
 from .readme import END, START, TASK_END, TASK_START, read_readme, replace_results, replace_task, results_section
 
 __all__ = [
@@ -92,10 +92,7 @@ def write_report(config: Config, *, readme: Path, model_card: Path) -> list[Path
 def write_journey(journey: Journey, *, config: Config, facts: RunFacts, root: Path) -> list[Path]:
     """docs/experiments.md (+ reports/journey.png), new docs/decisions.md entries, docs/interview.md."""
     docs, report_dir = root / "docs", Path(config.eval.report_dir)
-    points = journey_plot_data(journey)
-    plot = write_journey_plot(points, metric=journey.metric, out=report_dir) if points else None
-    if plot is None:
-        (report_dir / JOURNEY).unlink(missing_ok=True)  # an older picture would show runs the log no longer has
+    plot = write_journey_plot(journey, out=report_dir)
     docs.mkdir(exist_ok=True)
     link = Path(os.path.relpath(plot, docs)).as_posix() if plot else None
     pages = {

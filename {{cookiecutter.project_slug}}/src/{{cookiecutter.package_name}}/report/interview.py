@@ -38,7 +38,8 @@ def interview_text(facts: RunFacts, *, journey: Journey, hourly: float, report_d
         "Each question with this project's own figures and the file that shows them. Say it in your own words.",
     ]
     for number, (question, facts_found) in enumerate(sections.items(), start=1):
-        lines += ["", f"## {number}. {question}", "", *(f"- {fact}" for fact in facts_found), "", "Your words:"]
+        shown = [fact if fact[:1] in ("", "|") else f"- {fact}" for fact in facts_found]  # a table stays a table
+        lines += ["", f"## {number}. {question}", "", *shown, "", "Your words:"]
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +122,7 @@ def _failures(journey: Journey) -> list[str]:
         value = run.metrics.get(journey.metric)
         if run.version is not None and run.version.tags.get("promotion.decision") == "rejected":
             found.append(f"{run.name}: {gate_text(run)}")
-        elif value is not None and before is not None and (value - before[1]) * _sign(journey) < 0:
+        elif value is not None and before is not None and (value - before[1]) * journey.sign < 0:
             found.append(f"{run.name}: {journey.headline(run)}, below {before[0]}")
         if value is not None:
             before = (run.name, value)
@@ -129,16 +130,11 @@ def _failures(journey: Journey) -> list[str]:
     return [f"{item} (`docs/experiments.md`)" for item in found]
 
 
-def _sign(journey: Journey) -> int:
-    return -1 if journey.metric.endswith(("loss", "perplexity")) else 1
-
-
 def _production(report_dir: Path) -> list[str]:
-    serving = serving_lines(report_dir)
-    found = [serving[0] + " table in README.md"] if serving else [
+    found = serving_lines(report_dir) or [
         "No serving figures yet: `scripts/benchmark_serve.py --out reports/benchmark_serve.json` measures latency "
         "and throughput"
-    ]  # fmt: skip
+    ]
     path = report_dir / "drift.json"
     try:
         drift = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

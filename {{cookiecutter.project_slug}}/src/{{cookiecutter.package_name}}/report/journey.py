@@ -60,6 +60,7 @@ class Run:
 @dataclass
 class Journey:
     metric: str  # tracking.promotion_metric, e.g. finetuned.field_accuracy
+    sign: int = 1  # 1: higher is better (tracking.promotion_direction maximize), -1: lower
     runs: list[Run] = field(default_factory=list)
     missing: str | None = None  # why no run could be read
     readable: bool = True  # False: the store is missing, corrupt or unreachable
@@ -82,7 +83,8 @@ def read_journey(config: Config) -> Journey:
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
-    journey = Journey(metric=config.tracking.promotion_metric)
+    sign = 1 if config.tracking.promotion_direction == "maximize" else -1
+    journey = Journey(metric=config.tracking.promotion_metric, sign=sign)
     uri = tracking_uri()
     store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
     if not config.tracking.enabled:
@@ -226,19 +228,17 @@ def _details(journey: Journey, run: Run, before: Run | None) -> list[str]:
 
 
 def _sweep_text(sweep: Run) -> str:
-    """One line: how many trials, the best one and its searched values, and the sweep's plots."""
+    """One line: the trials, the best one (tag sweep.objective: `minimize eval_loss`) and its searched values."""
     direction, _, objective = sweep.tags.get("sweep.objective", "minimize eval_loss").partition(" ")
-    scored = [t for t in sweep.trials if "sweep.objective" in t.metrics]
     sign = 1 if direction == "minimize" else -1
-    best = min(scored, key=lambda t: (sign * t.metrics["sweep.objective"], t.start_ms), default=None)
-    space = json.loads(sweep.tags.get("sweep.space", "{}"))
-    if best is None:
-        return f"Sweep of {len(sweep.trials)} trials, none scored"
-    values = ", ".join(f"`{key}`={_short(best.params.get(key))}" for key in sorted(space))
-    return (
-        f"Sweep of {len(sweep.trials)} trials over {', '.join(sorted(space))}; best: {best.name} ({objective} "
-        f"{best.metrics['sweep.objective']:.4g}, {direction}) with {values}; plots: `reports/sweep_history.png`"
-    )
+    scored = sorted((sign * t.metrics["sweep.objective"], t.start_ms, t.run_id, t) for t in sweep.trials
+                    if "sweep.objective" in t.metrics)  # fmt: skip
+    found = "none scored"
+    if scored:
+        best, space = scored[0][-1], sorted(json.loads(sweep.tags.get("sweep.space", "{}")))
+        values = ", ".join(f"`{key}`={_short(best.params.get(key))}" for key in space)
+        found = f"best {best.name}: {objective} {best.metrics['sweep.objective']:.4g} with {values}"
+    return f"Sweep of {len(sweep.trials)} trials, {found}; plots: `reports/sweep_history.png`"
 
 
 # ---- docs/decisions.md -----------------------------------------------------------------------------------
@@ -278,18 +278,3 @@ def update_decisions(path: Path, journey: Journey) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text.encode("utf-8"))
     return bool(new)
-
-
-def journey_plot_data(journey: Journey) -> dict[str, list] | None:
-    """The evaluated runs' headline values and intervals for plots.journey_figure; None when fewer than one."""
-    numbered = [(i, r) for i, r in enumerate(journey.runs, 1) if journey.metric in r.metrics]
-    if not numbered:
-        return None
-    scored = [run for _, run in numbered]
-    return {
-        "labels": [f"{i}. {r.name}" for i, r in numbered],
-        "values": [r.metrics[journey.metric] for r in scored],
-        "lows": [r.metrics.get(f"{journey.metric}.ci_low") for r in scored],
-        "highs": [r.metrics.get(f"{journey.metric}.ci_high") for r in scored],
-        "champion": [r.run_id == journey.champion_run for r in scored],
-    }
