@@ -83,7 +83,7 @@ def write_report(config: Config, *, readme: Path, model_card: Path) -> list[Path
     updated = replace_task(updated, task_section(facts, command=project["name"]), readme=readme)
     if updated != readme_text:
         readme.write_bytes(updated.encode("utf-8"))
-    logs = write_journey(journey, config=config, facts=facts, root=readme.resolve().parent)
+    logs = write_journey(journey, config=config, facts=facts, root=readme.parent)
     if config.tracking.enabled and results["run"].get("mlflow_run_id"):
         _log_to_mlflow(results["run"]["mlflow_run_id"], files=[*plots.values(), model_card])
     return [*plots.values(), model_card, readme, *logs]

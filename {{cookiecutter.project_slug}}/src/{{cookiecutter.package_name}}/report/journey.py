@@ -80,9 +80,6 @@ class Journey:
 def read_journey(config: Config) -> Journey:
     """Every active run of the project's experiment, oldest first (deleted runs are left out), a sweep's trials
     under the sweep; `missing` says why there are none when the store cannot be read."""
-    from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import SQLAlchemyError
-
     sign = 1 if config.tracking.promotion_direction == "maximize" else -1
     journey = Journey(metric=config.tracking.promotion_metric, sign=sign)
     uri = tracking_uri()
@@ -93,6 +90,9 @@ def read_journey(config: Config) -> Journey:
         journey.missing = f"{display_path(store)} not found: no run recorded yet (`make train evaluate` records one)"
         journey.readable = False
     else:
+        from mlflow.exceptions import MlflowException  # with tracking off, mlflow is not even imported
+        from sqlalchemy.exc import SQLAlchemyError  # a corrupt SQLite file fails in the client's constructor
+
         try:
             check_tracking_server(consequence="The experiment log lists no runs.")
             _read_runs(config, journey)
