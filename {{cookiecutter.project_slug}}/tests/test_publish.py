@@ -181,7 +181,7 @@ def test_the_placeholder_user_is_refused_even_anyway(project):
 
 
 def test_what_still_looks_like_the_template_is_listed_with_its_fix_and_nothing_is_done(project):
-    """The bake's default answers (cookiecutter.json), the shop example without a task description, a decision
+    """The template's default answers to its questions, the shop example without a task description, a decision
     without its reason and one run: each named with its fix; exit 2 before git or gh is asked anything."""
     (project / "pyproject.toml").write_text(
         '[project]\nname = "demo-proj"\ndescription = "Fine-tunes a small LLM with LoRA to turn customer messages '

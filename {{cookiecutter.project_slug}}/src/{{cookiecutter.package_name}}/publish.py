@@ -31,7 +31,7 @@ from .config import Config, ConfigError, DataConfig, load_config
 from .errors import BadInput, ProjectError
 from .model.load import read_adapter_config
 
-PLACEHOLDER_USER = "your-github-username"  # the template's default answers (cookiecutter.json), as baked
+PLACEHOLDER_USER = "your-github-username"  # the template's default answers to its questions, as baked
 PLACEHOLDER_NAME, PLACEHOLDER_EMAIL = "Your Name", "you@example.com"
 DEFAULT_DESCRIPTION = (
     "Fine-tunes a small LLM with LoRA to turn customer messages into structured JSON, and measures the gain "
