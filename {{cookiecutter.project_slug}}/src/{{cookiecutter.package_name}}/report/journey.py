@@ -53,7 +53,9 @@ class Run:
     def stage(self) -> str:
         if "sweep.study" in self.tags:
             return "sweep"
-        stage = STAGES.get(self.tags.get("stage", ""), self.tags.get("stage") or "unknown stage")
+        # An imported cloud job has no stage tag; its logged config says, and the core trains only SFT.
+        tag = self.tags.get("stage") or self.params.get("train.stage") or "sft"
+        stage = STAGES.get(tag, tag)
         return f"{stage}, cloud job" if "cloud.job_id" in self.tags else stage
 
 
