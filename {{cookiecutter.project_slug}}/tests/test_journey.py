@@ -31,10 +31,10 @@ PROJECT = "journey-demo"  # its own experiment and registered model in the sessi
 HEADLINE = ("tracking.promotion_metric=finetuned.field_accuracy", "tracking.promotion_direction=maximize")
 
 
-def _tracked_run(config: Config, *, name: str, evaluation: dict | None, report_dir: Path) -> str:
+def _tracked_run(config: Config, *, name: str, evaluation: dict | None, report_dir: Path, stage: str = "sft") -> str:
     """A run as `train` and `evaluate` record it, without training a model: the config, data and stage logged by
     the project's own functions, a registered version, then the evaluation logged and the gate run on it."""
-    with training_run(config, run_name=name, config_name="smoke", tags={"stage": "sft"}) as run_id:
+    with training_run(config, run_name=name, config_name="smoke", tags={"stage": stage}) as run_id:
         splits = load_splits(config.data)
         data = str(config.data.path)
         log_training_inputs(config, splits=splits, config_file=CONFIGS / "smoke.yaml", device="cpu", data_path=data)
@@ -128,8 +128,16 @@ def test_a_run_without_evaluation_and_a_deleted_run(tmp_path, smoke_config):
     kept = _tracked_run(config, name="kept", evaluation=None, report_dir=tmp_path)
     gone = _tracked_run(config, name="gone", evaluation=None, report_dir=tmp_path)
     client().delete_run(gone)
+    dpo = _tracked_run(config, name="dpo", evaluation=None, report_dir=tmp_path, stage="dpo")
     journey = read_journey(config)
-    assert [run.name for run in journey.runs] == ["kept"] and journey.missing is None
+    assert [(run.name, run.stage) for run in journey.runs] == [("kept", "SFT"), ("dpo", "DPO")]
+    assert journey.missing is None
+    update_decisions(tmp_path / "decisions.md", journey)  # not judged by the gate: only the stage change
+    decisions = (tmp_path / "decisions.md").read_text()
+    assert (
+        decisions.count("\n## ") == 1
+        and f"· dpo · stage change: SFT → DPO\n\n<!-- decision: {dpo} stage -->" in decisions
+    )
     text = experiments_text(journey, project="journey-bare", plot=None)
     assert "- Field accuracy (mean): not evaluated (`evaluate --adapter models:/journey-bare/1` scores it)" in text
     assert "- Gate: version 1, not judged yet" in text and f"<!-- run: {kept} -->" in text and "![" not in text
