@@ -90,6 +90,8 @@ src/{pkg}/report/__init__.py
 src/{pkg}/report/about.py
 src/{pkg}/report/card.py
 src/{pkg}/report/facts.py
+src/{pkg}/report/interview.py
+src/{pkg}/report/journey.py
 src/{pkg}/evaluate/markdown.py
 src/{pkg}/report/model_card.md
 src/{pkg}/report/plots.py
@@ -136,6 +138,7 @@ tests/test_docs.py
 tests/test_drift.py
 tests/test_error_analysis.py
 tests/test_evaluate.py
+tests/test_journey.py
 tests/test_judge.py
 tests/test_lm_head.py
 tests/test_model.py

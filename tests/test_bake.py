@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import py_compile
 import re
 import sys
@@ -82,6 +83,30 @@ def test_answers_land_in_the_project(bake):
     assert "Apache License" in (project / "LICENSE").read_text()
     assert 'python-version: "3.12"' in (project / ".github/workflows/ci.yml").read_text()
     assert "project: return-desk" in (project / "configs/smoke.yaml").read_text()
+
+
+def test_publish_dry_run_on_a_fresh_default_bake_lists_the_placeholders_and_stops(bake):
+    """The generated project recognises the template's own default answers (cookiecutter.json), as baked into its
+    pyproject.toml, and stops before anything is created."""
+    project = bake()
+    package = next((project / "src").iterdir()).name
+    defaults = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))
+    before = generated_files(project)
+    command = [sys.executable, "-m", package, "publish", "--dry-run"]
+    result = run(command, cwd=project, PYTHONPATH=str(project / "src"), PYTHONDONTWRITEBYTECODE="1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    listed = result.stdout.split("Still the template (each with its fix):\n")[1].splitlines()
+    assert listed == [
+        f"  - pyproject.toml: the author's name is the placeholder '{defaults['author_name']}': put yours there and "
+        "in LICENSE",
+        f"  - pyproject.toml: the author's email is the placeholder '{defaults['author_email']}': put yours there",
+        f"  - pyproject.toml [project.urls] and README.md's CI badge name '{defaults['github_username']}': put yours",
+        "  - pyproject.toml and README.md: the template's description: say what your project does",
+        "  - the shop example task and data (data/shop_extraction): `task init` starts your own task",
+        "  - docs/experiments.md lists 0 run(s): train and evaluate a change, then `make report`",
+    ]
+    assert "pass --anyway to publish as it is; nothing was done" in result.stderr
+    assert generated_files(project) == before  # no git repository, nothing written
 
 
 def test_quotes_in_answers_keep_files_parseable(bake):

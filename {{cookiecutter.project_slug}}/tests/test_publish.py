@@ -13,8 +13,13 @@ from {{ cookiecutter.package_name }}.config import dump_config, load_config
 from {{ cookiecutter.package_name }}.publish import PublishError, PublishRequest, World, publish
 
 CONFIG_FILE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
-SMOKE_WARNING = (
-    "warning: the results in README.md and MODEL_CARD.md come from the smoke model ({where}base model "
+OWN = ["data.path=data/tickets"]  # the project's own data, not the shop example
+EXPERIMENTS = (
+    "# Experiments\n\n## 1. a\n<!-- run: a1 -->\n\n## 2. b\n<!-- run: b2 -->\n"  # two runs, as `report` writes
+)
+STILL = "Still the template (each with its fix):"
+SMOKE_FINDING = (
+    "  - the results in README.md and MODEL_CARD.md come from the smoke model ({where}base model "
     "models/tiny-chat: tiny, randomly initialised, built offline). They show that the pipeline works, not that the "
     "model is useful, and readers will take them for your results. For real results run "
     "`make train evaluate CONFIG=configs/default.yaml` (or your own config) before publishing."
@@ -39,6 +44,8 @@ def project(tmp_path, monkeypatch) -> Path:
         '[project.urls]\nRepository = "https://github.com/octo/demo-proj"\n'
     )
     (root / "README.md").write_text("# demo\n")
+    (root / "docs").mkdir()
+    (root / "docs" / "experiments.md").write_text(EXPERIMENTS)
     gitconfig = tmp_path / "gitconfig"
     gitconfig.write_text("[user]\n\tname = Test\n\temail = test@example.com\n")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
@@ -72,10 +79,10 @@ def without_gh(name: str) -> str | None:
 
 
 def test_dry_run_prints_the_exact_plan_and_changes_nothing(project):
-    result = CliRunner().invoke(app, ["publish", "--dry-run", "--config", str(CONFIG_FILE)])
+    result = CliRunner().invoke(app, ["publish", "--dry-run", "--config", str(CONFIG_FILE), *OWN])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == ["Dry run: nothing is done. The real run would:", *PLAN]
-    assert sorted(p.name for p in project.iterdir()) == ["README.md", "pyproject.toml"]
+    assert sorted(p.name for p in project.iterdir()) == ["README.md", "docs", "pyproject.toml"]
 
 
 def test_dry_run_of_a_committed_repository_with_its_origin_only_pushes(project):
@@ -89,7 +96,7 @@ def test_dry_run_of_a_committed_repository_with_its_origin_only_pushes(project):
     (project / "README.md").write_text("# changed\n")
     lines = []
     publish(
-        load_config(CONFIG_FILE),
+        load_config(CONFIG_FILE, OWN),
         root=project,
         request=PublishRequest(dry_run=True, private=True),
         world=World(echo=lines.append),
@@ -103,7 +110,7 @@ def test_dry_run_of_a_committed_repository_with_its_origin_only_pushes(project):
 
 
 def test_without_a_terminal_and_without_yes_it_refuses_and_does_nothing(project):
-    result = CliRunner().invoke(app, ["publish", "--config", str(CONFIG_FILE)])  # CliRunner's stdin is no TTY
+    result = CliRunner().invoke(app, ["publish", "--config", str(CONFIG_FILE), *OWN])  # CliRunner's stdin is no TTY
     assert result.exit_code == 1
     assert "stdin is not a terminal" in result.output and "pass --yes" in result.output
     assert not (project / ".git").exists()
@@ -113,7 +120,7 @@ def test_missing_gh_is_a_clear_message(project):
     runner = FakeGh(project)
     with pytest.raises(PublishError, match=r"`gh` is not installed: get it from https://cli.github.com"):
         publish(
-            load_config(CONFIG_FILE),
+            load_config(CONFIG_FILE, OWN),
             root=project,
             request=PublishRequest(yes=True),
             world=World(run=runner, which=without_gh),
@@ -125,7 +132,7 @@ def test_missing_gh_is_a_clear_message(project):
 def test_confirmed_run_inits_commits_once_and_creates_the_repository(project):
     runner, lines = FakeGh(project), []
     publish(
-        load_config(CONFIG_FILE),
+        load_config(CONFIG_FILE, OWN),
         root=project,
         request=PublishRequest(private=True, interactive=True),
         world=World(confirm=lambda question: True, run=runner, which=on_path, echo=lines.append),
@@ -133,7 +140,7 @@ def test_confirmed_run_inits_commits_once_and_creates_the_repository(project):
     log = subprocess.run(["git", "log", "--format=%s"], cwd=project, capture_output=True, text=True, check=True)
     assert log.stdout.splitlines() == ["First commit: demo-proj"]
     tracked = subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True, check=True).stdout
-    assert tracked.split() == ["README.md", "pyproject.toml"]
+    assert tracked.split() == ["README.md", "docs/experiments.md", "pyproject.toml"]
     gh = [command for command in runner.commands if command[0] == "gh"]
     assert gh == [
         ["gh", "auth", "status"],
@@ -150,7 +157,7 @@ def test_declining_the_question_does_nothing(project):
     runner = FakeGh(project)
     with pytest.raises(PublishError, match="not confirmed; nothing was done"):
         publish(
-            load_config(CONFIG_FILE),
+            load_config(CONFIG_FILE, OWN),
             root=project,
             request=PublishRequest(interactive=True),
             world=World(confirm=lambda q: False, run=runner, which=on_path),
@@ -163,14 +170,43 @@ def test_an_origin_pointing_elsewhere_is_refused(project):
     subprocess.run(["git", "remote", "add", "origin", "https://github.com/someone/else.git"], cwd=project, check=True)
     elsewhere = r"remote 'origin' is https://github.com/someone/else.git, not github.com/octo/demo-proj"
     with pytest.raises(PublishError, match=elsewhere):
-        publish(load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True))
+        publish(load_config(CONFIG_FILE, OWN), root=project, request=PublishRequest(dry_run=True))
 
 
-def test_the_placeholder_user_is_refused(project):
+def test_the_placeholder_user_is_refused_even_anyway(project):
     text = (project / "pyproject.toml").read_text().replace("octo", "your-github-username")
     (project / "pyproject.toml").write_text(text)
     with pytest.raises(PublishError, match="placeholder user 'your-github-username'"):
-        publish(load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True))
+        publish(load_config(CONFIG_FILE, OWN), root=project, request=PublishRequest(dry_run=True, anyway=True))
+
+
+def test_what_still_looks_like_the_template_is_listed_with_its_fix_and_nothing_is_done(project):
+    """The template's default answers to its questions, the shop example without a task description, a decision
+    without its reason and one run: each named with its fix; exit 2 before git or gh is asked anything."""
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "demo-proj"\ndescription = "Fine-tunes a small LLM with LoRA to turn customer messages '
+        'into structured JSON, and measures the gain over the base model."\n'
+        'authors = [{ name = "Your Name", email = "you@example.com" }]\n'
+        '[project.urls]\nRepository = "https://github.com/your-github-username/demo-proj"\n'
+    )
+    (project / "docs" / "experiments.md").write_text(EXPERIMENTS.split("\n## 2.")[0])
+    (project / "docs" / "decisions.md").write_text("# Decisions\n\n## a\n- Why: mine.\n\n## b\n- Why:\n")
+    result = CliRunner().invoke(app, ["publish", "--dry-run", "--config", str(CONFIG_FILE), "task.description=''"])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        STILL,
+        "  - pyproject.toml: the author's name is the placeholder 'Your Name': put yours there and in LICENSE",
+        "  - pyproject.toml: the author's email is the placeholder 'you@example.com': put yours there",
+        "  - pyproject.toml [project.urls] and README.md's CI badge name 'your-github-username': put yours",
+        "  - pyproject.toml and README.md: the template's description: say what your project does",
+        "  - the shop example task and data (data/shop_extraction): `task init` starts your own task",
+        "  - task.description is empty: add one sentence (what goes in, what comes out) to your config",
+        "  - docs/decisions.md: 1 entries with an empty `Why:`: write your reasons",
+        "  - docs/experiments.md lists 1 run(s): train and evaluate a change, then `make report`",
+        "error: 8 part(s) of the project still look like the unmodified template (listed above); fix them, or pass "
+        "--anyway to publish as it is; nothing was done",
+    ]
+    assert not (project / ".git").exists()
 
 
 def _evaluated_adapter(root: Path, base_model: str) -> Path:
@@ -207,7 +243,7 @@ def test_hf_push_creates_the_model_repository_and_uploads_adapter_and_card(proje
         clients.append(FakeHfApi(token))
         return clients[-1]
 
-    config = load_config(CONFIG_FILE)
+    config = load_config(CONFIG_FILE, OWN)
     world = World(run=FakeGh(project), which=on_path, hf_api=make_client, echo=print)
     publish(config, root=project, request=PublishRequest(yes=True, hf=True), world=world)
     (client,) = clients
@@ -236,7 +272,7 @@ def test_hf_dry_run_lists_the_api_calls(project, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     lines = []
     publish(
-        load_config(CONFIG_FILE),
+        load_config(CONFIG_FILE, OWN),
         root=project,
         request=PublishRequest(dry_run=True, hf=True, hf_repo="me/model"),
         world=World(echo=lines.append),
@@ -253,12 +289,12 @@ def test_hf_dry_run_lists_the_api_calls(project, monkeypatch):
 def test_hf_refuses_an_adapter_of_a_local_base_model_and_a_missing_token(project, monkeypatch):
     _evaluated_adapter(project, base_model=str(project))  # a local folder: the smoke model's case
     with pytest.raises(PublishError, match="adapts the local model"):
-        publish(load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True, hf=True))
+        publish(load_config(CONFIG_FILE, OWN), root=project, request=PublishRequest(dry_run=True, hf=True))
     (project / "outputs" / "run-1" / "adapter" / "adapter_config.json").write_text(
         json.dumps({"base_model_name_or_path": "org/model"})
     )
     with pytest.raises(PublishError, match="--hf needs HF_TOKEN"):
-        publish(load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True, hf=True))
+        publish(load_config(CONFIG_FILE, OWN), root=project, request=PublishRequest(dry_run=True, hf=True))
 
 
 def test_hf_with_a_corrupt_adapter_config_names_the_file_and_does_nothing(project, monkeypatch):
@@ -266,7 +302,7 @@ def test_hf_with_a_corrupt_adapter_config_names_the_file_and_does_nothing(projec
     (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "org/model",\n  "r": }')
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     before = sorted(path.relative_to(project) for path in project.rglob("*"))
-    result = CliRunner().invoke(app, ["publish", "--dry-run", "--hf", "--config", str(CONFIG_FILE)])
+    result = CliRunner().invoke(app, ["publish", "--dry-run", "--hf", "--config", str(CONFIG_FILE), *OWN])
     assert result.exit_code == 1, result.output  # the CLI's status for every expected error (cli._known_errors)
     assert f"error: {adapter / 'adapter_config.json'}:2: not valid JSON" in result.output
     assert sorted(path.relative_to(project) for path in project.rglob("*")) == before
@@ -284,47 +320,55 @@ def _evaluated_smoke_run(root: Path, *, base_model: str = "models/tiny-chat", ru
     (root / "reports" / "eval.json").write_text(json.dumps({"base": {}, "finetuned": {}, "run": run}))
 
 
-def test_dry_run_warns_first_when_the_results_come_from_the_smoke_model(project):
-    _evaluated_smoke_run(project, run_config=[])
-    result = CliRunner().invoke(app, ["publish", "--dry-run", "--config", str(CONFIG_FILE)])
-    assert result.exit_code == 0, result.output
-    header = "Dry run: nothing is done. The real run would:"
-    assert result.output.splitlines() == [SMOKE_WARNING.format(where="run outputs/smoke-1, "), header, *PLAN]
+def test_a_dry_run_lists_the_smoke_model_s_results_and_stops(project):
+    _evaluated_smoke_run(project, run_config=OWN)
+    result = CliRunner().invoke(app, ["publish", "--dry-run", "--config", str(CONFIG_FILE), *OWN])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        STILL,
+        SMOKE_FINDING.format(where="run outputs/smoke-1, "),
+        "error: 1 part(s) of the project still look like the unmodified template (listed above); fix them, or "
+        "pass --anyway to publish as it is; nothing was done",
+    ]
 
 
-def test_a_real_publish_warns_before_its_plan_and_still_publishes(project):
-    _evaluated_smoke_run(project, run_config=[])
+def test_a_real_publish_anyway_lists_them_before_its_plan_and_publishes(project):
+    _evaluated_smoke_run(project, run_config=OWN)
     runner, lines = FakeGh(project), []
     publish(
-        load_config(CONFIG_FILE),
+        load_config(CONFIG_FILE, OWN),
         root=project,
-        request=PublishRequest(yes=True),
+        request=PublishRequest(yes=True, anyway=True),
         world=World(run=runner, which=on_path, echo=lines.append),
     )
-    assert lines[:2] == [SMOKE_WARNING.format(where="run outputs/smoke-1, "), "Publishing will:"]
+    assert lines[:3] == [STILL, SMOKE_FINDING.format(where="run outputs/smoke-1, "), "Publishing will:"]
     assert lines[-1] == "published: https://github.com/octo/demo-proj"
 
 
 @pytest.mark.parametrize(
-    ("run_config", "where"), [(None, ""), (["model.build_tiny=false"], "run outputs/smoke-1, ")], ids=["gone", "off"]
+    ("run_config", "where"),
+    [(None, ""), (["model.build_tiny=false", *OWN], "run outputs/smoke-1, ")],
+    ids=["gone", "off"],
 )
 def test_the_tiny_base_model_is_recognised_by_its_folder(project, run_config, where):
     """The run's config is not here, or it trained the tiny model with build_tiny off: the evaluated base model is
     the given config's tiny model folder, however its path is written."""
     _evaluated_smoke_run(project, base_model="./models/../models/tiny-chat", run_config=run_config)
-    lines = []
-    publish(
-        load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True), world=World(echo=lines.append)
-    )
+    lines, request = [], PublishRequest(dry_run=True, anyway=True)
+    publish(load_config(CONFIG_FILE, OWN), root=project, request=request, world=World(echo=lines.append))
     shown = "base model ./models/../models/tiny-chat"
-    assert lines[0] == SMOKE_WARNING.format(where=where).replace("base model models/tiny-chat", shown)
+    assert lines[:2] == [STILL, SMOKE_FINDING.format(where=where).replace("base model models/tiny-chat", shown)]
 
 
 def test_results_of_a_real_base_model_get_no_warning(project):
     real = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    _evaluated_smoke_run(project, base_model=real, run_config=["model.build_tiny=false", f"model.base_model={real}"])
+    run_config = ["model.build_tiny=false", f"model.base_model={real}", *OWN]
+    _evaluated_smoke_run(project, base_model=real, run_config=run_config)
     lines = []
     publish(
-        load_config(CONFIG_FILE), root=project, request=PublishRequest(dry_run=True), world=World(echo=lines.append)
+        load_config(CONFIG_FILE, OWN),
+        root=project,
+        request=PublishRequest(dry_run=True),
+        world=World(echo=lines.append),
     )
     assert lines == ["Dry run: nothing is done. The real run would:", *PLAN]

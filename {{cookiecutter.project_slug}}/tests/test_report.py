@@ -187,7 +187,13 @@ def test_report_on_the_smoke_run_writes_pngs_readme_and_model_card(report_projec
     readme, card_path = report_project / "README.md", report_project / "MODEL_CARD.md"
     written = write_report(config, readme=readme, model_card=card_path)
     plots = [report_project / "reports" / name for name in PLOTS.values()]
-    assert written == [*plots, card_path, readme]
+    docs = report_project / "docs"  # and the journey from MLflow (tests/test_journey.py)
+    assert written[: len(plots) + 5] == [
+        *plots,
+        card_path,
+        readme,
+        *(docs / n for n in ("experiments.md", "interview.md", "decisions.md")),
+    ]
     for plot in plots:
         data = plot.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, plot

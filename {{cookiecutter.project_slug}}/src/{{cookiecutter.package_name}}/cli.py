@@ -10,7 +10,7 @@
     <project> serve [--model outputs/<run>/adapter] [--host 127.0.0.1] [--port 8000]
     <project> serve-vllm [--model outputs/<run>/adapter] [--print]   # vLLM on a GPU
     <project> report --config configs/smoke.yaml    # plots, README results, MODEL_CARD.md
-    <project> publish --dry-run [--private] [--hf]
+    <project> publish --dry-run [--private] [--hf] [--anyway]
 
 Heavy libraries (torch, transformers, mlflow) are imported inside the commands, so `--help` is instant.
 """
@@ -476,7 +476,12 @@ def report(
 def publish(
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every command and API call; do nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what still looks like the template, every command and API call.")
+    ] = False,
+    anyway: Annotated[
+        bool, typer.Option("--anyway", help="Publish although parts still look like the unmodified template.")
+    ] = False,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a terminal).")
     ] = False,
@@ -499,7 +504,14 @@ def publish(
 
     resolved = load_config(config, overrides or [])
     request = PublishRequest(
-        repo=repo, private=private, hf=hf, hf_repo=hf_repo, yes=yes, dry_run=dry_run, interactive=sys.stdin.isatty()
+        repo=repo,
+        private=private,
+        hf=hf,
+        hf_repo=hf_repo,
+        yes=yes,
+        dry_run=dry_run,
+        anyway=anyway,
+        interactive=sys.stdin.isatty(),
     )
     world = World(confirm=lambda question: typer.confirm(question, default=False), echo=typer.echo)
     run_publish(resolved, root=Path.cwd(), request=request, world=world)

@@ -3,7 +3,12 @@
     <project> publish --dry-run              # print every command and API call; change nothing
     <project> publish                        # shows the plan, asks, then creates and pushes
     <project> publish --yes --private --hf   # no question; also the adapter + MODEL_CARD.md to the Hub
+    <project> publish --anyway               # publish although parts still look like the unmodified template
 
+First it lists what still looks like the unmodified template (placeholder author, e-mail or GitHub user, the
+default description, the shop example, the smoke model's results, a task without a description, decisions
+without a `Why:`, fewer than two runs in docs/experiments.md), each with its fix, and stops (exit 2, nothing
+done) unless --anyway is given; --dry-run shows the list too.
 Never destructive: `git init` and a first commit only where there is no repository or no commit yet;
 no force push; it refuses a remote `origin` that points elsewhere, a GitHub repository of that name that
 already exists, and a project folder nested inside another repository. Commits you have not made are
@@ -22,16 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, load_config
-from .errors import ProjectError
+from .config import Config, ConfigError, DataConfig, load_config
+from .errors import BadInput, ProjectError
 from .model.load import read_adapter_config
 
-PLACEHOLDER_USER = "your-github-username"  # the template's default answer for github_username
+PLACEHOLDER_USER = "your-github-username"  # the template's default answers to its questions, as baked
+PLACEHOLDER_NAME, PLACEHOLDER_EMAIL = "Your Name", "you@example.com"
+DEFAULT_DESCRIPTION = (
+    "Fine-tunes a small LLM with LoRA to turn customer messages into structured JSON, and measures the gain "
+    "over the base model."
+)
 Runner = Callable[[list[str]], subprocess.CompletedProcess]
 
 
 class PublishError(ProjectError, RuntimeError):
     """Publishing cannot go on; the message says why and what to do. Steps already done are named."""
+
+
+class StillTheTemplate(BadInput):
+    """Parts of the project still look like the unmodified template (listed with their fixes); nothing was done."""
 
 
 @dataclass
@@ -65,6 +79,7 @@ class PublishRequest:
     hf_repo: str | None = None  # None: <your Hub user>/<project>
     yes: bool = False
     dry_run: bool = False
+    anyway: bool = False  # publish although template_findings found something
     interactive: bool = False  # stdin is a terminal: someone is there to confirm
 
 
@@ -85,9 +100,16 @@ def publish(config: Config, *, root: Path, request: PublishRequest, world: World
     echo, which, private = world.echo, world.which, request.private
     run = world.run or _runner(root)
     project = _project(root)
-    smoke = smoke_results_warning(config, root=root)
-    if smoke:
-        echo(smoke)
+    findings = template_findings(config, root=root, project=project)
+    if findings:
+        echo("Still the template (each with its fix):")
+        for finding in findings:
+            echo(f"  - {finding}")
+        if not request.anyway:
+            raise StillTheTemplate(
+                f"{len(findings)} part(s) of the project still look like the unmodified template (listed above); "
+                "fix them, or pass --anyway to publish as it is; nothing was done"
+            )
     repo = request.repo or _repo_from_url(project["repository"])
     _check_repo_name(repo)
     if which("git") is None:
@@ -153,6 +175,54 @@ def _project(root: Path) -> dict[str, str]:
         raise PublishError(f"{root}: no pyproject.toml here; run `publish` in the project's root folder")
     project = project_metadata(root)
     return project | {"slug": project["name"]}
+
+
+def template_findings(config: Config, *, root: Path, project: dict[str, str]) -> list[str]:
+    """What a reader would take for the unmodified template, each as `what: fix`. Local files only."""
+    import tomllib
+
+    from .report.journey import EMPTY_WHY, RUN_MARK
+
+    meta = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8")).get("project", {})
+    author = (meta.get("authors") or [{}])[0]
+    found = [
+        f"pyproject.toml: the author's {key} is the placeholder '{value}': put yours there{also}"
+        for key, value, also in (("name", PLACEHOLDER_NAME, " and in LICENSE"), ("email", PLACEHOLDER_EMAIL, ""))
+        if author.get(key) == value
+    ]
+    if f"github.com/{PLACEHOLDER_USER}/" in project["repository"]:
+        found.append(f"pyproject.toml [project.urls] and README.md's CI badge name '{PLACEHOLDER_USER}': put yours")
+    if project["description"] == DEFAULT_DESCRIPTION:
+        found.append("pyproject.toml and README.md: the template's description: say what your project does")
+    judged = _evaluated_config(config, root=root) or config
+    if Path(judged.data.path).name == Path(DataConfig().path).name:
+        found.append(f"the shop example task and data ({judged.data.path}): `task init` starts your own task")
+    if not judged.task.description.strip():
+        found.append("task.description is empty: add one sentence (what goes in, what comes out) to your config")
+    smoke = smoke_results_warning(config, root=root)
+    if smoke:
+        found.append(smoke.removeprefix("warning: "))
+    decisions, experiments = root / "docs" / "decisions.md", root / "docs" / "experiments.md"
+    empty = len(EMPTY_WHY.findall(decisions.read_text(encoding="utf-8"))) if decisions.is_file() else 0
+    if empty:
+        found.append(f"docs/decisions.md: {empty} entries with an empty `Why:`: write your reasons")
+    runs = experiments.read_text(encoding="utf-8").count(RUN_MARK.split("{")[0]) if experiments.is_file() else 0
+    if runs < 2:
+        found.append(f"docs/experiments.md lists {runs} run(s): train and evaluate a change, then `make report`")
+    return found
+
+
+def _evaluated_config(config: Config, *, root: Path) -> Config | None:
+    """The config of the run reports/eval.json scored, when its run folder is here."""
+    from .report import ReportError, find_run_dir, read_results
+    from .runs import run_config_path
+
+    try:
+        run = read_results(root / config.eval.report_dir)["run"]
+    except ReportError:
+        return None
+    run_dir = find_run_dir(run, output_dir=root / config.train.output_dir)
+    return _loadable(run_config_path(run_dir=root / run_dir)) if run_dir else None
 
 
 def smoke_results_warning(config: Config, *, root: Path) -> str | None:

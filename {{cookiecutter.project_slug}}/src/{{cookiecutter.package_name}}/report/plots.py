@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .facts import RunFacts
+from .journey import Journey
 from .summary import COLUMNS, LABELS, RATES, columns, interval
 
 PLOTS = {
@@ -147,3 +148,36 @@ def _fields_figure(base: dict[str, float], tuned: dict[str, float], fields: list
     ax.set_title("Accuracy per extracted field")
     ax.legend(loc="lower right")
     return figure
+
+
+JOURNEY = "journey.png"  # docs/experiments.md links it
+
+
+def write_journey_plot(journey: Journey, *, out: Path) -> Path | None:
+    """The headline metric of each evaluated run, oldest first, with its 95% interval; the champion starred.
+    None (and no file) when no run was evaluated."""
+    import matplotlib.style
+
+    metric = journey.metric
+    scored = [(f"{i}. {run.name}", run) for i, run in enumerate(journey.runs, 1) if metric in run.metrics]
+    (out / JOURNEY).unlink(missing_ok=True)  # an older picture would show runs the log no longer has
+    if not scored:
+        return None
+    values = [run.metrics[metric] for _, run in scored]
+    bounds = [(run.metrics.get(f"{metric}.ci_low", v), run.metrics.get(f"{metric}.ci_high", v)) for v, (_, run) in
+              zip(values, scored, strict=True)]  # fmt: skip
+    errors = [[v - low for v, (low, _) in zip(values, bounds, strict=True)],
+              [high - v for v, (_, high) in zip(values, bounds, strict=True)]]  # fmt: skip
+    with matplotlib.style.context("default"):
+        figure, (ax,) = _figure()
+        x = list(range(len(values)))
+        ax.errorbar(x, values, yerr=errors, fmt="o-", color=TUNED_COLOR, capsize=4, label=f"{metric}, 95% interval")
+        best = [i for i, (_, run) in enumerate(scored) if run.run_id == journey.champion_run]
+        if best:
+            ax.plot(best, [values[i] for i in best], "*", color="#d62728", markersize=16, label="champion")
+        ax.set_xticks(x, [label for label, _ in scored], rotation=20, ha="right", fontsize=8)
+        ax.set(ylabel=metric, title="Headline metric over the runs")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        out.mkdir(parents=True, exist_ok=True)
+        return _save(figure, out / JOURNEY)
