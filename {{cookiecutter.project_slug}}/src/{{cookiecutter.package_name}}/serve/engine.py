@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -128,8 +129,9 @@ class Engine:
         self.end_ids = end_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id
         self._encoder = tokenizer
-        # A Rust tokenizer used from two threads at once can fail ("Already borrowed"): the worker decodes
-        # with its own copy while the event loop encodes with the original.
+        # A Rust tokenizer used from two threads at once can fail ("Already borrowed"): prompts are encoded
+        # in one thread of their own, and the worker decodes with its own copy.
+        self._prompt_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-prompt")
         self._decoder = copy.deepcopy(tokenizer)
         self._pending: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._admitted = 0  # queued + generating; guarded by _lock
@@ -142,6 +144,7 @@ class Engine:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._pending.put(None)
+        self._prompt_thread.shutdown(wait=False, cancel_futures=True)
         self._thread.join(timeout_s)
 
     @property
@@ -149,8 +152,12 @@ class Engine:
         """Requests queued or generating now."""
         return self._admitted
 
-    def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        """Prompt token ids through the tokenizer's chat template, ending with the assistant's turn opener."""
+    async def encode(self, messages: list[dict[str, str]]) -> list[int]:
+        """Prompt token ids through the tokenizer's chat template, ending with the assistant's turn opener.
+        Built off the event loop: 256 messages take tens of milliseconds, in which no other request is served."""
+        return await asyncio.get_running_loop().run_in_executor(self._prompt_thread, self._encode, messages)
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
         try:
             encoded = self._encoder.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=True

@@ -62,7 +62,7 @@ async def chat_completions(
 ) -> Response:
     """Generate the assistant's reply to `messages`; `stream: true` sends it piece by piece."""
     outcome.stream = body.stream
-    prompt_ids, params = _prepare(body, engine=engine, loaded=loaded, settings=settings, outcome=outcome)
+    prompt_ids, params = await _prepare(body, engine=engine, loaded=loaded, settings=settings, outcome=outcome)
     try:
         job = engine.submit(prompt_ids, params, stream=body.stream)
     except EngineBusy as err:
@@ -89,14 +89,16 @@ async def chat_completions(
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
-def _prepare(
+async def _prepare(
     body: ChatCompletionRequest, *, engine: Engine, loaded: LoadedModel, settings: Settings, outcome: RequestOutcome
 ) -> tuple[list[int], GenerationParams]:
     """The prompt's token ids and the generation parameters; 400/404 for what this server cannot serve."""
     if body.model is not None and body.model != loaded.name:
         message = f"model {body.model!r} is not served here; use {loaded.name!r} (see GET /v1/models)"
         raise APIError(404, message, param="model", code="model_not_found")
-    prompt_ids = _encode(body, engine=engine, settings=settings, system_prompt=loaded.system_prompt, outcome=outcome)
+    prompt_ids = await _encode(
+        body, engine=engine, settings=settings, system_prompt=loaded.system_prompt, outcome=outcome
+    )
     max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_tokens
     if max_tokens > settings.max_tokens:
         message = f"max_tokens={max_tokens} is over this server's limit of {settings.max_tokens}"
@@ -111,7 +113,7 @@ def _prepare(
     return prompt_ids, params
 
 
-def _encode(
+async def _encode(
     body: ChatCompletionRequest,
     *,
     engine: Engine,
@@ -125,7 +127,7 @@ def _encode(
         messages.insert(0, {"role": "system", "content": system_prompt})
     outcome.prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
     try:
-        prompt_ids = engine.encode(messages)
+        prompt_ids = await engine.encode(messages)
     except PromptError as err:
         raise APIError(400, str(err), param="messages", code="invalid_messages") from None
     outcome.prompt_tokens = len(prompt_ids)
