@@ -509,9 +509,11 @@ def test_generation_timeout_is_504_and_frees_the_server(served_adapter, served_m
             timed_out = chat(client, max_tokens=4)
             streamed = client.post(CHAT, json={"messages": HELLO, "max_tokens": 4, "stream": True})
         assert_error(timed_out, 504, code="timeout")
-        # A stream has sent its 200 before the timeout: the error arrives as an event, as OpenAI sends it.
+        # A stream has sent its 200 before the timeout: the error arrives as an event, as OpenAI sends it, and
+        # [DONE] still ends the stream (as vLLM's do), so a client that reads to [DONE] is not left waiting.
         assert streamed.status_code == 200
-        assert json.loads(sse_events(streamed.text)[-1])["error"]["code"] == "timeout"
+        *_, error, done = sse_events(streamed.text)
+        assert json.loads(error)["error"]["code"] == "timeout" and done == "[DONE]"
         wait_for(lambda: client.app.state.server.engine.admitted == 0)
         assert chat(client, max_tokens=2).status_code == 200
         assert sample(client, "llm_requests_total", status="504", finish_reason="none") == 2

@@ -52,6 +52,10 @@ class GenerationFailed(RuntimeError):
     """`generate` raised; the message is the cause. The server answers 500 and keeps serving."""
 
 
+class ServerStopping(GenerationFailed):
+    """The server is shutting down and its grace period is over: the job ends unanswered (503)."""
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_tokens: int
@@ -86,6 +90,11 @@ class Job:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def end(self, error: Exception) -> None:
+        """End the job now with `error` (call on the event loop): its waiter gets it, the worker drops its row."""
+        self.cancelled = True
+        self._events.put_nowait(error)
 
     async def next_event(self) -> str | Completion:
         """The next text piece (streaming jobs only) or, last, the Completion; raises GenerationFailed."""
@@ -134,8 +143,9 @@ class Engine:
         self._prompt_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-prompt")
         self._decoder = copy.deepcopy(tokenizer)
         self._pending: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._admitted = 0  # queued + generating; guarded by _lock
+        self._admitted: set[Job] = set()  # queued + generating; guarded by _lock
         self._lock = threading.Lock()
+        self._stopping: ServerStopping | None = None
         self._last_batch_size = 1
         self._thread = threading.Thread(target=self._work, name="llm-generation", daemon=True)
 
@@ -150,7 +160,16 @@ class Engine:
     @property
     def admitted(self) -> int:
         """Requests queued or generating now."""
-        return self._admitted
+        return len(self._admitted)
+
+    def end_all(self, error: ServerStopping) -> None:
+        """At shutdown (on the event loop): every job queued or generating ends now with `error`, and so does
+        every job submitted later."""
+        self._stopping = error
+        with self._lock:
+            jobs = list(self._admitted)
+        for job in jobs:
+            job.end(error)
 
     async def encode(self, messages: list[dict[str, str]]) -> list[int]:
         """Prompt token ids through the tokenizer's chat template, ending with the assistant's turn opener.
@@ -168,11 +187,14 @@ class Engine:
 
     def submit(self, prompt_ids: list[int], params: GenerationParams, *, stream: bool = False) -> Job:
         """Queue a job (call on the event loop); EngineBusy when max_batch_size + max_queue are taken."""
-        with self._lock:
-            if self._admitted >= self.capacity:
-                raise EngineBusy(f"all {self.capacity} generation slots and queue places are taken")
-            self._admitted += 1
         job = Job(prompt_ids, params, stream=stream)
+        if self._stopping is not None:
+            job.end(self._stopping)
+            return job
+        with self._lock:
+            if len(self._admitted) >= self.capacity:
+                raise EngineBusy(f"all {self.capacity} generation slots and queue places are taken")
+            self._admitted.add(job)
         self._pending.put(job)
         return job
 
@@ -185,7 +207,7 @@ class Engine:
                 self._generate_isolated(live)
             finally:
                 with self._lock:
-                    self._admitted -= len(batch)
+                    self._admitted.difference_update(batch)
 
     def _generate_isolated(self, jobs: list[Job]) -> None:
         """Generate `jobs` as one batch; when that fails, each job that has sent nothing yet is generated alone,

@@ -17,7 +17,16 @@ from fastapi.responses import Response, StreamingResponse
 
 from ...monitor.accounting import RequestOutcome
 from ..deps import EngineDep, LoadedDep, OutcomeDep, SettingsDep, require_api_key
-from ..engine import Completion, Engine, EngineBusy, GenerationFailed, GenerationParams, Job, PromptError
+from ..engine import (
+    Completion,
+    Engine,
+    EngineBusy,
+    GenerationFailed,
+    GenerationParams,
+    Job,
+    PromptError,
+    ServerStopping,
+)
 from ..errors import APIError, documented_errors, error_body
 from ..loader import LoadedModel
 from ..schemas import (
@@ -154,7 +163,7 @@ async def _sse(
     job: Job, *, outcome: RequestOutcome, model: str, deadline: float, settings: Settings, usage: bool
 ) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, text chunks, a finish chunk (+ usage), then `data: [DONE]`.
-    An error after the 200 went out becomes an `error` event, which OpenAI clients raise."""
+    An error after the 200 went out becomes an `error` event (which OpenAI clients raise), then `[DONE]`."""
     chunk = partial(ChatCompletionChunk, id=outcome.request_id, created=int(time.time()), model=model)
     yield _event(chunk(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]))
     try:
@@ -171,6 +180,7 @@ async def _sse(
         error = _timeout(settings) if isinstance(err, TimeoutError) else _failed(err)
         outcome.status = error.status
         yield f"data: {json.dumps(error_body(error.status, error.message, code=error.code))}\n\n"
+        yield "data: [DONE]\n\n"
         return
     finally:
         job.cancel()
@@ -203,4 +213,6 @@ def _timeout(settings: Settings) -> APIError:
 
 
 def _failed(err: GenerationFailed) -> APIError:
+    if isinstance(err, ServerStopping):
+        return APIError(503, str(err), code="server_shutting_down", headers={"Retry-After": "5"})
     return APIError(500, str(err), code="generation_failed")
