@@ -23,7 +23,7 @@ MAX_SEED = 2**63 - 1
 """Seeds are 0..2**63-1: what torch's generators take (64 bits) and what int64 clients can send."""
 MAX_MESSAGES = 256
 """Messages per request. Counted before any message is validated: a 60 KB body of 30,001 invalid items costs
-one error, not 30,001 (0.3 s of the event loop). More could not fit the default 1,024-token prompt anyway
+one error, not 30,001 (0.3 to 0.8 s of the event loop). More could not fit the default 1,024-token prompt anyway
 (each message adds about 4 template tokens)."""
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256

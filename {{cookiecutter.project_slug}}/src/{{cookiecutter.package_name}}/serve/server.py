@@ -91,7 +91,7 @@ class _GuardedHttp(HttpToolsProtocol):
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             message = f"over {self.max_connections} open connections (LLM_MAX_CONNECTIONS); retry shortly"
-            self._refuse(503, message, code="too_many_connections", extra=b"retry-after: 1\r\n")
+            self._refuse(503, message, code="too_many_connections", headers="retry-after: 1\r\n")
         else:
             self._await_head()
 
@@ -139,13 +139,13 @@ class _GuardedHttp(HttpToolsProtocol):
         message = f"request headers not received within {self.head_timeout_s:g} s (LLM_HEADER_TIMEOUT_S)"
         self._refuse(408, message, code="header_timeout")
 
-    def _refuse(self, status: int, message: str, *, code: str, extra: bytes = b"") -> None:
+    def _refuse(self, status: int, message: str, *, code: str, headers: str = "") -> None:
         """Answer `status` in OpenAI's error shape, then drop the rest of the input and close."""
         self.logger.warning("%s from %s: %s", status, self.client, message)
         self._stop_head_timer()
         self._refused = True
         body = json.dumps(error_body(status, message, code=code), separators=(",", ":")).encode()
         head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-        head += f"content-length: {len(body)}\r\nconnection: close\r\n"
-        self.transport.write(head.encode() + extra + b"\r\n" + body)
+        head += f"content-length: {len(body)}\r\nconnection: close\r\n{headers}\r\n"
+        self.transport.write(head.encode() + body)
         self.loop.call_later(LINGER_S, self.transport.close)
