@@ -402,9 +402,9 @@ def test_sigterm_ends_streams_in_flight_with_an_answer_and_a_log_line_in_time(se
                 assert response.status_code == 200
                 streams.append([line for line in response.iter_lines() if line])
 
-    settings = {"LLM_SHUTDOWN_TIMEOUT_S": "1", "LLM_MAX_BATCH_SIZE": "1", "LLM_MAX_TOKENS": "1024"}
+    settings = {"LLM_SHUTDOWN_TIMEOUT_S": "0.5", "LLM_MAX_BATCH_SIZE": "1", "LLM_MAX_TOKENS": "1024"}
     with server_process(served_adapter, tmp_path, **settings) as (process, url):
-        # 12 streams and 4 whole answers, generated one at a time: far more than 1 s of work.
+        # 12 streams and 4 whole answers, generated one at a time: seconds of work, far more than the 0.5 s grace.
         clients = [threading.Thread(target=call, args=(url, i < 12)) for i in range(16)]
         for client in clients:
             client.start()
@@ -416,7 +416,7 @@ def test_sigterm_ends_streams_in_flight_with_an_answer_and_a_log_line_in_time(se
         for client in clients:
             client.join(timeout=10)
     # Before: the process exited 12.4 s after SIGTERM with LLM_SHUTDOWN_TIMEOUT_S=2, streams cut without a word.
-    assert exited_after < 1 + 3, f"exited {exited_after:.1f} s after SIGTERM; LLM_SHUTDOWN_TIMEOUT_S=1"
+    assert exited_after < 0.5 + 3, f"exited {exited_after:.1f} s after SIGTERM; LLM_SHUTDOWN_TIMEOUT_S=0.5"
     assert len(streams) == 12 and len(answers) == 4
     # Every stream ends with [DONE]: after its finish chunk, or after an error event saying why it ended.
     assert all(events[-1] == "data: [DONE]" for events in streams), streams
