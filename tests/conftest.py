@@ -113,6 +113,7 @@ src/{pkg}/serve/routes/health.py
 src/{pkg}/serve/routes/metrics.py
 src/{pkg}/serve/routes/models.py
 src/{pkg}/serve/schemas.py
+src/{pkg}/serve/server.py
 src/{pkg}/serve/settings.py
 src/{pkg}/serve/static/index.html
 src/{pkg}/tasks/__init__.py

@@ -45,6 +45,8 @@ BAD_REQUESTS: list[tuple[str, object]] = [
     ("unknown-model", {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}),
     ("no-messages", {"messages": []}),
     ("body-too-large", {"messages": [{"role": "user", "content": "x" * 70_000}]}),
+    # 30,001 items in 60 KB: refused by their count, before any item is validated.
+    ("message-flood", b'{"messages":[' + b",".join([b"1"] * 30_001) + b"]}"),
 ]
 
 

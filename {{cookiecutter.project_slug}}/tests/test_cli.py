@@ -41,7 +41,7 @@ SUBCOMMANDS["data"].add("prefs")
 SUBCOMMANDS["cloud"] |= {"train", "status", "cancel"}
 # <<< cloud_training
 # Errors that serving turns into HTTP responses (429, 400, 500, an API error body): never seen by the CLI.
-HTTP_ERRORS = {"APIError", "EngineBusy", "PromptError", "GenerationFailed", "_ClientLeft"}
+HTTP_ERRORS = {"APIError", "EngineBusy", "PromptError", "GenerationFailed", "ServerStopping", "_ClientLeft"}
 
 
 def test_help_lists_subcommands():

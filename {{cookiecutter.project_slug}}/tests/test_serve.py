@@ -305,7 +305,12 @@ def served_prompt_ids(client: TestClient, user_message: str, monkeypatch) -> lis
     """The prompt token ids the chat route builds for one plain user message (no system message)."""
     engine, built = client.app.state.server.engine, []
     encode = engine.encode
-    monkeypatch.setattr(engine, "encode", lambda messages: built.append(encode(messages)) or built[-1])
+
+    async def recorded(messages):
+        built.append(await encode(messages))
+        return built[-1]
+
+    monkeypatch.setattr(engine, "encode", recorded)
     assert chat(client, [{"role": "user", "content": user_message}], max_tokens=1).status_code == 200
     return built[0]
 
@@ -415,6 +420,30 @@ def test_invalid_requests_get_openai_errors(client, body, status, code, param):
     assert_error(client.post(CHAT, json=body), status, code=code, param=param)
 
 
+def test_a_flood_of_messages_is_refused_before_any_message_is_validated(client):
+    # 30,001 invalid items in a 60 KB body (issue 27): one error naming the limit, not 30,001 validated items.
+    error = assert_error(client.post(CHAT, json={"messages": [1] * 30_001}), 422, param="messages")
+    assert "at most 256 items" in error["message"] and "30001" in error["message"]
+    # 256 messages pass the schema; they are already over the default prompt limit, as MAX_MESSAGES says.
+    assert_error(chat(client, [{"role": "user", "content": "hi"}] * 256), 400, code="context_length_exceeded")
+
+
+def test_the_prompt_is_built_off_the_event_loop(client, monkeypatch):
+    # A long chat template costs tens of milliseconds, during which the event loop would answer no one.
+    tokenizer = client.app.state.server.loaded.tokenizer
+    original, threads = tokenizer.apply_chat_template, []
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setitem(vars(tokenizer), "apply_chat_template", recorded)
+    loop_thread = client.portal.call(lambda: threading.current_thread().name)
+    answer(client, max_tokens=1)
+    answer(client, max_tokens=1)
+    assert len(threads) == 2 and loop_thread not in threads, (threads, loop_thread)
+
+
 @pytest.mark.parametrize(
     "raw",
     [b"{not json", b'{"messages": [', b"[" * 5_000 + b"]" * 5_000, b'{"messages": "\xff"}'],
@@ -480,9 +509,11 @@ def test_generation_timeout_is_504_and_frees_the_server(served_adapter, served_m
             timed_out = chat(client, max_tokens=4)
             streamed = client.post(CHAT, json={"messages": HELLO, "max_tokens": 4, "stream": True})
         assert_error(timed_out, 504, code="timeout")
-        # A stream has sent its 200 before the timeout: the error arrives as an event, as OpenAI sends it.
+        # A stream has sent its 200 before the timeout: the error arrives as an event, as OpenAI sends it, and
+        # [DONE] still ends the stream (as vLLM's do), so a client that reads to [DONE] is not left waiting.
         assert streamed.status_code == 200
-        assert json.loads(sse_events(streamed.text)[-1])["error"]["code"] == "timeout"
+        *_, error, done = sse_events(streamed.text)
+        assert json.loads(error)["error"]["code"] == "timeout" and done == "[DONE]"
         wait_for(lambda: client.app.state.server.engine.admitted == 0)
         assert chat(client, max_tokens=2).status_code == 200
         assert sample(client, "llm_requests_total", status="504", finish_reason="none") == 2

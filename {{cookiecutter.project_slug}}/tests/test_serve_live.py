@@ -5,9 +5,12 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -31,12 +34,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="session")
-def running_server(free_port, wait_until_ready) -> Callable[..., AbstractContextManager[str]]:
-    """`with running_server(adapter, workdir, **env) as url:` runs `<project> serve` in a subprocess (output in
-    workdir/server.log), yields its base URL once /ready answers 200, and stops it after."""
+def server_process(free_port, wait_until_ready) -> Callable[..., AbstractContextManager[tuple[subprocess.Popen, str]]]:
+    """`with server_process(adapter, workdir, **env) as (process, url):` runs `<project> serve` in a subprocess
+    (output in workdir/server.log), yields it and its base URL once /ready answers 200, and stops it after."""
 
     @contextmanager
-    def run(adapter: Path, workdir: Path, **env: str) -> Iterator[str]:
+    def run(adapter: Path, workdir: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
         port = free_port()
         environment = {name: value for name, value in os.environ.items() if not name.startswith("LLM_")}
         environment |= {"HF_HUB_OFFLINE": "1", "LLM_DEVICE": "cpu", "LLM_REQUEST_LOG": str(workdir / "requests.jsonl")}
@@ -50,10 +53,22 @@ def running_server(free_port, wait_until_ready) -> Callable[..., AbstractContext
         url = f"http://127.0.0.1:{port}"
         try:
             wait_until_ready(f"{url}/ready", process=server, output=log)
-            yield url
+            yield server, url
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def running_server(server_process) -> Callable[..., AbstractContextManager[str]]:
+    """`with running_server(adapter, workdir, **env) as url:` as `server_process`, yielding only the URL."""
+
+    @contextmanager
+    def run(adapter: Path, workdir: Path, **env: str) -> Iterator[str]:
+        with server_process(adapter, workdir, **env) as (_, url):
+            yield url
 
     return run
 
@@ -261,19 +276,27 @@ def stalled_upload(url: str) -> socket.socket:
     return connection
 
 
-def test_a_stalled_upload_gets_408_and_its_connection_closed(served_adapter, tmp_path, running_server):
-    with running_server(served_adapter, tmp_path, LLM_API_KEY=API_KEY, LLM_BODY_TIMEOUT_S="1") as url:
-        started = time.monotonic()
-        with stalled_upload(url) as connection:
-            answer = b""
-            while chunk := connection.recv(65536):  # until the server closes the connection
-                answer += chunk
-        assert time.monotonic() - started < 10
-        assert answer.startswith(b"HTTP/1.1 408 "), answer
-        assert b'"code":"body_timeout"' in answer
-        assert sample(url, "llm_requests_total", status="408") == 1
-        assert sample(url, "llm_requests_total", status="413") == 0
-        assert sample(url, "llm_requests_in_flight") == 0
+@pytest.fixture(scope="module")
+def guarded_server(served_adapter, tmp_path_factory, running_server) -> Iterator[str]:
+    """A server with 1 s body and head timeouts and at most 4 open connections."""
+    settings = {"LLM_BODY_TIMEOUT_S": "1", "LLM_HEADER_TIMEOUT_S": "1", "LLM_MAX_CONNECTIONS": "4"}
+    with running_server(served_adapter, tmp_path_factory.mktemp("guarded"), LLM_API_KEY=API_KEY, **settings) as url:
+        yield url
+
+
+def test_a_stalled_upload_gets_408_and_its_connection_closed(guarded_server):
+    url = guarded_server
+    started = time.monotonic()
+    with stalled_upload(url) as connection:
+        answer = b""
+        while chunk := connection.recv(65536):  # until the server closes the connection
+            answer += chunk
+    assert time.monotonic() - started < 10
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"code":"body_timeout"' in answer
+    assert sample(url, "llm_requests_total", status="408") == 1
+    assert sample(url, "llm_requests_total", status="413") == 0
+    assert sample(url, "llm_requests_in_flight") == 0
 
 
 def test_sigterm_with_a_stalled_upload_exits_within_the_shutdown_timeout(served_adapter, tmp_path, running_server):
@@ -286,3 +309,130 @@ def test_sigterm_with_a_stalled_upload_exits_within_the_shutdown_timeout(served_
         # Leaving the block sends SIGTERM and waits (at most 30 s) for the exit.
     assert time.monotonic() - stopping < 10
     connection.close()
+
+
+# ---- hostile clients and shutdown (issue 27) ---------------------------------------------------------------
+
+
+def raw_connection(url: str) -> socket.socket:
+    parts = urllib.parse.urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=15)
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_huge_heads_get_431_and_slow_or_silent_connections_are_cut(guarded_server):
+    url = guarded_server
+    # A 1 MB header: uvicorn alone reads any size (a 100 MB one took 19.5 s and 1 GB of server memory).
+    with raw_connection(url) as huge:
+        huge.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 1_000_000 + b"\r\n\r\n")
+        answer = read_until_closed(huge)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b'"code":"headers_too_large"' in answer, answer[:300]
+    # Half a request head, then nothing: others are served meanwhile.
+    stalled = raw_connection(url)
+    stalled.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    assert httpx.get(f"{url}/health").status_code == 200
+    silent = [raw_connection(url) for _ in range(3)]  # with `stalled`: the 4 connections allowed
+    time.sleep(0.2)
+    refused = httpx.get(f"{url}/health")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "too_many_connections"
+    started = time.monotonic()
+    assert read_until_closed(stalled).startswith(b"HTTP/1.1 408 ")
+    assert [read_until_closed(connection) for connection in silent] == [b""] * 3  # closed without a word
+    assert time.monotonic() - started < 5
+    assert httpx.get(f"{url}/health").status_code == 200
+    for connection in [stalled, *silent]:
+        connection.close()
+
+
+def health_latencies(url: str, count: int) -> list[float]:
+    latencies = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for _ in range(count):
+            started = time.perf_counter()
+            assert http.get("/health").status_code == 200
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def test_a_flood_of_30001_item_bodies_from_8_clients_is_refused_without_stalling_others(server):
+    url, _ = server
+    flood = json.dumps({"messages": [1] * 30_001}, separators=(",", ":")).encode()  # 60 KB: under the body limit
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    stop, statuses = threading.Event(), []
+
+    def flooder() -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while not stop.is_set():
+                statuses.append(http.post("/v1/chat/completions", content=flood, headers=headers).status_code)
+
+    idle = statistics.median(health_latencies(url, 20))
+    threads = [threading.Thread(target=flooder) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        busy = statistics.median(health_latencies(url, 20))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses and set(statuses) == {422}, statuses
+    # Before the message cap each such body held the event loop about 0.3 s: /health waited seconds.
+    assert busy < max(3 * idle, 0.25), f"/health median {busy:.3f} s under the flood, {idle:.3f} s idle"
+
+
+def test_sigterm_ends_streams_in_flight_with_an_answer_and_a_log_line_in_time(served_adapter, tmp_path, server_process):
+    # Sampled at temperature 2, the untrained model all but never ends a turn: each answer is 1,024 tokens.
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 1024, "temperature": 2, "seed": 0}
+    streams: list[list[str]] = []  # the `data:` lines of each stream
+    answers: list[httpx.Response] = []  # the whole (not streamed) answers
+
+    def call(url: str, stream: bool) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            if not stream:
+                answers.append(http.post("/v1/chat/completions", json=body))
+                return
+            with http.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as response:
+                assert response.status_code == 200
+                streams.append([line for line in response.iter_lines() if line])
+
+    settings = {"LLM_SHUTDOWN_TIMEOUT_S": "0.5", "LLM_MAX_BATCH_SIZE": "1", "LLM_MAX_TOKENS": "1024"}
+    with server_process(served_adapter, tmp_path, **settings) as (process, url):
+        # 12 streams and 4 whole answers, generated one at a time: seconds of work, far more than the 0.5 s grace.
+        clients = [threading.Thread(target=call, args=(url, i < 12)) for i in range(16)]
+        for client in clients:
+            client.start()
+        wait_for_metric(url, "llm_requests_in_flight", 16)
+        stopping = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down
+        exited_after = time.monotonic() - stopping
+        for client in clients:
+            client.join(timeout=10)
+    # Before: the process exited 12.4 s after SIGTERM with LLM_SHUTDOWN_TIMEOUT_S=2, streams cut without a word.
+    assert exited_after < 0.5 + 3, f"exited {exited_after:.1f} s after SIGTERM; LLM_SHUTDOWN_TIMEOUT_S=0.5"
+    assert len(streams) == 12 and len(answers) == 4
+    # Every stream ends with [DONE]: after its finish chunk, or after an error event saying why it ended.
+    assert all(events[-1] == "data: [DONE]" for events in streams), streams
+    cut = [events for events in streams if '"code":"server_shutting_down"' in events[-2].replace(" ", "")]
+    assert cut, "every stream was answered within the grace period: send more"
+    refused = [answer for answer in answers if answer.status_code != 200]
+    for answer in refused:  # OpenAI's shape, with the time to retry (at another replica)
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "server_shutting_down", answer.text
+        assert answer.headers["Retry-After"]
+    # One request-log line each, with the status its client saw.
+    logged = [json.loads(line)["status"] for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert sorted(logged) == sorted([200] * (16 - len(cut) - len(refused)) + [503] * (len(cut) + len(refused)))
+
+
+def wait_for_metric(url: str, metric: str, value: float, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sample(url, metric) < value:
+        assert time.monotonic() < deadline, f"{metric} never reached {value}"
+        time.sleep(0.05)

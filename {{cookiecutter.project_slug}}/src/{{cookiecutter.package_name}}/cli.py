@@ -553,11 +553,10 @@ def serve(
     config: ModelConfigOption = None,
 ) -> None:
     """Serve the model: OpenAI-compatible API, /metrics, demo page at /. Other settings: LLM_* variables."""
-    import uvicorn
-
     from .monitor.request_log import check_request_log
     from .registry import resolve_model_source
     from .serve.app import create_app
+    from .serve.server import run
 
     settings = _serve_settings(model=model, config=config)
     if settings.request_log is not None:
@@ -566,8 +565,7 @@ def serve(
     # A wrong --model fails here, before the server starts.
     source = resolve_model_source(settings.model, output_dir=settings.output_dir)
     typer.echo(f"serving {source.adapter_dir} at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
-    # After SIGTERM, in-flight requests get shutdown_timeout_s to finish; then their connections are closed.
-    uvicorn.run(create_app(settings), host=host, port=port, timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    run(create_app(settings), host=host, port=port)  # uvicorn with the header, connection and shutdown limits
 
 
 # >>> multi_gpu

@@ -1,7 +1,7 @@
 """The FastAPI application: wiring only. Each part lives in its own module (see the package docstring).
 
-    uvicorn --factory <package>.serve.app:create_app       # settings from LLM_* variables
-    <project> serve --model outputs/<run>/adapter           # the same, with CLI options on top
+    <project> serve --model outputs/<run>/adapter           # settings from LLM_* variables and CLI options
+    uvicorn --factory <package>.serve.app:create_app       # the app alone, without serve/server.py's limits
 
 The model loads in a background thread started by the lifespan, so /health answers at once (a big model
 can take minutes to load; a liveness probe must not kill the server meanwhile) and /ready turns 200 when
@@ -74,7 +74,7 @@ async def _lifespan(app: FastAPI, *, preloaded: LoadedModel | None) -> AsyncIter
     finally:
         await asyncio.shield(loading)  # a load cannot be interrupted mid-way; let it end before cleanup
         if state.engine is not None:
-            state.engine.stop()
+            await asyncio.to_thread(state.engine.stop)  # a batch may need a moment: the loop stays free
         if recorder.request_log is not None:
             recorder.request_log.close()
 

@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -49,6 +50,10 @@ class PromptError(ValueError):
 
 class GenerationFailed(RuntimeError):
     """`generate` raised; the message is the cause. The server answers 500 and keeps serving."""
+
+
+class ServerStopping(GenerationFailed):
+    """The server is shutting down and its grace period is over: the job ends unanswered (503)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,11 @@ class Job:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def end(self, error: Exception) -> None:
+        """End the job now with `error` (call on the event loop): its waiter gets it, the worker drops its row."""
+        self.cancelled = True
+        self._events.put_nowait(error)
 
     async def next_event(self) -> str | Completion:
         """The next text piece (streaming jobs only) or, last, the Completion; raises GenerationFailed."""
@@ -128,12 +138,14 @@ class Engine:
         self.end_ids = end_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id
         self._encoder = tokenizer
-        # A Rust tokenizer used from two threads at once can fail ("Already borrowed"): the worker decodes
-        # with its own copy while the event loop encodes with the original.
+        # A Rust tokenizer used from two threads at once can fail ("Already borrowed"): prompts are encoded
+        # in one thread of their own, and the worker decodes with its own copy.
+        self._prompt_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-prompt")
         self._decoder = copy.deepcopy(tokenizer)
         self._pending: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._admitted = 0  # queued + generating; guarded by _lock
+        self._admitted: set[Job] = set()  # queued + generating; guarded by _lock
         self._lock = threading.Lock()
+        self._stopping: ServerStopping | None = None
         self._last_batch_size = 1
         self._thread = threading.Thread(target=self._work, name="llm-generation", daemon=True)
 
@@ -142,15 +154,29 @@ class Engine:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._pending.put(None)
+        self._prompt_thread.shutdown(wait=False, cancel_futures=True)
         self._thread.join(timeout_s)
 
     @property
     def admitted(self) -> int:
         """Requests queued or generating now."""
-        return self._admitted
+        return len(self._admitted)
 
-    def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        """Prompt token ids through the tokenizer's chat template, ending with the assistant's turn opener."""
+    def end_all(self, error: ServerStopping) -> None:
+        """At shutdown (on the event loop): every job queued or generating ends now with `error`, and so does
+        every job submitted later."""
+        self._stopping = error
+        with self._lock:
+            jobs = list(self._admitted)
+        for job in jobs:
+            job.end(error)
+
+    async def encode(self, messages: list[dict[str, str]]) -> list[int]:
+        """Prompt token ids through the tokenizer's chat template, ending with the assistant's turn opener.
+        Built off the event loop: 256 messages take tens of milliseconds, in which no other request is served."""
+        return await asyncio.get_running_loop().run_in_executor(self._prompt_thread, self._encode, messages)
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
         try:
             encoded = self._encoder.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=True
@@ -161,11 +187,14 @@ class Engine:
 
     def submit(self, prompt_ids: list[int], params: GenerationParams, *, stream: bool = False) -> Job:
         """Queue a job (call on the event loop); EngineBusy when max_batch_size + max_queue are taken."""
-        with self._lock:
-            if self._admitted >= self.capacity:
-                raise EngineBusy(f"all {self.capacity} generation slots and queue places are taken")
-            self._admitted += 1
         job = Job(prompt_ids, params, stream=stream)
+        if self._stopping is not None:
+            job.end(self._stopping)
+            return job
+        with self._lock:
+            if len(self._admitted) >= self.capacity:
+                raise EngineBusy(f"all {self.capacity} generation slots and queue places are taken")
+            self._admitted.add(job)
         self._pending.put(job)
         return job
 
@@ -178,7 +207,7 @@ class Engine:
                 self._generate_isolated(live)
             finally:
                 with self._lock:
-                    self._admitted -= len(batch)
+                    self._admitted.difference_update(batch)
 
     def _generate_isolated(self, jobs: list[Job]) -> None:
         """Generate `jobs` as one batch; when that fails, each job that has sent nothing yet is generated alone,

@@ -21,6 +21,10 @@ MIN_TOP_P = 1e-6
 1e-6 for a million tokens), while 5e-324 (a valid float) rounds to 0 in float32 and kept no token."""
 MAX_SEED = 2**63 - 1
 """Seeds are 0..2**63-1: what torch's generators take (64 bits) and what int64 clients can send."""
+MAX_MESSAGES = 256
+"""Messages per request. Counted before any message is validated: a 60 KB body of 30,001 invalid items costs
+one error, not 30,001 (0.3 to 0.8 s of the event loop). More could not fit the default 1,024-token prompt anyway
+(each message adds about 4 template tokens)."""
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
 """Characters per stop sequence (OpenAI states none; 256 covers any end marker, and bounds the text
@@ -87,7 +91,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     """The served model's name (see /v1/models); another name gets 404."""
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: TokenCount | None = None
     """Most tokens to generate; default and upper limit: the server's LLM_MAX_TOKENS (over it: 400)."""
     max_completion_tokens: TokenCount | None = None

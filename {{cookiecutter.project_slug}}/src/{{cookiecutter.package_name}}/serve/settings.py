@@ -54,8 +54,18 @@ class Settings(BaseSettings):
     """Requests that may wait for a free batch slot; more concurrent requests than max_batch_size +
     max_queue get 429 (with Retry-After) instead of an ever-growing queue."""
     shutdown_timeout_s: float = Field(90.0, gt=0)
-    """Seconds `serve` lets in-flight requests finish after SIGTERM before it closes their connections;
-    keep it above generation_timeout_s so answers under way can finish."""
+    """Seconds `serve` lets in-flight requests finish after SIGTERM; then those still waiting for the model
+    get 503 (a stream: a last error event). Keep it above generation_timeout_s so answers under way can
+    finish, and below the platform's kill delay (stop_grace_period in docker-compose.yml)."""
+    max_header_bytes: int = Field(16_384, gt=0)
+    """Largest request head (request line and headers); bigger gets 431 while it is still arriving. Real
+    clients send under 2 KB; nginx's default buffers take 8 KB a header line."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a connection may take to send a whole request head, from its opening or its last answer;
+    then it is closed (408 when part of a head arrived). Ends slow-header clients and silent connections."""
+    max_connections: int = Field(512, gt=0)
+    """Open connections; one more gets 503 and is closed. Each costs a file handle and memory, and at most
+    max_batch_size + max_queue requests are served at a time anyway."""
 
     api_key: SecretStr | None = None
     """When set, /v1/* requests need `Authorization: Bearer <api_key>` (401 otherwise)."""

@@ -17,7 +17,16 @@ from fastapi.responses import Response, StreamingResponse
 
 from ...monitor.accounting import RequestOutcome
 from ..deps import EngineDep, LoadedDep, OutcomeDep, SettingsDep, require_api_key
-from ..engine import Completion, Engine, EngineBusy, GenerationFailed, GenerationParams, Job, PromptError
+from ..engine import (
+    Completion,
+    Engine,
+    EngineBusy,
+    GenerationFailed,
+    GenerationParams,
+    Job,
+    PromptError,
+    ServerStopping,
+)
 from ..errors import APIError, documented_errors, error_body
 from ..loader import LoadedModel
 from ..schemas import (
@@ -62,7 +71,7 @@ async def chat_completions(
 ) -> Response:
     """Generate the assistant's reply to `messages`; `stream: true` sends it piece by piece."""
     outcome.stream = body.stream
-    prompt_ids, params = _prepare(body, engine=engine, loaded=loaded, settings=settings, outcome=outcome)
+    prompt_ids, params = await _prepare(body, engine=engine, loaded=loaded, settings=settings, outcome=outcome)
     try:
         job = engine.submit(prompt_ids, params, stream=body.stream)
     except EngineBusy as err:
@@ -89,14 +98,16 @@ async def chat_completions(
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
-def _prepare(
+async def _prepare(
     body: ChatCompletionRequest, *, engine: Engine, loaded: LoadedModel, settings: Settings, outcome: RequestOutcome
 ) -> tuple[list[int], GenerationParams]:
     """The prompt's token ids and the generation parameters; 400/404 for what this server cannot serve."""
     if body.model is not None and body.model != loaded.name:
         message = f"model {body.model!r} is not served here; use {loaded.name!r} (see GET /v1/models)"
         raise APIError(404, message, param="model", code="model_not_found")
-    prompt_ids = _encode(body, engine=engine, settings=settings, system_prompt=loaded.system_prompt, outcome=outcome)
+    prompt_ids = await _encode(
+        body, engine=engine, settings=settings, system_prompt=loaded.system_prompt, outcome=outcome
+    )
     max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_tokens
     if max_tokens > settings.max_tokens:
         message = f"max_tokens={max_tokens} is over this server's limit of {settings.max_tokens}"
@@ -111,7 +122,7 @@ def _prepare(
     return prompt_ids, params
 
 
-def _encode(
+async def _encode(
     body: ChatCompletionRequest,
     *,
     engine: Engine,
@@ -125,7 +136,7 @@ def _encode(
         messages.insert(0, {"role": "system", "content": system_prompt})
     outcome.prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
     try:
-        prompt_ids = engine.encode(messages)
+        prompt_ids = await engine.encode(messages)
     except PromptError as err:
         raise APIError(400, str(err), param="messages", code="invalid_messages") from None
     outcome.prompt_tokens = len(prompt_ids)
@@ -152,7 +163,7 @@ async def _sse(
     job: Job, *, outcome: RequestOutcome, model: str, deadline: float, settings: Settings, usage: bool
 ) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, text chunks, a finish chunk (+ usage), then `data: [DONE]`.
-    An error after the 200 went out becomes an `error` event, which OpenAI clients raise."""
+    An error after the 200 went out becomes an `error` event (which OpenAI clients raise), then `[DONE]`."""
     chunk = partial(ChatCompletionChunk, id=outcome.request_id, created=int(time.time()), model=model)
     yield _event(chunk(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))]))
     try:
@@ -169,6 +180,7 @@ async def _sse(
         error = _timeout(settings) if isinstance(err, TimeoutError) else _failed(err)
         outcome.status = error.status
         yield f"data: {json.dumps(error_body(error.status, error.message, code=error.code))}\n\n"
+        yield "data: [DONE]\n\n"
         return
     finally:
         job.cancel()
@@ -201,4 +213,6 @@ def _timeout(settings: Settings) -> APIError:
 
 
 def _failed(err: GenerationFailed) -> APIError:
+    if isinstance(err, ServerStopping):
+        return APIError(503, str(err), code="server_shutting_down", headers={"Retry-After": "5"})
     return APIError(500, str(err), code="generation_failed")
