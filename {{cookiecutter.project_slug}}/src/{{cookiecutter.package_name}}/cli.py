@@ -403,10 +403,12 @@ def evaluate(
     resolved = load_config(config, overrides or [])
     report = run_evaluation(resolved, adapter_dir=model, other_data=other_data)
     baselines = report.get("baselines", {})
-    columns = {"majority": baselines.get("majority"), "base": report["base"]}
+    columns = {"majority": baselines.get("majority"), "classical": baselines.get("classical"), "base": report["base"]}
     columns |= {"few_shot": baselines.get("few_shot"), "finetuned": report["finetuned"]}
     for name, scores in columns.items():
-        if scores:  # the baselines' settings (k, prompt tokens, the majority answer) are in eval.json
+        if scores and "n/a" in scores:
+            typer.echo(f"{name:>9}: n/a, {scores['n/a']}")
+        elif scores:  # the baselines' settings (k, prompt tokens, the majority answer) are in eval.json
             shown = [(key, value) for key, value in scores.items() if isinstance(value, float)]
             typer.echo(f"{name:>9}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown if "_accuracy_" not in k))
 

@@ -18,6 +18,7 @@ from .summary import (
     LABELS,
     RATES,
     Settings,
+    classical_text,
     cost,
     error_kinds_text,
     hardware,
@@ -74,7 +75,10 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
         "wall_time": wall_time(facts),
         "cost": cost(facts, hourly=hourly_cost),
         "metrics": "\n".join(metrics_table(facts.results)),
-        "metric_notes": [*interval_notes(facts.results), *filter(None, [error_kinds_text(facts.results)])],
+        "metric_notes": [
+            *interval_notes(facts.results),
+            *filter(None, [classical_text(facts.results), error_kinds_text(facts.results)]),
+        ],
         # >>> preference_tuning
         "sft_vs_dpo": "\n".join(comparison_lines(facts)).strip(),  # empty for an SFT run
         # <<< preference_tuning
