@@ -52,7 +52,7 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
     run, cfg = facts.run, facts.run_config
     adapter = str(run.get("adapter") or "")
     # >>> preference_tuning
-    from .sft_vs_dpo import comparison_lines
+    from .sft_vs_dpo import comparison_lines, procedure_text
 
     # <<< preference_tuning
     return {
@@ -81,6 +81,7 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
         ],
         # >>> preference_tuning
         "sft_vs_dpo": "\n".join(comparison_lines(facts)).strip(),  # empty for an SFT run
+        "procedure": procedure_text(facts),  # None for an SFT run: the template's SFT sentence
         # <<< preference_tuning
         "parameters": parameters_text(facts.train_log),
         # A registry URI is no folder a reader has: point at where training writes the adapter instead.
