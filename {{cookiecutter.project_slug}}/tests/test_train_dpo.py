@@ -174,3 +174,43 @@ def test_dpo_run_records_its_sft_parent_and_is_scored_like_any_candidate(dpo_run
     assert report["run"]["model_version"] == tracked["model_version"]
     metrics = client.get_run(tracked["run_id"]).data.metrics
     assert metrics["finetuned.eval_loss"] == pytest.approx(report["finetuned"]["eval_loss"])
+
+
+def _dpo_trainer(served_adapter: Path, smoke_config, tmp_path: Path):
+    """A DPOTrainer on the served (untrained) SFT adapter and four hand-written pairs: seconds, no training run."""
+    from datasets import Dataset, DatasetDict
+
+    from {{ cookiecutter.package_name }}.preference.dpo import DPO, build_dpo_trainer, load_sft_policy
+    from {{ cookiecutter.package_name }}.preference.pairs import resolve_sft_adapter
+    from {{ cookiecutter.package_name }}.train.sft import Run
+
+    config = smoke_config("train.stage=dpo", f"model.adapter={served_adapter}", "train.batch_size=2", root=tmp_path)
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": f"Where is my order A{1000 + i}? It is late, I need it today."}],
+            "chosen": [{"role": "assistant", "content": '{"intent":"track","urgency":"high"}'}],
+            "rejected": [{"role": "assistant", "content": '{"intent":"track","urgency":"low"}'}],
+        }
+        for i in range(4)
+    ]
+    splits = DatasetDict({"train": Dataset.from_list(pairs), "validation": Dataset.from_list(pairs[:2])})
+    parent = resolve_sft_adapter(str(served_adapter))
+    model, tokenizer, loss_mode = load_sft_policy(config, splits, device="cpu", precision="fp32", parent=parent)
+    parts = {"model": model, "tokenizer": tokenizer, "loss_mode": loss_mode, "splits": splits, "parent": parent}
+    run = Run(
+        config=config, config_name="test", run_dir=tmp_path / "run", device="cpu", precision="fp32", recipe=DPO, **parts
+    )
+    return build_dpo_trainer(run)
+
+
+def test_the_dpo_trainer_projects_only_the_answer_tokens_on_a_cpu(served_adapter, smoke_config, tmp_path):
+    trainer = _dpo_trainer(served_adapter, smoke_config, tmp_path)
+    projected: list[int] = []
+    head = trainer.model.get_base_model().get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[0]))
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, batch)
+    hook.remove()
+    answer_tokens = int(batch["completion_mask"][:, 1:].sum())
+    assert projected == [answer_tokens, answer_tokens]  # the policy and its reference (the frozen `ref` adapter)
+    assert answer_tokens < batch["input_ids"].numel() / 3 and torch.isfinite(loss) and loss.requires_grad

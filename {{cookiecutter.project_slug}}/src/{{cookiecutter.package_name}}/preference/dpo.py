@@ -19,6 +19,7 @@ from ..config import Config
 from ..data.dataset import with_recorded_system_prompt
 from ..model.device import Device, Precision
 from ..model.load import LossMode, load_base_model, load_tokenizer
+from ..train.lm_head import answer_tokens_only
 from ..train.sft import Recipe, Run, callbacks_for, trainer_arguments
 from .pairs import check_pairs_fit, load_preferences, resolve_sft_adapter
 
@@ -63,7 +64,7 @@ def build_dpo_trainer(run: Run, *, extra_callbacks: TrainerCallbacks = ()) -> DP
     base weights under a frozen copy of the SFT adapter (TRL's `ref` adapter), so memory holds one base model."""
     from trl import DPOTrainer
 
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=run.model,
         ref_model=None,
         args=dpo_config(run.config, output_dir=run.run_dir, device=run.device, precision=run.precision),
@@ -72,6 +73,9 @@ def build_dpo_trainer(run: Run, *, extra_callbacks: TrainerCallbacks = ()) -> DP
         processing_class=run.tokenizer,
         callbacks=[*callbacks_for(run.config.train), chosen_likelihood_watch(), *extra_callbacks],
     )
+    if run.device == "cpu":  # TRL's fused head scores every position there, prompt and padding too (lm_head.py)
+        answer_tokens_only(trainer.model.get_base_model())
+    return trainer
 
 
 def chosen_likelihood_watch() -> TrainerCallback:
