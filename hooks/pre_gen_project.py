@@ -22,7 +22,7 @@ SHADOWED_MODULES = frozenset(
     "accelerate datasets evaluate fastapi huggingface_hub json logging mlflow numpy pandas peft pydantic "
     "pytest re test tests tokenizers torch transformers trl typer typing uvicorn yaml src config "
     "data model train types os sys io site math random string collections openai httpx evidently "
-    "prometheus_client starlette pydantic_settings safetensors scipy rouge_score tqdm rich".split()
+    "prometheus_client starlette pydantic_settings safetensors scipy rouge_score tqdm rich sklearn".split()
 )
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -8,6 +8,7 @@ import pytest
 from {{ cookiecutter.package_name }}.evaluate.baselines import (
     BaselineError,
     check_context,
+    classical_answers,
     few_shot_rows,
     pick_examples,
     prompt_token_stats,
@@ -60,3 +61,39 @@ def test_a_prompt_too_long_for_the_context_is_refused_naming_the_key():
     with pytest.raises(BaselineError, match=r"eval.few_shot=3: the longest few-shot prompt has 401 tokens.*2048"):
         check_context([401], max_new_tokens=1648, context=2048, k=3)
     assert prompt_token_stats([10, 20, 33]) == {"mean": 21.0, "max": 33, "total": 63}
+
+
+def shop_rows(n: int) -> list[list[dict[str, str]]]:
+    """Messages whose intent follows from a word (as the example task's does), a unique order id each, one shop."""
+    words = {"track": "where is my parcel", "cancel": "please cancel my order"}
+    return [
+        chat(
+            f"{words[intent]} {i}",
+            json.dumps({"intent": intent, "order_id": f"{intent[0].upper()}-{i}", "shop": "main"}),
+        )
+        for i in range(n)
+        for intent in words
+    ]
+
+
+def test_classical_baseline_learns_fields_with_few_values_from_training_and_names_the_rest_na():
+    scored = [chat("where is my parcel now?", "{}"), chat("cancel my order, please", "{}")]
+    answers, fields = classical_answers(shop_rows(10), scored, seed=0)
+    assert [json.loads(answer) for answer in answers] == [
+        {"intent": "track", "order_id": "T-0", "shop": "main"},
+        {"intent": "cancel", "order_id": "T-0", "shop": "main"},
+    ]  # n/a fields answered with their most common training value (ties: first seen), as the majority baseline
+    assert fields == {
+        "intent": "fitted: 2 classes",
+        "order_id": "n/a: 20 distinct values in 20 training rows, too many to learn as classes",
+        "shop": 'n/a: one value in training ("main"), nothing to learn',
+    }
+    assert classical_answers(shop_rows(10), scored, seed=0) == (answers, fields)  # deterministic
+
+
+def test_classical_baseline_without_any_field_to_fit_answers_majority_values_never_a_traceback():
+    answers, fields = classical_answers([chat("only one", '{"shop": "main"}')], [chat("x", "{}")], seed=0)
+    assert (answers, fields) == (
+        ['{"shop": "main"}'],
+        {"shop": 'n/a: one value in training ("main"), nothing to learn'},
+    )

@@ -4,6 +4,7 @@ config: a disagreeing config refused, `--other-data` logged apart, the scored ro
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,7 @@ def test_cli_evaluate_on_other_data_on_purpose_prints_both_models_and_logs_a_sep
     assert result.exit_code == 0, result.output
     assert "     base: eval_loss " in result.output and "finetuned: eval_loss " in result.output
     assert " majority: exact_match " in result.output and " few_shot: eval_loss " in result.output  # generic task
+    assert "classical: n/a, a free-text task (task.kind generic) has no fields to classify" in result.output
     assert (tmp_path / "reports" / "eval.json").is_file()
     report = json.loads((tmp_path / "reports" / "eval.json").read_text())
     for model in ("base", "finetuned"):
@@ -138,6 +140,8 @@ def test_cli_evaluate_on_other_data_on_purpose_prints_both_models_and_logs_a_sep
         assert "json_valid_rate" not in report[model]
         assert f"{model:>9}: eval_loss {report[model]['eval_loss']:.3f}, " in result.output
     assert report["run"]["task"] == "generic" and report["run"]["num_examples"] == 4
+    assert report["baselines"]["classical"] == {"n/a": "a free-text task (task.kind generic) has no fields to classify"}
+    assert "finetuned_minus_classical" not in report["intervals"]["differences"]
     assert report["run"]["other_data"] is True
     assert "| rouge_l |" in (tmp_path / "reports" / "eval.md").read_text()
     assert "another config than the model's run (`--other-data`)" in (tmp_path / "reports" / "eval.md").read_text()
@@ -264,6 +268,10 @@ def test_the_scored_rows_digest_is_in_eval_json_and_on_the_training_run(smoke_co
     # The baselines, the headline intervals and the error-kind shares are metrics of the run too.
     majority = smoke_report["baselines"]["majority"]["field_accuracy"]
     assert logged.metrics["majority.field_accuracy"] == pytest.approx(majority)
+    classical = smoke_report["baselines"]["classical"]["field_accuracy"]
+    assert logged.metrics["classical.field_accuracy"] == pytest.approx(classical)
+    gain = smoke_report["intervals"]["differences"]["finetuned_minus_classical"]["field_accuracy"]
+    assert logged.metrics["finetuned_minus_classical.field_accuracy.ci_high"] == pytest.approx(gain["high"])
     gain = smoke_report["intervals"]["differences"]["finetuned_minus_few_shot"]["field_accuracy"]
     assert logged.metrics["finetuned_minus_few_shot.field_accuracy.ci_low"] == pytest.approx(gain["low"])
     shares = smoke_report["error_analysis"]["error_kinds"]["shares"]
@@ -354,7 +362,13 @@ def test_report_compares_base_and_finetuned(smoke_report, smoke_config, smoke_ru
     assert markdown.count("### Example") == 5
     for row in ("| input |", "| expected |", "| base |", "| fine-tuned |"):
         assert sum(line.startswith(row) for line in markdown.splitlines()) == 5
-    assert "| metric | majority | base | few-shot | fine-tuned | fine-tuned - base |" in markdown
+    assert "| metric | majority | classical | base | few-shot | fine-tuned | fine-tuned - base |" in markdown
+    order_id = next(line for line in markdown.splitlines() if line.startswith("| field_accuracy_order_id |"))
+    assert order_id.split(" | ")[2] == "n/a"  # the classical column: an identifier is no class
+    assert (
+        "classical: TF-IDF + logistic regression per field, trained on the training split's user messages; n/a, "
+        "answered with the most common training value: `order_id` (4" in markdown
+    )
     assert "## Error analysis (fine-tuned)" in markdown and "## The 5 worst rows (fine-tuned)" in markdown
 
 
@@ -382,6 +396,18 @@ def test_baselines_intervals_and_error_analysis_on_the_smoke_run(smoke_report, s
             assert entry["low"] <= entry["estimate"] <= entry["high"]
         gain = intervals["differences"][f"finetuned_minus_{column}"]["field_accuracy"]
         assert gain["estimate"] == pytest.approx(smoke_report["finetuned"]["field_accuracy"] - values["field_accuracy"])
+    classical = smoke_report["baselines"]["classical"]  # trained on the 960 training rows, scored per row
+    assert classical["model"] == "TF-IDF + logistic regression per field"
+    assert classical["fields"] == {
+        "intent": "fitted: 9 classes", "order_id": classical["fields"]["order_id"], "product": "fitted: 43 classes",
+        "quantity": "fitted: 11 classes", "sentiment": "fitted: 3 classes", "urgency": "fitted: 3 classes",
+    }  # fmt: skip
+    order_ids = classical["fields"]["order_id"]  # hundreds of distinct ids: no class to learn
+    assert re.fullmatch(r"n/a: \d{3} distinct values in 960 training rows, too many to learn as classes", order_ids)
+    assert "field_accuracy_order_id" not in {*classical, *intervals["columns"]["classical"]}
+    assert classical["json_valid_rate"] == 1.0 and classical["field_accuracy_intent"] > 0.9  # words give the intent
+    gain = intervals["differences"]["finetuned_minus_classical"]["field_accuracy"]
+    assert gain["estimate"] == pytest.approx(smoke_report["finetuned"]["field_accuracy"] - classical["field_accuracy"])
     kinds = smoke_report["error_analysis"]["error_kinds"]
     assert set(kinds["counts"]) == {"invalid_json", "missing_key", "extra_key", "wrong_type", "wrong_value"}
     assert sum(kinds["shares"].values()) == pytest.approx(1.0)

@@ -22,7 +22,7 @@ def _fused_model(config, *, ours: bool):
     """The tiny model as SFTTrainer prepares it (TRL's fused head, then LoRA), with or without ours in front."""
     torch.manual_seed(0)
     base = load_base_model(config.model, device="cpu")
-    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # DPOTrainer's outputs
     model = get_peft_model(base, lora_config(config.lora))
     for name, weight in model.named_parameters():  # LoRA B starts at zero; make every gradient informative
         if "lora_B" in name:
@@ -51,7 +51,7 @@ def test_answer_only_head_gives_trls_loss_metrics_and_gradients(smoke_config, ti
     assert torch.equal(our_out.label_mask, trl_out.label_mask)
     assert int(our_out.label_mask.sum()) == 10 + 10 + 4  # tokens 14..23 are labelled, in the padded row 14..17
     torch.testing.assert_close(our_out.loss, trl_out.loss, rtol=1e-5, atol=1e-6)
-    for field in ("log_probs", "entropy"):
+    for field in ("log_probs", "entropy", "mean_logits"):
         torch.testing.assert_close(getattr(our_out, field), getattr(trl_out, field), rtol=1e-4, atol=1e-5)
     assert torch.equal(our_out.is_top1.bool(), trl_out.is_top1.bool())
     assert our_grads.keys() == trl_grads.keys() and len(our_grads) > 0

@@ -1,7 +1,9 @@
 """Preference pairs: on-policy pairs from the SFT model, rule-made corruptions, and users' own pair files."""
 
+import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,18 +12,20 @@ import pytest
 from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.config import DpoConfig
+from {{ cookiecutter.package_name }}.config import DpoConfig, dump_config, load_config
 from {{ cookiecutter.package_name }}.data.dataset import load_splits
 from {{ cookiecutter.package_name }}.preference.pairs import (
     PREFS_INFO,
     PrefsError,
     build_preferences,
     categorical_values,
+    check_pairs_fit,
     corrupt_answer,
     corrupted_pairs,
     load_preferences,
     on_policy_pairs,
     prompt_digest,
+    resolve_sft_adapter,
 )
 from {{ cookiecutter.package_name }}.tasks.answers import parse_prediction
 from {{ cookiecutter.package_name }}.tasks.kinds import task_kind
@@ -200,3 +204,76 @@ def test_pairs_come_from_training_prompts_only(smoke_run, smoke_config, tmp_path
         assert parse_prediction(rejected, strict=True) != parse_prediction(
             chosen, strict=True
         )  # a real mistake, not another spacing
+
+
+def _other_sft_run(served_adapter: Path, tmp_path: Path, *, stage: str = "sft") -> Path:
+    """A copy of the served adapter's run folder with one LoRA weight changed: another SFT model (or, with
+    stage="dpo", a DPO run whose config names the original as its parent)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / f"other-{stage}"
+    shutil.copytree(served_adapter.parent, run)
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + torch.ones_like(weights[name])
+    save_file(weights, run / "adapter" / "adapter_model.safetensors")
+    own = load_config(run / "config.yaml")
+    if stage == "dpo":
+        changes = {"train": own.train.model_copy(update={"stage": "dpo"}), "model": own.model.model_copy(
+            update={"adapter": str(served_adapter.parent)})}  # fmt: skip
+        dump_config(own.model_copy(update=changes), run / "config.yaml")
+    return run
+
+
+def test_pairs_are_keyed_to_their_sft_model_kept_for_it_and_rebuilt_or_refused_for_another(
+    served_adapter, smoke_config, tmp_path
+):
+    out = tmp_path / "prefs"
+    settings = ("dpo.prompts=4", "dpo.min_pairs=6", f"dpo.data_path={out}", "train.stage=dpo")
+    config = smoke_config(*settings, f"model.adapter={served_adapter.parent}", root=tmp_path)
+    info = build_preferences(config, adapter=str(served_adapter.parent), out_dir=out)
+    weights = (served_adapter / "adapter_model.safetensors").read_bytes()
+    assert info["adapter_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert info["task"] == {"kind": "extraction", "fields": config.task.fields}
+    pairs = (out / "train.jsonl").read_bytes()
+    kept = build_preferences(config, adapter=str(served_adapter), out_dir=out, refresh=True)  # its adapter folder
+    assert kept["reused"] and (out / "train.jsonl").read_bytes() == pairs
+    check_pairs_fit(config, parent=resolve_sft_adapter(str(served_adapter)))  # the same model: fine
+
+    other = _other_sft_run(served_adapter, tmp_path)
+    other_config = smoke_config(*settings, f"model.adapter={other}", root=tmp_path)
+    with pytest.raises(PrefsError, match=r"dpo.data_path='.*prefs' holds pairs built from another SFT model .* "
+                       r"rebuild them: `data prefs --config <this config> --force` \(make dpo rebuilds"):  # fmt: skip
+        check_pairs_fit(other_config, parent=resolve_sft_adapter(str(other)))
+    generic = smoke_config(*settings, f"model.adapter={served_adapter.parent}", "task.kind=generic", root=tmp_path)
+    with pytest.raises(PrefsError, match=r"holds pairs built from another task .* and this task \(\{'kind': 'gen"):
+        check_pairs_fit(generic, parent=resolve_sft_adapter(str(served_adapter)))
+
+    rebuilt = build_preferences(other_config, adapter=str(other), out_dir=out, refresh=True)
+    assert "reused" not in rebuilt and rebuilt["adapter_sha256"] != info["adapter_sha256"]
+    check_pairs_fit(other_config, parent=resolve_sft_adapter(str(other)))
+    own_pairs = tmp_path / "own"
+    shutil.copytree(out, own_pairs)
+    (own_pairs / PREFS_INFO).unlink()  # the user's own pairs: no record of a model, taken as they are
+    assert build_preferences(other_config, adapter=str(served_adapter), out_dir=own_pairs, refresh=True) == {
+        "reused": True
+    }
+
+
+def test_a_dpo_config_that_cannot_run_exits_2_before_any_model_loads(served_adapter, smoke_config, tmp_path):
+    dpo_parent = _other_sft_run(served_adapter, tmp_path, stage="dpo")
+    refused = r"model.adapter='.*other-dpo' is a DPO run \(its config.yaml has train.stage: dpo; its own parent "
+    with pytest.raises(PrefsError, match=refused + r"was '.*untrained'\); DPO starts from an SFT model"):
+        resolve_sft_adapter(str(dpo_parent))
+    out = tmp_path / "prefs"
+    config = smoke_config("dpo.prompts=4", "dpo.min_pairs=6", f"dpo.data_path={out}", root=tmp_path)
+    build_preferences(config, adapter=str(served_adapter), out_dir=out)
+    other = _other_sft_run(served_adapter, tmp_path)
+    config_file = tmp_path / "dpo.yaml"
+    dump_config(smoke_config(f"dpo.data_path={out}", "train.stage=dpo", f"model.adapter={other}", root=tmp_path),
+                config_file)  # fmt: skip
+    for adapter, message in ((other, "holds pairs built from another SFT model"), (dpo_parent, "is a DPO run")):
+        result = CliRunner().invoke(app, ["train", "--config", str(config_file), f"model.adapter={adapter}"])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "outputs").exists()

@@ -215,14 +215,23 @@ def test_report_on_the_smoke_run_writes_pngs_readme_and_model_card(report_projec
     section = text.split(START)[1].split(END)[0]
     tuned, base = smoke_report["finetuned"], smoke_report["base"]
     majority, few_shot = smoke_report["baselines"]["majority"], smoke_report["baselines"]["few_shot"]
-    header = "| Metric | Majority | Base zero-shot | Base few-shot | Fine-tuned | Change |"
+    header = "| Metric | Majority | TF-IDF + LR | Base zero-shot | Base few-shot | Fine-tuned | Change |"
     assert header in section
     bounds = smoke_report["intervals"]["columns"]["finetuned"]["field_accuracy"]
     shown = f"{tuned['field_accuracy']:.1%} [{bounds['low'] * 100:.1f}, {bounds['high'] * 100:.1f}]"
     assert f"| Field accuracy (mean) | {majority['field_accuracy']:.1%} [" in section
     assert f"| {shown} | {(tuned['field_accuracy'] - base['field_accuracy']) * 100:+.1f} pp [" in section
     losses = " | ".join(f"{values['eval_loss']:.3f}" for values in (base, few_shot, tuned))
-    assert f"| Loss per answer token | n/a | {losses} |" in section
+    assert f"| Loss per answer token | n/a | n/a | {losses} |" in section
+    # "Would a simple classical model do?": one sentence computed from the difference's interval.
+    gain = smoke_report["intervals"]["differences"]["finetuned_minus_classical"]["field_accuracy"]
+    verdict = "beats" if gain["low"] > 0 else "falls behind" if gain["high"] < 0 else "is not told apart from"
+    classical = (
+        f"**Fine-tuning {verdict} the classical baseline** (TF-IDF + logistic regression per field, trained on the "
+        f"training split; it answers `order_id` with the most common training value): {gain['estimate'] * 100:+.1f} "
+        f"pp field accuracy (mean) [{gain['low'] * 100:+.1f}, {gain['high'] * 100:+.1f}]."
+    )
+    assert classical in section
     assert "[low, high]: 95% paired-bootstrap interval over the 32 scored rows (1000 resamples)" in section
     assert "**Errors of the fine-tuned model** (" in section and "`reports/eval.md` has the confusion" in section
     counts = json.loads((Path(smoke_report["run"]["adapter"]).parent / "train_log.json").read_text())["parameters"]
@@ -271,6 +280,7 @@ def test_report_on_the_smoke_run_writes_pngs_readme_and_model_card(report_projec
     assert "- **Scored on only 32 examples" in card.text
     assert header in card.text and f"parameters trained ({counts['share']:.2%}, LoRA); the base weights" in card.text
     assert "[low, high]: 95% paired-bootstrap interval" in card.text
+    assert classical in card.text and "and a classical model (TF-IDF + logistic regression per field" in card.text
 
     before = {path: path.read_bytes() for path in [*plots, card_path, readme]}
     write_report(config, readme=readme, model_card=card_path)

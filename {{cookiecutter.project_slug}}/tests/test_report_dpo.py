@@ -120,6 +120,11 @@ def test_a_dpo_run_shows_its_sft_parent_beside_it_with_paired_intervals(store, t
         ) in text
         assert 'one that holds 0 reads "no significant change"' in text
         assert "its change has no interval." in text
+    procedure = card.split("## Training procedure")[1].split("\n\n")[1]
+    assert procedure.startswith(
+        "Preference tuning with TRL's `DPOTrainer` (loss sigmoid; beta 0.1) on chosen/rejected answer pairs, starting "
+        "from the SFT model (version 3): a LoRA adapter trained with TRL's `SFTTrainer`"
+    )
     # The comparison sits in the card's evaluation section, before the usage example.
     assert card.index("| Field accuracy: intent |") < card.index("## How to use")
 
@@ -168,4 +173,5 @@ def test_an_sft_run_has_no_comparison(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     section, card = report(evaluated_run(store, tags={"stage": "sft"}, per_row=SFT, loss=0.8), tmp_path)
     assert "SFT+DPO" not in section and "SFT+DPO" not in card
+    assert "LoRA supervised fine-tuning with TRL's `SFTTrainer`" in card and "DPOTrainer" not in card
     assert "| Field accuracy (mean) |" in section  # the ordinary results are there

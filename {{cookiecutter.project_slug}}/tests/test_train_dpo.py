@@ -27,9 +27,34 @@ def test_dpo_stage_without_an_adapter_is_refused(smoke_config):
 def test_shipped_dpo_config_is_a_dpo_stage_on_the_smoke_data():
     dpo, smoke = load_config(CONFIGS / "dpo.yaml"), load_config(CONFIGS / "smoke.yaml")
     assert (dpo.train.stage, dpo.dpo.loss_type, dpo.dpo.beta) == ("dpo", "sigmoid", 0.1)
-    assert dpo.model.adapter.startswith("models:/") and dpo.model.adapter.endswith("@candidate")
+    assert dpo.model.adapter.startswith("models:/") and dpo.model.adapter.endswith("@champion")  # never @candidate
     # evaluate compares a run with the SFT one on the same rows: the task and data must not differ
     assert (dpo.task, dpo.data, dpo.eval) == (smoke.task, smoke.data, smoke.eval)
+
+
+def test_combined_loss_reaches_trls_dpo_config_and_mismatched_weights_are_refused(smoke_config, tmp_path):
+    from {{ cookiecutter.package_name }}.preference.dpo import dpo_config
+
+    config = smoke_config("dpo.loss_type=[sigmoid, sft]", "dpo.loss_weights=[1.0, 0.5]")
+    args = dpo_config(config, output_dir=tmp_path, device="cpu", precision="fp32")
+    assert (args.loss_type, args.loss_weights, args.beta) == (["sigmoid", "sft"], [1.0, 0.5], 0.1)
+    assert dpo_config(smoke_config(), output_dir=tmp_path, device="cpu", precision="fp32").loss_type == ["sigmoid"]
+    with pytest.raises(ConfigError, match=r"dpo.loss_weights has 1 weight\(s\) for 2 loss\(es\) .* \[1.0, 1.0\]"):
+        smoke_config("dpo.loss_type=[sigmoid, sft]", "dpo.loss_weights=[1.0]")
+
+
+def test_a_fall_of_the_chosen_answers_likelihood_is_warned_about():
+    from {{ cookiecutter.package_name }}.preference.dpo import chosen_logps_fell
+
+    history = [{"loss": 0.69, "logps/chosen": -4.0}, {"eval_logps/chosen": -9.0}, {"logps/chosen": -4.5}]
+    assert chosen_logps_fell(history) == (
+        "the chosen answers' log-probability fell during DPO (-4.000 at the first logged step, -4.500 at the last): "
+        "the right answers became less likely too, which lowers accuracy. Evaluate before trusting this run; "
+        "dpo.loss_type: [sigmoid, sft] (an SFT term on the chosen answers) or a lower train.learning_rate keeps them "
+        "likely"
+    )
+    assert chosen_logps_fell([{"logps/chosen": -4.0}, {"logps/chosen": -3.0}]) is None  # rose
+    assert chosen_logps_fell([{"logps/chosen": -4.0}]) is None  # one value: no trend
 
 
 def test_missing_sft_adapter_fails_before_any_output(smoke_config, tmp_path):
@@ -66,6 +91,7 @@ def dpo_run(smoke_run, smoke_config, tmp_path_factory):
         "train.batch_size=8",
         "train.eval_steps=4",
         "train.save_steps=4",
+        "train.logging_steps=2",
         "train.learning_rate=1e-3",
         "tracking.enabled=true",
         root=root,
@@ -107,6 +133,8 @@ def test_dpo_loads_one_base_model_and_uses_the_adapter_as_reference(dpo_run):
 
 @pytest.mark.e2e
 def test_dpo_run_folder_holds_a_tuned_copy_of_the_sft_adapter(dpo_run, smoke_run):
+    from {{ cookiecutter.package_name }}.preference.dpo import chosen_logps_fell
+
     run_dir = dpo_run["run_dir"]
     adapter = run_dir / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
@@ -119,6 +147,8 @@ def test_dpo_run_folder_holds_a_tuned_copy_of_the_sft_adapter(dpo_run, smoke_run
     log = json.loads((run_dir / "train_log.json").read_text())
     assert log["data"]["path"] == dpo_run["config"].dpo.data_path
     assert any("rewards/margins" in " ".join(entry) for entry in log["log_history"])  # DPO's own metrics
+    chosen = [entry["logps/chosen"] for entry in log["log_history"] if "logps/chosen" in entry]  # logged by TRL
+    assert len(chosen) == 2 and (chosen_logps_fell(log["log_history"]) is None) == (chosen[-1] >= chosen[0])
 
 
 @pytest.mark.e2e
@@ -144,3 +174,43 @@ def test_dpo_run_records_its_sft_parent_and_is_scored_like_any_candidate(dpo_run
     assert report["run"]["model_version"] == tracked["model_version"]
     metrics = client.get_run(tracked["run_id"]).data.metrics
     assert metrics["finetuned.eval_loss"] == pytest.approx(report["finetuned"]["eval_loss"])
+
+
+def _dpo_trainer(served_adapter: Path, smoke_config, tmp_path: Path):
+    """A DPOTrainer on the served (untrained) SFT adapter and four hand-written pairs: seconds, no training run."""
+    from datasets import Dataset, DatasetDict
+
+    from {{ cookiecutter.package_name }}.preference.dpo import DPO, build_dpo_trainer, load_sft_policy
+    from {{ cookiecutter.package_name }}.preference.pairs import resolve_sft_adapter
+    from {{ cookiecutter.package_name }}.train.sft import Run
+
+    config = smoke_config("train.stage=dpo", f"model.adapter={served_adapter}", "train.batch_size=2", root=tmp_path)
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": f"Where is my order A{1000 + i}? It is late, I need it today."}],
+            "chosen": [{"role": "assistant", "content": '{"intent":"track","urgency":"high"}'}],
+            "rejected": [{"role": "assistant", "content": '{"intent":"track","urgency":"low"}'}],
+        }
+        for i in range(4)
+    ]
+    splits = DatasetDict({"train": Dataset.from_list(pairs), "validation": Dataset.from_list(pairs[:2])})
+    parent = resolve_sft_adapter(str(served_adapter))
+    model, tokenizer, loss_mode = load_sft_policy(config, splits, device="cpu", precision="fp32", parent=parent)
+    parts = {"model": model, "tokenizer": tokenizer, "loss_mode": loss_mode, "splits": splits, "parent": parent}
+    run = Run(
+        config=config, config_name="test", run_dir=tmp_path / "run", device="cpu", precision="fp32", recipe=DPO, **parts
+    )
+    return build_dpo_trainer(run)
+
+
+def test_the_dpo_trainer_projects_only_the_answer_tokens_on_a_cpu(served_adapter, smoke_config, tmp_path):
+    trainer = _dpo_trainer(served_adapter, smoke_config, tmp_path)
+    projected: list[int] = []
+    head = trainer.model.get_base_model().get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[0]))
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(trainer.model, batch)
+    hook.remove()
+    answer_tokens = int(batch["completion_mask"][:, 1:].sum())
+    assert projected == [answer_tokens, answer_tokens]  # the policy and its reference (the frozen `ref` adapter)
+    assert answer_tokens < batch["input_ids"].numel() / 3 and torch.isfinite(loss) and loss.requires_grad

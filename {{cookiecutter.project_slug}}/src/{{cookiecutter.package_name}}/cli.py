@@ -158,6 +158,9 @@ def data_prefs(
         int | None, typer.Option(min=0, help="Top up with rule-made pairs to this many (default dpo.min_pairs).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite the files in a non-empty --out folder.")] = False,
+    refresh: Annotated[
+        bool, typer.Option(help="Keep pairs built from this SFT model for this task (or your own); rebuild others.")
+    ] = False,
 ) -> None:
     """Build DPO preference pairs from the training split: the SFT model's wrong answers, then corruptions."""
     from .preference.pairs import build_preferences
@@ -168,7 +171,12 @@ def data_prefs(
         raise BadInput("no SFT adapter: pass --adapter or set model.adapter")
     _show_progress_messages()
     folder = out or Path(resolved.dpo.data_path)
-    info = build_preferences(resolved, adapter=source, out_dir=folder, min_pairs=min_pairs, force=force)
+    info = build_preferences(
+        resolved, adapter=source, out_dir=folder, min_pairs=min_pairs, force=force, refresh=refresh
+    )
+    if info.get("reused"):
+        typer.echo(f"kept {folder}: built from this SFT model for this task, or pairs of your own (--force rebuilds)")
+        return
     kinds = ", ".join(f"{kind} {count}" for kind, count in info["kinds"].items())
     typer.echo(f"wrote {folder}: train {info['rows']['train']}, validation {info['rows']['validation']} ({kinds})")
 
@@ -403,10 +411,12 @@ def evaluate(
     resolved = load_config(config, overrides or [])
     report = run_evaluation(resolved, adapter_dir=model, other_data=other_data)
     baselines = report.get("baselines", {})
-    columns = {"majority": baselines.get("majority"), "base": report["base"]}
+    columns = {"majority": baselines.get("majority"), "classical": baselines.get("classical"), "base": report["base"]}
     columns |= {"few_shot": baselines.get("few_shot"), "finetuned": report["finetuned"]}
     for name, scores in columns.items():
-        if scores:  # the baselines' settings (k, prompt tokens, the majority answer) are in eval.json
+        if scores and "n/a" in scores:
+            typer.echo(f"{name:>9}: n/a, {scores['n/a']}")
+        elif scores:  # the baselines' settings (k, prompt tokens, the majority answer) are in eval.json
             shown = [(key, value) for key, value in scores.items() if isinstance(value, float)]
             typer.echo(f"{name:>9}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown if "_accuracy_" not in k))
 

@@ -264,6 +264,9 @@ class ReportConfig(_Section):
 
 
 # >>> preference_tuning
+DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "sft"]  # of TRL's DPOConfig.loss_type
+
+
 class DpoConfig(_Section):
     data_path: str = "data/prefs"
     """Preference pairs for `train.stage: dpo`: a folder of train (+ validation) files or one file (.jsonl,
@@ -272,9 +275,14 @@ class DpoConfig(_Section):
     """Strength of the pull back to the reference (the SFT model): the loss scores beta x (log-ratio policy /
     reference of chosen minus that of rejected). Small (0.01-0.05): the model may move far from SFT to fit the
     pairs (and forget); large (0.5): it stays close and learns little. 0.1 is the usual start."""
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    loss_type: DpoLoss | list[DpoLoss] = "sigmoid"
     """`sigmoid`: the DPO paper's loss; `ipo`: a squared loss whose margin stops growing (suits near-certain
-    preferences such as rule-made pairs); `hinge`: SLiC's margin loss; `robust`: tolerates mislabelled pairs."""
+    preferences such as rule-made pairs); `hinge`: SLiC's margin loss; `robust`: tolerates mislabelled pairs;
+    `apo_zero`: pushes the chosen answers' likelihood up, the rejected down; `sft`: cross-entropy on the chosen
+    answer. A list sums its losses, weighted by `loss_weights`: ["sigmoid", "sft"] keeps the chosen answers likely
+    while DPO separates pairs that differ in one or two tokens (plain DPO lowers both)."""
+    loss_weights: list[float] | None = None
+    """One weight per entry of a `loss_type` list (default: 1.0 each), e.g. [1.0, 0.5]."""
     prompts: int = Field(256, gt=0)
     """`data prefs`: training rows the SFT model answers (drawn with train.seed); each wrong answer is a pair.
     More finds more of its mistakes; each costs one greedy generation."""
@@ -283,6 +291,16 @@ class DpoConfig(_Section):
     corruptions of other training answers (extraction task) fill up to it. 0 keeps on-policy pairs only."""
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
     """`data prefs`: share of the pairs held out as DPO's validation split (its eval loss and reward margins)."""
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> DpoConfig:
+        losses = self.loss_type if isinstance(self.loss_type, list) else [self.loss_type]
+        if self.loss_weights is not None and len(self.loss_weights) != len(losses):
+            raise ValueError(
+                f"dpo.loss_weights has {len(self.loss_weights)} weight(s) for {len(losses)} loss(es) in dpo.loss_type "
+                f"{losses}: give one weight per loss, e.g. loss_weights: {[1.0] * len(losses)}"
+            )
+        return self
 
 
 # <<< preference_tuning

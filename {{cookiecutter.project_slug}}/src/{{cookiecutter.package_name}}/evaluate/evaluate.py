@@ -17,8 +17,9 @@ Metrics, per model:
   and field_accuracy_<field>, exact_match (every field right). Fields are the keys of the expected answers.
 - generic task: exact_match (after trimming whitespace) and rouge_l (ROUGE-L F1, `rouge-score`).
 Every rate is the mean of per-row scores (metrics.py), which also give:
-- baselines (baselines.py): `majority` (each field's most common training value, no model) and `few_shot`
-  (the base model with eval.few_shot training examples as earlier chat turns), on the same rows and decoding;
+- baselines (baselines.py): `majority` (each field's most common training value, no model), `classical`
+  (TF-IDF + logistic regression per field, extraction task) and `few_shot` (the base model with eval.few_shot
+  training examples as earlier chat turns), on the same rows and decoding;
 - intervals (bootstrap.py): paired-bootstrap 95% intervals for every metric of every column and for the
   fine-tuned model's lead over each other column;
 - error_analysis (error_analysis.py): confusion per categorical field, error kinds, the worst rows.
@@ -46,7 +47,15 @@ from ..registry import COMMAND, ModelSource, resolve_model_source  # COMMAND: th
 from ..tasks.kinds import TaskKind, task_kind
 from ..tasks.metrics import RowScores, means
 from ..tracking import flatten
-from .baselines import check_context, few_shot_rows, pick_examples, prompt_token_stats, row_digest
+from .baselines import (
+    CLASSICAL,
+    check_context,
+    classical_answers,
+    few_shot_rows,
+    pick_examples,
+    prompt_token_stats,
+    row_digest,
+)
 from .bootstrap import paired_intervals
 from .markdown import answer_cell, table
 
@@ -106,7 +115,7 @@ def evaluate(
     model_cfg = config.model.model_copy(update={"base_model": source.base_model}) if from_registry else config.model
     device = resolve_device(config.train.device)
     train_rows = training_rows(config)
-    columns, few_shot = _score_columns(
+    columns, notes = _score_columns(
         config, source=source, model_cfg=model_cfg, rows=rows, train_rows=train_rows, device=device
     )
     base, finetuned = columns["base"], columns["finetuned"]
@@ -115,7 +124,7 @@ def evaluate(
     report = {
         "base": base.metrics,
         "finetuned": finetuned.metrics,
-        "baselines": _baselines(columns, few_shot=few_shot),
+        "baselines": _baselines(columns, notes=notes),
         "intervals": paired_intervals(
             {name: column.row_scores for name, column in columns.items()},
             resamples=config.eval.bootstrap_resamples,
@@ -231,10 +240,11 @@ def _score_columns(
     rows: list[Conversation],
     train_rows: list[Conversation],
     device: Device,
-) -> tuple[dict[str, Scored], dict[str, Any] | None]:
-    """Every column on the same rows: `majority` (no model), then one model load for `base` and `few_shot`
-    (the adapter switched off) and `finetuned`. Returns the columns and the few-shot settings (None when
-    eval.few_shot is 0). A few-shot setting that cannot work is refused before anything is generated."""
+) -> tuple[dict[str, Scored], dict[str, dict[str, Any]]]:
+    """Every column on the same rows: `majority` and `classical` (no language model), then one model load for
+    `base` and `few_shot` (the adapter switched off) and `finetuned`. Returns the columns and the baselines'
+    settings (classical; few_shot unless eval.few_shot is 0). A few-shot setting that cannot work is refused
+    before anything is generated."""
     k, kind = config.eval.few_shot, task_kind(config.task)
     examples = pick_examples(train_rows, k=k, seed=config.train.seed, scored_rows=rows) if k else []
     tokenizer = load_tokenizer(source.tokenizer_dir)  # carries the chat template training used
@@ -245,18 +255,34 @@ def _score_columns(
     check_context(prompt_tokens, max_new_tokens=config.eval.max_new_tokens, context=context, k=k)
     majority = kind.majority_answer([row[-1]["content"] for row in train_rows])
     columns = {"majority": score_answers([majority] * len(rows), rows=rows, kind=kind)}
+    classical, notes = _classical(rows, train_rows=train_rows, kind=kind, seed=config.train.seed)
+    columns |= {"classical": classical} if classical else {}
     scoring = {"tokenizer": tokenizer, "eval_cfg": config.eval, "kind": kind, "device": device}
     with model.disable_adapter():
         columns["base"] = score(model, rows=rows, **scoring)
         if k:
             columns["few_shot"] = score(model, rows=shot_rows, **scoring)
     columns["finetuned"] = score(model, rows=rows, **scoring)
-    few_shot = None
     if k:
         # Recorded so that anyone can check that no scored row was shown as an example.
         few_shot = {"k": k, "prompt_tokens": prompt_token_stats(prompt_tokens), "seed": config.train.seed}
-        few_shot["example_digests"] = [row_digest(example) for example in examples]
-    return columns, few_shot
+        notes["few_shot"] = few_shot | {"example_digests": [row_digest(example) for example in examples]}
+    return columns, notes
+
+
+def _classical(
+    rows: list[Conversation], *, train_rows: list[Conversation], kind: TaskKind, seed: int
+) -> tuple[Scored | None, dict[str, Any]]:
+    """The classical column, scored like the others; a field it answers with its majority value is n/a (its
+    per-field accuracy dropped). A free-text task has no fields to classify: no column, n/a with the reason."""
+    if not kind.json_answers:
+        return None, {"classical": {"n/a": "a free-text task (task.kind generic) has no fields to classify"}}
+    answers, fields = classical_answers(train_rows, rows, seed=seed)
+    scored = score_answers(answers, rows=rows, kind=kind)
+    for name in (name for name, done in fields.items() if done.startswith("n/a")):
+        scored.metrics.pop(f"field_accuracy_{name}", None)
+        scored.row_scores.pop(f"field_accuracy_{name}", None)
+    return scored, {"classical": {"model": CLASSICAL, "fields": fields}}
 
 
 def _judge_ready(config: Config) -> bool:
@@ -283,14 +309,15 @@ def _judge(config: Config, *, rows: list[Conversation], columns: dict[str, Score
     return judged
 
 
-def _baselines(columns: dict[str, Scored], *, few_shot: dict[str, Any] | None) -> dict[str, Any]:
-    """eval.json's `baselines`: each baseline's metrics, with what it answered (majority) or how (few-shot)."""
+def _baselines(columns: dict[str, Scored], *, notes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """eval.json's `baselines`: each baseline's metrics, with what it answered (majority) or how (classical,
+    few-shot); a baseline that does not apply holds only {"n/a": reason}."""
     baselines: dict[str, Any] = {
         "majority": columns["majority"].metrics
         | {"answer": columns["majority"].answers[0] if columns["majority"].answers else ""}
     }
-    if few_shot is not None:
-        baselines["few_shot"] = columns["few_shot"].metrics | few_shot
+    for name, settings in notes.items():
+        baselines[name] = (columns[name].metrics if name in columns else {}) | settings
     return baselines
 
 
@@ -300,7 +327,7 @@ def _error_analysis(
     """The fine-tuned model's errors (extraction task), or its worst rows by ROUGE-L (generic task)."""
     from .error_analysis import analyse, worst_rows
 
-    answers = {name: column.answers for name, column in columns.items() if name != "majority"}
+    answers = {name: column.answers for name, column in columns.items() if name not in ("majority", "classical")}
     kind = task_kind(config.task)
     if not kind.json_answers:  # no fields to analyse: the rows it did worst on
         scores = columns["finetuned"].row_scores
@@ -509,14 +536,15 @@ def _metrics_table(report: dict[str, Any]) -> list[str]:
 
 
 def _columns_table(report: dict[str, Any]) -> list[str]:
-    """Every metric in every column (majority, base, few-shot, fine-tuned) with its 95% interval, then the
+    """Every metric in every column (majority, classical, base, few-shot, fine-tuned) with its 95% interval, then the
     fine-tuned model's lead over the base model with the interval of that difference."""
     from .error_analysis import markdown as error_markdown
 
     base, tuned, intervals = report["base"], report["finetuned"], report.get("intervals") or {}
     baselines = report.get("baselines") or {}
-    columns = {"majority": baselines.get("majority"), "base": base, "few_shot": baselines.get("few_shot")}
-    columns = {name: values for name, values in (columns | {"finetuned": tuned}).items() if values is not None}
+    columns = {"majority": baselines.get("majority"), "classical": baselines.get("classical"), "base": base}
+    columns |= {"few_shot": baselines.get("few_shot"), "finetuned": tuned}
+    columns = {name: values for name, values in columns.items() if values is not None and "n/a" not in values}
     lead = (intervals.get("differences") or {}).get("finetuned_minus_base", {})
     rows = []
     for name in base:
@@ -535,6 +563,7 @@ def _columns_table(report: dict[str, Any]) -> list[str]:
             f"[low, high]: 95% paired-bootstrap interval over the scored rows ({resamples} resamples, "
             f"seed {intervals.get('seed')}). A change whose interval holds 0 may be noise.",
         ]
+    lines += _classical_note(baselines.get("classical"))
     few_shot = baselines.get("few_shot")
     if few_shot:
         lines += [
@@ -553,12 +582,27 @@ def _columns_table(report: dict[str, Any]) -> list[str]:
     return lines + error_markdown(report.get("error_analysis") or {})
 
 
-COLUMN_TITLES = {"majority": "majority", "base": "base", "few_shot": "few-shot", "finetuned": "fine-tuned"}
+def _classical_note(classical: dict[str, Any] | None) -> list[str]:
+    if not classical:
+        return []
+    if "n/a" in classical:
+        return ["", f"classical: n/a, {classical['n/a']}."]
+    fields = classical["fields"].items()
+    skipped = [f"`{name}` ({done.removeprefix('n/a: ')})" for name, done in fields if done.startswith("n/a")]
+    return [
+        "",
+        f"classical: {classical['model']}, trained on the training split's user messages"
+        + (f"; n/a, answered with the most common training value: {', '.join(skipped)}." if skipped else "."),
+    ]
+
+
+COLUMN_TITLES = {"majority": "majority", "classical": "classical", "base": "base", "few_shot": "few-shot",
+                 "finetuned": "fine-tuned"}  # fmt: skip
 
 
 def _with_interval(value: float | None, interval: dict[str, float] | None, *, sign: str = "") -> str:
     if value is None:
-        return ""
+        return "n/a"  # a baseline without a loss (no language model) or without the field (classical)
     text = f"{value:{sign}.4f}"
     return f"{text} [{interval['low']:{sign}.4f}, {interval['high']:{sign}.4f}]" if interval else text
 

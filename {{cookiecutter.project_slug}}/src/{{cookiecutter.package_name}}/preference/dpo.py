@@ -11,29 +11,35 @@ adapter on the same weights.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..data.dataset import with_recorded_system_prompt
 from ..model.device import Device, Precision
 from ..model.load import LossMode, load_base_model, load_tokenizer
+from ..train.lm_head import answer_tokens_only
 from ..train.sft import Recipe, Run, callbacks_for, trainer_arguments
-from .pairs import load_preferences, resolve_sft_adapter
+from .pairs import check_pairs_fit, load_preferences, resolve_sft_adapter
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from ..registry import ModelSource
     from ..train.sft import TrainerCallbacks
+
+log = logging.getLogger(__name__)
+CHOSEN_LOGPS = "logps/chosen"  # TRL's mean log-probability of the chosen answers, per logging window
 
 
 def load_data(config: Config) -> tuple[Config, DatasetDict, ModelSource]:
     """The preference pairs of `dpo.data_path` and the SFT parent, resolved first (a missing adapter fails before
     anything loads), whose base model becomes model.base_model (a registered one brings its own)."""
     parent = resolve_sft_adapter(config.model.adapter or "")
+    check_pairs_fit(config, parent=parent)
     splits = load_preferences(config.dpo, seed=config.train.seed, system_prompt=config.task.system_prompt)
     config = with_recorded_system_prompt(config, [[*row["prompt"], *row["chosen"]] for row in splits["train"]])
     model_cfg = config.model.model_copy(update={"base_model": parent.base_model})
@@ -58,14 +64,45 @@ def build_dpo_trainer(run: Run, *, extra_callbacks: TrainerCallbacks = ()) -> DP
     base weights under a frozen copy of the SFT adapter (TRL's `ref` adapter), so memory holds one base model."""
     from trl import DPOTrainer
 
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=run.model,
         ref_model=None,
         args=dpo_config(run.config, output_dir=run.run_dir, device=run.device, precision=run.precision),
         train_dataset=run.splits["train"],
         eval_dataset=run.splits["validation"],
         processing_class=run.tokenizer,
-        callbacks=[*callbacks_for(run.config.train), *extra_callbacks],
+        callbacks=[*callbacks_for(run.config.train), chosen_likelihood_watch(), *extra_callbacks],
+    )
+    if run.device == "cpu":  # TRL's fused head scores every position there, prompt and padding too (lm_head.py)
+        answer_tokens_only(trainer.model.get_base_model())
+    return trainer
+
+
+def chosen_likelihood_watch() -> TrainerCallback:
+    """A callback that warns when training ends if the chosen answers became less likely (chosen_logps_fell)."""
+    from transformers import TrainerCallback
+
+    class ChosenLikelihoodWatch(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            warning = chosen_logps_fell(state.log_history)
+            if warning and state.is_world_process_zero:
+                log.warning(warning)
+
+    return ChosenLikelihoodWatch()
+
+
+def chosen_logps_fell(log_history: list[dict[str, Any]]) -> str | None:
+    """A warning when the chosen answers' mean log-probability (TRL logs it; train_log.json and MLflow keep it)
+    ended lower than it started: DPO on pairs that differ in a token or two can push the right answer down with
+    the wrong one, which is how it lowered field accuracy on a real model. None when it held or rose."""
+    values = [entry[CHOSEN_LOGPS] for entry in log_history if CHOSEN_LOGPS in entry]
+    if len(values) < 2 or values[-1] >= values[0]:
+        return None
+    return (
+        f"the chosen answers' log-probability fell during DPO ({values[0]:.3f} at the first logged step, "
+        f"{values[-1]:.3f} at the last): the right answers became less likely too, which lowers accuracy. "
+        "Evaluate before trusting this run; dpo.loss_type: [sigmoid, sft] (an SFT term on the chosen answers) or "
+        "a lower train.learning_rate keeps them likely"
     )
 
 
@@ -78,7 +115,8 @@ def dpo_config(config: Config, *, output_dir: Path, device: Device, precision: P
         **trainer_arguments(config, output_dir=output_dir, device=device, precision=precision, grouped=False),
         max_length=config.data.max_seq_length,  # prompt + answer, in tokens; longer pairs are cut
         beta=config.dpo.beta,
-        loss_type=[config.dpo.loss_type],
+        loss_type=config.dpo.loss_type if isinstance(config.dpo.loss_type, list) else [config.dpo.loss_type],
+        loss_weights=config.dpo.loss_weights,
     )
 
 

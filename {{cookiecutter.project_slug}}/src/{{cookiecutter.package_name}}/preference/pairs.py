@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config, DpoConfig
 from ..data.dataset import ROLES, Problem, read_data_file, split_files, training_rows
-from ..errors import ProjectError
+from ..errors import BadInput
 from ..tasks.answers import parse_prediction
 from ..tasks.kinds import TaskKind, task_kind
 
@@ -50,8 +50,9 @@ _DIGIT = re.compile(r"\d")
 Message = dict[str, str]
 
 
-class PrefsError(ProjectError, ValueError):
-    """Preference pairs cannot be built or loaded; the message names the file and line (or setting) and the fix."""
+class PrefsError(BadInput, ValueError):
+    """Preference pairs cannot be built or loaded, or do not fit the DPO run (built from another SFT model or for
+    another task); the message names the file and line (or setting) and the fix. Exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,28 @@ class Pair:
 
 
 def build_preferences(
-    config: Config, *, adapter: str, out_dir: Path, min_pairs: int | None = None, force: bool = False
+    config: Config,
+    *,
+    adapter: str,
+    out_dir: Path,
+    min_pairs: int | None = None,
+    force: bool = False,
+    refresh: bool = False,
 ) -> dict[str, Any]:
     """Write `out_dir`/train.jsonl, validation.jsonl and prefs_info.json from the training split and the SFT
-    `adapter`; return the info record. Nothing is written when any check fails."""
-
+    `adapter`; return the info record. Nothing is written when any check fails. `refresh` (make dpo): keep pairs
+    that this SFT model built for this task, rebuild pairs that another one did (never overwrite the user's own)."""
     wanted = config.dpo.min_pairs if min_pairs is None else min_pairs
+    source = resolve_sft_adapter(adapter, output_dir=config.train.output_dir)
+    key = pairs_key(config, source=source)
+    if refresh and out_dir.is_dir() and any(out_dir.iterdir()):
+        info_file = out_dir / PREFS_INFO
+        existing = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else None
+        if existing is None or {name: existing.get(name) for name in key} == key:
+            return (existing or {}) | {"reused": True}  # the user's own pairs, or this model's for this task
+        force = True  # built by `data prefs` from another SFT model or for another task: rebuilt
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise PrefsError(f"{out_dir} is not empty; pass --force to overwrite it, or choose another --out")
-    source = resolve_sft_adapter(adapter, output_dir=config.train.output_dir)
     rows = training_rows(config)
     prompts = sample_rows(rows, n=config.dpo.prompts, seed=config.train.seed)
     answers = _greedy_answers(config, source=source, rows=prompts)
@@ -99,7 +113,7 @@ def build_preferences(
             "validation pair at least; raise dpo.prompts or --min-pairs (extraction task)"
         )
     splits = split_pairs(pairs, validation_fraction=config.dpo.validation_fraction, seed=config.train.seed)
-    info = {
+    info = key | {
         "adapter": adapter,
         "adapter_run_id": source.run_id,
         "adapter_version": source.version,
@@ -116,12 +130,13 @@ def build_preferences(
 
 
 def resolve_sft_adapter(source: str, *, output_dir: str | Path = "outputs") -> ModelSource:
-    """The SFT model of `model.adapter` / `--adapter`: any model source (registry.resolve_model_source)."""
+    """The SFT model of `model.adapter` / `--adapter`: any model source (registry.resolve_model_source), refused
+    when it is itself a DPO run (DPO starts from an SFT model; a chain of DPO runs drifts from it unchecked)."""
     from ..model.load import ModelSourceError
     from ..registry import LATEST, is_model_uri, resolve_model_source
 
     try:
-        return resolve_model_source(source, output_dir=output_dir, given_as="model.adapter")
+        parent = resolve_model_source(source, output_dir=output_dir, given_as="model.adapter")
     except ModelSourceError:
         if is_model_uri(source) or source == LATEST:
             raise  # the store or outputs/ has no such model: the resolver's message says so
@@ -129,6 +144,51 @@ def resolve_sft_adapter(source: str, *, output_dir: str | Path = "outputs") -> M
             f"model.adapter={source!r}: no SFT adapter there (neither a run folder holding adapter/ nor an "
             "adapter folder); train one first (`make train`), or name a model URI like models:/<project>@champion"
         ) from None
+    own = _run_settings(parent)
+    if own.get("train", {}).get("stage") == "dpo":
+        raise PrefsError(
+            f"model.adapter={source!r} is a DPO run (its config.yaml has train.stage: dpo; its own parent was "
+            f"{own.get('model', {}).get('adapter')!r}); DPO starts from an SFT model: set model.adapter (or "
+            "ADAPTER=) to an SFT run folder outputs/<run> or a registered SFT version models:/<project>/<version>"
+        )
+    return parent
+
+
+def _run_settings(source: ModelSource) -> dict[str, Any]:
+    """The raw config.yaml that trained `source` ({} when none is found): read as YAML, not validated, so a
+    config of an older version of this project still tells its stage."""
+    import yaml
+
+    path = source.config_path()
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path else {}
+
+
+def pairs_key(config: Config, *, source: ModelSource) -> dict[str, Any]:
+    """What a set of pairs belongs to: the SFT adapter's weights (sha256: the same run, version or folder gives
+    the same digest) and the task's answer format. prefs_info.json records it; DPO training checks it."""
+    digest = hashlib.sha256()
+    for path in sorted(source.adapter_dir.glob("adapter_model.*")):  # .safetensors (or .bin): the LoRA weights
+        digest.update(path.read_bytes())
+    return {"adapter_sha256": digest.hexdigest(), "task": {"kind": config.task.kind, "fields": config.task.fields}}
+
+
+def check_pairs_fit(config: Config, *, parent: ModelSource) -> None:
+    """Refuse (PrefsError) pairs that `data prefs` built from another SFT model than `parent` or for another task,
+    before any model loads: DPO on them would tune against answers this model never gave. Pairs of the user's
+    own (no prefs_info.json) are taken as they are."""
+    info_file = Path(config.dpo.data_path) / PREFS_INFO
+    if not info_file.is_file():
+        return
+    info, key = json.loads(info_file.read_text(encoding="utf-8")), pairs_key(config, source=parent)
+    differing = [name for name in key if info.get(name) != key[name]]
+    if differing:
+        what = "another SFT model" if "adapter_sha256" in differing else "another task"
+        raise PrefsError(
+            f"dpo.data_path={config.dpo.data_path!r} holds pairs built from {what} (prefs_info.json: adapter "
+            f"{info.get('adapter')!r}, task {info.get('task')}) than model.adapter={config.model.adapter!r} and this "
+            f"task ({key['task']}); rebuild them: `data prefs --config <this config> --force` (make dpo rebuilds "
+            "them), or set dpo.data_path to the pairs of this SFT model"
+        )
 
 
 def sample_rows(rows: list[list[Message]], *, n: int, seed: int) -> list[list[Message]]:

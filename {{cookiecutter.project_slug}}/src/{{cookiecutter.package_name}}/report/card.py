@@ -18,6 +18,7 @@ from .summary import (
     LABELS,
     RATES,
     Settings,
+    classical_text,
     cost,
     error_kinds_text,
     hardware,
@@ -51,7 +52,7 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
     run, cfg = facts.run, facts.run_config
     adapter = str(run.get("adapter") or "")
     # >>> preference_tuning
-    from .sft_vs_dpo import comparison_lines
+    from .sft_vs_dpo import comparison_lines, procedure_text
 
     # <<< preference_tuning
     return {
@@ -74,9 +75,13 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
         "wall_time": wall_time(facts),
         "cost": cost(facts, hourly=hourly_cost),
         "metrics": "\n".join(metrics_table(facts.results)),
-        "metric_notes": [*interval_notes(facts.results), *filter(None, [error_kinds_text(facts.results)])],
+        "metric_notes": [
+            *interval_notes(facts.results),
+            *filter(None, [classical_text(facts.results), error_kinds_text(facts.results)]),
+        ],
         # >>> preference_tuning
         "sft_vs_dpo": "\n".join(comparison_lines(facts)).strip(),  # empty for an SFT run
+        "procedure": procedure_text(facts),  # None for an SFT run: the template's SFT sentence
         # <<< preference_tuning
         "parameters": parameters_text(facts.train_log),
         # A registry URI is no folder a reader has: point at where training writes the adapter instead.

@@ -22,7 +22,8 @@ PLOTS = {
 DPI = 100  # with FIGSIZE: 900 x 450 pixels, sharp on GitHub without a heavy file
 FIGSIZE = (9.0, 4.5)  # inches
 BASE_COLOR, TUNED_COLOR = "#9e9e9e", "#1f77b4"
-COLORS = {"majority": "#d9d9d9", "base": BASE_COLOR, "few_shot": "#ff7f0e", "finetuned": TUNED_COLOR}
+COLORS = {"majority": "#d9d9d9", "classical": "#2ca02c", "base": BASE_COLOR, "few_shot": "#ff7f0e",
+          "finetuned": TUNED_COLOR}  # fmt: skip
 SHORT = {"json_valid_rate": "Valid\nJSON", "field_accuracy": "Field accuracy\n(mean)", "exact_match": "Exact\nmatch"}
 
 

@@ -17,6 +17,7 @@ from .about import data_text, task_name, warnings
 from .facts import ReportError, RunFacts, display_path
 from .summary import (
     Settings,
+    classical_text,
     cost,
     error_kinds_text,
     hardware,
@@ -112,6 +113,8 @@ def results_section(facts: RunFacts, *, plots: dict[str, Path], readme_dir: Path
         "",
     ]
     lines += [*(f"{note}\n" for note in interval_notes(facts.results))]
+    classical = classical_text(facts.results)  # "would a simple classical model do?", answered by the figures
+    lines += [f"{classical}\n"] if classical else []
     # >>> preference_tuning
     from .sft_vs_dpo import comparison_lines
 

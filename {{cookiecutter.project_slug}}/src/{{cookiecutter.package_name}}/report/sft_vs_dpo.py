@@ -60,6 +60,21 @@ def comparison_lines(facts: RunFacts) -> list[str]:
     return [intro, "", *table(header, rows, align="lrrr"), "", f"{note} {NO_LOSS_INTERVAL}", ""]
 
 
+def procedure_text(facts: RunFacts) -> str | None:
+    """The model card's training procedure for a DPO run (None for an SFT run): DPOTrainer, and its SFT parent."""
+    if facts.parent is None:
+        return None
+    dpo = facts.run_config.dpo
+    losses = dpo.loss_type if isinstance(dpo.loss_type, list) else [dpo.loss_type]
+    weights = f", weights {', '.join(f'{w:g}' for w in dpo.loss_weights)}" if dpo.loss_weights else ""
+    return (
+        f"Preference tuning with TRL's `DPOTrainer` (loss {' + '.join(losses)}{weights}; beta {dpo.beta:g}) on "
+        f"chosen/rejected answer pairs, starting from the SFT model {_parent_name(facts)}: a LoRA adapter trained "
+        "with TRL's `SFTTrainer` (loss on the answer tokens only), whose frozen copy is DPO's reference model. The "
+        "same adapter is tuned further; the settings below are the DPO run's."
+    )
+
+
 def missing_sentence(facts: RunFacts) -> str:
     """Why the parent's evaluation cannot be shown, and the commands that give it."""
     return (

@@ -24,15 +24,21 @@ LABELS = {
 RATES = ("json_valid_rate", "field_accuracy", "exact_match", "rouge_l")  # shares in [0, 1]
 
 
-COLUMNS = {"majority": "Majority", "base": "Base zero-shot", "few_shot": "Base few-shot", "finetuned": "Fine-tuned"}
+COLUMNS = {
+    "majority": "Majority",
+    "classical": "TF-IDF + LR",  # the classical baseline: TF-IDF + logistic regression per field
+    "base": "Base zero-shot",
+    "few_shot": "Base few-shot",
+    "finetuned": "Fine-tuned",
+}
 HEADLINE = ("field_accuracy", "rouge_l", "exact_match")  # the first one a task has is its headline metric
 
 
 def columns(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The scored columns in display order: majority and few-shot when eval.json has them (older ones do not)."""
+    """The scored columns in display order: the baselines that eval.json has and that apply (not n/a)."""
     baselines = results.get("baselines") or {}
-    found = {"majority": baselines.get("majority"), "base": results["base"], "few_shot": baselines.get("few_shot")}
-    return {name: values for name, values in (found | {"finetuned": results["finetuned"]}).items() if values}
+    found = {key: baselines.get(key) for key in COLUMNS} | {"base": results["base"], "finetuned": results["finetuned"]}
+    return {name: found[name] for name in COLUMNS if found[name] and "n/a" not in found[name]}
 
 
 def interval(results: dict[str, Any], group: str, key: str, name: str) -> dict[str, float] | None:
@@ -64,7 +70,7 @@ def metrics_table(results: dict[str, Any]) -> list[str]:
 
 def _cell(name: str, value: float | None, bounds: dict[str, float] | None) -> str:
     if value is None:
-        return "n/a"  # the majority baseline has no loss: it is no model
+        return "n/a"  # the majority and classical baselines have no loss: they are no language model
     if name in RATES and bounds:
         return f"{value:.1%} [{bounds['low'] * 100:.1f}, {bounds['high'] * 100:.1f}]"
     return _fmt(name, value)
@@ -93,6 +99,29 @@ def interval_notes(results: dict[str, Any]) -> list[str]:
         f"{LABELS[headline].lower()} minus {', minus '.join(leads)}: an interval that holds 0 is no evidence of a "
         "difference."
     ]
+
+
+def classical_text(results: dict[str, Any]) -> str | None:
+    """One sentence, from the figures: whether fine-tuning beats the classical baseline on the headline metric,
+    by how much, with the interval of the difference."""
+    classical = (results.get("baselines") or {}).get("classical")
+    headline = next((name for name in HEADLINE if name in results["finetuned"]), None)
+    if not classical or headline is None:
+        return None
+    if "n/a" in classical:
+        return f"The classical baseline ({CLASSICAL_NAME}) is n/a: {classical['n/a']}."
+    gain = interval(results, "differences", "finetuned_minus_classical", headline)
+    if gain is None:
+        return None
+    bounds = f"[{_points(gain['low'])}, {_points(gain['high'])}]"
+    verdict = "beats" if gain["low"] > 0 else "falls behind" if gain["high"] < 0 else "is not told apart from"
+    skipped = [f"`{field}`" for field, done in (classical.get("fields") or {}).items() if done.startswith("n/a")]
+    fallback = f"; it answers {', '.join(skipped)} with the most common training value" if skipped else ""
+    figure = f"{_points(gain['estimate'])} pp {LABELS[headline].lower()} {bounds}"
+    return f"**Fine-tuning {verdict} the classical baseline** ({CLASSICAL_NAME}{fallback}): {figure}."
+
+
+CLASSICAL_NAME = "TF-IDF + logistic regression per field, trained on the training split"
 
 
 def error_kinds_text(results: dict[str, Any]) -> str | None:

@@ -7,7 +7,8 @@ and in float32. Here three tokens of four are prompt or padding, and the vocabul
 with SmolLM2-135M, batch 8, bf16 on 2 cores (`scripts/benchmark_train.py`), the head and loss took 0.70 s of a
 step's forward and its backward as much again. `answer_tokens_only` puts a forward in front of TRL's that projects
 the labelled positions only, in the autocast dtype, and returns the same fields, so TRL's loss, gradients and
-metrics (entropy, token accuracy) stay as they were.
+metrics (entropy, token accuracy) stay as they were. DPOTrainer uses the same fused head for the policy and
+its reference (preference/dpo.py puts this one in front of it too).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def _answer_token_outputs(model: PreTrainedModel, args: tuple, kwargs: dict, *, 
     chosen = log_softmax.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
         entropy = -(log_softmax.exp() * log_softmax).sum(dim=-1)
+        mean_logits = logits.mean(dim=-1)  # DPOTrainer's `logits/*` metrics
         is_top1 = logits.argmax(dim=-1) == targets[mask]
 
     def spread(values: torch.Tensor) -> torch.Tensor:  # back to (batch, length - 1), zero where there is no label
@@ -74,6 +76,7 @@ def _answer_token_outputs(model: PreTrainedModel, args: tuple, kwargs: dict, *, 
         loss=-log_probs.sum() / count,
         log_probs=log_probs,
         entropy=spread(entropy),
+        mean_logits=spread(mean_logits),
         is_top1=spread(is_top1),
         label_mask=mask,
     )
