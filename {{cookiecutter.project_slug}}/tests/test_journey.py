@@ -102,8 +102,8 @@ def test_two_evaluated_runs_make_the_experiment_log_decisions_and_interview(
     base, few_shot = smoke_report["base"]["field_accuracy"], smoke_report["baselines"]["few_shot"]["field_accuracy"]
     assert f"Field accuracy (mean): base {_pct(base)}, fine-tuned {_pct(rate)}, difference " in interview
     assert f"Field accuracy (mean): base few-shot {_pct(few_shot)}, fine-tuned {_pct(rate)}, difference " in interview
-    if "classical" not in smoke_report["baselines"]:  # another issue adds the column: said, never invented
-        assert "- Classical: not in `reports/eval.json` yet; a classical baseline in `evaluate` adds it" in interview
+    classical = smoke_report["baselines"]["classical"]["field_accuracy"]
+    assert f"Field accuracy (mean): TF-IDF + LR {_pct(classical)}, fine-tuned {_pct(rate)}, difference " in interview
     assert f"Test rows digest `{smoke_report['run']['test_digest'][:12]}`" in interview
     assert "Ranks tried in the runs: 8, 16 (`docs/experiments.md`)" in interview
     assert interview.count("\nYour words:\n") == 8

@@ -20,7 +20,7 @@ def interview_text(facts: RunFacts, *, journey: Journey, hourly: float, report_d
         "Why fine-tune rather than prompt?": _versus(results, name, "few_shot", "`eval.few_shot` > 0 adds it"),
         "Why LoRA, and this rank?": _lora(facts, journey),
         "How do you know it is better?": _better(facts, name),
-        "Would a classical model do?": _versus(results, name, "classical", "a classical baseline in `evaluate` adds it")
+        "Would a classical model do?": _versus(results, name, "classical", "`evaluate` adds it")
         + _versus(results, name, "majority", "`evaluate` adds it"),
         "What failed, and what did you learn?": _failures(journey),
         "How does it run in production, and how would you notice it degrading?": _production(report_dir),
@@ -71,12 +71,15 @@ def _versus(results: dict, name: str, column: str, produced_by: str) -> list[str
     """The fine-tuned model against one baseline column, with the paired interval of the difference."""
     values = (results.get("baselines") or {}).get(column) or {}
     label = COLUMNS.get(column, column.replace("_", " ").capitalize())
+    if "n/a" in values:  # a baseline that does not apply to this task says why
+        return [f"{label}: n/a, {values['n/a']} (`reports/eval.json`)"]
     if name not in values:
         return [f"{label}: not in `reports/eval.json` yet; {produced_by}"]
     gain = interval(results, "differences", f"finetuned_minus_{column}", name)
     lead = f", difference {_points(gain)}" if gain else ""
+    inline = label if label[1:2].isupper() else label.lower()  # "base few-shot", but "TF-IDF + LR"
     return [
-        f"{LABELS.get(name, name)}: {label.lower()} {_pct(values[name])}, fine-tuned "
+        f"{LABELS.get(name, name)}: {inline} {_pct(values[name])}, fine-tuned "
         f"{_pct(results['finetuned'][name])}{lead} (`reports/eval.json`)"
     ]
 
