@@ -152,6 +152,7 @@ RENDERED_FILE_TESTS = [
     "tests/test_publish.py",  # README.md and pyproject.toml metadata
     "tests/test_report.py",  # README.md results markers
     "tests/test_docs.py",  # README.md, docs/tour.md and docs/skills.md name files and targets this bake has
+    "tests/test_makefile.py",  # the Makefile's install and evaluate commands (make -n)
 ]
 
 

@@ -177,6 +177,7 @@ def test_a_config_that_disagrees_with_the_run_is_refused_before_anything_is_writ
     ]
     assert f"\n  {COMMAND} evaluate --config {smoke_run / 'config.yaml'} --adapter {smoke_run / 'adapter'}\n" in message
     assert "add --other-data (the metrics go to a new MLflow run tagged evaluation_of=<its run>" in message
+    assert f"`make evaluate RUN={smoke_run / 'adapter'}` without CONFIG=" in message
 
     uri = f"models:/{config.project}/{version}"  # compared with the config logged to its run
     with pytest.raises(EvaluationError) as by_uri:
