@@ -339,7 +339,8 @@ def check_run_config(config: Config, *, source: ModelSource, requested: str, row
                 for key, (ours, given) in differences.items()
             )
             + "Evaluate it with its own config (the default when --config is left out, as in "
-            f"`make evaluate RUN={requested}` without CONFIG=):\n  {COMMAND} evaluate{own_config} --adapter {requested}\n"
+            f"`make evaluate RUN={requested}` without CONFIG=):\n"
+            f"  {COMMAND} evaluate{own_config} --adapter {requested}\n"
             "or score it on the given config's data on purpose: add --other-data (the metrics go to a new MLflow "
             "run tagged evaluation_of=<its run>, never over its own; the promotion gate does not run)."
         )

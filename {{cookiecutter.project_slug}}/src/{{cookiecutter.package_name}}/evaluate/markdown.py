@@ -5,9 +5,13 @@ Every cell goes through `escape`, so a `|` or a line break in a model's answer c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 EMPTY = "*(empty)*"  # an empty answer, made visible: a blank cell reads like a rendering bug
+# Control characters other than tab and line break, as a garbled generation can hold (NUL, ESC, C1): shown
+# as \xNN, or the README would be binary data to `file`, `grep` and GitHub.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 ALIGN = {"l": "---", "r": "---:"}  # numbers read best right-aligned
 
 
@@ -19,8 +23,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, align: str
 
 
 def escape(value: object) -> str:
-    """A cell's text: pipes escaped, line breaks as <br> (a table row is one line)."""
-    return str(value).replace("|", "\\|").replace("\n", "<br>")
+    """A cell's text: pipes escaped, line breaks as <br> (a table row is one line), control characters as \\xNN."""
+    text = CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", str(value))
+    return text.replace("|", "\\|").replace("\n", "<br>")
 
 
 def answer_cell(text: str, *, limit: int | None = None) -> str:

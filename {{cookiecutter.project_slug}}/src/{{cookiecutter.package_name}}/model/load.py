@@ -51,6 +51,8 @@ WEIGHT_FILES = (
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # The tiny model's special tokens: ChatML turn markers (as in SmolLM2 and Qwen), padding, end of text.
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
+# Written into the tiny model's config.json: its results are a smoke run's, however the folder is named to a config.
+TINY_MARKER = "tiny_random_model"
 
 
 class ModelSourceError(ModelError):
@@ -305,11 +307,20 @@ def build_tiny_model(path: str | Path, corpus_texts: Iterable[str], *, vocab_siz
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    setattr(config, TINY_MARKER, True)
     torch.manual_seed(seed)  # the same corpus and seed give the same weights
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return _save_folder_atomically(path, model=model, tokenizer=tokenizer)
+
+
+def is_tiny_model(model_cfg: ModelConfig) -> bool:
+    """Whether the base model is the tiny random one: built by this config, or a folder built by another."""
+    config_file = Path(model_cfg.base_model) / "config.json"
+    if model_cfg.build_tiny or not config_file.is_file():
+        return model_cfg.build_tiny
+    return bool(json.loads(config_file.read_text(encoding="utf-8")).get(TINY_MARKER))
 
 
 def _train_tiny_tokenizer(corpus_texts: Iterable[str], *, vocab_size: int) -> PreTrainedTokenizerBase:
