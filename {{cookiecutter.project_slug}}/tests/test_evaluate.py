@@ -352,6 +352,7 @@ def test_report_compares_base_and_finetuned(smoke_report, smoke_config, smoke_ru
     markdown = (report_dir / "eval.md").read_text()
     assert "| eval_loss |" in markdown and "| field_accuracy |" in markdown
     assert "--other-data" not in markdown
+    assert "`/" not in markdown  # no absolute local path (the run folder lies in a temporary folder)
     assert markdown.count("### Example") == 5
     for row in ("| input |", "| expected |", "| base |", "| fine-tuned |"):
         assert sum(line.startswith(row) for line in markdown.splitlines()) == 5

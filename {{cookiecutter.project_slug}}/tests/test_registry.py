@@ -70,6 +70,7 @@ def test_first_version_is_candidate_and_champion(smoke_run, smoke_report, smoke_
 
     again = promote(config, report_dir=Path(config.eval.report_dir) / "again")  # re-judging the champion
     assert again.promoted and again.reason == f"version {version} is already champion"
+    assert again.verdict == "unchanged"  # printed so: nothing was promoted this time
     assert client.get_model_version(config.project, version).tags["promotion.reason"] == "no champion yet"
 
 

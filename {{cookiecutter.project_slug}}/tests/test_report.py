@@ -620,3 +620,12 @@ def test_the_tiny_model_loaded_by_path_is_still_called_a_smoke_run(tmp_path):
     assert "These figures come from the smoke run" in section
     assert "the answers become JSON" not in section  # a free-text task: no JSON claimed
     assert "- **This is the smoke model**" in model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+
+
+def test_plots_of_an_earlier_task_are_removed_when_this_run_has_no_data_for_them(tmp_path):
+    from {{ cookiecutter.package_name }}.report.plots import PLOTS, write_plots
+
+    for name in PLOTS.values():  # an extraction run's plots: loss, metrics, fields, confusion
+        (tmp_path / name).write_bytes(b"an earlier run's plot")
+    plots = write_plots(_facts(), out=tmp_path)  # a free-text task, no loss history: metrics only
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.png"] == [path.name for path in plots.values()]

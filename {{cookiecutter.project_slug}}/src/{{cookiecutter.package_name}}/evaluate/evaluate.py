@@ -48,7 +48,7 @@ from ..tasks.metrics import RowScores, means
 from ..tracking import flatten
 from .baselines import check_context, few_shot_rows, pick_examples, prompt_token_stats, row_digest
 from .bootstrap import paired_intervals
-from .markdown import answer_cell, table
+from .markdown import answer_cell, shown_source, table
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -388,12 +388,7 @@ def _track(config: Config, *, report: dict[str, Any], report_dir: Path, examples
     version = report["run"]["model_version"]
     if config.tracking.promote and version:
         decision = promote(config, version=version, report_dir=report_dir)
-        log.info(
-            "promotion gate: version %s %s (%s)",
-            version,
-            "promoted" if decision.promoted else "kept out",
-            decision.reason,
-        )
+        log.info("promotion gate: version %s %s (%s)", version, decision.verdict, decision.reason)
 
 
 def _example_rows(rows: list[Conversation], *, base: Scored, finetuned: Scored) -> list[dict[str, str]]:
@@ -496,7 +491,8 @@ def _metrics_table(report: dict[str, Any]) -> list[str]:
     lines = [
         "# Evaluation: base vs fine-tuned",
         "",
-        f"Adapter `{run['adapter']}` on `{run['base_model']}`; {run['num_examples']} examples of the "
+        f"Adapter `{shown_source(run['adapter'])}` on `{shown_source(run['base_model'])}`; {run['num_examples']} "
+        "examples of the "
         f"`{run['split']}` split, greedy decoding (at most {run['max_new_tokens']} new tokens).",
         "",
     ]

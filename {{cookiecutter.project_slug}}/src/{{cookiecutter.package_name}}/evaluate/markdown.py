@@ -5,8 +5,10 @@ Every cell goes through `escape`, so a `|` or a line break in a model's answer c
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 EMPTY = "*(empty)*"  # an empty answer, made visible: a blank cell reads like a rendering bug
 # Control characters other than tab and line break, as a garbled generation can hold (NUL, ESC, C1): shown
@@ -42,3 +44,18 @@ def answer_cell(text: str, *, limit: int | None = None) -> str:
 def _line(cells: Sequence[object]) -> str:
     # An empty cell is one space ("| |"), not two: the bytes of the tables written before this module.
     return "|" + "|".join(f" {escape(cell)} " if cell != "" else " " for cell in cells) + "|"
+
+
+def display_path(path: Path) -> str:
+    """Relative to the current (project) folder when inside it, else the bare name: no home folders in a
+    published README."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path.name
+    return path.name if relative.startswith("..") else Path(relative).as_posix()
+
+
+def shown_source(source: str) -> str:
+    """A model source as a report shows it: a local absolute path via `display_path`, a URI or hub id as is."""
+    return display_path(Path(source)) if os.path.isabs(source) else source
