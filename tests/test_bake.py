@@ -193,6 +193,12 @@ SUITES = [
 ]
 
 
+def project_files(project: Path) -> set[str]:
+    """Every file and folder of a project but Python's and the tools' caches."""
+    caches = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+    return {path.relative_to(project).as_posix() for path in project.rglob("*") if not caches & set(path.parts)}
+
+
 def suite_selection(project: Path, answers: dict[str, str], shard: str = "first") -> list[str]:
     """pytest arguments for a bake's own suite: all of it for the default bake (in two shards), else
     RENDERED_FILE_TESTS and the chosen cloud's deploy and training tests, without training or servers."""
@@ -229,9 +235,12 @@ def test_the_two_shards_of_the_default_suite_split_it(bake):
 def test_bake_own_test_suite_passes(bake, answers, shard):
     project = bake(**answers)
     selection = suite_selection(project, answers, shard)
+    before = project_files(project)
     result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection], cwd=project)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
+    # `make test` in a user's project leaves it as it was: no mlruns/, outputs/ or reports/ of the tests'.
+    assert sorted(project_files(project) - before) == []
     cloud = answers.get("cloud", CHOICES["cloud"][0])
     if answers and cloud != "none" and shard == "rendered":  # the chosen cloud's deploy tests were selected
         assert f"tests/test_deploy_{cloud.replace('-', '_')}.py" in selection
