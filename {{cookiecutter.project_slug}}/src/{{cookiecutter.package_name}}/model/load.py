@@ -12,12 +12,15 @@ exercises exactly the code path a real model takes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from .device import (
     Device,
@@ -94,16 +97,33 @@ def _check_hub_id(name: str, *, revision: str | None, trust_remote_code: bool) -
     from huggingface_hub import constants
     from transformers import AutoConfig
 
-    try:
-        AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    unreachable = None if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
+    try:  # an unreachable hub: the cache only, at once (the hub client would retry for ~25 s first)
+        AutoConfig.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=unreachable is not None
+        )
     except (OSError, ValueError) as err:
-        if constants.HF_HUB_OFFLINE:
-            reason = "it is not a local folder and not in the Hugging Face cache (HF_HUB_OFFLINE=1)"
+        if constants.HF_HUB_OFFLINE or unreachable:
+            where = "(HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else f"(the hub cannot be reached: {unreachable})"
+            reason = f"it is not a local folder and not in the Hugging Face cache {where}"
             hint = f"download it once online (`hf download {name}`), or point model.base_model at a local folder"
         else:
             reason = f"the hub has no such model or it cannot be reached ({str(err).splitlines()[0]})"
             hint = "check the id on huggingface.co, or point model.base_model at a local folder"
         raise ModelError(f"model.base_model={name!r}: {reason}; {hint}") from None
+
+
+def hub_unreachable(endpoint: str, *, timeout: float = 3.0) -> str | None:
+    """Why the hub at `endpoint` cannot be reached, from one connection attempt, or None when it answers.
+    Behind a proxy only the HTTP client knows the way: not probed (None)."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as err:
+        return f"{url.hostname}: {err.strerror or err}"
+    return None
 
 
 def load_tokenizer(source: str | Path, *, revision: str | None = None, trust_remote_code: bool = False):
