@@ -7,6 +7,7 @@ Helpers are fixtures, not importable functions: a test file imports nothing from
 """
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -100,7 +101,10 @@ def smoke_report(smoke_config, smoke_run) -> dict:
     """reports/eval.json of the smoke run, as `evaluate` returns it."""
     from {{ cookiecutter.package_name }}.evaluate.evaluate import evaluate
 
-    return evaluate(smoke_config("tracking.enabled=true"), adapter_dir=smoke_run / "adapter")
+    report = evaluate(smoke_config("tracking.enabled=true"), adapter_dir=smoke_run / "adapter")
+    if os.environ.get("SMOKE_REPORT_COPY"):  # the template's suite checks the smoke figures its docs quote
+        Path(os.environ["SMOKE_REPORT_COPY"]).write_text(json.dumps(report), encoding="utf-8")
+    return report
 
 
 @pytest.fixture(scope="session")
