@@ -24,6 +24,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests track into a scratch SQLite store (artifacts beside it), never the project's own mlflow.db.
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tempfile.mkdtemp(prefix='mlflow-tests-')) / 'mlflow.db'}"
+# Hypothesis (under schemathesis) caches what it learns in ./.hypothesis/ even without an example database.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="hypothesis-tests-"))
 
 from {{ cookiecutter.package_name }}.config import Config, load_config
 from {{ cookiecutter.package_name }}.data.shop_example import synthesize
