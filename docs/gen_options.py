@@ -177,7 +177,8 @@ Defaults of later questions follow your earlier answers: `project_slug` is made 
 `package_name` from `project_slug`.
 
 To answer without prompts, pass `--no-input` and any `key=value` pairs. Keys you leave out take their default
-(`ORG` is the GitHub user or organisation that hosts the template; in a clone of it, `cookiecutter .`):
+(`ORG` is the GitHub user or organisation that hosts the template; from a clone of it,
+`cookiecutter /path/to/clone -o ~/projects`, so that the project lands outside the clone):
 
 ```bash
 cookiecutter https://github.com/ORG/llm-portfolio --no-input project_name="Return Desk" license=Apache-2.0

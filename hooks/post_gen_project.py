@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
@@ -166,6 +167,22 @@ def next_steps(answers: dict) -> str:
     )
 
 
+def enclosing_repository(project: Path) -> Path | None:
+    """The git work tree the new project was written into (a template clone, say), or None."""
+    return next((folder for folder in project.resolve().parents if (folder / ".git").exists()), None)
+
+
+def inside_repository_warning(project: Path) -> str | None:
+    repository = enclosing_repository(project)
+    if repository is None:
+        return None
+    return (
+        f"warning: {project.name} lies inside the git repository {repository}: `publish` refuses it there, and\n"
+        "  moving it after `make install` or a run breaks its .venv and MLflow paths. Move it now, before\n"
+        f"  anything else, or bake again elsewhere: cookiecutter <template> -o <a folder outside {repository.name}>"
+    )
+
+
 def main() -> None:
     project = Path.cwd()
     choose_license(project, ANSWERS["license"])
@@ -174,6 +191,9 @@ def main() -> None:
     strip_project_blocks(project, ANSWERS)
     remove_caches(project)
     print(next_steps(ANSWERS))
+    warning = inside_repository_warning(project)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,7 @@ tests/test_evaluate.py
 tests/test_journey.py
 tests/test_judge.py
 tests/test_lm_head.py
+tests/test_makefile.py
 tests/test_model.py
 tests/test_notebook.py
 tests/test_ops.py

@@ -177,6 +177,7 @@ RENDERED_FILE_TESTS = [
     "tests/test_publish.py",  # README.md and pyproject.toml metadata
     "tests/test_report.py",  # README.md results markers
     "tests/test_docs.py",  # README.md, docs/tour.md and docs/skills.md name files and targets this bake has
+    "tests/test_makefile.py",  # the Makefile's install and evaluate commands (make -n)
 ]
 
 
@@ -217,6 +218,12 @@ SUITES = [
 ]
 
 
+def project_files(project: Path) -> set[str]:
+    """Every file and folder of a project but Python's and the tools' caches."""
+    caches = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+    return {path.relative_to(project).as_posix() for path in project.rglob("*") if not caches & set(path.parts)}
+
+
 def suite_selection(project: Path, answers: dict[str, str], shard: str = "first") -> list[str]:
     """pytest arguments for a bake's own suite: all of it for the default bake (in two shards), else
     RENDERED_FILE_TESTS and the chosen cloud's deploy and training tests, without training or servers."""
@@ -253,9 +260,31 @@ def test_the_two_shards_of_the_default_suite_split_it(bake):
 def test_bake_own_test_suite_passes(bake, answers, shard):
     project = bake(**answers)
     selection = suite_selection(project, answers, shard)
-    result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection], cwd=project)
+    before = project_files(project)
+    smoke_report = project.parent / "smoke_report.json"  # written by the bake's session smoke run, if it ran
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection]
+    result = run(command, cwd=project, SMOKE_REPORT_COPY=str(smoke_report))
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
+    # `make test` in a user's project leaves it as it was: no mlruns/, outputs/ or reports/ of the tests'.
+    assert sorted(project_files(project) - before) == []
+    if not answers and shard == "first":  # the default bake's smoke run: the figures the docs quote
+        assert_docs_quote_the_smoke_run(json.loads(smoke_report.read_text(encoding="utf-8"))["finetuned"])
     cloud = answers.get("cloud", CHOICES["cloud"][0])
     if answers and cloud != "none" and shard == "rendered":  # the chosen cloud's deploy tests were selected
         assert f"tests/test_deploy_{cloud.replace('-', '_')}.py" in selection
+
+
+def assert_docs_quote_the_smoke_run(finetuned: dict[str, float]) -> None:
+    """docs/walkthrough.md and docs/faq.md quote the smoke run's fine-tuned figures as `make evaluate` prints
+    them (a rate may differ by one of the 32 scored answers and the loss by 0.01 on another CPU)."""
+    walkthrough = (TEMPLATE / "docs" / "walkthrough.md").read_text(encoding="utf-8")
+    printed = re.search(r"^finetuned: (.*)$", walkthrough, re.M).group(1)
+    quoted = {key: float(value) for key, value in (item.split() for item in printed.split(", "))}
+    tolerance = {"eval_loss": 0.01, "perplexity": 0.1, "json_valid_rate": 1 / 32, "field_accuracy": 1 / 32}
+    for key, allowed in tolerance.items():
+        assert abs(quoted[key] - finetuned[key]) <= allowed + 1e-9, f"walkthrough.md {key}: {quoted[key]} ({finetuned})"
+    assert f"| Valid JSON | 0.0% | {quoted['json_valid_rate']:.1%} |" in walkthrough
+    assert f"| Loss per answer token | 8.394 | {quoted['eval_loss']:.3f} |" in walkthrough
+    faq = (TEMPLATE / "docs" / "faq.md").read_text(encoding="utf-8")
+    assert f"({quoted['json_valid_rate']:.0%} valid)" in faq and f"fine-tune's {quoted['field_accuracy']:.0%}." in faq

@@ -153,6 +153,22 @@ def test_next_steps_name_the_commands_to_run(tmp_path, cloud, deploy):
     assert commands == ["cd shop-assistant-extractor", "make install", "make train", *deploy]
 
 
+def test_a_project_baked_inside_a_git_repository_is_warned_about(tmp_path):
+    post = load_hook("post_gen_project", DEFAULTS, tmp_path)
+    outside = tmp_path / "projects" / "shop-assistant-extractor"
+    inside = tmp_path / "clone" / "shop-assistant-extractor"
+    for project in (outside, inside):
+        project.mkdir(parents=True)
+    (tmp_path / "clone" / ".git").mkdir()
+    clone = (tmp_path / "clone").resolve()
+    assert post.enclosing_repository(inside) == clone
+    warning = post.inside_repository_warning(inside)
+    assert warning.startswith(f"warning: shop-assistant-extractor lies inside the git repository {clone}")
+    assert "cookiecutter <template> -o <a folder outside clone>" in warning
+    if post.enclosing_repository(outside) is None:  # tmp_path itself may lie in a repository on some machines
+        assert post.inside_repository_warning(outside) is None
+
+
 CLOUD_PATHS = {
     "aws": {"deploy/aws/deploy.sh", "src/pkg/clouds/aws/deploy.py", "tests/test_deploy_aws.py"},
     "gcp": {"deploy/gcp/deploy.sh", "src/pkg/clouds/gcp/deploy.py", "tests/test_deploy_gcp.py"},

@@ -255,3 +255,30 @@ def test_an_extra_not_chosen_has_no_command():
 
 
 # <<< !sweeps
+
+
+def test_progress_messages_print_once_when_a_library_configures_the_root_logger(capsys):
+    from {{ cookiecutter.package_name }}.cli import _show_progress_messages
+
+    root = logging.getLogger()
+    library_handler = logging.StreamHandler(sys.stderr)  # what logging.basicConfig() adds, as libraries do
+    library_handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+    root.addHandler(library_handler)
+    try:
+        _show_progress_messages()
+        logging.getLogger("{{ cookiecutter.package_name }}.evaluate.evaluate").info("wrote reports/eval.json")
+    finally:
+        root.removeHandler(library_handler)
+    assert capsys.readouterr().err == "wrote reports/eval.json\n"
+
+
+def test_a_project_moved_after_install_says_it_runs_the_old_folders_code(tmp_path):
+    from {{ cookiecutter.package_name }}.cli import moved_project_warning
+
+    package = Path({{ cookiecutter.package_name }}.__file__).parent
+    assert moved_project_warning(package.parents[1], package_dir=package) is None  # the project's own code
+    assert moved_project_warning(tmp_path, package_dir=package) is None  # not a project folder: nothing to say
+    (tmp_path / "src" / package.name).mkdir(parents=True)  # a moved copy, still running the original's code
+    warning = moved_project_warning(tmp_path, package_dir=package)
+    assert warning.startswith(f"warning: this command runs the code in {package.parents[1]}, not {tmp_path}")
+    assert warning.endswith("Fix: rm -rf .venv && make install (or move the project back).")

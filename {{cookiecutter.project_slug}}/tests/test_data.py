@@ -376,6 +376,12 @@ def test_cli_validate_exit_codes(synth_dir, tmp_path, config_file):
     assert clean.exit_code == 0, clean.output
     assert "token lengths not checked" in clean.output and "no problems found" in clean.output
 
+    tiny = ["model.build_tiny=true", f"model.base_model={tmp_path / 'tiny'}"]  # not built yet: not an offline hub model
+    unbuilt = runner.invoke(app, ["data", "validate", "--config", str(config_file), f"data.path={synth_dir}", *tiny])
+    assert unbuilt.exit_code == 0, unbuilt.output
+    assert f"note: {tmp_path / 'tiny'} is not built yet (`train` builds it from the training rows)" in unbuilt.output
+    assert "offline" not in unbuilt.output
+
     bad = chat_folder(tmp_path / "bad")
     write_jsonl(bad / "test.jsonl", [chat("train question 1", "answer 1")])
     result = runner.invoke(app, ["data", "validate", "--config", str(config_file), f"data.path={bad}"])

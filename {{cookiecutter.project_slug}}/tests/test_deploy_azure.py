@@ -4,6 +4,7 @@ to YAML and loaded back; the calls made on a recording client; the dry run; bad 
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -248,7 +249,18 @@ def test_teardown_keeps_the_image_repository_when_the_endpoint_was_kept(tmp_path
 # ---- the scripts -------------------------------------------------------------------------------------------
 
 
-def test_dry_run_prints_the_whole_deploy_in_order():
+@pytest.fixture
+def dry_run_output():
+    """build/azure/, where a dry run writes endpoint.yml and deployment.yml: removed after the test unless the
+    project had it before (the tests leave a user's project as they found it)."""
+    out = ROOT / "build" / "azure"
+    made = [folder for folder in (out.parent, out) if not folder.exists()]
+    yield out
+    if made:
+        shutil.rmtree(made[0], ignore_errors=True)
+
+
+def test_dry_run_prints_the_whole_deploy_in_order(dry_run_output):
     result = script("deploy.sh", DRY_RUN="1", **GOOD)
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stdout.splitlines() if line.startswith("+ ")] == [
@@ -262,7 +274,7 @@ def test_dry_run_prints_the_whole_deploy_in_order():
         "+ ml_client.online_endpoints.begin_create_or_update(traffic={'blue': 100})",
         *(f"+ {shlex.join(command)}" for command in azure.autoscale_commands(values())),
     ]
-    deployment = load_online_deployment(ROOT / "build" / "azure" / "deployment.yml")
+    deployment = load_online_deployment(dry_run_output / "deployment.yml")
     assert deployment.environment.image == IMAGE
 
 

@@ -181,6 +181,7 @@ def test_a_config_that_disagrees_with_the_run_is_refused_before_anything_is_writ
     ]
     assert f"\n  {COMMAND} evaluate --config {smoke_run / 'config.yaml'} --adapter {smoke_run / 'adapter'}\n" in message
     assert "add --other-data (the metrics go to a new MLflow run tagged evaluation_of=<its run>" in message
+    assert f"`make evaluate RUN={smoke_run / 'adapter'}` without CONFIG=" in message
 
     uri = f"models:/{config.project}/{version}"  # compared with the config logged to its run
     with pytest.raises(EvaluationError) as by_uri:
@@ -359,6 +360,7 @@ def test_report_compares_base_and_finetuned(smoke_report, smoke_config, smoke_ru
     markdown = (report_dir / "eval.md").read_text()
     assert "| eval_loss |" in markdown and "| field_accuracy |" in markdown
     assert "--other-data" not in markdown
+    assert "`/" not in markdown  # no absolute local path (the run folder lies in a temporary folder)
     assert markdown.count("### Example") == 5
     for row in ("| input |", "| expected |", "| base |", "| fine-tuned |"):
         assert sum(line.startswith(row) for line in markdown.splitlines()) == 5

@@ -128,6 +128,25 @@ def test_unknown_hub_id_offline_says_so():
         check_model_source("no-such-org/no-such-model")
 
 
+def test_an_unreachable_hub_without_hf_hub_offline_fails_at_once(monkeypatch, free_port):
+    """No ~25 s of the hub client's retries: one refused connection, then the cache only."""
+    import time
+
+    from huggingface_hub import constants
+
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(ModelError) as refused:
+        check_model_source("no-such-org/no-such-model")
+    assert time.monotonic() - started < 10
+    assert "not in the Hugging Face cache (the hub cannot be reached: 127.0.0.1: Connection refused)" in str(
+        refused.value
+    )
+
+
 def test_cpu_weights_follow_its_bf16_hardware_and_missing_devices_are_errors(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)

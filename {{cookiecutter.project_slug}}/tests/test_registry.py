@@ -70,6 +70,7 @@ def test_first_version_is_candidate_and_champion(smoke_run, smoke_report, smoke_
 
     again = promote(config, report_dir=Path(config.eval.report_dir) / "again")  # re-judging the champion
     assert again.promoted and again.reason == f"version {version} is already champion"
+    assert again.verdict == "unchanged"  # printed so: nothing was promoted this time
     assert client.get_model_version(config.project, version).tags["promotion.reason"] == "no champion yet"
 
 
@@ -163,8 +164,9 @@ def register_scored_version(
 ) -> str:
     """A registered version whose run scored `loss` on test rows of `digest` (None: no record, as before
     digests were recorded): the real registry, with the values chosen by the test."""
-    experiment = client.get_experiment_by_name(name)
-    run = client.create_run(experiment.experiment_id if experiment else client.create_experiment(name))
+    # The project's experiment helper keeps its artifacts beside the test store: MLflow's default would be
+    # ./mlruns of the folder the tests run from, the user's project.
+    run = client.create_run(project_experiment_id(name))
     if loss is not None:
         client.log_metric(run.info.run_id, "finetuned.eval_loss", loss)
     if digest is not None:

@@ -606,3 +606,42 @@ def test_report_without_config_prices_and_describes_the_evaluated_run(tmp_path, 
     assert result.exit_code == 0, result.output
     results = (tmp_path / "README.md").read_text().split(START)[1].split(END)[0]
     assert "$1.00 (0.50 h x $2/h" in results and "$0 extra" not in results
+
+
+def test_garbled_samples_reach_readme_card_and_eval_md_without_control_bytes(tmp_path):
+    garbled = "5\x14c' in\x00nta\x1b[0m\x7f\x85 \ufffd"
+    results = {
+        "base": {"eval_loss": 2.0, "exact_match": 0.0},
+        "finetuned": {"eval_loss": 1.0, "exact_match": 0.5},
+        "baselines": {"majority": {"exact_match": 0.0}},
+        "examples": [{"input": "rewrite\x00 this", "expected": "Hello.", "base": garbled, "finetuned": "Hi\x0c."}],
+    }
+    facts = _facts(results=results)
+    section = results_section(facts, plots={}, readme_dir=tmp_path, config=facts.run_config)
+    card = model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+    for text in (section, card, "\n".join(table(("answer",), [(garbled,)]))):
+        assert not [char for char in text if (ord(char) < 32 and char not in "\n\t") or 127 <= ord(char) < 160]
+    assert "| base | 5\\x14c' in\\x00nta\\x1b[0m\\x7f \ufffd |" in section  # NEL is a blank: one line
+    # A free-text task's majority baseline is the most common answer: it has no fields.
+    assert "a majority guess (the most common training answer, no model)" in card
+    assert "each field's most common" not in card
+
+
+def test_the_tiny_model_loaded_by_path_is_still_called_a_smoke_run(tmp_path):
+    from {{ cookiecutter.package_name }}.model.load import build_tiny_model
+
+    tiny = build_tiny_model(tmp_path / "tiny", corpus_texts=["Could you please send the report?"] * 20)
+    facts = _facts(f"model.base_model={tiny}")  # model.build_tiny=false: the folder exists already
+    section = results_section(facts, plots={}, readme_dir=tmp_path, config=facts.run_config)
+    assert "These figures come from the smoke run" in section
+    assert "the answers become JSON" not in section  # a free-text task: no JSON claimed
+    assert "- **This is the smoke model**" in model_card_text(facts, project=PROJECT, hourly_cost=0.0)
+
+
+def test_plots_of_an_earlier_task_are_removed_when_this_run_has_no_data_for_them(tmp_path):
+    from {{ cookiecutter.package_name }}.report.plots import PLOTS, write_plots
+
+    for name in PLOTS.values():  # an extraction run's plots: loss, metrics, fields, confusion
+        (tmp_path / name).write_bytes(b"an earlier run's plot")
+    plots = write_plots(_facts(), out=tmp_path)  # a free-text task, no loss history: metrics only
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.png"] == [path.name for path in plots.values()]

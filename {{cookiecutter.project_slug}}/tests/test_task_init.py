@@ -49,7 +49,8 @@ def write_csv(path, rows):
 def project(tmp_path, monkeypatch):
     """A project folder (the working directory) holding configs/default.yaml and a data/ folder."""
     (tmp_path / "configs").mkdir()
-    shutil.copy(CONFIGS / "default.yaml", tmp_path / "configs" / "default.yaml")
+    for name in ("default.yaml", "smoke.yaml"):
+        shutil.copy(CONFIGS / name, tmp_path / "configs" / name)
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -176,7 +177,7 @@ def test_unreadable_data_names_the_file_and_writes_nothing(project, name, conten
     result = runner.invoke(app, ["task", "init", str(path)])
     assert result.exit_code == 2
     assert fragment in result.output and "error: " in result.output and "Traceback" not in result.output
-    assert sorted(path.name for path in (project / "configs").iterdir()) == ["default.yaml"]
+    assert sorted(path.name for path in (project / "configs").iterdir()) == ["default.yaml", "smoke.yaml"]
 
 
 def test_an_existing_config_is_kept_unless_forced(project):
@@ -190,3 +191,43 @@ def test_an_existing_config_is_kept_unless_forced(project):
     forced = runner.invoke(app, ["task", "init", "data/tickets.jsonl", "--out", "configs/mine.yaml", "--force"])
     assert forced.exit_code == 0, forced.output
     assert load_config(target).task.fields == ["category", "priority"]
+
+
+def test_the_task_gets_its_own_registered_model_and_an_offline_smoke_config(project):
+    write_jsonl(project / "data" / "tickets.jsonl", tickets())
+    result = runner.invoke(app, ["task", "init", "data/tickets.jsonl", "--name", "Ticket triage"])
+    assert result.exit_code == 0, result.output
+    default, smoke = load_config(project / "configs" / "default.yaml"), load_config(project / "configs" / "smoke.yaml")
+    config = load_config(project / "configs" / "ticket-triage.yaml")
+    # Its own registered model: the example's champion never blocks the first run of this task.
+    assert config.project == "ticket-triage" != default.project
+    assert (
+        "registered model: ticket-triage (this task's own; its first evaluated run becomes its champion)"
+        in result.output.splitlines()
+    )
+
+    tiny = load_config(project / "configs" / "ticket-triage-smoke.yaml")
+    assert tiny.project == "ticket-triage-smoke"  # the tiny model's runs never compete with the real model's
+    assert (tiny.task, tiny.data.path) == (config.task, config.data.path)
+    assert (tiny.model.base_model, tiny.model.build_tiny) == ("models/tiny-ticket-triage", True)
+    # 96 training rows / batch 16 = 6 steps an epoch; 10 epochs at the smoke's high learning rate.
+    assert (tiny.train.max_steps, tiny.train.learning_rate) == (60, smoke.train.learning_rate)
+    assert (tiny.train.eval_steps, tiny.train.save_steps, tiny.eval.max_samples) == (20, 20, None)
+    assert tiny.tracking.promotion_metric == smoke.tracking.promotion_metric
+    assert validate_data(tiny.data, task=tiny.task) == []
+    assert "then: make data train evaluate CONFIG=configs/ticket-triage.yaml" in result.output
+    assert "offline first: make data train evaluate CONFIG=configs/ticket-triage-smoke.yaml" in result.output
+
+    for path in ("configs/ticket-triage.yaml", "configs/ticket-triage-smoke.yaml"):
+        text = (project / path).read_text(encoding="utf-8")
+        assert text.startswith(f"# make data train evaluate CONFIG={path}\n")
+        # The example's measurements stay in the example's configs, never in the user's.
+        for figure in ("0.079", "0.818", "tokens/s", "1.7x", "3.5 s", "960"):
+            assert figure not in text, (path, figure)
+
+
+def test_a_task_named_like_the_project_gets_a_registered_model_of_its_own(project):
+    write_jsonl(project / "data" / "tickets.jsonl", tickets(60))
+    default = load_config(project / "configs" / "default.yaml")
+    out, _ = init_task("data/tickets.jsonl", name=default.project)
+    assert load_config(out).project == f"{default.project}-task"

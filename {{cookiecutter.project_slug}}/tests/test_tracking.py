@@ -206,3 +206,30 @@ def test_pipeline_against_a_tracking_server_over_http(mlflow_server, smoke_confi
     assert (source.adapter_dir / "adapter_model.safetensors").is_file()
     with urllib.request.urlopen(f"{mlflow_server}/health") as response:
         assert response.status == 200
+
+
+def test_a_store_moved_with_its_project_names_the_old_artifact_folder(tmp_path, monkeypatch):
+    import logging
+
+    import mlflow
+
+    from {{ cookiecutter.package_name }}.tracking import project_experiment_id
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    new.mkdir()
+    previous = mlflow.get_tracking_uri()
+    records = []  # on the module's own logger: the CLI keeps this package's records from the root's handlers
+    handler = logging.Handler()
+    handler.emit = records.append
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{new / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{new / 'mlflow.db'}")
+    try:
+        mlflow.create_experiment("moved", artifact_location=(old / "mlruns").as_uri())  # made before the move
+        logging.getLogger("{{ cookiecutter.package_name }}.tracking").addHandler(handler)
+        project_experiment_id("moved")
+        project_experiment_id("fresh")  # made here: its artifacts lie beside the store
+    finally:
+        logging.getLogger("{{ cookiecutter.package_name }}.tracking").removeHandler(handler)
+        mlflow.set_tracking_uri(previous)
+    [record] = [record for record in records if "the project was moved" in record.getMessage()]
+    assert f"records its artifacts in {(old / 'mlruns').as_uri()}, not beside it" in record.getMessage()

@@ -78,6 +78,22 @@ def _silence_harmless_warnings() -> None:
         logger = logging.getLogger(logger_name)
         if not any(getattr(known, "prefix", None) == prefix for known in logger.filters):
             logger.addFilter(_DropRecordsStartingWith(prefix))
+    moved = moved_project_warning(Path.cwd(), package_dir=Path(__file__).parent)
+    if moved:
+        typer.secho(moved, err=True, fg=typer.colors.YELLOW)
+
+
+def moved_project_warning(project: Path, *, package_dir: Path) -> str | None:
+    """A project folder whose src/ is not the code running: its .venv was made (`make install`) before the
+    project was moved or copied, and still runs the old folder's code. An installed copy (site-packages: a
+    container, a cloud job) is not another folder's source, and is not warned about."""
+    own = project / "src" / package_dir.name
+    if not own.is_dir() or own.resolve() == package_dir.resolve() or "site-packages" in package_dir.parts:
+        return None
+    return (
+        f"warning: this command runs the code in {package_dir.parents[1]}, not {project}: the project was moved "
+        "or copied after `make install`. Fix: rm -rf .venv && make install (or move the project back)."
+    )
 
 
 DEFAULT_CONFIG = Path("configs/smoke.yaml")  # the offline tiny model: every command works without a download
@@ -131,7 +147,10 @@ def data_validate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = 
 
     resolved = load_config(config, overrides or [])
     tokenizer = _offline_tokenizer(resolved.model.base_model, resolved.model.revision)
-    if tokenizer is None:
+    if tokenizer is None and resolved.model.build_tiny and not Path(resolved.model.base_model).exists():
+        typer.echo(f"note: {resolved.model.base_model} is not built yet (`train` builds it from the training rows); "
+                   "token lengths are checked once it exists")  # fmt: skip
+    elif tokenizer is None:
         note = f"note: tokenizer of {resolved.model.base_model} is not available offline; token lengths not checked"
         typer.echo(note)
     # Nothing readable (a missing path, a bad extension) is a DataError (exit 2); problems found are listed (exit 1).
@@ -247,6 +266,9 @@ def _show_progress_messages() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    # Printed here only: a library that configures the root logger (a module-level logging.info() does) would
+    # print each message a second time, as "INFO:<module>:...".
+    logger.propagate = False
 
 
 def recipe_for(config: Config):  # -> train.sft.Recipe | None (None: SFT)
@@ -432,7 +454,7 @@ def promote(
 
     resolved = load_config(config, overrides or [])
     decision = run_gate(resolved, version=version, report_dir=Path(resolved.eval.report_dir))
-    verdict = "promoted to champion" if decision.promoted else "not promoted"
+    verdict = "promoted to champion" if decision.verdict == "promoted" else decision.verdict
     color = typer.colors.GREEN if decision.promoted else typer.colors.YELLOW
     typer.secho(f"{decision.model} version {decision.candidate_version}: {verdict} ({decision.reason})", fg=color)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import subprocess
 import urllib.error
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from transformers import TrainerCallback
 
+log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Run tags of an evaluation: which rows were scored (sha256 of the rows, their number), so the promotion gate
 # compares only versions scored on the same data; and, on a run of `evaluate --other-data`, the training run.
@@ -135,12 +137,19 @@ def project_experiment_id(name: str) -> str:
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
     uri, location = tracking_uri(), None
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        return mlflow.create_experiment(name, artifact_location=location)
+    if location and experiment.artifact_location.startswith("file:") and experiment.artifact_location != location:
+        log.warning(
+            "warning: %s records its artifacts in %s, not beside it (%s): the project was moved after a run, "
+            "and models logged before load from the old folder. Fix: move the project back, or start a new "
+            "store here (delete mlflow.db and mlruns/; outputs/ keeps the runs' adapters).",
+            uri, experiment.artifact_location, location,
+        )  # fmt: skip
+    return experiment.experiment_id
 
 
 def run_tags(config_name: str) -> dict[str, str]:

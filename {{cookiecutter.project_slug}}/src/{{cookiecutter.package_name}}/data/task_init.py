@@ -4,9 +4,12 @@
 
 Reads the file (or folder) with dataset.py's loaders, decides the task's kind (extraction when at least 90% of
 the answers are JSON objects), infers the answer's fields (keys in at least half the answers, first-seen
-order) and a system prompt, and writes a config: configs/default.yaml with its task and data sections
-(and the settings that depend on the data's size) filled in. Nothing is written when the file cannot be
-read or the config exists (unless `force`). The returned lines say what was found and what to check.
+order) and a system prompt, and writes two configs: configs/default.yaml with its task and data sections
+(and the settings that depend on the data's size) filled in, and configs/smoke.yaml likewise as
+`<name>-smoke.yaml`: a tiny model built from the task's own rows, to run offline first. The task gets its
+own `project` (registered model), so its first run becomes its champion instead of being compared with the
+example's. Nothing is written when the file cannot be read or a config exists (unless `force`). The
+returned lines say what was found and what to check.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from .dataset import DataError, DataSummary, shared_system_prompt, summarize_dat
 
 EXTRACTION_SHARE = 0.9  # answers that must be JSON objects for the task to be scored field by field
 FIELD_SHARE = 0.5  # answers that must hold a key for it to become one of task.fields
+SMOKE_EPOCHS = 10  # the random tiny model learns the answers' form only after many passes at its high rate
+# A base config's comment quoting a measurement (0.079, 1.7x, 3.5 s, 231 tokens/s, 960 rows) describes the
+# example's runs: it is dropped from the user's config, the setting kept.
+FIGURE = re.compile(r"\d\.\d|\d(\.\d+)?x\b|\d+ s\b|tokens/s|\d{3,} (\w+ )?rows")
 FORM_NAMES = {
     "messages": "chat `messages`",
     "prompt_completion": "`prompt` / `completion`",
@@ -78,15 +85,32 @@ def init_task(
     tokenizer = load_tokenizer(template.model.base_model, template.model.revision) if load_tokenizer else None
     draft = draft_task(summary, name=name or _title(Path(data_file)), tokenizer=tokenizer)
     out = Path(out) if out else Path("configs") / f"{_slug(draft.name)}.yaml"
-    if out.exists() and not force:
-        raise TaskInitError(f"{out} exists; pass --force to overwrite it, or --out to write another file")
-    text = config_text(
-        Path(base).read_text(encoding="utf-8"), draft, data_path=str(data_file), template=template, base=str(base)
-    )
-    _check_written(text, draft, out=out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    return out, describe(draft, data_file=str(data_file), out=out)
+    project = _slug(draft.name) if _slug(draft.name) != template.project else f"{template.project}-task"
+    texts = {out: config_text(_Base(base, template), draft, data_path=str(data_file), project=project, out=out)}
+    smoke, smoke_out = Path(base).with_name("smoke.yaml"), out.with_name(f"{out.stem}-smoke.yaml")
+    if smoke.exists():  # the tiny model has no tokenizer yet: lengths estimated at ~2 characters a token
+        tiny = draft_task(summary, name=draft.name, tokenizer=None, chars_per_token=2)
+        smoke_base = _Base(smoke, load_config(smoke), model=f"models/tiny-{_slug(draft.name)}")
+        texts[smoke_out] = config_text(
+            smoke_base, tiny, data_path=str(data_file), project=f"{project}-smoke", out=smoke_out
+        )
+    for path, text in texts.items():
+        if path.exists() and not force:
+            raise TaskInitError(f"{path} exists; pass --force to overwrite it, or --out to write another file")
+        _check_written(text, draft, out=path)
+    for path, text in texts.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return out, describe(draft, data_file=str(data_file), written=list(texts), project=project)
+
+
+@dataclass
+class _Base:
+    """The config a written one starts from: its file, its settings and, for the smoke one, the tiny model."""
+
+    path: str | Path
+    config: Config
+    model: str | None = None  # models/tiny-<task>: a tiny model built from the task's own rows
 
 
 def _read(data_file: str) -> DataSummary:
@@ -100,7 +124,7 @@ def _read(data_file: str) -> DataSummary:
     return summary
 
 
-def draft_task(summary: DataSummary, *, name: str, tokenizer: Any = None) -> TaskDraft:
+def draft_task(summary: DataSummary, *, name: str, tokenizer: Any = None, chars_per_token: int = 3) -> TaskDraft:
     """The task the data describes: kind, fields and their coverage, system prompt, layout and sizes."""
     rows = [messages for split in summary.splits.values() for messages in split]
     answers = [parse_prediction(messages[-1]["content"], strict=True) for messages in rows]
@@ -130,20 +154,21 @@ def draft_task(summary: DataSummary, *, name: str, tokenizer: Any = None) -> Tas
         draft.data_format = "auto"
     if summary.problems:
         draft.notes.append(f"{len(summary.problems)} row(s) cannot be used, first: {summary.problems[0]}")
-    _measure(draft, [_with_prompt(messages, prompt) for messages in rows], tokenizer=tokenizer)
+    _measure(draft, [_with_prompt(messages, prompt) for messages in rows], tokenizer=tokenizer, chars=chars_per_token)
     return draft
 
 
-def _measure(draft: TaskDraft, rows: list[list[dict[str, str]]], *, tokenizer: Any) -> None:
+def _measure(draft: TaskDraft, rows: list[list[dict[str, str]]], *, tokenizer: Any, chars: int) -> None:
     """The longest example and answer in tokens: counted as training counts them, or without the tokenizer
-    estimated at ~3 characters a token plus a few for each message's template (English BPE; errs long)."""
+    estimated at `chars` characters a token plus a few for each message's template (~3 for an English BPE,
+    ~2 for the tiny model's small vocabulary; both err long)."""
     draft.measured = tokenizer is not None
     if tokenizer is not None:
         draft.longest_tokens = max(token_length(messages, tokenizer) for messages in rows)
         draft.longest_answer_tokens = max(len(tokenizer(messages[-1]["content"])["input_ids"]) for messages in rows)
     else:
-        draft.longest_tokens = max(sum(len(m["content"]) // 3 + 5 for m in messages) for messages in rows)
-        draft.longest_answer_tokens = max(len(messages[-1]["content"]) // 3 + 1 for messages in rows)
+        draft.longest_tokens = max(sum(len(m["content"]) // chars + 5 for m in messages) for messages in rows)
+        draft.longest_answer_tokens = max(len(messages[-1]["content"]) // chars + 1 for messages in rows)
 
 
 def _with_prompt(messages: list[dict[str, str]], prompt: str | None) -> list[dict[str, str]]:
@@ -152,32 +177,47 @@ def _with_prompt(messages: list[dict[str, str]], prompt: str | None) -> list[dic
     return [{"role": "system", "content": prompt}, *messages]
 
 
-def config_text(base_text: str, draft: TaskDraft, *, data_path: str, template: Config, base: str) -> str:
-    """`base_text` (a config's YAML) with its header, task and data sections replaced and the settings that
-    depend on the data's size set: every other line, comments included, stays as it is."""
-    train_cfg = template.train
-    steps = math.ceil(draft.rows["train"] / (train_cfg.batch_size * train_cfg.gradient_accumulation_steps))
-    steps = max(1, round(steps * train_cfg.num_epochs))
+def config_text(base: _Base, draft: TaskDraft, *, data_path: str, project: str, out: Path) -> str:
+    """`base`'s YAML with its header, project, task and data sections replaced and the settings that depend on
+    the data's size set: every other line stays as it is, less comments quoting the example's figures."""
+    train_cfg = base.config.train
+    per_epoch = math.ceil(draft.rows["train"] / (train_cfg.batch_size * train_cfg.gradient_accumulation_steps))
+    epochs = SMOKE_EPOCHS if base.model else train_cfg.num_epochs
+    steps = max(1, round(per_epoch * epochs))
     eval_every = max(1, steps // 3)
-    lines = _body(base_text)
+    lines = [_drop_figure(line) for line in _body(Path(base.path).read_text(encoding="utf-8"))]
     lines = _replace_section(lines, "task", _task_lines(draft), before="data")
     lines = _replace_section(lines, "data", _data_lines(draft, data_path), before="model")
+    project_line = f"project: {project}  # {_project_comment(base)}"
+    lines = [project_line if line.startswith("project:") else line for line in lines]
+    length = f"{draft.rows['train']} training rows: {steps} optimizer steps"
     settings = {
-        ("train", "num_epochs"): (
-            train_cfg.num_epochs,
-            f"{draft.rows['train']} training rows: {steps} optimizer steps",
-        ),
+        ("train", "max_steps" if base.model else "num_epochs"): (steps if base.model else epochs, length),
         ("train", "eval_steps"): (eval_every, "validation loss 3 times per run"),
         ("train", "save_steps"): (eval_every, "must be a multiple of eval_steps when early stopping is on"),
         ("eval", "max_samples"): (None, f"all {draft.rows['test']} test rows"),
     }
+    if base.model:
+        settings["model", "base_model"] = (base.model, "built from this task's training rows on first use")
+        settings["model", "build_tiny"] = (True, "delete the folder to rebuild it")
     answer_room = _round_up(draft.longest_answer_tokens * 1.25, 16)
     settings["eval", "max_new_tokens"] = (answer_room, f"the longest answer is {_tokens(draft, answer=True)}")
-    if draft.kind == "generic":  # field accuracy exists only for extraction
+    if draft.kind == "generic" and "field_accuracy" in base.config.tracking.promotion_metric:
         settings["tracking", "promotion_metric"] = ("finetuned.rouge_l", "ROUGE-L F1 of the answers on the test split")
     for (section, key), (value, comment) in settings.items():
         lines = _set_value(lines, section, key, value, comment)
-    return "\n".join([*_header(data_path, base), *lines]) + "\n"
+    return "\n".join([f"# make data train evaluate CONFIG={out}", *_header(data_path, base), *lines]) + "\n"
+
+
+def _project_comment(base: _Base) -> str:
+    if base.model:
+        return "this task's tiny-model runs: apart from the real model's, never compared with them"
+    return "this task's registered model and MLflow experiment: its first run becomes its champion"
+
+
+def _drop_figure(line: str) -> str:
+    setting, hash_, comment = line.partition("  # ")
+    return setting if hash_ and re.match(r"\s*\w+:", setting) and FIGURE.search(comment) else line
 
 
 def _task_lines(draft: TaskDraft) -> list[str]:
@@ -215,10 +255,17 @@ def _tokens(draft: TaskDraft, *, answer: bool = False) -> str:
     return f"{count} tokens" if draft.measured else f"about {count} tokens, estimated from its characters"
 
 
-def _header(data_path: str, base: str) -> list[str]:
+def _header(data_path: str, base: _Base) -> list[str]:
+    name = Path(base.path).name
+    if base.model:
+        return [
+            f"# Written by `task init {data_path}` from {base.path}: your task, offline on a CPU, with a tiny random",
+            f"# model built from your own training rows ({base.model}). Its results say the pipeline works on",
+            "# your data, not that a model is good: the other config task init wrote trains a real one.",
+        ]
     return [
-        f"# Written by `task init {data_path}` from {base}: the task and data sections, the step counts",
-        f"# and the answer length follow your data; the other settings are {Path(base).name}'s. Check the",
+        f"# Written by `task init {data_path}` from {base.path}: the task and data sections, the step counts",
+        f"# and the answer length follow your data; the other settings are {name}'s. Check the",
         "# task section, then validate, train and evaluate with this file.",
     ]
 
@@ -264,8 +311,8 @@ def _set_value(lines: list[str], section: str, key: str, value: Any, comment: st
 
 def _scalar(value: Any) -> str:
     # JSON strings and lists are valid YAML flow values, quoted where YAML would misread them.
-    if value is None:
-        return "null"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
     return json.dumps(value, ensure_ascii=False) if isinstance(value, (str, list)) else str(value)
 
 
@@ -282,8 +329,10 @@ def _check_written(text: str, draft: TaskDraft, *, out: Path) -> None:
         raise TaskInitError(f"{out}: could not fill in the task section of the base config; edit it by hand")
 
 
-def describe(draft: TaskDraft, *, data_file: str, out: Path) -> list[str]:
-    """What `task init` found and what to check, for the terminal."""
+def describe(draft: TaskDraft, *, data_file: str, written: list[Path], project: str) -> list[str]:
+    """What `task init` found and what to check, for the terminal; `written[0]` is the real model's config,
+    `written[1]`, if any, the tiny model's."""
+    out = written[0]
     total = sum(draft.rows.values())
     form = FORM_NAMES.get(draft.data_format, "mixed layouts")
     lines = [
@@ -303,8 +352,12 @@ def describe(draft: TaskDraft, *, data_file: str, out: Path) -> list[str]:
         f"  - task.name {json.dumps(draft.name)}: the title of the README and the model card",
         "  - task.description is empty: write one sentence (what goes in, what comes out)",
         "  - task.fields and task.system_prompt: the keys scored and the message put first in every prompt",
+        f"registered model: {project} (this task's own; its first evaluated run becomes its champion)",
         f"then: make data train evaluate CONFIG={out}",
     ]
+    if len(written) > 1:
+        lines.append(f"offline first: make data train evaluate CONFIG={written[1]}")
+        lines.append("  (a tiny model built from your rows: proves the pipeline on your data in about a minute)")
     if draft.rows.get("test", 0) < 100:
         lines.append(f"  (the test split has {draft.rows.get('test', 0)} rows: small differences in scores are noise)")
     return lines

@@ -57,7 +57,7 @@ from .baselines import (
     row_digest,
 )
 from .bootstrap import paired_intervals
-from .markdown import answer_cell, table
+from .markdown import answer_cell, shown_source, table
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -365,8 +365,9 @@ def check_run_config(config: Config, *, source: ModelSource, requested: str, row
                 f"  {key}: the run's {_shown(ours)}, given {_shown(given)}\n"
                 for key, (ours, given) in differences.items()
             )
-            + "Evaluate it with its own config (the default when --config is left out, as in `make evaluate` "
-            f"without CONFIG=):\n  {COMMAND} evaluate{own_config} --adapter {requested}\n"
+            + "Evaluate it with its own config (the default when --config is left out, as in "
+            f"`make evaluate RUN={requested}` without CONFIG=):\n"
+            f"  {COMMAND} evaluate{own_config} --adapter {requested}\n"
             "or score it on the given config's data on purpose: add --other-data (the metrics go to a new MLflow "
             "run tagged evaluation_of=<its run>, never over its own; the promotion gate does not run)."
         )
@@ -414,12 +415,7 @@ def _track(config: Config, *, report: dict[str, Any], report_dir: Path, examples
     version = report["run"]["model_version"]
     if config.tracking.promote and version:
         decision = promote(config, version=version, report_dir=report_dir)
-        log.info(
-            "promotion gate: version %s %s (%s)",
-            version,
-            "promoted" if decision.promoted else "kept out",
-            decision.reason,
-        )
+        log.info("promotion gate: version %s %s (%s)", version, decision.verdict, decision.reason)
 
 
 def _example_rows(rows: list[Conversation], *, base: Scored, finetuned: Scored) -> list[dict[str, str]]:
@@ -522,7 +518,8 @@ def _metrics_table(report: dict[str, Any]) -> list[str]:
     lines = [
         "# Evaluation: base vs fine-tuned",
         "",
-        f"Adapter `{run['adapter']}` on `{run['base_model']}`; {run['num_examples']} examples of the "
+        f"Adapter `{shown_source(run['adapter'])}` on `{shown_source(run['base_model'])}`; {run['num_examples']} "
+        "examples of the "
         f"`{run['split']}` split, greedy decoding (at most {run['max_new_tokens']} new tokens).",
         "",
     ]

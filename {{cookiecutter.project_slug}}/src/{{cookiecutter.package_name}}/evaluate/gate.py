@@ -40,6 +40,13 @@ class Decision:
     promoted: bool
     reason: str
 
+    @property
+    def verdict(self) -> str:
+        """In words: promoted, kept out, or unchanged (the candidate was champion already: nothing moved)."""
+        if self.champion_version == self.candidate_version:
+            return "unchanged"
+        return "promoted" if self.promoted else "kept out"
+
 
 def promote(config: Config, *, version: str | None = None, report_dir: Path | None = None) -> Decision:
     """Make the candidate (or `version`) `champion` if it beats the current champion on the configured

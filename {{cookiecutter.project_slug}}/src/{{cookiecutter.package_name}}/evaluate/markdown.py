@@ -5,9 +5,15 @@ Every cell goes through `escape`, so a `|` or a line break in a model's answer c
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 EMPTY = "*(empty)*"  # an empty answer, made visible: a blank cell reads like a rendering bug
+# Control characters other than tab and line break, as a garbled generation can hold (NUL, ESC, C1): shown
+# as \xNN, or the README would be binary data to `file`, `grep` and GitHub.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 ALIGN = {"l": "---", "r": "---:"}  # numbers read best right-aligned
 
 
@@ -19,8 +25,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, align: str
 
 
 def escape(value: object) -> str:
-    """A cell's text: pipes escaped, line breaks as <br> (a table row is one line)."""
-    return str(value).replace("|", "\\|").replace("\n", "<br>")
+    """A cell's text: pipes escaped, line breaks as <br> (a table row is one line), control characters as \\xNN."""
+    text = CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", str(value))
+    return text.replace("|", "\\|").replace("\n", "<br>")
 
 
 def answer_cell(text: str, *, limit: int | None = None) -> str:
@@ -37,3 +44,18 @@ def answer_cell(text: str, *, limit: int | None = None) -> str:
 def _line(cells: Sequence[object]) -> str:
     # An empty cell is one space ("| |"), not two: the bytes of the tables written before this module.
     return "|" + "|".join(f" {escape(cell)} " if cell != "" else " " for cell in cells) + "|"
+
+
+def display_path(path: Path) -> str:
+    """Relative to the current (project) folder when inside it, else the bare name: no home folders in a
+    published README."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path.name
+    return path.name if relative.startswith("..") else Path(relative).as_posix()
+
+
+def shown_source(source: str) -> str:
+    """A model source as a report shows it: a local absolute path via `display_path`, a URI or hub id as is."""
+    return display_path(Path(source)) if os.path.isabs(source) else source

@@ -12,12 +12,15 @@ exercises exactly the code path a real model takes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from .device import (
     Device,
@@ -51,6 +54,8 @@ WEIGHT_FILES = (
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # The tiny model's special tokens: ChatML turn markers (as in SmolLM2 and Qwen), padding, end of text.
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
+# Written into the tiny model's config.json: its results are a smoke run's, however the folder is named to a config.
+TINY_MARKER = "tiny_random_model"
 
 
 class ModelSourceError(ModelError):
@@ -92,16 +97,33 @@ def _check_hub_id(name: str, *, revision: str | None, trust_remote_code: bool) -
     from huggingface_hub import constants
     from transformers import AutoConfig
 
-    try:
-        AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    unreachable = None if constants.HF_HUB_OFFLINE else hub_unreachable(constants.ENDPOINT)
+    try:  # an unreachable hub: the cache only, at once (the hub client would retry for ~25 s first)
+        AutoConfig.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code, local_files_only=unreachable is not None
+        )
     except (OSError, ValueError) as err:
-        if constants.HF_HUB_OFFLINE:
-            reason = "it is not a local folder and not in the Hugging Face cache (HF_HUB_OFFLINE=1)"
+        if constants.HF_HUB_OFFLINE or unreachable:
+            where = "(HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else f"(the hub cannot be reached: {unreachable})"
+            reason = f"it is not a local folder and not in the Hugging Face cache {where}"
             hint = f"download it once online (`hf download {name}`), or point model.base_model at a local folder"
         else:
             reason = f"the hub has no such model or it cannot be reached ({str(err).splitlines()[0]})"
             hint = "check the id on huggingface.co, or point model.base_model at a local folder"
         raise ModelError(f"model.base_model={name!r}: {reason}; {hint}") from None
+
+
+def hub_unreachable(endpoint: str, *, timeout: float = 3.0) -> str | None:
+    """Why the hub at `endpoint` cannot be reached, from one connection attempt, or None when it answers.
+    Behind a proxy only the HTTP client knows the way: not probed (None)."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError as err:
+        return f"{url.hostname}: {err.strerror or err}"
+    return None
 
 
 def load_tokenizer(source: str | Path, *, revision: str | None = None, trust_remote_code: bool = False):
@@ -305,11 +327,20 @@ def build_tiny_model(path: str | Path, corpus_texts: Iterable[str], *, vocab_siz
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    setattr(config, TINY_MARKER, True)
     torch.manual_seed(seed)  # the same corpus and seed give the same weights
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return _save_folder_atomically(path, model=model, tokenizer=tokenizer)
+
+
+def is_tiny_model(model_cfg: ModelConfig) -> bool:
+    """Whether the base model is the tiny random one: built by this config, or a folder built by another."""
+    config_file = Path(model_cfg.base_model) / "config.json"
+    if model_cfg.build_tiny or not config_file.is_file():
+        return model_cfg.build_tiny
+    return bool(json.loads(config_file.read_text(encoding="utf-8")).get(TINY_MARKER))
 
 
 def _train_tiny_tokenizer(corpus_texts: Iterable[str], *, vocab_size: int) -> PreTrainedTokenizerBase:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..evaluate.markdown import table
+from ..model.load import is_tiny_model
 from ..registry import is_model_uri
 from .about import data_record, data_text, is_example_data, scoring_text, task_description, task_name, warnings
 from .facts import RunFacts, display_path
@@ -59,7 +60,7 @@ def card_values(facts: RunFacts, *, project: dict[str, str], hourly_cost: float)
         "name": project["name"],
         "repository": project["repository"],
         "base_model": cfg.model.base_model,
-        "smoke_model": cfg.model.build_tiny,
+        "smoke_model": is_tiny_model(cfg.model),
         "task_name": task_name(cfg),
         "task_description": task_description(cfg),
         "task": cfg.task.kind,

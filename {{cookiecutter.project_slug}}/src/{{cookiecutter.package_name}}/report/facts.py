@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, load_config
 from ..errors import ProjectError
+from ..evaluate.markdown import display_path
 from ..registry import is_model_uri
 from ..runs import CONFIG_FILE, TRACKING_FILE, TRAIN_LOG, run_config_path
 
@@ -204,13 +204,3 @@ def project_metadata(root: Path) -> dict[str, str]:
         "license": license_name or "Proprietary",
         "repository": project.get("urls", {}).get("Repository", ""),
     }
-
-
-def display_path(path: Path) -> str:
-    """Relative to the current (project) folder when inside it, else the bare name: no home folders in a
-    published README."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # another drive (Windows)
-        return path.name
-    return path.name if relative.startswith("..") else Path(relative).as_posix()

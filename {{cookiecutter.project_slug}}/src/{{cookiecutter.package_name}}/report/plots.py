@@ -28,7 +28,8 @@ SHORT = {"json_valid_rate": "Valid\nJSON", "field_accuracy": "Field accuracy\n(m
 
 
 def write_plots(facts: RunFacts, *, out: Path) -> dict[str, Path]:
-    """The PNGs this run has data for: loss curves, base vs fine-tuned metrics, per-field accuracy."""
+    """The PNGs this run has data for: loss curves, base vs fine-tuned metrics, per-field accuracy. A plot it
+    has no data for is removed: one left by an earlier run (another task's fields) would describe that run."""
     import matplotlib.style
 
     out.mkdir(parents=True, exist_ok=True)
@@ -44,6 +45,9 @@ def write_plots(facts: RunFacts, *, out: Path) -> dict[str, Path]:
         confusion = (facts.results.get("error_analysis") or {}).get("confusion")
         if confusion:
             plots["confusion"] = _save(_confusion_figure(confusion), out / PLOTS["confusion"])
+    for key, name in PLOTS.items():
+        if key not in plots:
+            (out / name).unlink(missing_ok=True)
     return plots
 
 

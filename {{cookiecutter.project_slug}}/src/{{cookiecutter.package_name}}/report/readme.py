@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import Config
 from ..evaluate.markdown import answer_cell, table
+from ..model.load import is_tiny_model
 from .about import data_text, task_name, warnings
 from .facts import ReportError, RunFacts, display_path
 from .summary import (
@@ -124,11 +125,11 @@ def results_section(facts: RunFacts, *, plots: dict[str, Path], readme_dir: Path
     lines += [f"{errors}\n"] if errors else []
     for warning in warnings(facts):
         lines += [f"> {warning}", ""]
-    if cfg.model.build_tiny:
+    if is_tiny_model(cfg.model):
         lines += [
             "> These figures come from the smoke run: a tiny, randomly initialised model trained for about a minute. "
-            "They show that the pipeline learns (the loss falls, the answers become JSON), not that the model is "
-            "useful. `make train evaluate CONFIG=configs/default.yaml` gives real results.",
+            "They show that the pipeline runs and whether the loss falls, not that the model is useful. A real "
+            "base model (`model.base_model`, as in `configs/default.yaml`) gives real results.",
             "",
         ]
     for key, path in plots.items():
