@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import dump_config, load_config
+from {{ cookiecutter.package_name }}.model.load import TINY_MARKER
 from {{ cookiecutter.package_name }}.publish import PublishError, PublishRequest, World, publish
 
 CONFIG_FILE = Path(__file__).parents[1] / "configs" / "smoke.yaml"
@@ -358,6 +359,19 @@ def test_the_tiny_base_model_is_recognised_by_its_folder(project, run_config, wh
     publish(load_config(CONFIG_FILE, OWN), root=project, request=request, world=World(echo=lines.append))
     shown = "base model ./models/../models/tiny-chat"
     assert lines[:2] == [STILL, SMOKE_FINDING.format(where=where).replace("base model models/tiny-chat", shown)]
+
+
+def test_a_tiny_model_loaded_by_path_from_elsewhere_is_recognised_by_its_marker(project):
+    """A copy of the tiny model in a folder no config builds: its config.json's marker gives it away."""
+    copy = project / "models" / "my-copy"
+    copy.mkdir(parents=True)
+    (copy / "config.json").write_text(json.dumps({TINY_MARKER: True}))
+    run_config = ["model.build_tiny=false", "model.base_model=models/my-copy", *OWN]
+    _evaluated_smoke_run(project, base_model="models/my-copy", run_config=run_config)
+    lines, request = [], PublishRequest(dry_run=True, anyway=True)
+    publish(load_config(CONFIG_FILE, OWN), root=project, request=request, world=World(echo=lines.append))
+    finding = SMOKE_FINDING.format(where="run outputs/smoke-1, ").replace("models/tiny-chat", "models/my-copy")
+    assert lines[:2] == [STILL, finding]
 
 
 def test_results_of_a_real_base_model_get_no_warning(project):

@@ -29,7 +29,7 @@ from typing import Any
 
 from .config import Config, ConfigError, DataConfig, load_config
 from .errors import BadInput, ProjectError
-from .model.load import read_adapter_config
+from .model.load import is_tiny_model, read_adapter_config
 
 PLACEHOLDER_USER = "your-github-username"  # the template's default answers to its questions, as baked
 PLACEHOLDER_NAME, PLACEHOLDER_EMAIL = "Your Name", "you@example.com"
@@ -229,9 +229,9 @@ def smoke_results_warning(config: Config, *, root: Path) -> str | None:
     """A warning when the results README.md and MODEL_CARD.md show come from the smoke model (the tiny, random
     model built offline): published as they are, a reader would take them for the project's results.
 
-    The smoke model is recognised by the evaluated run's own config (`model.build_tiny`) or, when that config
-    is not on this machine, by the evaluated base model being the tiny model's folder of `config` or of the
-    run's config. Read from local files only: a dry run asks no server."""
+    The smoke model is recognised by the evaluated run's own config (`model.build_tiny`), by the evaluated base
+    model being the tiny model's folder of `config` or of the run's config, or by the marker the tiny model's
+    config.json carries (a tiny model loaded by path). Read from local files only: a dry run asks no server."""
     from .report import ReportError, find_run_dir, read_results
     from .runs import run_config_path
 
@@ -244,7 +244,14 @@ def smoke_results_warning(config: Config, *, root: Path) -> str | None:
     run_config = _loadable(run_config_path(run_dir=root / run_dir)) if run_dir else None
     tiny_folders = {_folder(root, cfg.model.base_model) for cfg in (config, run_config) if cfg and cfg.model.build_tiny}
     base = run.get("base_model") or (run_config.model.base_model if run_config else None)
-    if not (run_config and run_config.model.build_tiny) and (base is None or _folder(root, base) not in tiny_folders):
+    marked = base is not None and is_tiny_model(
+        config.model.model_copy(update={"base_model": str(_folder(root, base)), "build_tiny": False})
+    )
+    if (
+        not (run_config and run_config.model.build_tiny)
+        and not marked
+        and (base is None or _folder(root, base) not in tiny_folders)
+    ):
         return None
     where = f"run {run_dir}, " if run_dir else ""
     return (

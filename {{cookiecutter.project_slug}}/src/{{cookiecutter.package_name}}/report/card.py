@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..evaluate.markdown import table
+from ..evaluate.markdown import display_path, table
 from ..model.load import is_tiny_model
 from ..registry import is_model_uri
 from .about import data_record, data_text, is_example_data, scoring_text, task_description, task_name, warnings
-from .facts import RunFacts, display_path
+from .facts import RunFacts
 from .summary import (
     LABELS,
     RATES,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .facts import RunFacts, display_path
+from ..evaluate.markdown import display_path
+from .facts import RunFacts
 from .journey import Journey, gate_text
 from .summary import COLUMNS, HEADLINE, LABELS, cost, hardware, interval, parameters_text, serving_lines, wall_time
 

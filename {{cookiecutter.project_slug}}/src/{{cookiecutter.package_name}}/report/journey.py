@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..evaluate.markdown import display_path
 from ..registry import CHAMPION
 from ..tracking import EVALUATION_OF_TAG, TEST_DIGEST_TAG, TrackingError, check_tracking_server, client, tracking_uri
-from .facts import display_path
 from .summary import LABELS, RATES
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..evaluate.markdown import answer_cell, table
+from ..evaluate.markdown import answer_cell, display_path, table
 from ..model.load import is_tiny_model
 from .about import data_text, task_name, warnings
-from .facts import ReportError, RunFacts, display_path
+from .facts import ReportError, RunFacts
 from .summary import (
     Settings,
     classical_text,
