@@ -268,6 +268,9 @@ def inside_run(run_id: str) -> Iterator[None]:
         yield
         return
     mlflow.set_tracking_uri(tracking_uri())
+    # MLflow refuses to reopen a run of another experiment than the process's active one (set by an earlier
+    # run of another project in this process): make the run's own experiment the active one.
+    mlflow.set_experiment(experiment_id=client().get_run(run_id).info.experiment_id)
     with mlflow.start_run(run_id=run_id):
         yield
 
