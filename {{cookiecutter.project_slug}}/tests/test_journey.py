@@ -70,7 +70,9 @@ def test_two_evaluated_runs_make_the_experiment_log_decisions_and_interview(
 ):
     reports = journey_project / "reports"
     shared = ("tracking.enabled=true", f"project={PROJECT}", f"eval.report_dir={reports}", *HEADLINE)
-    config, changed = smoke_config(*shared), smoke_config(*shared, "lora.r=8", "train.learning_rate=0.001")
+    # Each run has its own train.run_name, as `train` gives it: a difference the log does not list.
+    config = smoke_config(*shared, "train.run_name=run-a")
+    changed = smoke_config(*shared, "train.run_name=run-b", "lora.r=8", "train.learning_rate=0.001")
     first = _tracked_run(config, name="run-a", evaluation=smoke_report, report_dir=reports)
     second = _tracked_run(changed, name="run-b", evaluation=smoke_report, report_dir=reports)
     readme, card = journey_project / "README.md", journey_project / "MODEL_CARD.md"

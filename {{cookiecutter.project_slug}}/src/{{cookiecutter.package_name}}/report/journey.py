@@ -28,6 +28,7 @@ RUN_MARK, DECISION_MARK = "<!-- run: {} -->", re.compile(r"<!-- decision: (\S+ \
 EMPTY_WHY = re.compile(r"^- Why:\s*$", re.M)  # publish counts these
 STAGES = {"sft": "SFT", "dpo": "DPO"}
 SHOWN_CHANGES, VALUE_CHARS = 12, 40  # a long diff or value (a system prompt) must not bury the rest
+UNIQUE_PER_RUN = {"train.run_name"}  # differs in every run: not a change worth a line
 
 
 @dataclass
@@ -164,7 +165,11 @@ def changes(run: Run, before: Run | None) -> str:
     """The config keys whose logged value differs from the run before: `lora.r` 8 -> 16."""
     if before is None:
         return "first run"
-    keys = sorted(k for k in run.params.keys() | before.params.keys() if run.params.get(k) != before.params.get(k))
+    keys = sorted(
+        k
+        for k in (run.params.keys() | before.params.keys()) - UNIQUE_PER_RUN
+        if run.params.get(k) != before.params.get(k)
+    )
     shown = [f"`{k}` {_short(before.params.get(k))} → {_short(run.params.get(k))}" for k in keys[:SHOWN_CHANGES]]
     more = f", and {len(keys) - SHOWN_CHANGES} more" if len(keys) > SHOWN_CHANGES else ""
     return (", ".join(shown) + more) if keys else f"no setting changed against {before.name}"
@@ -192,8 +197,8 @@ def experiments_text(journey: Journey, *, project: str, plot: str | None) -> str
         "<!-- Written by `report` from the project's MLflow runs and rewritten each time: do not edit here; "
         "write your reasons in decisions.md. -->",
         f"Every run of `{project}` recorded in MLflow, oldest first: what changed against the run before it, the "
-        f"headline metric (`{journey.metric}`, 95% interval) and the promotion gate's decision. Why each decision "
-        "was taken: [decisions.md](decisions.md).",
+        f"headline metric (`{journey.metric}`, with its 95% interval where it has one) and the promotion gate's "
+        "decision. Why each decision was taken: [decisions.md](decisions.md).",
         "",
     ]
     if journey.missing:
