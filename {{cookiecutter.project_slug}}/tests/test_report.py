@@ -233,6 +233,7 @@ def test_report_on_the_smoke_run_writes_pngs_readme_and_model_card(report_projec
     )
     assert classical in section
     assert "[low, high]: 95% paired-bootstrap interval over the 32 scored rows (1000 resamples)" in section
+    assert f"minus TF-IDF + LR {gain['estimate'] * 100:+.1f} pp [" in section  # an acronym keeps its capitals
     assert "**Errors of the fine-tuned model** (" in section and "`reports/eval.md` has the confusion" in section
     counts = json.loads((Path(smoke_report["run"]["adapter"]).parent / "train_log.json").read_text())["parameters"]
     assert 0 < counts["trainable"] < counts["total"] and counts["share"] == counts["trainable"] / counts["total"]

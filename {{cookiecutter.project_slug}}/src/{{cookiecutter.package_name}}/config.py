@@ -151,8 +151,10 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
     group_by_length: bool = True
-    """Batch examples of similar length together (batches still in random order): less padding to compute.
-    SFT in one process only; DPO and several processes (`--nproc`) sample at random."""
+    """Batch examples of similar length together: less padding to compute. transformers' sampler sorts each
+    mega-batch (up to 50 batches) longest first, so the batches then come in length order; a few-step run can learn
+    less for it (configs/smoke.yaml turns it off). SFT in one process only; DPO and several processes
+    (`--nproc`) sample at random."""
     packing: bool = False
     """Pack several short examples into one sequence: faster on GPUs for short data."""
     # >>> preference_tuning

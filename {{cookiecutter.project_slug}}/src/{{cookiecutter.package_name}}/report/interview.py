@@ -11,7 +11,18 @@ from pathlib import Path
 from ..evaluate.markdown import display_path
 from .facts import RunFacts
 from .journey import Journey, gate_text
-from .summary import COLUMNS, HEADLINE, LABELS, cost, hardware, interval, parameters_text, serving_lines, wall_time
+from .summary import (
+    COLUMNS,
+    HEADLINE,
+    LABELS,
+    cost,
+    hardware,
+    inline,
+    interval,
+    parameters_text,
+    serving_lines,
+    wall_time,
+)
 
 
 def interview_text(facts: RunFacts, *, journey: Journey, hourly: float, report_dir: Path) -> str:
@@ -78,9 +89,8 @@ def _versus(results: dict, name: str, column: str, produced_by: str) -> list[str
         return [f"{label}: not in `reports/eval.json` yet; {produced_by}"]
     gain = interval(results, "differences", f"finetuned_minus_{column}", name)
     lead = f", difference {_points(gain)}" if gain else ""
-    inline = label if label[1:2].isupper() else label.lower()  # "base few-shot", but "TF-IDF + LR"
     return [
-        f"{LABELS.get(name, name)}: {inline} {_pct(values[name])}, fine-tuned "
+        f"{LABELS.get(name, name)}: {inline(label)} {_pct(values[name])}, fine-tuned "
         f"{_pct(results['finetuned'][name])}{lead} (`reports/eval.json`)"
     ]
 

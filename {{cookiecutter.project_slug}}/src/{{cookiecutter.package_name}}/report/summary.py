@@ -41,6 +41,11 @@ def columns(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: found[name] for name in COLUMNS if found[name] and "n/a" not in found[name]}
 
 
+def inline(label: str) -> str:
+    """A column label inside a sentence: "base few-shot", but an acronym stays "TF-IDF + LR"."""
+    return label if label[1:2].isupper() else label.lower()
+
+
 def interval(results: dict[str, Any], group: str, key: str, name: str) -> dict[str, float] | None:
     """eval.json's interval of metric `name` for a column (group "columns") or a difference ("differences")."""
     return (((results.get("intervals") or {}).get(group) or {}).get(key) or {}).get(name)
@@ -91,7 +96,7 @@ def interval_notes(results: dict[str, Any]) -> list[str]:
         gain = interval(results, "differences", f"finetuned_minus_{key}", headline)
         if gain:
             leads.append(
-                f"{label.lower()} {_points(gain['estimate'])} pp [{_points(gain['low'])}, {_points(gain['high'])}]"
+                f"{inline(label)} {_points(gain['estimate'])} pp [{_points(gain['low'])}, {_points(gain['high'])}]"
             )
     return [
         f"[low, high]: 95% paired-bootstrap interval over the {intervals.get('rows')} scored rows "
