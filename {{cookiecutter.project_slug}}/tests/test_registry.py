@@ -55,6 +55,20 @@ def test_registering_a_run_again_finishes_its_version_instead_of_adding_one(smok
 
 
 @pytest.mark.e2e
+def test_the_logged_model_shows_a_message_of_the_task_s_own_training_data(smoke_run, smoke_config):
+    import mlflow
+    from mlflow.models import Model
+
+    from {{ cookiecutter.package_name }}.data.dataset import load_splits
+
+    config = smoke_config()
+    source = tracking_client().get_model_version(config.project, tracked(smoke_run)["model_version"]).source
+    example = Model.load(source).load_input_example(mlflow.artifacts.download_artifacts(source))
+    users = {m["content"] for row in load_splits(config.data)["train"] for m in row["messages"] if m["role"] == "user"}
+    assert example["messages"][0]["content"] in users
+
+
+@pytest.mark.e2e
 def test_first_version_is_candidate_and_champion(smoke_run, smoke_report, smoke_config):
     config = smoke_config()
     client = tracking_client()

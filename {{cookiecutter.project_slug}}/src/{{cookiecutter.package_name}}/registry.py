@@ -63,10 +63,12 @@ def is_model_uri(source: str | Path) -> bool:
 
 
 def log_and_register(
-    config: Config, *, run_id: str, model: PeftModel, tokenizer: PreTrainedTokenizerBase
+    config: Config, *, run_id: str, model: PeftModel, tokenizer: PreTrainedTokenizerBase, example: str | None = None
 ) -> ModelVersion | None:
     """Log the trained adapter (the in-memory PeftModel training just saved, so the base model is not
     loaded a second time) as an MLflow transformers model, register it, alias the new version `candidate`.
+    `example`: a user message of the task's own (training passes its first row's), shown as the model's input
+    example in MLflow; None logs none.
 
     Idempotent per run: when the run already has a version (a registration cut short by kill -9, then
     `--resume`), that version is finished (alias, tags) and returned; no second version is created."""
@@ -84,7 +86,7 @@ def log_and_register(
             # A local base is referenced by path (adapter only); a hub base is referenced by its id.
             base_model_path=str(base.resolve()) if base.is_dir() else None,
             pip_requirements=_pip_requirements(),
-            input_example={"messages": [{"role": "user", "content": "Where is my order A12345?"}]},
+            input_example={"messages": [{"role": "user", "content": example}]} if example else None,
             registered_model_name=config.project if config.tracking.register_model else None,
         )
     if not config.tracking.register_model:

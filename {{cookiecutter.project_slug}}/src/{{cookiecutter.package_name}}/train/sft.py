@@ -188,7 +188,8 @@ def _record(run: Run, *, trainer: Trainer, runtime_s: float, run_id: str | None)
     log.info("saved %s", run.run_dir / "adapter")
     if run_id:
         model = _model_to_register(trainer, config=run.config, adapter_dir=run.run_dir / "adapter")
-        version = log_and_register(run.config, run_id=run_id, model=model, tokenizer=run.tokenizer)
+        first = next(m["content"] for m in run.splits["train"][0]["messages"] if m["role"] == "user")
+        version = log_and_register(run.config, run_id=run_id, model=model, tokenizer=run.tokenizer, example=first)
         write_tracking_file(run.run_dir, run_id=run_id, version=version)
 
 
