@@ -156,6 +156,7 @@ tests/test_serve_live.py
 tests/test_task.py
 tests/test_task_init.py
 tests/test_tracking.py
+tests/test_tracking_server.py
 tests/test_train.py
 tests/test_workflows.py
 """.split()

@@ -189,6 +189,7 @@ SECOND_SHARD = [
     "tests/test_cli.py",  # the smoke pipeline as a user runs it, in its own processes
     "tests/test_cloud.py",  # a cloud job's entrypoint, stopped, resumed and imported
     "tests/test_notebook.py",  # the Colab notebook executed headless
+    "tests/test_tracking_server.py",  # a real `mlflow server`: a run over HTTP, and one whose server dies
 ]
 # The all-extras bake runs the extras' own tests (the core's are the default bake's), plus the structure checks.
 EXTRA_TESTS = [

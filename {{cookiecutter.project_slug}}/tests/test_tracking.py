@@ -1,16 +1,11 @@
 """MLflow tracking of training and evaluation runs, read back through MLflow's own client."""
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from {{ cookiecutter.package_name }}.registry import CHAMPION, fetch_model
 from {{ cookiecutter.package_name }}.tracking import TrackingError, flatten
 from {{ cookiecutter.package_name }}.tracking import client as tracking_client
 from {{ cookiecutter.package_name }}.train.sft import train
@@ -154,58 +149,6 @@ def test_resumed_run_logs_each_metric_step_once():
 
 def test_flatten_makes_dotted_keys():
     assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": None}) == {"a.b": 1, "a.c.d": "x", "e": None}
-
-
-@pytest.fixture
-def mlflow_server(tmp_path, free_port, wait_until_ready):
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifact store), stopped afterwards."""
-    port = free_port()
-    log = tmp_path / "mlflow-server.log"
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                "--artifacts-destination", str(tmp_path / "artifacts"),
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MLFLOW_TRACKING_URI": ""},
-        )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        # Up once /health answers; check_tracking_server then asks its experiments API before any run.
-        wait_until_ready(f"{uri}/health", process=server, output=log, timeout_s=60)
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-@pytest.mark.e2e
-def test_pipeline_against_a_tracking_server_over_http(mlflow_server, smoke_config, tiny_model, tmp_path, monkeypatch):
-    from {{ cookiecutter.package_name }}.evaluate.evaluate import evaluate
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    overrides = ("tracking.enabled=true", "project=over-http", "train.max_steps=4", "train.eval_steps=2")
-    config = smoke_config(*overrides, "train.save_steps=2", "eval.max_samples=4", root=tmp_path)
-    run_dir = train(config, config_name="smoke")
-    evaluate(config, adapter_dir=run_dir / "adapter")
-
-    client = MlflowClient(tracking_uri=mlflow_server)
-    champion = client.get_model_version_by_alias("over-http", CHAMPION)
-    assert str(champion.version) == tracked(run_dir)["model_version"] == "1"
-    run = client.get_run(champion.run_id)
-    assert run.info.status == "FINISHED"
-    assert "finetuned.eval_loss" in run.data.metrics
-    assert any(a.path == "config.yaml" for a in client.list_artifacts(run.info.run_id))
-    # The artifacts went through the server (proxied), not straight to a local folder.
-    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
-    source = fetch_model("models:/over-http@champion", download_dir=tmp_path / "download")
-    assert (source.adapter_dir / "adapter_model.safetensors").is_file()
-    with urllib.request.urlopen(f"{mlflow_server}/health") as response:
-        assert response.status == 200
 
 
 def test_a_store_moved_with_its_project_names_the_old_artifact_folder(tmp_path, monkeypatch):

@@ -41,6 +41,15 @@ TEST_DIGEST_TAG, TEST_ROWS_TAG = "evaluation.test_digest", "evaluation.test_rows
 EVALUATION_OF_TAG, OTHER_DATA_TAG = "evaluation_of", "other_data"
 
 
+# MLflow retries an unanswered HTTP request 7 times with growing waits (about 4 minutes in all): a tracking
+# server that died mid-run held training that long at a log call. Fewer, shorter tries, unless you set them.
+HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
 class TrackingError(ProjectError, RuntimeError):
     """MLflow is unreachable, or a model URI, run or alias does not exist; the message says what to do."""
 
@@ -59,6 +68,8 @@ def check_tracking_server(
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
     fix = f"Start it, fix MLFLOW_TRACKING_URI, or unset it to track into ./mlflow.db. {consequence}"
     request = urllib.request.Request(
         f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", headers=_auth_headers()
@@ -122,13 +133,27 @@ def training_run(
         run = mlflow.start_run(run_name=run_name, tags=run_tags(config_name) | (tags or {}))
     try:
         yield run.info.run_id
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as err:
+        _end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if isinstance(err, mlflow.exceptions.MlflowException):  # the server went away: say what is kept
+            raise TrackingError(
+                f"MLflow ({tracking_uri()}) stopped answering during run {run_name}: "
+                f"{str(err).splitlines()[0][:300]}. The run folder keeps what was trained (checkpoints; the "
+                "adapter and train_log.json when training had finished). Once the server answers, `train --resume "
+                f"train.run_name={run_name}` with the same --config continues it and registers it."
+            ) from None
         raise
     mlflow.end_run("FINISHED")
+
+
+def _end_run(status: str) -> None:
+    """End the active run with `status`, even when the server that should record it is gone."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except mlflow.exceptions.MlflowException as err:
+        log.warning("MLflow could not record the run as %s (%s)", status, str(err).splitlines()[0][:200])
 
 
 def project_experiment_id(name: str) -> str:
@@ -236,14 +261,22 @@ def metrics_callback() -> TrainerCallback:
     last_step = _last_logged_steps(mlflow.active_run().info.run_id)
 
     class MlflowMetrics(TrainerCallback):
+        lost = False  # the server stopped answering: training goes on without it (train_log.json keeps all)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             numbers = {
                 key: float(value)
                 for key, value in (logs or {}).items()
                 if isinstance(value, int | float) and state.global_step > last_step.get(key, -1)
             }
-            if numbers and state.is_world_process_zero:
+            if not numbers or not state.is_world_process_zero or self.lost:
+                return
+            try:
                 mlflow.log_metrics(numbers, step=state.global_step)
+            except mlflow.exceptions.MlflowException as err:
+                self.lost = True
+                reason = str(err).splitlines()[0][:200]
+                log.warning("MLflow stopped answering at step %d (%s): training goes on", state.global_step, reason)
 
     return MlflowMetrics()
 
