@@ -1,5 +1,6 @@
 """The command-line interface: help, config commands and clean failures."""
 
+import errno
 import importlib
 import inspect
 import logging
@@ -158,6 +159,21 @@ def test_any_project_error_is_caught_and_other_exceptions_keep_their_traceback(t
     assert (result.exit_code, result.output) == (2, "error: a: no such adapter\n")
     result = _merge_raising(KeyError("a bug"), tmp_path, monkeypatch)
     assert isinstance(result.exception, KeyError)  # a bug is not an expected error: it is not swallowed
+
+
+def test_a_read_only_or_full_disk_is_one_error_line_other_os_errors_keep_their_traceback(tmp_path, monkeypatch):
+    read_only = OSError(errno.EROFS, "Read-only file system", "outputs/run-1")
+    result = _merge_raising(read_only, tmp_path, monkeypatch)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output == (
+        "error: outputs/run-1: Read-only file system. Make it writable (or free disk space) and run again.\n"
+    )
+    result = _merge_raising(
+        OSError(errno.ENOSPC, "No space left on device", "m/model.safetensors"), tmp_path, monkeypatch
+    )
+    assert (result.exit_code, result.output.split(":")[:2]) == (1, ["error", " m/model.safetensors"])
+    result = _merge_raising(OSError(errno.EIO, "Input/output error"), tmp_path, monkeypatch)
+    assert isinstance(result.exception, OSError)  # not one a person fixes by a permission or free space
 
 
 def test_python_dash_m_runs_the_same_app():

@@ -57,25 +57,27 @@ def test_unreachable_tracking_server_fails_before_training(smoke_config, tmp_pat
     assert not (tmp_path / "outputs").exists()
 
 
-@pytest.fixture
-def not_mlflow_server():
-    """An HTTP server on 127.0.0.1 answering 200 with an HTML page to every GET (a wrong port, say)."""
+def _fake_server(content_type: str, body: bytes):
+    """An HTTP server on 127.0.0.1 answering 200 with `body` to every GET and POST; yields its URL."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class AnyPage(BaseHTTPRequestHandler):
+    class Always(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = b"<html><body>OK</body></html>"
             self.send_response(200)
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.do_GET()
+
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), AnyPage)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Always)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -84,6 +86,29 @@ def not_mlflow_server():
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def not_mlflow_server():
+    """An HTML page for every request (a wrong port, say)."""
+    yield from _fake_server("text/html", b"<html><body>OK</body></html>")
+
+
+@pytest.fixture
+def empty_json_server():
+    """`{}` for every request: it passes the pre-flight check (an experiments API answering a JSON object) and
+    then gives MLflow nothing it can use."""
+    yield from _fake_server("application/json", b"{}")
+
+
+def test_a_server_passing_the_check_but_refusing_the_run_is_one_error(
+    empty_json_server, smoke_config, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_json_server)
+    config = smoke_config("tracking.enabled=true", "train.run_name=mine", "data.max_train_samples=16", root=tmp_path)
+    with pytest.raises(TrackingError, match=rf"MLflow \({empty_json_server}\) refused to open run mine: .*Nothing was"):
+        train(config, config_name="smoke")
+    assert not (tmp_path / "outputs" / "mine").exists()
 
 
 def test_server_that_is_not_mlflow_fails_before_writing(not_mlflow_server, smoke_config, tmp_path, monkeypatch):

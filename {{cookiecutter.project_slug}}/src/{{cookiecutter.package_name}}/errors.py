@@ -5,13 +5,18 @@ is wrong and how to fix it. Its class says which kind of problem it is: `exit_co
 a file, a variable the user can fix; nothing was done), 1 for a failure while working. Every command line of
 the project (cli.py, the deploy modules) is a Typer app of class `ErrorBoundary`, which prints the message and
 exits with that code, so a user never sees a traceback for a mistake they can fix. Anything else is a bug and
-keeps its traceback.
+keeps its traceback. So does an OSError, except the ones a person fixes on their machine (no permission, a
+read-only or full disk): those end as one `error:` line naming the file, exit 1.
 """
 
 from __future__ import annotations
 
+import errno
+
 import typer
 from typer.core import TyperGroup
+
+MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 class ProjectError(Exception):
@@ -35,3 +40,10 @@ class ErrorBoundary(TyperGroup):
         except ProjectError as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(err.exit_code) from None
+        except OSError as err:
+            if err.errno not in MACHINE_ERRNOS:
+                raise
+            where = err.filename or "a file"
+            message = f"error: {where}: {err.strerror}. Make it writable (or free disk space) and run again."
+            typer.secho(message, fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None

@@ -126,11 +126,18 @@ def training_run(
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment_id=project_experiment_id(config.project))
-    if run_id:
-        run = mlflow.start_run(run_id=run_id)
-    else:
-        run = mlflow.start_run(run_name=run_name, tags=run_tags(config_name) | (tags or {}))
+    try:  # a server can pass check_tracking_server and still refuse the run (a proxy, a read-only one)
+        mlflow.set_experiment(experiment_id=project_experiment_id(config.project))
+        if run_id:
+            run = mlflow.start_run(run_id=run_id)
+        else:
+            run = mlflow.start_run(run_name=run_name, tags=run_tags(config_name) | (tags or {}))
+    except mlflow.exceptions.MlflowException as err:
+        raise TrackingError(
+            f"MLflow ({tracking_uri()}) refused to open run {run_name}: {str(err).splitlines()[0][:300]}. Nothing "
+            "was trained. Point MLFLOW_TRACKING_URI at an MLflow server you can write to, or unset it to track "
+            "into ./mlflow.db."
+        ) from None
     try:
         yield run.info.run_id
     except BaseException as err:

@@ -188,9 +188,17 @@ def _record(run: Run, *, trainer: Trainer, runtime_s: float, run_id: str | None)
     log.info("saved %s", run.run_dir / "adapter")
     if run_id:
         model = _model_to_register(trainer, config=run.config, adapter_dir=run.run_dir / "adapter")
-        first = next(m["content"] for m in run.splits["train"][0]["messages"] if m["role"] == "user")
-        version = log_and_register(run.config, run_id=run_id, model=model, tokenizer=run.tokenizer, example=first)
+        example = _first_user_message(run.splits["train"][0])
+        version = log_and_register(run.config, run_id=run_id, model=model, tokenizer=run.tokenizer, example=example)
         write_tracking_file(run.run_dir, run_id=run_id, version=version)
+
+
+def _first_user_message(row: dict[str, Any]) -> str | None:
+    """The first user message of a training row (SFT `messages`, DPO `prompt`): the registered model's example."""
+    messages = row.get("messages") or row.get("prompt")
+    if not isinstance(messages, list):
+        return None
+    return next((m["content"] for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
 
 
 def _run_training(trainer: SFTTrainer, *, run_dir: Path, resume: bool) -> float:
