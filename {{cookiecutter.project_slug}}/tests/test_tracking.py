@@ -1,6 +1,7 @@
 """MLflow tracking of training and evaluation runs, read back through MLflow's own client."""
 
 import json
+import os
 import urllib.request
 from pathlib import Path
 
@@ -86,6 +87,21 @@ def _fake_server(content_type: str, body: bytes):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_mlflow_s_retries_against_a_server_are_bounded_unless_set(empty_json_server, monkeypatch):
+    """MLflow's defaults (7 retries, backoff 2, 120 s timeout) held a run about 4 minutes per call to a dead
+    server; the pre-flight check sets shorter ones, and keeps a value the person set."""
+    from {{ cookiecutter.package_name }}.tracking import HTTP_RETRIES, check_tracking_server
+
+    for name in HTTP_RETRIES:  # recorded first, so whatever the check sets is undone after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    check_tracking_server(empty_json_server)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
 
 
 @pytest.fixture
