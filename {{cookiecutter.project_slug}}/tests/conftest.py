@@ -190,3 +190,22 @@ def wait_until_ready() -> Callable[..., None]:
         pytest.fail(f"{url} did not answer 200 within {timeout_s} s:\n{shown()}")
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def head_rows_of_one_step() -> Callable:
+    """`(trainer) -> (rows, batch, loss)`: the loss of the trainer's first training batch, with the number of rows
+    its LM head projected at each call (a forward hook): the answer-tokens-only head projects only answer tokens."""
+
+    def run(trainer):
+        rows: list[int] = []
+        head = trainer.model.get_base_model().get_output_embeddings()
+        hook = head.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+        batch = next(iter(trainer.get_train_dataloader()))
+        try:
+            loss = trainer.compute_loss(trainer.model, batch)
+        finally:
+            hook.remove()
+        return rows, batch, loss
+
+    return run

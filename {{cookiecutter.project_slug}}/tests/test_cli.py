@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import {{ cookiecutter.package_name }}
 from {{ cookiecutter.package_name }}.cli import app
-from {{ cookiecutter.package_name }}.errors import BadInput, ProjectError
+from {{ cookiecutter.package_name }}.errors import BadInput, ProjectError, first_line
 from {{ cookiecutter.package_name }}.model import load as model_module
 
 runner = CliRunner()
@@ -298,3 +298,8 @@ def test_a_project_moved_after_install_says_it_runs_the_old_folders_code(tmp_pat
     warning = moved_project_warning(tmp_path, package_dir=package)
     assert warning.startswith(f"warning: this command runs the code in {package.parents[1]}, not {tmp_path}")
     assert warning.endswith("Fix: rm -rf .venv && make install (or move the project back).")
+
+
+def test_an_error_s_first_line_is_cut_and_an_empty_message_names_the_error():
+    assert first_line(RuntimeError("API request failed\n  Traceback ..."), limit=11) == "API request"
+    assert first_line(RuntimeError()) == "RuntimeError"

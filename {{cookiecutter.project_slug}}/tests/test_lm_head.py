@@ -59,7 +59,9 @@ def test_answer_only_head_gives_trls_loss_metrics_and_gradients(smoke_config, ti
         torch.testing.assert_close(grad, trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_the_trainer_projects_only_the_answer_tokens_on_a_cpu(smoke_config, tiny_model, tmp_path):
+def test_the_trainer_projects_only_the_answer_tokens_on_a_cpu(
+    smoke_config, tiny_model, tmp_path, head_rows_of_one_step
+):
     config = smoke_config("data.max_train_samples=8", "train.batch_size=4", root=tmp_path)
     tokenizer = load_tokenizer(tiny_model)
     splits = load_splits(config.data)
@@ -77,12 +79,7 @@ def test_the_trainer_projects_only_the_answer_tokens_on_a_cpu(smoke_config, tiny
             recipe=SFT,
         )
     )
-    projected: list[int] = []
-    head = trainer.model.get_base_model().get_output_embeddings()
-    hook = head.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[0]))
-    batch = next(iter(trainer.get_train_dataloader()))
-    loss = trainer.compute_loss(trainer.model, batch)
-    hook.remove()
+    projected, batch, loss = head_rows_of_one_step(trainer)
     answer_tokens = int((batch["labels"][:, 1:] != -100).sum())
     assert projected == [answer_tokens] and answer_tokens < batch["input_ids"].numel() / 3
     assert torch.isfinite(loss) and loss.requires_grad

@@ -203,14 +203,11 @@ def _dpo_trainer(served_adapter: Path, smoke_config, tmp_path: Path):
     return build_dpo_trainer(run)
 
 
-def test_the_dpo_trainer_projects_only_the_answer_tokens_on_a_cpu(served_adapter, smoke_config, tmp_path):
+def test_the_dpo_trainer_projects_only_the_answer_tokens_on_a_cpu(
+    served_adapter, smoke_config, tmp_path, head_rows_of_one_step
+):
     trainer = _dpo_trainer(served_adapter, smoke_config, tmp_path)
-    projected: list[int] = []
-    head = trainer.model.get_base_model().get_output_embeddings()
-    hook = head.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[0]))
-    batch = next(iter(trainer.get_train_dataloader()))
-    loss = trainer.compute_loss(trainer.model, batch)
-    hook.remove()
+    projected, batch, loss = head_rows_of_one_step(trainer)
     answer_tokens = int(batch["completion_mask"][:, 1:].sum())
     assert projected == [answer_tokens, answer_tokens]  # the policy and its reference (the frozen `ref` adapter)
     assert answer_tokens < batch["input_ids"].numel() / 3 and torch.isfinite(loss) and loss.requires_grad

@@ -19,6 +19,12 @@ from typer.core import TyperGroup
 MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's first line, cut to `limit` characters: a library's message can run to pages."""
+    lines = str(err).splitlines()
+    return lines[0][:limit] if lines else type(err).__name__
+
+
 class ProjectError(Exception):
     """An expected failure whose message is meant for the user (names the field, file or line and the fix)."""
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
-from .errors import ProjectError
+from .errors import ProjectError, first_line
 from .model.device import run_params
 
 if TYPE_CHECKING:
@@ -64,7 +64,8 @@ def check_tracking_server(
 ) -> None:
     """Fail before the work, not after: an HTTP tracking server must answer MLflow's own API (listing one
     experiment), not merely some page: a wrong port can answer 200 on /health. `consequence` ends the
-    message: what the failure left undone."""
+    message: what the failure left undone. For an HTTP store it also sets HTTP_RETRIES' bounded retry settings
+    (unless set already), since every run against a server starts with this check."""
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
@@ -134,7 +135,7 @@ def training_run(
             run = mlflow.start_run(run_name=run_name, tags=run_tags(config_name) | (tags or {}))
     except mlflow.exceptions.MlflowException as err:
         raise TrackingError(
-            f"MLflow ({tracking_uri()}) refused to open run {run_name}: {str(err).splitlines()[0][:300]}. Nothing "
+            f"MLflow ({tracking_uri()}) refused to open run {run_name}: {first_line(err)}. Nothing "
             "was trained. Point MLFLOW_TRACKING_URI at an MLflow server you can write to, or unset it to track "
             "into ./mlflow.db."
         ) from None
@@ -145,7 +146,7 @@ def training_run(
         if isinstance(err, mlflow.exceptions.MlflowException):  # the server went away: say what is kept
             raise TrackingError(
                 f"MLflow ({tracking_uri()}) stopped answering during run {run_name}: "
-                f"{str(err).splitlines()[0][:300]}. The run folder keeps what was trained (checkpoints; the "
+                f"{first_line(err)}. The run folder keeps what was trained (checkpoints; the "
                 "adapter and train_log.json when training had finished). Once the server answers, `train --resume "
                 f"train.run_name={run_name}` with the same --config continues it and registers it."
             ) from None
@@ -160,7 +161,7 @@ def _end_run(status: str) -> None:
     try:
         mlflow.end_run(status)
     except mlflow.exceptions.MlflowException as err:
-        log.warning("MLflow could not record the run as %s (%s)", status, str(err).splitlines()[0][:200])
+        log.warning("MLflow could not record the run as %s (%s)", status, first_line(err, 200))
 
 
 def project_experiment_id(name: str) -> str:
@@ -282,7 +283,7 @@ def metrics_callback() -> TrainerCallback:
                 mlflow.log_metrics(numbers, step=state.global_step)
             except mlflow.exceptions.MlflowException as err:
                 self.lost = True
-                reason = str(err).splitlines()[0][:200]
+                reason = first_line(err, 200)
                 log.warning("MLflow stopped answering at step %d (%s): training goes on", state.global_step, reason)
 
     return MlflowMetrics()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..errors import first_line
 from ..evaluate.markdown import display_path
 from ..registry import CHAMPION
 from ..tracking import EVALUATION_OF_TAG, TEST_DIGEST_TAG, TrackingError, check_tracking_server, client, tracking_uri
@@ -100,7 +101,7 @@ def read_journey(config: Config) -> Journey:
             check_tracking_server(consequence="The experiment log lists no runs.")
             _read_runs(config, journey)
         except (TrackingError, MlflowException, SQLAlchemyError, OSError) as err:
-            first = str(err).splitlines()[0][:300]
+            first = first_line(err)
             journey.missing = f"the MLflow store {display_path(store) if store else uri} could not be read ({first})"
             journey.readable = False
     if journey.missing:
