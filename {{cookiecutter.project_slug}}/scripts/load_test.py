@@ -5,13 +5,15 @@
 
 Sends `--requests` POST /v1/chat/completions, at most `--concurrency` at a time: a `--stream-share` of the
 good ones streamed, and a `--bad-share` of bad ones (invalid JSON, wrong types, values over the limits, an
-unknown model, a body over the size limit), each kind in turn. Prints the answers by status, separately for
-good and bad requests, the good requests' p50/p95/p99 latency, the throughput, and the server's resident
-memory before and after: from /metrics (`process_resident_memory_bytes`) when the server exports it, else
-from the process given with --pid, else from the process listening on the URL's port (psutil).
+unknown model, a body over the size limit), each kind in turn. `--flooders N` adds N clients, each in a
+process of its own, sending 30,001-item bodies as fast as they are answered for the whole run: the good
+requests' latency then shows what such an attack costs everyone else. Prints the answers by status,
+separately for good, bad and flood requests, the good requests' p50/p95/p99 latency, the throughput, and the
+server's resident memory before and after: from /metrics (`process_resident_memory_bytes`) when the server
+exports it, else from the process given with --pid, else from the process listening on the URL's port.
 
 Exit status 1 when a good request failed (not 200, or a stream without its `[DONE]`), any request got a
-5xx, or a bad request was accepted; 2 for bad arguments. `--json` prints the figures as one JSON object.
+5xx, or a bad or flood request was accepted; 2 for bad arguments. `--json` prints the figures as one JSON object.
 Loopback only (a load test must not hit someone else's server by accident): --allow-remote to lift that.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import multiprocessing
 import random
 import statistics
 import sys
@@ -48,6 +51,7 @@ BAD_REQUESTS: list[tuple[str, object]] = [
     # 30,001 items in 60 KB: refused by their count, before any item is validated.
     ("message-flood", b'{"messages":[' + b",".join([b"1"] * 30_001) + b"]}"),
 ]
+MAX_FLOODERS = 64
 
 
 @dataclass
@@ -78,10 +82,13 @@ class Report:
     rss_mb_after: float | None
     rss_source: str
     bad_kinds: dict[str, int] = field(default_factory=dict)
+    flood_by_status: dict[str, int] = field(default_factory=dict)
+    """Answers to the --flooders' requests; each should be a 4xx."""
 
     @property
     def passed(self) -> bool:
-        return self.good_failed == 0 and self.server_errors == 0 and self.bad_accepted == 0
+        flood_ok = all(400 <= int(status) < 500 for status in self.flood_by_status)
+        return self.good_failed == 0 and self.server_errors == 0 and self.bad_accepted == 0 and flood_ok
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,6 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stream-share", type=float, default=0.3, help="share of good requests that stream")
     parser.add_argument("--bad-share", type=float, default=0.1, help="share of deliberately bad requests")
     parser.add_argument("--max-tokens", type=int, default=16, help="max_tokens of the good requests")
+    parser.add_argument("--flooders", type=int, default=0, help="clients flooding 30,001-item bodies meanwhile")
     parser.add_argument("--api-key", default=None, help="sent as Authorization: Bearer (the server's LLM_API_KEY)")
     parser.add_argument("--pid", type=int, default=None, help="the server's process id, for its memory")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per request")
@@ -106,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stream-share must be 0..1" * (not 0 <= args.stream_share <= 1),
         "--bad-share must be 0..1" * (not 0 <= args.bad_share <= 1),
         "--max-tokens must be at least 1" * (args.max_tokens < 1),
+        f"--flooders must be 0..{MAX_FLOODERS}" * (not 0 <= args.flooders <= MAX_FLOODERS),
     ]
     if not args.allow_remote and not is_loopback(args.url):
         problems.append(f"--url {args.url} is not this machine (127.0.0.1, ::1, localhost); add --allow-remote")
@@ -181,6 +190,40 @@ async def run_load(args: argparse.Namespace, requests: list[tuple[str, object, b
     return list(outcomes), time.perf_counter() - started
 
 
+def flood(url: str, api_key: str | None, stop, answers) -> None:
+    """One flooding client (run in its own process): the message-flood body, as fast as it is answered."""
+    body = dict(BAD_REQUESTS)["message-flood"]
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {api_key}"} if api_key else {})
+    statuses: Counter[str] = Counter()
+    with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
+        while not stop.is_set():
+            try:
+                statuses[str(http.post(CHAT, content=body, headers=headers).status_code)] += 1
+            except httpx.HTTPError:
+                statuses["0"] += 1
+    answers.put(statuses)
+
+
+def run_with_flooders(args: argparse.Namespace, requests: list) -> tuple[list[Outcome], float, Counter[str]]:
+    """run_load while `--flooders` processes flood the server; their answers by status."""
+    stop, answers = multiprocessing.Event(), multiprocessing.Queue()
+    flooders = [
+        multiprocessing.Process(target=flood, args=(args.url, args.api_key, stop, answers))
+        for _ in range(args.flooders)
+    ]
+    for flooder in flooders:
+        flooder.start()
+    try:
+        time.sleep(0.5 if flooders else 0)  # under way before the first good request
+        outcomes, wall_s = asyncio.run(run_load(args, requests))
+    finally:
+        stop.set()
+        statuses = sum((answers.get(timeout=90) for _ in flooders), Counter())
+        for flooder in flooders:
+            flooder.join()
+    return outcomes, wall_s, statuses
+
+
 def resident_mb(args: argparse.Namespace) -> tuple[float | None, str]:
     """The server's resident memory in MB, and where it was read."""
     try:
@@ -247,11 +290,13 @@ def print_report(report: Report) -> None:
     )
     print(f"good: {report.good}, by status {report.good_by_status}, failed {report.good_failed}")
     print(f"bad:  {report.bad}, by status {report.bad_by_status}, accepted {report.bad_accepted}")
+    if report.flood_by_status:
+        print(f"flood: {sum(report.flood_by_status.values())} requests, by status {report.flood_by_status}")
     print(f"5xx: {report.server_errors}")
     latency = report.latency_ms
     print(f"latency of good requests: p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms")
     print(f"server memory (RSS, {report.rss_source}): {report.rss_mb_before} MB before, {report.rss_mb_after} MB after")
-    print("PASS" if report.passed else "FAIL: a good request failed, a 5xx, or a bad request accepted")
+    print("PASS" if report.passed else "FAIL: a good request failed, a 5xx, or a bad or flood request accepted")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,11 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     requests = plan(args)
     before = resident_mb(args)
     try:
-        outcomes, wall_s = asyncio.run(run_load(args, requests))
+        outcomes, wall_s, flood_statuses = run_with_flooders(args, requests)
     except TimeoutError:
         print(f"error: the run took longer than --time-limit {args.time_limit:g} s", file=sys.stderr)
         return 1
     report = summarize(args, requests, outcomes, wall_s, (before, resident_mb(args)))
+    report.flood_by_status = dict(sorted(flood_statuses.items()))
     if args.json:
         print(json.dumps(asdict(report) | {"passed": report.passed}))
     else:

@@ -50,7 +50,13 @@ def fuzz_settings(tmp_dir, **overrides) -> Settings:
     with pytest.MonkeyPatch.context() as env:
         for name in [name for name in os.environ if name.startswith("LLM_")]:
             env.delenv(name)
-        fields = {"device": "cpu", "request_log": tmp_dir / "requests.jsonl", "max_tokens": FUZZ_MAX_TOKENS}
+        # Refusals answered at once: these tests send hundreds; test_serve's pacing test sets its own.
+        fields = {
+            "device": "cpu",
+            "request_log": tmp_dir / "requests.jsonl",
+            "max_tokens": FUZZ_MAX_TOKENS,
+            "refusal_delay_s": 0,
+        }
         return Settings(_env_file=None, **(fields | overrides))
 
 

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, loaded: LoadedModel | None =
     # <<< aws
     # Added last = outermost: accounting sees the 413s of the size limit, and every other outcome.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
-    app.add_middleware(RequestAccounting, recorder=state.recorder)
+    app.add_middleware(RequestAccounting, recorder=state.recorder, refusal_delay_s=settings.refusal_delay_s)
     return app
 
 

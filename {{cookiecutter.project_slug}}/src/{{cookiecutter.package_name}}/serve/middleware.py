@@ -19,6 +19,8 @@ CHAT_PATH = "/v1/chat/completions"
 # SageMaker's route for the same request (routes/sagemaker.py): counted and logged the same way.
 CHAT_PATHS = frozenset({CHAT_PATH, "/invocations"})
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer was complete"
+# Refusals of the client's own making, which `refusal_delay_s` paces; 429 and 503 carry Retry-After instead.
+PACED_STATUSES = frozenset({400, 401, 404, 413, 422})
 
 
 class _ClientLeft(Exception):
@@ -26,11 +28,14 @@ class _ClientLeft(Exception):
 
 
 class RequestAccounting:
-    """Counts, times and logs each POST /v1/chat/completions; adds an X-Request-ID header to the answer."""
+    """Counts, times and logs each POST /v1/chat/completions; adds an X-Request-ID header to the answer.
+    Refusals wait `refusal_delay_s` before their answer: a client flooding bad requests is slowed by its own
+    waiting, not by the server's work (8 such clients took good requests' p50 from 65 ms to 1.5 s)."""
 
-    def __init__(self, app: ASGIApp, *, recorder: RequestRecorder) -> None:
+    def __init__(self, app: ASGIApp, *, recorder: RequestRecorder, refusal_delay_s: float = 0.0) -> None:
         self.app = app
         self.recorder = recorder
+        self.refusal_delay_s = refusal_delay_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in CHAT_PATHS or scope["method"] != "POST":
@@ -43,6 +48,8 @@ class RequestAccounting:
         async def send_and_watch(message: Message) -> None:
             if message["type"] == "http.response.start":
                 sent["status"] = message["status"]
+                if message["status"] in PACED_STATUSES and self.refusal_delay_s:
+                    await asyncio.sleep(self.refusal_delay_s)
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", outcome.request_id.encode())]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 sent["complete"] = True

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0)
     """Seconds a connection may take to send a whole request head, from its opening or its last answer;
     then it is closed (408 when part of a head arrived). Ends slow-header clients and silent connections."""
+    refusal_delay_s: float = Field(0.1, ge=0, le=10)
+    """Seconds a refused chat request (400, 401, 404, 413, 422) waits before its answer, off the event loop.
+    A client that sends bad requests as fast as they are answered is held to a few a second a connection,
+    so a flood cannot take the server from good requests; these never wait. 0 answers at once."""
     max_connections: int = Field(512, gt=0)
     """Open connections; one more gets 503 and is closed. Each costs a file handle and memory, and at most
     max_batch_size + max_queue requests are served at a time anyway."""
