@@ -60,7 +60,6 @@ src/{pkg}/clouds/deploy.py
 src/{pkg}/clouds/entrypoint.py
 src/{pkg}/clouds/importer.py
 src/{pkg}/clouds/settings.py
-src/{pkg}/clouds/staging.py
 src/{pkg}/config.py
 src/{pkg}/data/__init__.py
 src/{pkg}/data/dataset.py
@@ -203,6 +202,7 @@ EXTRA_FILES = {
         "src/{pkg}/clouds/jobs/__init__.py",
         "src/{pkg}/clouds/jobs/cli.py",
         "src/{pkg}/clouds/jobs/job.py",
+        "src/{pkg}/clouds/jobs/staging.py",
         "src/{pkg}/clouds/{cloud}/training.py",
         "tests/test_cloud_jobs.py",
         "tests/test_cloud_{cloud}.py",

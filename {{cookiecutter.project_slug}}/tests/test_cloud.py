@@ -1,4 +1,4 @@
-"""Training elsewhere (a notebook, a cloud job), the part every target shares: staging, the in-job
+"""Training elsewhere (a notebook, a cloud job), the part every target shares: the in-job
 entrypoint (run here with the platform's folders, stopped after a checkpoint as a spot interruption would,
 then restarted), and importing its output into MLflow like a local run. No cloud is called."""
 
@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import signal
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,62 +13,14 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.clouds import entrypoint
+from {{ cookiecutter.package_name }}.clouds.entrypoint import local_settings
 from {{ cookiecutter.package_name }}.clouds.importer import RunImportError, import_run, job_cost
-from {{ cookiecutter.package_name }}.clouds.staging import StagingError, local_settings, stage_inputs
 from {{ cookiecutter.package_name }}.config import dump_config, load_config
 from {{ cookiecutter.package_name }}.train import sft as train_module
 
 ROOT = Path(__file__).parents[1]
 SFT = train_module.SFT  # the real recipe, whose trainer the interruption tests wrap
 PACKAGE = "{{ cookiecutter.package_name }}"
-
-
-# ---- staging -------------------------------------------------------------------------------------------------
-
-
-def test_staging_writes_the_same_files_and_bytes_every_time(tmp_path, smoke_config):
-    config = smoke_config("train.run_name=gpu-1")
-    first = stage_inputs(config, Path("configs/smoke.yaml"), ["lora.r=8"], tmp_path / "a", project_root=ROOT)
-    second = stage_inputs(config, Path("configs/smoke.yaml"), ["lora.r=8"], tmp_path / "b", project_root=ROOT)
-    manifest = json.loads((first / "manifest.json").read_text())
-    assert manifest == json.loads((second / "manifest.json").read_text())  # same sizes and sha256, same order
-    paths = [entry["path"] for entry in manifest]
-    assert paths == sorted(paths)
-    # >>> multi_gpu
-    assert "configs/accelerate/ddp.yaml" in paths  # the multi-GPU launcher's configs
-    # <<< multi_gpu
-    assert [path for path in paths if not path.startswith("configs/accelerate/")] == [
-        "config.yaml",
-        "data/shop_extraction/dataset_info.json",
-        "data/shop_extraction/test.jsonl",
-        "data/shop_extraction/train.jsonl",
-        "data/shop_extraction/validation.jsonl",
-        "local.json",
-        "project.tar.gz",
-        "run.sh",
-    ]
-    with tarfile.open(first / "project.tar.gz") as archive:
-        names = archive.getnames()
-    assert "project/pyproject.toml" in names and f"project/src/{PACKAGE}/clouds/entrypoint.py" in names
-    assert not [name for name in names if "__pycache__" in name]
-    staged = (first / "config.yaml").read_text()
-    assert "path: data/shop_extraction\n" in staged and "run_name: gpu-1\n" in staged
-    assert "base_model: models/tiny-chat\n" in staged  # build_tiny: built inside the job
-    assert json.loads((first / "local.json").read_text())["data.path"] == config.data.path
-
-
-def test_staging_refuses_missing_data_and_leaves_nothing(tmp_path, smoke_config):
-    out = tmp_path / "staging"
-    with pytest.raises(StagingError, match=r"data\.path=.*nope: no such local file or folder"):
-        stage_inputs(smoke_config(f"data.path={tmp_path / 'nope'}"), Path("c.yaml"), [], out, project_root=ROOT)
-    assert not out.exists()
-
-
-def test_staging_refuses_a_local_base_model_the_job_cannot_read(tmp_path, smoke_config, tiny_model):
-    out = tmp_path / "staging"
-    with pytest.raises(StagingError, match=r"model\.base_model=.* is a local folder"):
-        stage_inputs(smoke_config("model.build_tiny=false"), Path("c.yaml"), [], out, project_root=ROOT)
-    assert not out.exists()
 
 
 # ---- the entrypoint, interrupted and resumed; the import --------------------------------------------------
@@ -103,7 +54,7 @@ def _recording(stop_after_save: bool, steps: list[int]):
 
 @pytest.fixture(scope="module")
 def cloud_job(tmp_path_factory, smoke_config, tiny_model):
-    """The entrypoint run as a SageMaker job runs it (its folders as SM_MODEL_DIR / SM_CHECKPOINT_DIR), stopped
+    """The entrypoint run as a SageMaker job runs it (its folders /opt/ml/model and /opt/ml/checkpoints), stopped
     by SIGTERM after its first checkpoint, restarted with the same checkpoint folder; then its output imported
     into a scratch MLflow store. Yields what the tests read."""
     root = tmp_path_factory.mktemp("cloud-job")
@@ -117,11 +68,9 @@ def cloud_job(tmp_path_factory, smoke_config, tiny_model):
     (root / "job" / "local.json").write_text(json.dumps(local_settings(here)))
     # The arguments a job's launcher passes (clouds/jobs/job.py's train_command, without `python -m <module>`)
     argv = ["--config", str(root / "job" / "config.yaml"), "--config-name", "smoke", "--evaluate"]
-    environment = {"SM_MODEL_DIR": str(root / "model"), "SM_CHECKPOINT_DIR": str(root / "checkpoints")}
+    argv += ["--output", str(root / "model"), "--checkpoints", str(root / "checkpoints")]
     first_steps, second_steps = [], []
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in environment.items():
-            patch.setenv(name, value)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")  # a registry of its own
         patch.setattr(train_module, "SFT", dataclasses.replace(SFT, build_trainer=_recording(True, first_steps)))
         interrupted = entrypoint.main(argv)

@@ -22,8 +22,8 @@ from {{ cookiecutter.package_name }}.clouds.jobs.job import (  # noqa: E402
     job_spec,
     train_command,
 )
+from {{ cookiecutter.package_name }}.clouds.jobs.staging import stage_inputs  # noqa: E402
 from {{ cookiecutter.package_name }}.clouds.settings import DeploySettingsError  # noqa: E402
-from {{ cookiecutter.package_name }}.clouds.staging import stage_inputs  # noqa: E402
 from {{ cookiecutter.package_name }}.config import dump_config  # noqa: E402
 
 ROOT = Path(__file__).parents[1]

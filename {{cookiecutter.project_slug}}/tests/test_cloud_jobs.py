@@ -1,5 +1,7 @@
-"""Cloud training jobs, the part every target shares: the price table, the cost cap and the job's command."""
+"""Cloud training jobs, the part every target shares: staging, the price table, the cost cap and the job's command."""
 
+import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,9 @@ from {{ cookiecutter.package_name }}.clouds.jobs.job import (
     train_command,
     worst_case_cost,
 )
+from {{ cookiecutter.package_name }}.clouds.jobs.staging import StagingError, stage_inputs
 
+ROOT = Path(__file__).parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
 
 
@@ -101,7 +105,7 @@ def test_several_gpus_train_through_the_multi_gpu_launcher(tmp_path, smoke_confi
     from {{ cookiecutter.package_name }}.clouds import entrypoint  # here: only this extra's test uses them
     from {{ cookiecutter.package_name }}.config import dump_config
 
-    command = train_command("config.yaml", [], EntrypointOptions(nproc=4))
+    command = train_command("config.yaml", [], EntrypointOptions(output="out", checkpoints="ckpt", nproc=4))
     assert command[command.index("--nproc") + 1] == "4"
     launched = []
     # _train imports subprocess where it launches (its multi_gpu block): the module's own `run` is patched
@@ -122,3 +126,51 @@ class _Done:
 
 
 # <<< multi_gpu
+
+
+# ---- staging -------------------------------------------------------------------------------------------------
+
+
+def test_staging_writes_the_same_files_and_bytes_every_time(tmp_path, smoke_config):
+    config = smoke_config("train.run_name=gpu-1")
+    first = stage_inputs(config, Path("configs/smoke.yaml"), ["lora.r=8"], tmp_path / "a", project_root=ROOT)
+    second = stage_inputs(config, Path("configs/smoke.yaml"), ["lora.r=8"], tmp_path / "b", project_root=ROOT)
+    manifest = json.loads((first / "manifest.json").read_text())
+    assert manifest == json.loads((second / "manifest.json").read_text())  # same sizes and sha256, same order
+    paths = [entry["path"] for entry in manifest]
+    assert paths == sorted(paths)
+    # >>> multi_gpu
+    assert "configs/accelerate/ddp.yaml" in paths  # the multi-GPU launcher's configs
+    # <<< multi_gpu
+    assert [path for path in paths if not path.startswith("configs/accelerate/")] == [
+        "config.yaml",
+        "data/shop_extraction/dataset_info.json",
+        "data/shop_extraction/test.jsonl",
+        "data/shop_extraction/train.jsonl",
+        "data/shop_extraction/validation.jsonl",
+        "local.json",
+        "project.tar.gz",
+        "run.sh",
+    ]
+    with tarfile.open(first / "project.tar.gz") as archive:
+        names = archive.getnames()
+    assert "project/pyproject.toml" in names and f"project/src/{PACKAGE}/clouds/entrypoint.py" in names
+    assert not [name for name in names if "__pycache__" in name]
+    staged = (first / "config.yaml").read_text()
+    assert "path: data/shop_extraction\n" in staged and "run_name: gpu-1\n" in staged
+    assert "base_model: models/tiny-chat\n" in staged  # build_tiny: built inside the job
+    assert json.loads((first / "local.json").read_text())["data.path"] == config.data.path
+
+
+def test_staging_refuses_missing_data_and_leaves_nothing(tmp_path, smoke_config):
+    out = tmp_path / "staging"
+    with pytest.raises(StagingError, match=r"data\.path=.*nope: no such local file or folder"):
+        stage_inputs(smoke_config(f"data.path={tmp_path / 'nope'}"), Path("c.yaml"), [], out, project_root=ROOT)
+    assert not out.exists()
+
+
+def test_staging_refuses_a_local_base_model_the_job_cannot_read(tmp_path, smoke_config, tiny_model):
+    out = tmp_path / "staging"
+    with pytest.raises(StagingError, match=r"model\.base_model=.* is a local folder"):
+        stage_inputs(smoke_config("model.build_tiny=false"), Path("c.yaml"), [], out, project_root=ROOT)
+    assert not out.exists()

@@ -27,7 +27,13 @@ import typer
 import yaml
 
 from .clouds.cli import cloud_app
+from .clouds.entrypoint import recipe_for
+# >>> multi_gpu
 from .config import Config, describe_keys, load_config
+# <<< multi_gpu
+# >>> !multi_gpu
+from .config import describe_keys, load_config
+# <<< !multi_gpu
 from .errors import BadInput, ErrorBoundary, ProjectError
 
 # ErrorBoundary is the CLI's one error boundary: an expected error (errors.ProjectError) ends as `error: <message>`
@@ -269,17 +275,6 @@ def _show_progress_messages() -> None:
     # Printed here only: a library that configures the root logger (a module-level logging.info() does) would
     # print each message a second time, as "INFO:<module>:...".
     logger.propagate = False
-
-
-def recipe_for(config: Config):  # -> train.sft.Recipe | None (None: SFT)
-    """The training recipe of `train.stage`: SFT (train/sft.py) unless an extra's stage is asked for."""
-    # >>> preference_tuning
-    if config.train.stage == "dpo":
-        from .preference.dpo import DPO
-
-        return DPO
-    # <<< preference_tuning
-    return None
 
 
 @app.command()

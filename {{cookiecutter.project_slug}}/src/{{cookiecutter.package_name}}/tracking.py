@@ -201,25 +201,33 @@ def _git_commit() -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def log_training_inputs(config: Config, *, splits: DatasetDict, config_file: Path, device: str, data_path: str) -> None:
+def log_training_inputs(
+    config: Config,
+    *,
+    splits: DatasetDict,
+    config_file: Path,
+    device: str,
+    data_path: str,
+    versions: dict[str, str] | None = None,
+) -> None:
     """Parameters (the flattened config), the dataset (read from `data_path`) as an MLflow input, library versions
-    and device."""
+    (`versions`, default this machine's; an imported job passes its own) and device."""
     import mlflow
     import pandas as pd
 
+    versions = library_versions() if versions is None else versions
     params = flatten(config.model_dump(mode="json")) | {f"data.rows.{name}": len(rows) for name, rows in splits.items()}
-    params |= {f"version.{name}": version for name, version in library_versions().items()} | {"device": device}
+    params |= {f"version.{name}": version for name, version in versions.items()} | {"device": device}
     # world size, backend, strategy and effective batch = train.batch_size x accumulation x world size
     batch, accumulation = config.train.batch_size, config.train.gradient_accumulation_steps
     params |= run_params(device=device, batch_size=batch, accumulation=accumulation)
     log_run_params(params)
     mlflow.log_artifact(str(config_file))
-    path = data_path
     for split, rows in splits.items():
         # One JSON string per conversation (per pair for DPO): MLflow hashes the content into the dataset's digest.
         texts = [json.dumps(messages) for messages in rows["messages"]] if "messages" in rows.column_names else None
         frame = pd.DataFrame({"messages": texts} if texts else {"pair": [json.dumps(row) for row in rows]})
-        dataset = mlflow.data.from_pandas(frame, source=path, name=f"{Path(path).name}-{split}")
+        dataset = mlflow.data.from_pandas(frame, source=data_path, name=f"{Path(data_path).name}-{split}")
         mlflow.log_input(dataset, context=split)
 
 

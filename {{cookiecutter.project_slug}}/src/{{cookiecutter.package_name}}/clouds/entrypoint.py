@@ -1,4 +1,4 @@
-"""Runs inside the cloud job: train (resuming a preempted attempt), evaluate, write what `cloud fetch` imports.
+"""Runs in the notebook or cloud job: train (resuming a stopped attempt), evaluate, write what `cloud fetch` imports.
 
     python -m <package>.clouds.entrypoint --config config.yaml --output DIR --checkpoints DIR [--no-evaluate]
 
@@ -17,8 +17,7 @@ What it writes into --output (the layout `cloud fetch` and `importer.import_run`
 
 MLflow is off inside the job: the import on your machine creates the run from config.yaml and
 train_log.json (every logged step) and eval.json, in your own store, so there is no tracking server to
-reach from the cloud and nothing to merge. Folders come from the arguments, else the platform's variables:
-SM_MODEL_DIR / SM_CHECKPOINT_DIR (SageMaker), AIP_MODEL_DIR / AIP_CHECKPOINT_DIR (Vertex AI).
+reach from the cloud and nothing to merge.
 """
 
 from __future__ import annotations
@@ -31,17 +30,15 @@ import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from ..config import ConfigError, load_config
+from ..config import Config, ConfigError, load_config
 from ..errors import ProjectError
 from ..runs import CONFIG_FILE, TRAIN_LOG
 
 log = logging.getLogger(__name__)
 JOB_FILE = "job.json"
-OUTPUT_ENV = ("SM_MODEL_DIR", "AIP_MODEL_DIR")
-CHECKPOINT_ENV = ("SM_CHECKPOINT_DIR", "AIP_CHECKPOINT_DIR")
-# SageMaker's fixed paths when its variables are not set (a container run without the training toolkit).
-DEFAULT_OUTPUT, DEFAULT_CHECKPOINTS = "/opt/ml/model", "/opt/ml/checkpoints"
+LOCAL = "local.json"  # the settings as they are on the user's machine (local_settings), beside the config
 DEFAULT_RUN_NAME = "cloud-run"
 INTERRUPTED = 143  # 128 + SIGTERM, what a stopped process reports: the platform restarts a spot job
 
@@ -50,18 +47,11 @@ class EntrypointError(ProjectError, ValueError):
     """The job cannot run as asked (no output folder, a bad config); the message names what to fix."""
 
 
-def _folder(given: str | None, names: tuple[str, ...], default: str) -> Path:
-    for value in (given, *(os.environ.get(name) for name in names)):
-        if value:
-            return Path(value)
-    return Path(default)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="the staged config.yaml (overrides already applied)")
-    parser.add_argument("--output", help="results folder; default $SM_MODEL_DIR / $AIP_MODEL_DIR / /opt/ml/model")
-    parser.add_argument("--checkpoints", help="folder kept across restarts; default $SM_CHECKPOINT_DIR / ...")
+    parser.add_argument("--output", required=True, type=Path, help="results folder (what `cloud fetch` imports)")
+    parser.add_argument("--checkpoints", required=True, type=Path, help="folder the platform keeps across restarts")
     parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) for training: > 1 uses accelerate")
     parser.add_argument("--config-name", help="the config's name as run folders and tags use it (default: its stem)")
@@ -74,12 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the job; 0 when done, 2 on bad input, INTERRUPTED when stopped (SIGTERM: a spot interruption)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    output = _folder(args.output, OUTPUT_ENV, DEFAULT_OUTPUT)
-    checkpoints = _folder(args.checkpoints, CHECKPOINT_ENV, DEFAULT_CHECKPOINTS)
     try:
-        run(args, output=output, checkpoints=checkpoints)
+        run(args)
     except KeyboardInterrupt:
-        log.warning("stopped: the checkpoints in %s stay for the restart", checkpoints)
+        log.warning("stopped: the checkpoints in %s stay for the restart", args.checkpoints)
         return INTERRUPTED
     except ProjectError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -87,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, *, output: Path, checkpoints: Path) -> Path:
+def run(args: argparse.Namespace) -> Path:
     """Train (or resume, or skip a finished training), evaluate, write --output; returns the output folder."""
-    started = datetime.now(UTC)
+    started, output, checkpoints = datetime.now(UTC), args.output, args.checkpoints
     config_file = Path(args.config)
     job_overrides = [
         f"train.output_dir={checkpoints}",
@@ -113,8 +101,9 @@ def run(args: argparse.Namespace, *, output: Path, checkpoints: Path) -> Path:
         evaluate(config, adapter_dir=run_dir / "adapter")
     results = output / "outputs" / run_dir.name
     _copy_results(run_dir, results)
-    local = Path(args.local_settings) if args.local_settings else config_file.parent / "local.json"
-    _write_back_local_settings(results / CONFIG_FILE, local)
+    local = Path(args.local_settings) if args.local_settings else config_file.parent / LOCAL
+    if local.is_file():
+        rewrite_config(results / CONFIG_FILE, json.loads(local.read_text(encoding="utf-8")))
     _write_job_record(output, run_dir=run_dir, started=started, resumed_from=resumed_from)
     return output
 
@@ -136,17 +125,24 @@ def _prepare_run_dir(run_dir: Path) -> str | None:
     return None
 
 
+def recipe_for(config: Config):  # -> train.sft.Recipe | None (None: SFT)
+    """The training recipe of `train.stage`: SFT (train/sft.py) unless an extra's stage is asked for. Here, not in
+    train/, because an extra's recipe comes after training in the stage order; cli.py's `train` uses it too."""
+    # >>> preference_tuning
+    if config.train.stage == "dpo":
+        from ..preference.dpo import DPO
+
+        return DPO
+    # <<< preference_tuning
+    return None
+
+
 def _train(config, *, config_file: Path, config_name: str, nproc: int, resume: bool) -> None:
     """One process here, or `nproc` through the multi-GPU launcher (a copy of the job's config for it)."""
     if nproc <= 1:
         from ..train.sft import train
 
-        recipe = None  # SFT
-        # >>> preference_tuning
-        if config.train.stage == "dpo":
-            from ..preference.dpo import DPO as recipe
-        # <<< preference_tuning
-        train(config, config_name=config_name, resume=resume, recipe=recipe)
+        train(config, config_name=config_name, resume=resume, recipe=recipe_for(config))
         return
     # >>> multi_gpu
     import subprocess
@@ -172,17 +168,29 @@ def _train(config, *, config_file: Path, config_name: str, nproc: int, resume: b
     # <<< !multi_gpu
 
 
-def _write_back_local_settings(config_path: Path, local: Path) -> None:
-    """The run's config.yaml with the settings the job changed put back as they are on the user's machine."""
-    if not local.is_file():
-        return
+def local_settings(config: Config) -> dict[str, object]:
+    """The settings the job changes, as they are here (the notebook and `cloud train` write them to local.json):
+    written back into the run's config.yaml, so an imported run reads as if trained here (evaluate compares
+    data.path, for one)."""
+    return {
+        "data.path": config.data.path,
+        "model.base_model": config.model.base_model,
+        "train.output_dir": config.train.output_dir,
+        "eval.report_dir": config.eval.report_dir,
+        "tracking": config.tracking.model_dump(mode="json"),
+    }
+
+
+def rewrite_config(config_path: Path, updates: dict[str, Any]) -> None:
+    """The run's config.yaml with each `section.key` (or whole `section`) of `updates` set: the job's settings
+    put back as they are on the user's machine, or (importer.py) this project's folders and the job's price."""
     import yaml
 
     resolved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    for key, value in json.loads(local.read_text(encoding="utf-8")).items():
+    for key, value in updates.items():
         section, _, name = key.partition(".")
         if name:
-            resolved[section][name] = value
+            resolved.setdefault(section, {})[name] = value
         else:
             resolved[section] = value
     config_path.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")

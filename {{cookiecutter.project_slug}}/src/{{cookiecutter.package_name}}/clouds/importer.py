@@ -30,7 +30,7 @@ from typing import Any
 from ..config import Config, EvalConfig, TrainConfig, load_config
 from ..errors import BadInput
 from ..runs import CONFIG_FILE, TRAIN_LOG, write_tracking_file
-from .entrypoint import JOB_FILE
+from .entrypoint import JOB_FILE, rewrite_config
 
 JOB_ID_TAG = "cloud.job_id"
 EVAL_FILES = ("eval.json", "eval.md")
@@ -119,13 +119,11 @@ def import_run(
         run_dir = Path(output_dir) / source.name
         _refuse_second_import(config, job_id=str(job["job_id"]), run_dir=run_dir)
         shutil.copytree(source, run_dir)
-        updates: dict[tuple[str, str], Any] = {
-            ("train", "output_dir"): str(output_dir),
-            ("eval", "report_dir"): str(report_dir),
-        }
+        updates: dict[str, Any] = {"train.output_dir": str(output_dir), "eval.report_dir": str(report_dir)}
         if job.get("usd_per_hour") is not None:  # the report's cost estimate: wall time x this job's price
-            updates["report", "hourly_cost_usd"] = float(job["usd_per_hour"])
-        config = _rewrite_config(run_dir / CONFIG_FILE, updates)
+            updates["report.hourly_cost_usd"] = float(job["usd_per_hour"])
+        rewrite_config(run_dir / CONFIG_FILE, updates)
+        config = load_config(run_dir / CONFIG_FILE)
         report_dir = Path(config.eval.report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
         for name in EVAL_FILES:
@@ -143,18 +141,6 @@ def import_run(
         shutil.rmtree(run_dir, ignore_errors=True)  # importing again must find the folder free
         raise
     return ImportedRun(run_dir=run_dir, run_id=run_id, version=version, cost_usd=cost, promoted=promoted)
-
-
-def _rewrite_config(config_file: Path, updates: dict[tuple[str, str], Any]) -> Config:
-    """The run's config.yaml with each (section, key) of `updates` set (this project's folders, the job's
-    price as report.hourly_cost_usd); returns it loaded."""
-    import yaml
-
-    resolved = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    for (section, key), value in updates.items():
-        resolved.setdefault(section, {})[key] = value
-    config_file.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    return load_config(config_file)
 
 
 def job_cost(job: dict[str, Any]) -> float | None:
@@ -220,23 +206,16 @@ def _millis(iso: str | None) -> int | None:
 
 
 def _log_inputs(config: Config, *, train_log: dict, record: dict, config_file: Path) -> None:
-    """As tracking.log_training_inputs: the flattened config, rows per split, the job's library versions and
-    device as parameters, the config file, the splits as dataset inputs (read here: the job trained on a copy)."""
-    import mlflow
-    import pandas as pd
-
+    """As a local `train` logs them (tracking.log_training_inputs), with the job's library versions and device;
+    the splits are read here (the job trained on a copy)."""
     from ..data.dataset import load_splits
-    from ..tracking import flatten, log_run_params
+    from ..tracking import log_training_inputs
 
     splits = load_splits(config.data, system_prompt=config.task.system_prompt)
-    params = flatten(config.model_dump(mode="json")) | {f"data.rows.{name}": len(rows) for name, rows in splits.items()}
-    params |= {f"version.{name}": v for name, v in (record.get("library_versions") or {}).items()}
-    log_run_params(params | {"device": train_log.get("device", "unknown")})
-    mlflow.log_artifact(str(config_file))
-    for split, rows in splits.items():
-        frame = pd.DataFrame({"messages": [json.dumps(messages) for messages in rows["messages"]]})
-        dataset = mlflow.data.from_pandas(frame, source=config.data.path, name=f"{Path(config.data.path).name}-{split}")
-        mlflow.log_input(dataset, context=split)
+    device, versions = train_log.get("device", "unknown"), record.get("library_versions") or {}
+    log_training_inputs(
+        config, splits=splits, config_file=config_file, device=device, data_path=config.data.path, versions=versions
+    )
 
 
 def _log_history(client, run_id: str, log_history: list[dict]) -> None:

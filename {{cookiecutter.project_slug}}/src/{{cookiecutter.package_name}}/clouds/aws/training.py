@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..jobs.job import JOB_VARIABLES, EntrypointOptions, JobSpec, JobStatus, check_cost, train_command
+from ..jobs.staging import LAUNCHER, staged_files
 from ..settings import DeploySettingsError, Var, resolve
-from ..staging import LAUNCHER, staged_files
 
 TARGET = "aws"
 # The cheapest single-GPU training instance with bf16 and memory for configs/gpu.yaml (0.5B model, batch 16,

@@ -5,7 +5,7 @@
 The job is an `azure-ai-ml` CommandJob built from the settings alone (no credentials, no network), so the tests
 dump it to YAML and load it back through the SDK's job schema. What `submit` sends
 (https://learn.microsoft.com/azure/machine-learning/how-to-use-serverless-compute):
-- input `staging`: the staged folder (clouds/staging.py); `create_or_update` uploads it to the workspace's
+- input `staging`: the staged folder (clouds/jobs/staging.py); `create_or_update` uploads it to the workspace's
   default datastore first, and the job mounts it read-only;
 - command `bash ${{inputs.staging}}/run.sh --output ${{outputs.results}} --checkpoints ${{outputs.checkpoints}}`;
 - serverless compute: `resources` (instance type and count) and no `compute`; `queue_settings.job_tier` "spot"
@@ -26,8 +26,8 @@ from typing import Any
 
 from ...errors import ProjectError
 from ..jobs.job import JOB_VARIABLES, EntrypointOptions, JobSpec, JobStatus, check_cost, train_command
+from ..jobs.staging import LAUNCHER, staged_files
 from ..settings import DeploySettingsError, Var, resolve
-from ..staging import LAUNCHER, staged_files
 from .deploy import WORKSPACE_VARIABLES
 
 TARGET = "azure"

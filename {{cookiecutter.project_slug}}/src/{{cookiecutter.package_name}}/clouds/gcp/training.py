@@ -3,7 +3,7 @@
     DRY_RUN=1 make train-cloud CONFIG=configs/gpu.yaml    # the cost check and every call below, nothing created
 
 What `submit` does (`job_calls` lists it, in order):
-1. uploads the staged inputs (clouds/staging.py) to gs://<GCS_BUCKET>/<project>/<run>/inputs/;
+1. uploads the staged inputs (clouds/jobs/staging.py) to gs://<GCS_BUCKET>/<project>/<run>/inputs/;
 2. creates a CustomJob (google-cloud-aiplatform's `aiplatform_v1` types, so a misspelt field fails here, not at
    Google): one worker pool, a prebuilt PyTorch GPU training container
    (https://cloud.google.com/vertex-ai/docs/training/pre-built-containers), Scheduling(strategy=SPOT) unless
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..jobs.job import JOB_VARIABLES, EntrypointOptions, JobSpec, JobStatus, check_cost, train_command
+from ..jobs.staging import LAUNCHER, staged_files
 from ..settings import DeploySettingsError, Var, resolve
-from ..staging import LAUNCHER, staged_files
 from .deploy import PROJECT_ID
 
 TARGET = "gcp"

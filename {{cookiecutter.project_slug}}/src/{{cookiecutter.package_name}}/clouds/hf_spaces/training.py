@@ -5,7 +5,7 @@
 What `submit` does (`job_calls` lists it, in order; huggingface_hub's Jobs API,
 https://huggingface.co/docs/huggingface_hub/guides/jobs):
 1. creates (or reuses) a private dataset repo <HF_JOBS_REPO> for the job's files;
-2. uploads the staged inputs (clouds/staging.py) to <run>/inputs/ in it;
+2. uploads the staged inputs (clouds/jobs/staging.py) to <run>/inputs/ in it;
 3. `run_job` on the flavor CLOUD_INSTANCE_TYPE with `timeout` = the run-time cap, HF_TOKEN passed as a job
    secret (never in the command, the environment or a log), labels made-by=<project> and run=<run>. The job's
    command downloads the inputs, runs the staged launcher, and pushes the results to <run>/output/ of the repo,
@@ -24,8 +24,8 @@ from typing import Any
 
 from ...errors import ProjectError
 from ..jobs.job import JOB_VARIABLES, EntrypointOptions, JobSpec, JobStatus, check_cost, train_command
+from ..jobs.staging import LAUNCHER
 from ..settings import DeploySettingsError, Var, resolve
-from ..staging import LAUNCHER
 
 TARGET = "hf-jobs"
 DEFAULT_INSTANCE = "t4-small"  # the cheapest GPU flavor: 1x T4 16 GB (fp16), 4 vCPU, 15 GB; gpu.yaml's 0.5B model fits

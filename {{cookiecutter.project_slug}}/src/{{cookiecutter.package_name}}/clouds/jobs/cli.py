@@ -86,7 +86,7 @@ def train(
             staging=Path(scratch) / "staging",
         )
         check_cost(spec, echo=typer.echo)  # before anything is made, dry run or not
-        from ..staging import stage_inputs
+        from .staging import stage_inputs
 
         stage_inputs(resolved, config, overrides, spec.staging)
         if dry_run():

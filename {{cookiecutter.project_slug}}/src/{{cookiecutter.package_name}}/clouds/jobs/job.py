@@ -185,27 +185,21 @@ def check_cost(spec: JobSpec, *, echo=print) -> float:
 class EntrypointOptions:
     """The in-job entrypoint's options (clouds/entrypoint.py), as `train_command` writes them."""
 
+    output: str  # the folder the platform uploads when the job ends
+    checkpoints: str  # the folder the platform keeps across a restart
     nproc: int = 1  # the GPUs of the instance
-    output: str | None = None
-    checkpoints: str | None = None
     evaluate: bool = True
     config_name: str | None = None  # the staged file is config.yaml; runs keep the user's name
     python: str = "python"
 
 
-def train_command(
-    config_file: str, overrides: list[str], options: EntrypointOptions = EntrypointOptions()
-) -> list[str]:
+def train_command(config_file: str, overrides: list[str], options: EntrypointOptions) -> list[str]:
     """The command the job runs: the in-job entrypoint (train, evaluate, write what `fetch` imports).
-    `output`/`checkpoints` None: the entrypoint takes the platform's folders from its environment. With
-    nproc > 1 the entrypoint runs its training step through `distributed.launch_command` (one setting: the
+    With nproc > 1 the entrypoint runs its training step through `distributed.launch_command` (one setting: the
     GPUs of the instance), and evaluates in its own single process afterwards."""
     package = __package__.split(".")[0]
     command = [options.python, "-m", f"{package}.clouds.entrypoint", "--config", config_file]
-    if options.output:
-        command += ["--output", options.output]
-    if options.checkpoints:
-        command += ["--checkpoints", options.checkpoints]
+    command += ["--output", options.output, "--checkpoints", options.checkpoints]
     if options.config_name:
         command += ["--config-name", options.config_name]
     if options.nproc > 1:

@@ -28,11 +28,11 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from ..config import Config, dump_config
-from ..errors import BadInput
+from ...config import Config, dump_config
+from ...errors import BadInput
+from ..entrypoint import LOCAL, local_settings
 
 ARCHIVE, CONFIG, LAUNCHER, MANIFEST = "project.tar.gz", "config.yaml", "run.sh", "manifest.json"
-LOCAL = "local.json"  # the settings as they are on this machine (local_settings)
 # What the archive holds, relative to the project root: enough for `pip install` (pyproject + sources).
 PROJECT_FILES = ("pyproject.toml", "README.md", "LICENSE")
 SKIPPED = ("__pycache__", ".pyc", ".egg-info")
@@ -75,18 +75,6 @@ def stage_inputs(
         shutil.rmtree(out, ignore_errors=True)
         raise
     return out
-
-
-def local_settings(config: Config) -> dict[str, object]:
-    """The settings the job changes, as they are here: the entrypoint writes them back into the run's
-    config.yaml, so an imported run reads as if trained here (evaluate compares data.path, for one)."""
-    return {
-        "data.path": config.data.path,
-        "model.base_model": config.model.base_model,
-        "train.output_dir": config.train.output_dir,
-        "eval.report_dir": config.eval.report_dir,
-        "tracking": config.tracking.model_dump(mode="json"),
-    }
 
 
 def _job_config(config: Config, *, staged_data: str) -> Config:
@@ -161,7 +149,7 @@ def launcher(*, overrides_note: list[str] = ()) -> str:
     note = f"# overrides applied in config.yaml: {shlex.join(overrides_note)}\n" if overrides_note else ""
     return (
         "#!/usr/bin/env bash\n"
-        "# Runs inside the cloud job (made by `cloud train`; see clouds/staging.py).\n"
+        "# Runs inside the cloud job (made by `cloud train`; see clouds/jobs/staging.py).\n"
         f"{note}"
         "set -euo pipefail\n"
         'cd "$(dirname "$0")"\n'
