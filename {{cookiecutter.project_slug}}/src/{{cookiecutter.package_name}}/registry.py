@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from .config import Config
+from .errors import first_line
 from .model.load import ModelSourceError, check_adapter_dir, newest_adapter, read_adapter_config
 from .runs import read_tracking_file, run_config_path
 from .tracking import (
@@ -238,7 +239,7 @@ def fetch_model(uri: str, *, download_dir: Path | None = None) -> ModelSource:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=download_dir and str(download_dir)))
     except MlflowException as err:
-        raise TrackingError(f"model {uri} not found in {tracking_uri()}: {err.message.splitlines()[0]}") from None
+        raise TrackingError(f"model {uri} not found in {tracking_uri()}: {first_line(err)}") from None
     # The transformers flavor of the MLmodel file names the adapter folder and the base it adapts.
     flavor = Model.load(local).flavors["transformers"]
     name, version, run_id = _identify(uri)
@@ -269,7 +270,7 @@ def _identify(source: str) -> tuple[str, str | None, str]:
     try:
         resolved = get_model_name_and_version(mlflow_client, source)  # @alias and /latest -> a version number
     except MlflowException as err:
-        raise TrackingError(f"model {source} not found in {tracking_uri()}: {err.message.splitlines()[0]}") from None
+        raise TrackingError(f"model {source} not found in {tracking_uri()}: {first_line(err)}") from None
     if len(resolved) == 1:  # models:/<model id>: a logged model, not a registered version
         logged = mlflow_client.get_logged_model(resolved[0])
         return logged.name, None, logged.source_run_id

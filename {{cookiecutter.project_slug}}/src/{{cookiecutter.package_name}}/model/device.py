@@ -132,16 +132,12 @@ def quantization_config(*, device: Device) -> BitsAndBytesConfig:
     )
 
 
-# ---- inside a launched process ----------------------------------------------------------------------
+# ---- inside a launched process (several only with the multi_gpu extra) --------------------------------
 
 
 def world_size() -> int:
     """Processes in the whole job (torchrun's WORLD_SIZE); 1 when not launched."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def local_rank() -> int:
@@ -151,15 +147,16 @@ def local_rank() -> int:
 
 def is_main_process() -> bool:
     """Rank 0 of the whole job (or a plain single process): the only one that writes outputs and logs."""
-    return rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def active_strategy() -> str:
     """What accelerate launched this process with: fsdp, deepspeed, ddp, or none for one process."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return "fsdp"
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        return "deepspeed"
+    # >>> multi_gpu
+    for strategy in ("fsdp", "deepspeed"):
+        if os.environ.get(f"ACCELERATE_USE_{strategy.upper()}", "").lower() == "true":
+            return strategy
+    # <<< multi_gpu
     return "ddp" if world_size() > 1 else "none"
 
 
@@ -175,9 +172,14 @@ def run_params(*, device: str, batch_size: int, accumulation: int) -> dict[str, 
 
 
 def agree_on(decide: Callable[[], Any], device: str) -> Any:
-    """Call `decide` in every process and return rank 0's answer everywhere: the run folder's name carries a
-    timestamp, which two processes starting a second apart would choose differently. Rank 0's error is
-    raised in every process (not only there, which would leave the others waiting for it)."""
+    """`decide()`, the same answer in every process: the run folder's name carries a timestamp, which two
+    processes starting a second apart would choose differently (one process here without multi_gpu)."""
+    # >>> !multi_gpu
+    return decide()
+    # <<< !multi_gpu
+    # >>> multi_gpu
+    # Rank 0's answer, broadcast; its error is raised in every process (not only there, which would leave the
+    # others waiting for it).
     try:
         outcome: tuple[bool, Any] = (True, decide())
     except ProjectError as err:
@@ -192,25 +194,30 @@ def agree_on(decide: Callable[[], Any], device: str) -> Any:
     if not ok:
         raise value
     return value
+    # <<< multi_gpu
 
 
 @contextmanager
 def local_main_process_first(device: str) -> Iterator[None]:
     """Run the block in this machine's first process, then in the others (a file they all need is made once)."""
-    if world_size() == 1:
-        yield
-        return
-    from accelerate import PartialState
+    # >>> multi_gpu
+    if world_size() > 1:
+        from accelerate import PartialState
 
-    with PartialState(cpu=device == "cpu").local_main_process_first():
-        yield
+        with PartialState(cpu=device == "cpu").local_main_process_first():
+            yield
+        return
+    # <<< multi_gpu
+    yield
 
 
 def placement(device: str) -> str | None:
-    """Where `model.load_base_model` puts the weights: this process's own GPU (not GPU 0 for all of them), or
-    None under FSDP/DeepSpeed, which shard the model from the CPU onto the GPUs themselves."""
+    """Where `model.load_base_model` puts the weights: this process's own GPU (not GPU 0 for all of them);
+    with the multi_gpu extra None under FSDP/DeepSpeed, which shard the model from the CPU onto the GPUs."""
     if device != "cuda":
         return device
+    # >>> multi_gpu
     if active_strategy() in ("fsdp", "deepspeed"):
         return None
+    # <<< multi_gpu
     return f"cuda:{local_rank()}"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from ..errors import first_line
 from .device import (
     Device,
     ModelError,
@@ -108,7 +109,7 @@ def _check_hub_id(name: str, *, revision: str | None, trust_remote_code: bool) -
             reason = f"it is not a local folder and not in the Hugging Face cache {where}"
             hint = f"download it once online (`hf download {name}`), or point model.base_model at a local folder"
         else:
-            reason = f"the hub has no such model or it cannot be reached ({str(err).splitlines()[0]})"
+            reason = f"the hub has no such model or it cannot be reached ({first_line(err)})"
             hint = "check the id on huggingface.co, or point model.base_model at a local folder"
         raise ModelError(f"model.base_model={name!r}: {reason}; {hint}") from None
 
@@ -133,7 +134,7 @@ def load_tokenizer(source: str | Path, *, revision: str | None = None, trust_rem
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ModelError(f"{source}: cannot load the tokenizer: {str(err).splitlines()[0]}") from None
+        raise ModelError(f"{source}: cannot load the tokenizer: {first_line(err)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs one; masked out of attention and loss
     return tokenizer
@@ -157,9 +158,7 @@ def load_base_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(model_cfg.base_model, **kwargs)
     except (OSError, ValueError) as err:
-        raise ModelError(
-            f"model.base_model={model_cfg.base_model!r}: cannot load: {str(err).splitlines()[0]}"
-        ) from None
+        raise ModelError(f"model.base_model={model_cfg.base_model!r}: cannot load: {first_line(err)}") from None
     target = placement(device)  # this process's GPU; None: FSDP/DeepSpeed place the weights themselves
     return model if model_cfg.load_in_4bit or target is None else model.to(target)
 
