@@ -14,13 +14,13 @@ from {{ cookiecutter.package_name }}.config import Config
 from {{ cookiecutter.package_name }}.data.dataset import load_splits
 from {{ cookiecutter.package_name }}.evaluate.gate import promote
 from {{ cookiecutter.package_name }}.registry import CANDIDATE
-from {{ cookiecutter.package_name }}.report import START, write_report
+from {{ cookiecutter.package_name }}.report import write_report
 from {{ cookiecutter.package_name }}.report.journey import experiments_text, read_journey, update_decisions
+from {{ cookiecutter.package_name }}.report.readme import START
 from {{ cookiecutter.package_name }}.tracking import (
     client,
     log_evaluation,
     log_training_inputs,
-    project_experiment_id,
     training_run,
 )
 
@@ -143,27 +143,6 @@ def test_a_run_without_evaluation_and_a_deleted_run(tmp_path, smoke_config):
     text = experiments_text(journey, project="journey-bare", plot=None)
     assert "- Field accuracy (mean): not evaluated (`evaluate --adapter models:/journey-bare/1` scores it)" in text
     assert "- Gate: version 1, not judged yet" in text and f"<!-- run: {kept} -->" in text and "![" not in text
-
-
-def test_a_sweep_is_one_line_with_its_best_trial(smoke_config):
-    """The tags the sweeps extra records (sweep/sweep.py): the sweep's run, its trials nested under it."""
-    config = smoke_config("tracking.enabled=true", "project=journey-sweep")
-    mlflow_client = client()
-    experiment = project_experiment_id(config.project)
-    space = json.dumps({"lora.r": {"type": "categorical", "choices": [4, 8, 16]}})
-    tags = {"sweep.study": "smoke-sweep", "sweep.objective": "minimize eval_loss", "sweep.space": space}
-    sweep = mlflow_client.create_run(experiment, run_name="smoke-sweep", tags=tags).info.run_id
-    for number, (rank, loss) in enumerate([(8, 1.5), (16, 1.25), (4, 1.9)]):
-        trial_tags = {"mlflow.parentRunId": sweep, "stage": "sft", "sweep.trial": str(number)}
-        trial = mlflow_client.create_run(experiment, run_name=f"trial-{number:03d}", tags=trial_tags).info.run_id
-        mlflow_client.log_param(trial, "lora.r", str(rank))
-        mlflow_client.log_metric(trial, "sweep.objective", loss)
-    text = experiments_text(read_journey(config), project="journey-sweep", plot=None)
-    assert text.count("\n## ") == 1 and "\n## 1. smoke-sweep · sweep · " in text
-    assert (
-        "- Sweep of 3 trials, best trial-001: eval_loss 1.25 with `lora.r`=16; plots: `reports/sweep_history.png`"
-        in text
-    )
 
 
 @pytest.mark.parametrize(

@@ -15,23 +15,21 @@ from {{ cookiecutter.package_name }}.config import dump_config, load_config
 from {{ cookiecutter.package_name }}.data.dataset import SPLITS, data_record, epochs_seen
 from {{ cookiecutter.package_name }}.data.shop_example import synthesize
 from {{ cookiecutter.package_name }}.evaluate.markdown import answer_cell, table
-from {{ cookiecutter.package_name }}.report import (
+from {{ cookiecutter.package_name }}.report import write_report
+from {{ cookiecutter.package_name }}.report.about import NO_DESCRIPTION, task_section
+from {{ cookiecutter.package_name }}.report.card import TEMPLATE, model_card_text
+from {{ cookiecutter.package_name }}.report.facts import ReportError, RunFacts, gather, project_metadata
+from {{ cookiecutter.package_name }}.report.plots import PLOTS
+from {{ cookiecutter.package_name }}.report.readme import (
     END,
-    PLOTS,
     START,
     TASK_END,
     TASK_START,
-    ReportError,
-    RunFacts,
-    gather,
-    project_metadata,
+    key_settings,
     replace_results,
     replace_task,
-    write_report,
+    results_section,
 )
-from {{ cookiecutter.package_name }}.report.about import NO_DESCRIPTION, task_section
-from {{ cookiecutter.package_name }}.report.card import TEMPLATE, model_card_text
-from {{ cookiecutter.package_name }}.report.readme import key_settings, results_section
 from {{ cookiecutter.package_name }}.report.summary import cost_text, settings
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -501,9 +499,6 @@ def test_epochs_are_steps_times_batch_over_training_rows():
     assert epochs_seen(steps=60, batch_size=8, accumulation=4, train_rows=48, devices=2) == 80.0
     assert epochs_seen(steps=7, batch_size=1, accumulation=1, train_rows=3) == 2.33
     assert epochs_seen(steps=60, batch_size=8, accumulation=1, train_rows=0) is None
-    # A train_log.json written before epochs were recorded: from its logged steps, rows and the config.
-    old = _ticket_log(epochs=None)
-    assert settings(_ticket_facts(train_log=old).run_config, old).epochs == 10.0
 
 
 def test_a_task_without_a_description_says_how_to_add_one(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.registry import COMMAND
-from {{ cookiecutter.package_name }}.report import gather
 from {{ cookiecutter.package_name }}.report.card import model_card_text
+from {{ cookiecutter.package_name }}.report.facts import gather
 from {{ cookiecutter.package_name }}.report.lineage import sft_parent
 from {{ cookiecutter.package_name }}.report.readme import results_section
 from {{ cookiecutter.package_name }}.tracking import client as tracking_client

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from {{ cookiecutter.package_name }}.cli import app
 from {{ cookiecutter.package_name }}.config import ConfigError, load_config
+from {{ cookiecutter.package_name }}.report.journey import experiments_text, read_journey
 from {{ cookiecutter.package_name }}.sweep.sweep import (
     PARENT_RUN_ATTR,
     PLOTS,
@@ -17,6 +18,7 @@ from {{ cookiecutter.package_name }}.sweep.sweep import (
     objective_value,
     run_sweep,
 )
+from {{ cookiecutter.package_name }}.tracking import client, project_experiment_id
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 runner = CliRunner()
@@ -151,3 +153,25 @@ def test_sweep_prunes_nests_trials_resumes_and_writes_a_loadable_best_config(wor
     assert load_config(best_yaml).lora.r == best.params["lora.r"]
     assert (tmp_path / "reports" / PLOTS["history"]).stat().st_size > 10_000
     assert (tmp_path / "reports" / PLOTS["importance"]).stat().st_size > 10_000
+
+
+def test_a_sweep_is_one_line_with_its_best_trial(smoke_config):
+    """The experiment log (report/journey.py) shows a sweep as one run, its trials nested under it, from the tags
+    sweep/sweep.py records."""
+    config = smoke_config("tracking.enabled=true", "project=journey-sweep")
+    mlflow_client = client()
+    experiment = project_experiment_id(config.project)
+    space = json.dumps({"lora.r": {"type": "categorical", "choices": [4, 8, 16]}})
+    tags = {"sweep.study": "smoke-sweep", "sweep.objective": "minimize eval_loss", "sweep.space": space}
+    sweep = mlflow_client.create_run(experiment, run_name="smoke-sweep", tags=tags).info.run_id
+    for number, (rank, loss) in enumerate([(8, 1.5), (16, 1.25), (4, 1.9)]):
+        trial_tags = {"mlflow.parentRunId": sweep, "stage": "sft", "sweep.trial": str(number)}
+        trial = mlflow_client.create_run(experiment, run_name=f"trial-{number:03d}", tags=trial_tags).info.run_id
+        mlflow_client.log_param(trial, "lora.r", str(rank))
+        mlflow_client.log_metric(trial, "sweep.objective", loss)
+    text = experiments_text(read_journey(config), project="journey-sweep", plot=None)
+    assert text.count("\n## ") == 1 and "\n## 1. smoke-sweep · sweep · " in text
+    assert (
+        "- Sweep of 3 trials, best trial-001: eval_loss 1.25 with `lora.r`=16; plots: `reports/sweep_history.png`"
+        in text
+    )

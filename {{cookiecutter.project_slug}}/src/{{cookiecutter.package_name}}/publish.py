@@ -169,7 +169,7 @@ def _runner(root: Path) -> Runner:
 
 
 def _project(root: Path) -> dict[str, str]:
-    from .report import project_metadata
+    from .report.facts import project_metadata
 
     if not (root / "pyproject.toml").is_file():
         raise PublishError(f"{root}: no pyproject.toml here; run `publish` in the project's root folder")
@@ -194,7 +194,8 @@ def template_findings(config: Config, *, root: Path, project: dict[str, str]) ->
         found.append(f"pyproject.toml [project.urls] and README.md's CI badge name '{PLACEHOLDER_USER}': put yours")
     if project["description"] == DEFAULT_DESCRIPTION:
         found.append("pyproject.toml and README.md: the template's description: say what your project does")
-    judged = _evaluated_config(config, root=root) or config
+    evaluated = _evaluated_run(config, root=root)
+    judged = (evaluated and evaluated[2]) or config  # the config of the run the README shows
     if Path(judged.data.path).name == Path(DataConfig().path).name:
         found.append(f"the shop example task and data ({judged.data.path}): `task init` starts your own task")
     if not judged.task.description.strip():
@@ -212,9 +213,9 @@ def template_findings(config: Config, *, root: Path, project: dict[str, str]) ->
     return found
 
 
-def _evaluated_config(config: Config, *, root: Path) -> Config | None:
-    """The config of the run reports/eval.json scored, when its run folder is here."""
-    from .report import ReportError, find_run_dir, read_results
+def _evaluated_run(config: Config, *, root: Path) -> tuple[dict[str, Any], Path | None, Config | None] | None:
+    """reports/eval.json's run, its run folder and resolved config when they are here; None before `evaluate`."""
+    from .report.facts import ReportError, find_run_dir, read_results
     from .runs import run_config_path
 
     try:
@@ -222,36 +223,26 @@ def _evaluated_config(config: Config, *, root: Path) -> Config | None:
     except ReportError:
         return None
     run_dir = find_run_dir(run, output_dir=root / config.train.output_dir)
-    return _loadable(run_config_path(run_dir=root / run_dir)) if run_dir else None
+    run_config = _loadable(run_config_path(run_dir=root / run_dir)) if run_dir else None
+    return run, run_dir, run_config
 
 
 def smoke_results_warning(config: Config, *, root: Path) -> str | None:
-    """A warning when the results README.md and MODEL_CARD.md show come from the smoke model (the tiny, random
-    model built offline): published as they are, a reader would take them for the project's results.
-
-    The smoke model is recognised by the evaluated run's own config (`model.build_tiny`), by the evaluated base
-    model being the tiny model's folder of `config` or of the run's config, or by the marker the tiny model's
-    config.json carries (a tiny model loaded by path). Read from local files only: a dry run asks no server."""
-    from .report import ReportError, find_run_dir, read_results
-    from .runs import run_config_path
-
-    try:
-        results = read_results(root / config.eval.report_dir)
-    except ReportError:
+    """A warning when the results README.md and MODEL_CARD.md show come from the smoke model (tiny, random,
+    built offline): published as they are, a reader would take them for the project's results. Recognised by
+    the run's `model.build_tiny`, by its base model being the tiny model's folder of either config, or by the
+    marker in the tiny model's config.json (a copy loaded by path). Local files only: a dry run asks no server."""
+    evaluated = _evaluated_run(config, root=root)
+    if evaluated is None:
         return None  # no evaluation yet: the README shows no results to warn about
-    run = results["run"]
-    run_dir = find_run_dir(run, output_dir=root / config.train.output_dir)
-    run_config = _loadable(run_config_path(run_dir=root / run_dir)) if run_dir else None
+    run, run_dir, run_config = evaluated
     tiny_folders = {_folder(root, cfg.model.base_model) for cfg in (config, run_config) if cfg and cfg.model.build_tiny}
     base = run.get("base_model") or (run_config.model.base_model if run_config else None)
     marked = base is not None and is_tiny_model(
         config.model.model_copy(update={"base_model": str(_folder(root, base)), "build_tiny": False})
     )
-    if (
-        not (run_config and run_config.model.build_tiny)
-        and not marked
-        and (base is None or _folder(root, base) not in tiny_folders)
-    ):
+    built_tiny = run_config is not None and run_config.model.build_tiny
+    if not (built_tiny or marked or (base is not None and _folder(root, base) in tiny_folders)):
         return None
     where = f"run {run_dir}, " if run_dir else ""
     return (
@@ -383,7 +374,7 @@ def git_steps(state: GitState, *, repo: str, private: bool, description: str, na
 
 def _hf_inputs(config: Config, *, root: Path) -> dict[str, Path]:
     """The evaluated adapter and the model card, checked before anything is done."""
-    from .report import ReportError, find_run_dir, read_results
+    from .report.facts import ReportError, find_run_dir, read_results
 
     try:
         results = read_results(root / config.eval.report_dir)

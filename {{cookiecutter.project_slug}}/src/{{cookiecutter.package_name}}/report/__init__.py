@@ -38,28 +38,11 @@ from pathlib import Path
 from ..config import Config
 from .about import task_section
 from .card import model_card_text
-from .facts import ReportError, RunFacts, find_run_dir, gather, project_metadata, read_results
+from .facts import RunFacts, gather, project_metadata, read_results
 from .interview import interview_text
 from .journey import Journey, experiments_text, read_journey, update_decisions
-from .plots import PLOTS, write_journey_plot, write_plots
-from .readme import END, START, TASK_END, TASK_START, read_readme, replace_results, replace_task, results_section
-
-__all__ = [
-    "END",
-    "PLOTS",
-    "START",
-    "TASK_END",
-    "TASK_START",
-    "ReportError",
-    "RunFacts",
-    "find_run_dir",
-    "gather",
-    "project_metadata",
-    "read_results",
-    "replace_results",
-    "replace_task",
-    "write_report",
-]
+from .plots import write_journey_plot, write_plots
+from .readme import read_readme, replace_results, replace_task, results_section
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from ..config import Config
 from ..data.dataset import USER_DATA
 from ..tasks.kinds import task_kind
 from .facts import RunFacts
-from .summary import LABELS, Settings, settings
+from .summary import HEADLINE, LABELS, Settings, interval, settings
 
 SMALL_TEST = 100  # scored examples: below this one answer moves a rate by more than a percentage point
 MANY_EPOCHS = 3  # passes over the training rows: beyond this a small model starts to learn the rows by heart
@@ -117,18 +117,18 @@ WIDE_INTERVAL = 0.10  # a 95% interval wider than 10 points cannot tell most fin
 
 def wide_interval_warning(results: dict[str, Any]) -> list[str]:
     """A warning when the fine-tuned headline metric's 95% interval is wider than WIDE_INTERVAL."""
-    for name in ("field_accuracy", "rouge_l", "exact_match"):
-        bounds = (((results.get("intervals") or {}).get("columns") or {}).get("finetuned") or {}).get(name)
-        if bounds:
-            width = bounds["high"] - bounds["low"]
-            if width <= WIDE_INTERVAL:
-                return []
-            return [
-                f"**The 95% interval of the fine-tuned {LABELS[name].lower()} is {width * 100:.0f} points wide** "
-                f"(over {WIDE_INTERVAL * 100:.0f}): changes smaller than that are not established. More held-out rows "
-                "narrow it (its width shrinks with the square root of their number)."
-            ]
-    return []
+    headline = next((name for name in HEADLINE if interval(results, "columns", "finetuned", name)), None)
+    if headline is None:
+        return []
+    bounds = interval(results, "columns", "finetuned", headline)
+    width = bounds["high"] - bounds["low"]
+    if width <= WIDE_INTERVAL:
+        return []
+    return [
+        f"**The 95% interval of the fine-tuned {LABELS[headline].lower()} is {width * 100:.0f} points wide** "
+        f"(over {WIDE_INTERVAL * 100:.0f}): changes smaller than that are not established. More held-out rows "
+        "narrow it (its width shrinks with the square root of their number)."
+    ]
 
 
 def epochs_warning(values: Settings, *, eval_loss: list[tuple[int, float]]) -> str:

@@ -81,10 +81,10 @@ def gather(config: Config, *, results: dict[str, Any], report_dir: Path) -> RunF
     # With tracking off, MLflow is not asked at all (no server to wait for, no mlflow.db created).
     run_id = run.get("mlflow_run_id") if config.tracking.enabled else None
     run_dir = find_run_dir(run, output_dir=Path(config.train.output_dir))
-    train_log = _read_json(run_dir / TRAIN_LOG) if run_dir else {}
+    train_log = read_json(run_dir / TRAIN_LOG) if run_dir else {}
     run_config, config_source = _run_config(config, run_dir=run_dir, run_id=run_id)
     history, history_source = loss_history(run_id=run_id, train_log=train_log, run_dir=run_dir)
-    promotion = _read_json(report_dir / "promotion.json")
+    promotion = read_json(report_dir / "promotion.json")
     if promotion.get("candidate_version") != run.get("model_version"):
         promotion = {}  # the gate judged another version since: not this run's decision
     # >>> preference_tuning
@@ -115,14 +115,15 @@ def find_run_dir(run: dict[str, Any], *, output_dir: Path) -> Path | None:
         return Path(adapter).parent
     run_id = run.get("mlflow_run_id")
     if run_id:
-        # _read_json, not runs.read_tracking_file: a broken tracking.json of another run must not stop this.
+        # read_json, not runs.read_tracking_file: a broken tracking.json of another run must not stop this.
         for tracking_file in sorted(output_dir.glob(f"*/{TRACKING_FILE}")):
-            if _read_json(tracking_file).get("run_id") == run_id:
+            if read_json(tracking_file).get("run_id") == run_id:
                 return tracking_file.parent
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file the report can do without: {} when it is missing or not valid JSON (with a warning)."""
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError:

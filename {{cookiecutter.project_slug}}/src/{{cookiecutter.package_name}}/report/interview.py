@@ -5,17 +5,17 @@ what produces it. Rewritten by every `report` (write your answers elsewhere, e.g
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..evaluate.markdown import display_path
-from .facts import RunFacts
+from .facts import RunFacts, read_json
 from .journey import Journey, gate_text
 from .summary import (
     COLUMNS,
     HEADLINE,
     LABELS,
     cost,
+    gain_text,
     hardware,
     inline,
     interval,
@@ -65,14 +65,12 @@ def _train_log(facts: RunFacts) -> str:
 
 
 def _cost(facts: RunFacts, *, journey: Journey, hourly: float) -> list[str]:
-    jobs = [f"Cloud job {r.name}: ${r.tags['cloud.cost_usd']}" for r in journey.runs if "cloud.cost_usd" in r.tags]
-    return [f"Training + evaluation: {cost(facts, hourly=hourly)} (`{cfg_file(facts)}`)"] + [
-        f"{job} (`docs/experiments.md`)" for job in jobs
-    ]
-
-
-def _points(gain: dict[str, float]) -> str:
-    return f"{gain['estimate'] * 100:+.1f} pp [{gain['low'] * 100:+.1f}, {gain['high'] * 100:+.1f}]"
+    found = [f"Training + evaluation: {cost(facts, hourly=hourly)} (`{cfg_file(facts)}`)"]
+    # >>> cloud_training
+    found += [f"Cloud job {r.name}: ${r.tags['cloud.cost_usd']} (`docs/experiments.md`)" for r in journey.runs
+              if "cloud.cost_usd" in r.tags]  # fmt: skip
+    # <<< cloud_training
+    return found
 
 
 def _pct(value: float) -> str:
@@ -88,7 +86,7 @@ def _versus(results: dict, name: str, column: str, produced_by: str) -> list[str
     if name not in values:
         return [f"{label}: not in `reports/eval.json` yet; {produced_by}"]
     gain = interval(results, "differences", f"finetuned_minus_{column}", name)
-    lead = f", difference {_points(gain)}" if gain else ""
+    lead = f", difference {gain_text(gain)}" if gain else ""
     return [
         f"{LABELS.get(name, name)}: {inline(label)} {_pct(values[name])}, fine-tuned "
         f"{_pct(results['finetuned'][name])}{lead} (`reports/eval.json`)"
@@ -112,7 +110,7 @@ def _better(facts: RunFacts, name: str) -> list[str]:
     rows = (results.get("intervals") or {}).get("rows") or run.get("num_examples")
     found = [
         f"{LABELS.get(name, name)}: base {_pct(results['base'][name])}, fine-tuned {_pct(results['finetuned'][name])}"
-        + (f", difference {_points(gain)} (95% paired bootstrap over {rows} test rows)" if gain else "")
+        + (f", difference {gain_text(gain)} (95% paired bootstrap over {rows} test rows)" if gain else "")
         + " (`reports/eval.json`)",
         f"Test rows digest `{(run.get('test_digest') or 'not recorded')[:12]}`: the gate compares only versions scored "
         "on the same rows (`reports/eval.json`, run.test_digest)",
@@ -150,10 +148,7 @@ def _production(report_dir: Path) -> list[str]:
         "and throughput"
     ]
     path = report_dir / "drift.json"
-    try:
-        drift = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except json.JSONDecodeError:
-        drift = None
+    drift = read_json(path)
     if drift:
         share = f"{drift.get('drift_share', 0):.0%}"
         found.append(

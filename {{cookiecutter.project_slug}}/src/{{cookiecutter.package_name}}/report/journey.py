@@ -9,7 +9,6 @@ A store that is missing, corrupt or unreachable is said so in experiments.md and
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -45,7 +44,9 @@ class Run:
     metrics: dict[str, float]
     data_digest: str | None  # MLflow's digest of the training split
     version: Any = None  # its registered model version (ModelVersion), None when not registered
+    # >>> sweeps
     trials: list[Run] = field(default_factory=list)  # a sweep's nested trial runs
+    # <<< sweeps
 
     @property
     def date(self) -> str:
@@ -53,8 +54,10 @@ class Run:
 
     @property
     def stage(self) -> str:
+        # >>> sweeps
         if "sweep.study" in self.tags:
             return "sweep"
+        # <<< sweeps
         # An imported cloud job has no stage tag; its logged config says, and the core trains only SFT.
         tag = self.tags.get("stage") or self.params.get("train.stage") or "sft"
         stage = STAGES.get(tag, tag)
@@ -126,13 +129,19 @@ def _read_runs(config: Config, journey: Journey) -> None:
     except MlflowException:  # nothing registered yet
         versions, champion = [], None
     by_run = {v.run_id: v for v in sorted(versions, key=lambda v: int(v.version))}  # a run's newest version
+    # >>> sweeps
     by_id = {run.run_id: run for run in runs}
+    # <<< sweeps
     for run in runs:
         run.version = by_run.get(run.run_id)
         if run.version is not None and str(run.version.version) == str(champion):
             journey.champion_run = run.run_id
-        parent = by_id.get(run.tags.get("mlflow.parentRunId", ""))
-        (parent.trials if parent is not None else journey.runs).append(run)
+        # >>> sweeps
+        if parent := by_id.get(run.tags.get("mlflow.parentRunId", "")):
+            parent.trials.append(run)  # a sweep's trial: listed under its sweep
+            continue
+        # <<< sweeps
+        journey.runs.append(run)
 
 
 def _run(found: Any) -> Run:
@@ -217,8 +226,10 @@ def experiments_text(journey: Journey, *, project: str, plot: str | None) -> str
 
 
 def _details(journey: Journey, run: Run, before: Run | None) -> list[str]:
+    # >>> sweeps
     if run.trials:
         return [_sweep_text(run)]
+    # <<< sweeps
     test = run.tags.get(TEST_DIGEST_TAG)
     items = [
         f"Data: training split digest `{run.data_digest or 'not recorded'}`"
@@ -227,16 +238,23 @@ def _details(journey: Journey, run: Run, before: Run | None) -> list[str]:
         journey.headline(run),
         f"Gate: {gate_text(run)}",
     ]
+    # >>> preference_tuning
     if "parent.source" in run.tags or "parent.run_id" in run.tags:
         version = run.tags.get("parent.model_version")
         items.append(f"From: {run.tags.get('parent.source', '?')}" + (f" (version {version})" if version else ""))
+    # <<< preference_tuning
+    # >>> cloud_training
     if "cloud.cost_usd" in run.tags:
         items.append(f"Cloud job: {run.tags.get('cloud.instance_type', '?')}, ${run.tags['cloud.cost_usd']}")
+    # <<< cloud_training
     return items
 
 
+# >>> sweeps
 def _sweep_text(sweep: Run) -> str:
     """One line: the trials, the best one (tag sweep.objective: `minimize eval_loss`) and its searched values."""
+    import json
+
     direction, _, objective = sweep.tags.get("sweep.objective", "minimize eval_loss").partition(" ")
     sign = 1 if direction == "minimize" else -1
     scored = sorted((sign * t.metrics["sweep.objective"], t.start_ms, t.run_id, t) for t in sweep.trials
@@ -247,6 +265,7 @@ def _sweep_text(sweep: Run) -> str:
         values = ", ".join(f"`{key}`={_short(best.params.get(key))}" for key in space)
         found = f"best {best.name}: {objective} {best.metrics['sweep.objective']:.4g} with {values}"
     return f"Sweep of {len(sweep.trials)} trials, {found}; plots: `reports/sweep_history.png`"
+# <<< sweeps
 
 
 # ---- docs/decisions.md -----------------------------------------------------------------------------------

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..data.dataset import epochs_seen
 from ..evaluate.markdown import table
-from .facts import RunFacts
+from .facts import RunFacts, read_json
 
 LABELS = {
     "json_valid_rate": "Valid JSON",
@@ -85,6 +84,11 @@ def _points(value: float) -> str:
     return f"{value * 100:+.1f}"
 
 
+def gain_text(gain: dict[str, float]) -> str:
+    """A difference of rates with its interval, in percentage points: `+12.5 pp [+4.2, +20.8]`."""
+    return f"{_points(gain['estimate'])} pp [{_points(gain['low'])}, {_points(gain['high'])}]"
+
+
 def interval_notes(results: dict[str, Any]) -> list[str]:
     """What the brackets mean, and the fine-tuned model's lead over each baseline on the headline metric."""
     intervals = results.get("intervals") or {}
@@ -95,9 +99,7 @@ def interval_notes(results: dict[str, Any]) -> list[str]:
     for key, label in COLUMNS.items():
         gain = interval(results, "differences", f"finetuned_minus_{key}", headline)
         if gain:
-            leads.append(
-                f"{inline(label)} {_points(gain['estimate'])} pp [{_points(gain['low'])}, {_points(gain['high'])}]"
-            )
+            leads.append(f"{inline(label)} {gain_text(gain)}")
     return [
         f"[low, high]: 95% paired-bootstrap interval over the {intervals.get('rows')} scored rows "
         f"({intervals.get('resamples')} resamples); Change = fine-tuned minus base zero-shot. Fine-tuned "
@@ -149,13 +151,7 @@ SERVING_FILE = "benchmark_serve.json"  # scripts/benchmark_serve.py --out report
 def serving_lines(report_dir: Path) -> list[str]:
     """The serving benchmark's p50/p95 latency and throughput per mode, when scripts/benchmark_serve.py wrote
     its results to reports/benchmark_serve.json."""
-    import json
-
-    path = report_dir / SERVING_FILE
-    try:
-        figures = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return []
+    figures = read_json(report_dir / SERVING_FILE)
     results = figures.get("results") or []
     if not results:
         return []
@@ -242,7 +238,7 @@ def settings(cfg: Config, train_log: dict[str, Any]) -> Settings:
         target_modules=lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules),
         qlora=cfg.model.load_in_4bit,
         length=f"{max(steps)} steps" if steps else configured,
-        epochs=_epochs(cfg, train_log=train_log, steps=max(steps, default=0), train_rows=train_rows),
+        epochs=train_log.get("epochs"),  # passes over the training rows, as `train` measured them
         train_rows=train_rows,
         batch_size=train.batch_size,
         accumulation=train.gradient_accumulation_steps,
@@ -254,20 +250,6 @@ def settings(cfg: Config, train_log: dict[str, Any]) -> Settings:
         precision=train.precision,
         packing=train.packing,
         seed=train.seed,
-    )
-
-
-def _epochs(cfg: Config, *, train_log: dict[str, Any], steps: int, train_rows: int | None) -> float | None:
-    """As `train` recorded it; for a log written before epochs were recorded, from its steps and rows (one device)."""
-    if train_log.get("epochs") is not None:
-        return float(train_log["epochs"])
-    if not steps or not train_rows or cfg.train.packing:  # packed batches hold sequences, not rows
-        return None
-    return epochs_seen(
-        steps=steps,
-        batch_size=cfg.train.batch_size,
-        accumulation=cfg.train.gradient_accumulation_steps,
-        train_rows=train_rows,
     )
 
 
