@@ -12,10 +12,12 @@ from {{ cookiecutter.package_name }}.clouds.jobs.job import (
     EntrypointOptions,
     JobSpec,
     check_cost,
+    job_cost,
     train_command,
     worst_case_cost,
 )
 from {{ cookiecutter.package_name }}.clouds.jobs.staging import StagingError, stage_inputs
+from {{ cookiecutter.package_name }}.config import dump_config, load_config
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -72,6 +74,29 @@ def test_cost_check_prints_price_source_and_worst_case():
     assert lines[2] == f"worst case: {worst:.2f} USD (0.5 h cap), cost cap: 5.00 USD"
 
 
+def test_a_fetched_job_costs_its_billed_seconds_at_its_price_per_instance():
+    assert job_cost({"billed_s": 1800, "usd_per_hour": 1.408}) == 0.704
+    assert job_cost({"billed_s": 1800, "usd_per_hour": 1.408, "instance_count": 2}) == 1.408
+    assert job_cost({"billed_s": 1800}) is None and job_cost({"usd_per_hour": 1.408}) is None  # unknown: no price
+
+
+def test_a_fetched_job_is_priced_in_its_imported_config_and_its_tags(tmp_path, smoke_config):
+    """What `cloud fetch JOB` imports is priced at the job's instance: report.hourly_cost_usd of the imported
+    config (the report's cost line), and the cost as an MLflow tag."""
+    from {{ cookiecutter.package_name }}.clouds.importer import _job_tags, import_run
+
+    run = tmp_path / "job" / "outputs" / "gpu-1"
+    (run / "adapter").mkdir(parents=True)
+    dump_config(smoke_config(), run / "config.yaml")  # tracking off: nothing is logged
+    (run / "train_log.json").write_text("{}")
+    (tmp_path / "job" / "reports").mkdir()
+    (tmp_path / "job" / "reports" / "eval.json").write_text("{}")
+    job = {"job_id": "gpu-1", "billed_s": 1800, "usd_per_hour": 1.408}
+    imported = import_run(tmp_path / "job", job=job, output_dir=tmp_path / "outputs", report_dir=tmp_path / "reports")
+    assert load_config(imported.run_dir / "config.yaml").report.hourly_cost_usd == 1.408
+    assert _job_tags(job)["cloud.cost_usd"] == "0.7040"
+
+
 def test_cost_above_the_cap_is_refused_naming_the_settings():
     with pytest.raises(CostCapError, match=r"above CLOUD_MAX_COST_USD=1\..*CLOUD_MAX_RUNTIME_H.*Nothing was created"):
         check_cost(spec(max_cost_usd=1.0), echo=lambda _: None)
@@ -102,8 +127,7 @@ def test_train_command_runs_the_entrypoint():
 # >>> multi_gpu
 def test_several_gpus_train_through_the_multi_gpu_launcher(tmp_path, smoke_config, monkeypatch):
     """--nproc 4 (train_command's one setting) runs training through distributed.launch_command."""
-    from {{ cookiecutter.package_name }}.clouds import entrypoint  # here: only this extra's test uses them
-    from {{ cookiecutter.package_name }}.config import dump_config
+    from {{ cookiecutter.package_name }}.clouds import entrypoint  # here: only this extra's test uses it
 
     command = train_command("config.yaml", [], EntrypointOptions(output="out", checkpoints="ckpt", nproc=4))
     assert command[command.index("--nproc") + 1] == "4"

@@ -58,8 +58,13 @@ def import_and_report(path: Path, *, job: dict[str, Any]) -> None:
     from .importer import import_run
 
     imported = import_run(path, job=job)
-    cost = f", cost {imported.cost_usd:.2f} USD" if imported.cost_usd is not None else ""
-    typer.secho(f"imported {imported.run_dir} (version {imported.version}{cost})", fg=typer.colors.GREEN)
+    typer.secho(f"imported {imported.run_dir} (version {imported.version})", fg=typer.colors.GREEN)
+    # >>> cloud_training
+    from .jobs.job import job_cost
+
+    if (cost := job_cost(job)) is not None:
+        typer.echo(f"cost: {cost:.2f} USD (billed seconds x the instance's price)")
+    # <<< cloud_training
     if imported.promoted is not None:
         typer.echo(f"promotion gate: {'promoted to champion' if imported.promoted else 'not promoted'}")
     config = load_config(imported.run_dir / "config.yaml")

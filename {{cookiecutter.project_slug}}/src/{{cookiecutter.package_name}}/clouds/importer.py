@@ -5,7 +5,8 @@
 
 `import_run` copies `outputs/<run>/` and `reports/` in, then creates the MLflow run a local `train` would have
 made: the resolved config as parameters, every logged step of train_log.json as metric history, the data
-splits as dataset inputs, the job's id, target, instance, region, billed seconds and cost as tags; logs and
+splits as dataset inputs, the job's id and target (and a cloud job's instance, region, billed seconds and cost)
+as tags; logs and
 registers the adapter (alias `candidate`), logs the evaluation, and runs the promotion gate, as `evaluate` does.
 A job already imported (its `cloud.job_id` tag is on a run of the project's experiment) is refused.
 
@@ -52,7 +53,6 @@ class ImportedRun:
     run_dir: Path
     run_id: str | None
     version: str | None
-    cost_usd: float | None
     promoted: bool | None
 
 
@@ -120,8 +120,10 @@ def import_run(
         _refuse_second_import(config, job_id=str(job["job_id"]), run_dir=run_dir)
         shutil.copytree(source, run_dir)
         updates: dict[str, Any] = {"train.output_dir": str(output_dir), "eval.report_dir": str(report_dir)}
+        # >>> cloud_training
         if job.get("usd_per_hour") is not None:  # the report's cost estimate: wall time x this job's price
             updates["report.hourly_cost_usd"] = float(job["usd_per_hour"])
+        # <<< cloud_training
         rewrite_config(run_dir / CONFIG_FILE, updates)
         config = load_config(run_dir / CONFIG_FILE)
         report_dir = Path(config.eval.report_dir)
@@ -130,24 +132,16 @@ def import_run(
             if (folder / "reports" / name).is_file():
                 shutil.copy2(folder / "reports" / name, report_dir / name)
         record = json.loads((folder / JOB_FILE).read_text(encoding="utf-8")) if (folder / JOB_FILE).is_file() else {}
-    cost = job_cost(job)
     if not config.tracking.enabled:
-        return ImportedRun(run_dir=run_dir, run_id=None, version=None, cost_usd=cost, promoted=None)
+        return ImportedRun(run_dir=run_dir, run_id=None, version=None, promoted=None)
     try:
-        run_id = _create_run(config, run_dir=run_dir, job=job, record=record, cost=cost)
+        run_id = _create_run(config, run_dir=run_dir, job=job, record=record)
         version = _register(config, run_id=run_id, run_dir=run_dir)
         promoted = _log_evaluation(config, run_id=run_id, version=version, run_dir=run_dir)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # importing again must find the folder free
         raise
-    return ImportedRun(run_dir=run_dir, run_id=run_id, version=version, cost_usd=cost, promoted=promoted)
-
-
-def job_cost(job: dict[str, Any]) -> float | None:
-    """Billed seconds x on-demand price x instances, in USD; None when either is unknown."""
-    if job.get("billed_s") is None or job.get("usd_per_hour") is None:
-        return None
-    return round(float(job["billed_s"]) / 3600 * float(job["usd_per_hour"]) * int(job.get("instance_count") or 1), 4)
+    return ImportedRun(run_dir=run_dir, run_id=run_id, version=version, promoted=promoted)
 
 
 def _refuse_second_import(config: Config, *, job_id: str, run_dir: Path) -> None:
@@ -172,14 +166,14 @@ def _refuse_second_import(config: Config, *, job_id: str, run_dir: Path) -> None
         )
 
 
-def _create_run(config: Config, *, run_dir: Path, job: dict, record: dict, cost: float | None) -> str:
+def _create_run(config: Config, *, run_dir: Path, job: dict, record: dict) -> str:
     """The MLflow run of the imported training: params, metric history, dataset inputs, tags; FINISHED."""
     import mlflow
 
     from ..tracking import project_experiment_id, run_tags, tracking_uri
 
     train_log = json.loads((run_dir / TRAIN_LOG).read_text(encoding="utf-8"))
-    tags = run_tags(train_log.get("config_name") or run_dir.name) | _job_tags(job, cost=cost)
+    tags = run_tags(train_log.get("config_name") or run_dir.name) | _job_tags(job)
     mlflow.set_tracking_uri(tracking_uri())
     client = mlflow.MlflowClient()
     started = _millis(record.get("started"))
@@ -191,13 +185,17 @@ def _create_run(config: Config, *, run_dir: Path, job: dict, record: dict, cost:
     return run.info.run_id
 
 
-def _job_tags(job: dict, *, cost: float | None) -> dict[str, str]:
+def _job_tags(job: dict) -> dict[str, str]:
     tags = {JOB_ID_TAG: str(job["job_id"])}
     for key in ("target", "instance_type", "region", "billed_s", "usd_per_hour", "instance_count", "spot"):
         if job.get(key) is not None:
             tags[f"cloud.{key}"] = str(job[key])
-    if cost is not None:
+    # >>> cloud_training
+    from .jobs.job import job_cost
+
+    if (cost := job_cost(job)) is not None:
         tags["cloud.cost_usd"] = f"{cost:.4f}"
+    # <<< cloud_training
     return tags
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ...errors import BadInput
 from ..settings import Var
@@ -179,6 +179,13 @@ def check_cost(spec: JobSpec, *, echo=print) -> float:
             "cheaper CLOUD_INSTANCE_TYPE, or raise CLOUD_MAX_COST_USD. Nothing was created."
         )
     return worst
+
+
+def job_cost(job: dict[str, Any]) -> float | None:
+    """A fetched job's price: billed seconds x on-demand price x instances, in USD; None when either is unknown."""
+    if job.get("billed_s") is None or job.get("usd_per_hour") is None:
+        return None
+    return round(float(job["billed_s"]) / 3600 * float(job["usd_per_hour"]) * int(job.get("instance_count") or 1), 4)
 
 
 @dataclass(frozen=True)
