@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .answers import parse_prediction
-from .metrics import RowScores, extraction_row_scores, generic_row_scores
+from .metrics import RowScores, answer_fields, extraction_row_scores, generic_row_scores
 
 if TYPE_CHECKING:
     from ..config import TaskConfig
@@ -37,7 +37,7 @@ class Extraction:
     def majority_answer(self, answers: list[str]) -> str:
         """Per field the most common training value; ties go to the value seen first."""
         targets = [parsed for parsed in map(parse_prediction, answers) if parsed is not None]
-        fields = list(dict.fromkeys(key for target in targets for key in target))
+        fields = answer_fields(targets)
         majority = {}
         for field in fields:
             # Values go through JSON text so that lists and objects count too (they are not hashable).
