@@ -15,9 +15,7 @@ per-phase profile of one step (data collation, backbone forward, lm_head + loss,
 top operators from torch.profiler; then the ratio ours / bare, and each side's model FLOPs utilization (MFU):
 the model FLOPs its tokens/s stand for (4 x parameters per token: the forward pass, and a backward pass that
 computes activation gradients only, since LoRA leaves the base weights frozen) over the peak of a matmul in the
-run's precision, measured in this same process (ours runs the prompt start its rows share once per batch,
-train/lm_head.py, so its MFU counts FLOPs that the bare loop spends and ours saves). --out writes the figures as
-JSON.
+run's precision, measured in this same process. --out writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -300,13 +298,11 @@ def _profile_step(
     forward), under torch.profiler; returns milliseconds per phase and the top operators by self time."""
     from torch.profiler import ProfilerActivity, profile
 
-    marks: dict[str, float] = {"backbone": 0.0}  # summed over calls: ours runs the rows' shared prefix first
+    marks: dict[str, float] = {}
     backbone = _backbone(model)
     hooks = [
-        backbone.register_forward_pre_hook(lambda *a: marks.__setitem__("started", _now(device))),
-        backbone.register_forward_hook(
-            lambda *a: marks.update(backbone=marks["backbone"] + _now(device) - marks["started"])
-        ),
+        backbone.register_forward_pre_hook(lambda *a: marks.__setitem__("backbone_start", _now(device))),
+        backbone.register_forward_hook(lambda *a: marks.__setitem__("backbone_end", _now(device))),
     ]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     model.train()
@@ -325,8 +321,8 @@ def _profile_step(
         for hook in hooks:
             hook.remove()
     phases = {
-        "forward (backbone)": marks["backbone"],
-        "lm_head + loss": (forward_end - started) - marks["backbone"],
+        "forward (backbone)": marks["backbone_end"] - marks["backbone_start"],
+        "lm_head + loss": (forward_end - started) - (marks["backbone_end"] - marks["backbone_start"]),
         "backward": backward_end - forward_end,
         "optimizer": optimizer_end - backward_end,
     }

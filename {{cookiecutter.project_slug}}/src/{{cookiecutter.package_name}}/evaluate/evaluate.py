@@ -47,7 +47,6 @@ from ..registry import COMMAND, ModelSource, resolve_model_source  # COMMAND: th
 from ..tasks.kinds import TaskKind, task_kind
 from ..tasks.metrics import RowScores, means
 from ..tracking import flatten
-from ..train.lm_head import backbone_states
 from .baselines import (
     CLASSICAL,
     check_context,
@@ -470,10 +469,8 @@ def answer_loss(
         targets = labels[:, 1:]  # token t predicts token t+1
         answer = targets != -100
         with torch.no_grad():  # the LoRA layers sit inside the backbone: on or off as the adapter is
-            # The rows' common prompt start (system prompt, few-shot examples) runs once: train/lm_head.py.
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            hidden, start = backbone_states(causal_lm, labels=labels, **inputs)
-            logits = causal_lm.get_output_embeddings()(hidden[:, :-1][answer[:, start:]]).float()
+            hidden = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            logits = causal_lm.get_output_embeddings()(hidden[:, :-1][answer]).float()
         # Summing (not averaging) per batch weights every answer token equally.
         total += torch.nn.functional.cross_entropy(logits, targets[answer], reduction="sum").item()
         count += int(answer.sum())

@@ -9,15 +9,10 @@ step's forward and its backward as much again. `answer_tokens_only` puts a forwa
 the labelled positions only, in the autocast dtype, and returns the same fields, so TRL's loss, gradients and
 metrics (entropy, token accuracy) stay as they were. DPOTrainer uses the same fused head for the policy and
 its reference (preference/dpo.py puts this one in front of it too).
-
-The backbone under it runs the prompt start that every row of the batch shares (the system prompt) once, not once
-per row (`backbone_states`): same loss and gradients, about 45% fewer token positions for a shop batch of 8.
-`evaluate`'s loss uses it too, where the few-shot column's rows share their three examples as well.
 """
 
 from __future__ import annotations
 
-import inspect
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -60,13 +55,11 @@ def _answer_token_outputs(model: PreTrainedModel, args: tuple, kwargs: dict, *, 
     import torch
     from trl.trainer.utils import FusedCausalLMOutput
 
-    if args:  # positional inputs (TRL passes keywords): every position
-        hidden, start = model.base_model(*args, **kwargs | {"use_cache": False}).last_hidden_state, 0
-    else:
-        hidden, start = backbone_states(model, labels=labels, **kwargs)  # hidden states from position `start` on
+    kwargs["use_cache"] = False
+    hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]
     targets = labels[:, 1:].to(hidden.device)
-    mask = targets != -100  # False before `start`: the shared prefix holds no label (_shared_prefix)
-    logits = model.get_output_embeddings()(hidden[:, :-1][mask[:, start:]]).float()  # (answer tokens, vocabulary)
+    mask = targets != -100
+    logits = model.get_output_embeddings()(hidden[mask]).float()  # (answer tokens, vocabulary)
     log_softmax = logits.log_softmax(dim=-1)
     chosen = log_softmax.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
@@ -87,44 +80,3 @@ def _answer_token_outputs(model: PreTrainedModel, args: tuple, kwargs: dict, *, 
         is_top1=spread(is_top1),
         label_mask=mask,
     )
-
-
-# Below this many tokens, running the shared prefix once saves less than its extra forward call costs.
-MIN_SHARED_PREFIX = 16
-
-
-def backbone_states(model: PreTrainedModel, *, labels, **inputs: Any) -> tuple[Any, int]:
-    """The backbone's last hidden states from position `start` on, and `start`. Rows of a batch often begin with
-    the same tokens (the system prompt: 67 of the shop rows' 137 on average; 3 examples more for evaluate's
-    few-shot column): that prefix runs once, for one row, and its keys and values serve every row. Attention is
-    causal, so the prefix's states do not depend on what follows it, and its gradient is the sum over the rows, as
-    autograd takes it through `expand`: the same loss and gradients as running each row whole, for about half the
-    tokens of a shop batch. The prefix holds no label, so no position whose state is left out is scored."""
-    input_ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
-    # peft passes inputs_embeds=None, output_attentions=None and the like; anything set (position ids of packed
-    # rows, embeddings) takes the plain path.
-    others = {key for key, value in inputs.items() if value is not None and value is not False}
-    plain = input_ids is None or bool(others - {"input_ids", "attention_mask", "return_dict"})
-    start = 0 if plain else _shared_prefix(input_ids, mask, labels)
-    backbone = model.base_model
-    if start < MIN_SHARED_PREFIX:
-        return backbone(**inputs | {"use_cache": False}).last_hidden_state, 0
-    prefix = backbone(input_ids=input_ids[:1, :start], use_cache=True)
-    cache = prefix.cache if "cache" in prefix else prefix.past_key_values  # renamed in transformers 5.2x
-    for layer in cache.layers:  # one row's keys and values, seen by every row (no copy)
-        layer.keys, layer.values = (t.expand(len(input_ids), *t.shape[1:]) for t in (layer.keys, layer.values))
-    name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-    rest = backbone(input_ids=input_ids[:, start:], attention_mask=mask, use_cache=True, **{name: cache})
-    return rest.last_hidden_state, start
-
-
-def _shared_prefix(input_ids, attention_mask, labels) -> int:
-    """Length of the leading tokens that every row has in common, unpadded and unlabelled, whose last one
-    predicts no label either; at least one token is left after it. 0 for a batch of one row."""
-    if len(input_ids) < 2:
-        return 0
-    shared = (input_ids == input_ids[:1]).all(dim=0) & (labels == -100).all(dim=0)
-    if attention_mask is not None:
-        shared &= attention_mask.bool().all(dim=0)
-    run = int(shared.int().cumprod(dim=0).sum())  # leading positions where all of it holds
-    return max(min(run - 1, input_ids.shape[1] - 1), 0)  # the token after the prefix is predicted from inside it
