@@ -17,13 +17,12 @@ from {{ cookiecutter.package_name }}.evaluate.evaluate import (
     COMMAND,
     EvaluationError,
     _loss_batch,
-    answer_loss,
     check_run_config,
     config_differences,
     evaluate,
 )
 from {{ cookiecutter.package_name }}.model.generate import JsonAnswerEnd, generate_answers
-from {{ cookiecutter.package_name }}.model.load import ModelError, load_base_model, load_finetuned, load_tokenizer
+from {{ cookiecutter.package_name }}.model.load import ModelError, load_finetuned, load_tokenizer
 from {{ cookiecutter.package_name }}.registry import ModelSource
 from {{ cookiecutter.package_name }}.tasks.answers import parse_prediction
 from {{ cookiecutter.package_name }}.tasks.metrics import extraction_row_scores, generic_row_scores, means
@@ -85,25 +84,6 @@ def test_loss_ignores_prompt_tokens_and_padding(tiny_model):
         assert set(target[: len(prompt)]) == {-100}
         assert tokenizer.decode(scored).startswith(row[-1]["content"] + "<|im_end|>")
         assert len(scored) == sum(mask) - len(prompt)  # padding is never scored
-
-
-def test_loss_runs_the_rows_common_prompt_once_and_equals_the_models_own(smoke_config, tiny_model):
-    import torch
-
-    from {{ cookiecutter.package_name }}.data.dataset import load_splits
-
-    config = smoke_config()
-    tokenizer, model = load_tokenizer(tiny_model), load_base_model(config.model, device="cpu")
-    rows = list(load_splits(config.data)["validation"]["messages"])[:6]  # one system prompt in every row
-    embedded = []  # token positions the backbone ran, one forward call at a time
-    model.get_input_embeddings().register_forward_hook(lambda module, args, out: embedded.append(args[0].shape))
-    loss = answer_loss(model, tokenizer=tokenizer, rows=rows, batch_size=6, device="cpu")
-    input_ids, attention_mask, labels = _loss_batch(tokenizer, rows)
-    assert len(embedded) == 2 and embedded[0][0] == 1 and embedded[0][1] >= 16  # the shared prefix, once
-    assert embedded[1] == (6, input_ids.shape[1] - embedded[0][1])
-    with torch.no_grad():
-        whole = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss  # mean per answer token
-    assert loss == pytest.approx(whole.item(), rel=1e-5)
 
 
 def test_no_adapter_yet_is_a_clear_error(smoke_config, tmp_path):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -470,44 +469,12 @@ def answer_loss(
         targets = labels[:, 1:]  # token t predicts token t+1
         answer = targets != -100
         with torch.no_grad():  # the LoRA layers sit inside the backbone: on or off as the adapter is
-            hidden, start = _states(causal_lm, input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-            logits = causal_lm.get_output_embeddings()(hidden[:, :-1][answer[:, start:]]).float()
+            hidden = causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            logits = causal_lm.get_output_embeddings()(hidden[:, :-1][answer]).float()
         # Summing (not averaging) per batch weights every answer token equally.
         total += torch.nn.functional.cross_entropy(logits, targets[answer], reduction="sum").item()
         count += int(answer.sum())
     return total / max(count, 1)
-
-
-# Below this many tokens, running the shared prompt start once saves less than its extra forward call costs.
-MIN_SHARED_PREFIX = 16
-
-
-def _states(causal_lm, *, input_ids, attention_mask, labels):
-    """The backbone's last hidden states from position `start` on, and `start`. The rows' common prompt start (the
-    system prompt: 69 tokens of a shop row; 248 with the few-shot column's examples) holds no label: it runs once,
-    for one row, and every row attends to its keys and values (expanded, not copied). Attention is causal, so the
-    states are those of running each row whole, for about 40% fewer token positions (70% for few-shot rows)."""
-    start = _shared_prefix(input_ids, attention_mask, labels)
-    backbone = causal_lm.base_model
-    if start < MIN_SHARED_PREFIX:
-        return backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, 0
-    prefix = backbone(input_ids=input_ids[:1, :start], use_cache=True)
-    cache = prefix.cache if "cache" in prefix else prefix.past_key_values  # renamed in transformers 5.2x
-    for layer in cache.layers:
-        layer.keys, layer.values = (t.expand(len(input_ids), *t.shape[1:]) for t in (layer.keys, layer.values))
-    name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-    rest = backbone(input_ids=input_ids[:, start:], attention_mask=attention_mask, use_cache=True, **{name: cache})
-    return rest.last_hidden_state, start
-
-
-def _shared_prefix(input_ids, attention_mask, labels) -> int:
-    """Length of the leading tokens that every row has, unpadded and unlabelled, leaving out the last of them (its
-    state predicts the first token after the prefix) and at least one token after it; 0 for a batch of one row."""
-    if len(input_ids) < 2:
-        return 0
-    shared = (input_ids == input_ids[:1]).all(dim=0) & (labels == -100).all(dim=0) & attention_mask.bool().all(dim=0)
-    run = int(shared.int().cumprod(dim=0).sum())  # leading positions where all three hold
-    return max(min(run - 1, input_ids.shape[1] - 1), 0)
 
 
 def _loss_batch(tokenizer: PreTrainedTokenizerBase, rows: list[Conversation]):
