@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import CHOICES, TEMPLATE, expected_files, generated_files, run
 
-ALL_EXTRAS = {"preference_tuning": "yes", "sweeps": "yes", "multi_gpu": "yes", "cloud_training": "yes"}
+ALL_EXTRAS = {
+    "preference_tuning": "yes",
+    "sweeps": "yes",
+    "multi_gpu": "yes",
+    "cloud_training": "yes",
+    "llama_cpp": "yes",
+}
 # Every value of every choice option appears in at least one bake; odd but valid names ride along. The default
 # bake is the core (no extras); one bake takes every extra.
 MATRIX = [
@@ -198,6 +204,7 @@ EXTRA_TESTS = [
     "tests/test_cloud_jobs.py",
     "tests/test_cloud_aws.py",
     "tests/test_distributed.py",  # two processes over gloo
+    "tests/test_llama_cpp.py",  # GGUF export of the tiny model once, served and scored with llama.cpp
     "tests/test_prefs.py",
     "tests/test_report_dpo.py",
     "tests/test_sweep.py",  # Optuna trials, each a short training
