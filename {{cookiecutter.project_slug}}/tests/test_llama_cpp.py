@@ -4,6 +4,7 @@ Needs llama-cpp-python and llama.cpp's converter (`make llama-cpp`; LLAMA_CPP_DI
 folder); without them these tests skip, saying so.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -180,6 +181,28 @@ def test_evaluate_gguf_scores_the_same_rows_paired_with_the_adapter(run_dir, ggu
     assert update_readme(report, metric="field_accuracy", readme=readme)
     text = readme.read_text()
     assert "| q8_0 (llama.cpp) |" in text and "old" not in text and text.endswith(f"{END}\nend\n")
+
+
+def test_the_export_is_logged_to_the_models_mlflow_run(run_dir, gguf_file):
+    from {{ cookiecutter.package_name }}.export.gguf import log_export
+    from {{ cookiecutter.package_name }}.tracking import client
+
+    mlflow = client()  # the session's own store (tests/conftest.py sets MLFLOW_TRACKING_URI)
+    run_id = mlflow.create_run(mlflow.create_experiment(f"export-{time.time_ns()}")).info.run_id
+    source = dataclasses.replace(resolve_model_source(str(run_dir)), run_id=run_id)
+    assert log_export(source, gguf_file).startswith(f"MLflow: logged to run {run_id}")
+    logged = sorted(artifact.path for artifact in mlflow.list_artifacts(run_id, "gguf"))
+    assert logged == ["gguf/model-q8_0.Modelfile", "gguf/model-q8_0.gguf"]
+
+
+def test_a_registered_versions_export_folder_holds_its_adapter_and_config(run_dir, tmp_path):
+    from {{ cookiecutter.package_name }}.export.gguf import copy_run_folder
+
+    source = dataclasses.replace(resolve_model_source(str(run_dir)), uri="models:/x/1")  # as fetch_model gives it
+    folder = copy_run_folder(source, tmp_path / "x-v1")
+    assert {"adapter_model.safetensors", "tokenizer.json"} <= {path.name for path in (folder / "adapter").iterdir()}
+    assert not (folder / "config.yaml").exists()  # this version has no MLflow run to take its config from
+    assert resolve_model_source(str(folder)).adapter_dir == folder / "adapter"
 
 
 # ---- refusals: exit 2, the reason and the fix, nothing written -------------------------------------------

@@ -105,6 +105,8 @@ def export_gguf(job: Export) -> Path:
         modelfile.write_text(ollama_modelfile(job.target.name, config=job.config, merged=merged), encoding="utf-8")
         final.replace(job.target)
         modelfile.replace(modelfile_path(job.target))
+        if job.source.run_dir is None:  # a registered version: its adapter and config beside the file
+            copy_run_folder(job.source, job.out_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return job.target
@@ -123,6 +125,18 @@ def log_export(source: ModelSource, written: Path) -> str:
     except Exception as err:  # an unreachable server: the export itself has succeeded
         return f"warning: MLflow logging failed ({first_line(err)}); the files are written"
     return f"MLflow: logged to run {source.run_id} (artifacts gguf/{written.name}, gguf/{modelfile_path(written).name})"
+
+
+def copy_run_folder(source: ModelSource, folder: Path) -> Path:
+    """A registered version, downloaded: its adapter (with the tokenizer) and config copied into `folder`, a run
+    folder like a local one, so that `serve --backend llama.cpp` and `evaluate --gguf` can use the file there."""
+    if not (folder / "adapter").is_dir():
+        shutil.copytree(source.adapter_dir, folder / "adapter")
+        shutil.copytree(source.tokenizer_dir, folder / "adapter", dirs_exist_ok=True)
+    config = source.config_path()
+    if config is not None and not (folder / "config.yaml").is_file():
+        shutil.copyfile(config, folder / "config.yaml")
+    return folder
 
 
 def modelfile_path(gguf_file: Path) -> Path:
