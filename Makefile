@@ -53,7 +53,7 @@ $(LLAMA_CPP): | $(BIN)/python
 		$(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -w $(WHEELS)
 	rm -rf .cache/llama.cpp && mkdir -p .cache/llama.cpp
 	tar -xzf $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C .cache/llama.cpp --strip-components=3 \
-		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp
+		$(foreach part,convert_hf_to_gguf.py conversion gguf-py,llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/$(part))
 
 llama-cpp: $(LLAMA_CPP)  ## Build the llama-cpp-python wheel for the llama_cpp extra's tests (once, about 5 min)
 

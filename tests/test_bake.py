@@ -271,7 +271,9 @@ def test_bake_own_test_suite_passes(bake, answers, shard):
     before = project_files(project)
     smoke_report = project.parent / "smoke_report.json"  # written by the bake's session smoke run, if it ran
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection]
-    result = run(command, cwd=project, SMOKE_REPORT_COPY=str(smoke_report))
+    # The llama_cpp extra's tests run llama.cpp's converter from the source `make llama-cpp` unpacked (make install).
+    converter = TEMPLATE / ".cache" / "llama.cpp"
+    result = run(command, cwd=project, SMOKE_REPORT_COPY=str(smoke_report), LLAMA_CPP_DIR=str(converter))
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
     # `make test` in a user's project leaves it as it was: no mlruns/, outputs/ or reports/ of the tests'.

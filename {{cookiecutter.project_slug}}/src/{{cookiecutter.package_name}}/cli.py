@@ -463,7 +463,7 @@ def _evaluate_gguf(path: Path, *, config: Path | None, overrides: list[str]) -> 
     from .report.quantization import update_readme
     from .tasks.kinds import task_kind
 
-    own = resolve_model_source(path.parent).config_path() if path.parent.is_dir() else None
+    own = resolve_model_source(path.parent).config_path() if (path.parent / "adapter").is_dir() else None
     resolved = load_config(config or own or DEFAULT_CONFIG, overrides)
     report = evaluate_gguf(resolved, path=path)
     metric = task_kind(resolved.task).headline

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..config import Config, ModelConfig
 from ..errors import BadInput, ProjectError, first_line
-from ..model.load import is_tiny_model, merge_adapter
+from ..model.load import check_model_source, is_tiny_model, merge_adapter
 from ..registry import COMMAND, ModelSource
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def check_architecture(base_model: str, *, llama_dir: Path) -> None:
     """Refuse a base model whose architecture llama.cpp's converter has no code for (read from its list)."""
     from transformers import AutoConfig
 
+    check_model_source(base_model)  # a missing folder or an unreachable hub id: named, with the fix
     architectures = AutoConfig.from_pretrained(base_model).architectures or []
     supported = supported_architectures(llama_dir)
     if supported is not None and not any(name in supported for name in architectures):

@@ -79,8 +79,11 @@ def _end_ids(source: ModelSource, tokenizer: PreTrainedTokenizerBase) -> list[in
 
 
 def check_task(gguf: Gguf, config: Config | None) -> None:
-    """Refuse a file exported for another task than `config`'s (its answers would be scored or served as this one's)."""
-    if config is None or "task" not in gguf.facts:
+    """Refuse a file exported for another task than `config`'s (its answers would be scored or served as this one's).
+    No config (a run without one, and no LLM_CONFIG): nothing to compare with."""
+    if config is None:
+        return
+    if "task" not in gguf.facts:
         raise ExportError(f"{gguf.path} records no task: export it again with `export gguf` (this project's export)")
     if gguf.facts["task"] != task_fingerprint(config):
         raise ExportError(
