@@ -668,24 +668,25 @@ def serve(
     from .serve.app import create_app
     from .serve.server import run
 
-    options: dict[str, str | None] = {}
+    options = {"model": model, "config": config}
     # >>> llama_cpp
     options["backend"] = backend
     # <<< llama_cpp
-    settings = _serve_settings(model=model, config=config, **options)
+    settings = _serve_settings(**options)
     if settings.request_log is not None:
         check_request_log(settings.request_log)  # opened by the app at start-up: refuse it here, not there
     _show_progress_messages()
     # A wrong --model fails here, before the server starts.
-    served = None
     # >>> llama_cpp
     if settings.backend == "llama.cpp":
         from .serve.llama_cpp import gguf_to_serve
 
         served = gguf_to_serve(settings)  # a missing file or llama.cpp build: refused before the server starts
+        typer.echo(f"serving {served} with llama.cpp at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
+        return run(create_app(settings), host=host, port=port)
     # <<< llama_cpp
-    served = served or resolve_model_source(settings.model, output_dir=settings.output_dir).adapter_dir
-    typer.echo(f"serving {served} at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
+    source = resolve_model_source(settings.model, output_dir=settings.output_dir)
+    typer.echo(f"serving {source.adapter_dir} at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
     run(create_app(settings), host=host, port=port)  # uvicorn with the header, connection and shutdown limits
 
 
@@ -719,15 +720,15 @@ def serve_vllm(
 
 
 # <<< multi_gpu
-def _serve_settings(*, model: str | None, config: Path | None, **options: str | None):  # -> serve.settings.Settings
-    """LLM_* variables (and .env) with the command's options on top; BadInput (exit 2) naming each bad variable."""
+def _serve_settings(**options: str | Path | None):  # -> serve.settings.Settings
+    """LLM_* variables (and .env) with the command's options on top (those given: model, config, ...); BadInput
+    (exit 2) naming each bad variable."""
     from pydantic import ValidationError
 
     from .serve.settings import Settings
 
-    given = {"model": model, "config": config, **options}
     try:
-        settings = Settings(**{key: value for key, value in given.items() if value})
+        settings = Settings(**{key: value for key, value in options.items() if value})
     except ValidationError as err:
         problems = [
             f"LLM_{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']} "

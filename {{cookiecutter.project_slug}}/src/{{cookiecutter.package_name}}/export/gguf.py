@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..config import Config, ModelConfig
 from ..errors import BadInput, ProjectError, first_line
-from ..model.load import check_model_source, is_tiny_model, merge_adapter
+from ..model.load import check_model_source, is_tiny_model, load_tokenizer, merge_adapter
 from ..registry import COMMAND, ModelSource
 
 log = logging.getLogger(__name__)
@@ -271,12 +271,7 @@ def ollama_modelfile(gguf_name: str, *, config: Config | None, merged: Path) -> 
     """An Ollama Modelfile: `ollama create <name> -f <this file>`. The system prompt is the one training used;
     the template is ChatML written for Ollama when the model's template is ChatML."""
     lines = [f"# ollama create {COMMAND} -f {gguf_name.removesuffix('.gguf')}.Modelfile", f"FROM ./{gguf_name}"]
-    template = (
-        (merged / "chat_template.jinja").read_text(encoding="utf-8")
-        if (merged / "chat_template.jinja").is_file()
-        else ""
-    )
-    if "<|im_start|>" in template:
+    if "<|im_start|>" in str(load_tokenizer(merged).chat_template):
         lines += [
             'TEMPLATE """{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
             '<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"""',
@@ -284,5 +279,5 @@ def ollama_modelfile(gguf_name: str, *, config: Config | None, merged: Path) -> 
         ]
     if config is not None and config.task.system_prompt:
         lines.append(f'SYSTEM """{config.task.system_prompt}"""')
-    lines.append("PARAMETER temperature 0  # greedy, as in evaluation")
+    lines += ["# Greedy decoding, as in evaluation.", "PARAMETER temperature 0"]
     return "\n".join(lines) + "\n"
