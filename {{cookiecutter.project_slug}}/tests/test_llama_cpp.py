@@ -247,6 +247,20 @@ def test_export_refuses_without_llama_cpp_and_keeps_an_existing_file(run_dir, tm
     assert (run / "model-q8_0.gguf").read_bytes() == before and not (run / "model-q4_k_m.gguf").exists()
 
 
+def test_a_converter_that_fails_midway_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
+    broken = tmp_path / "llama.cpp"  # a converter that dies after it started (the tiny model's patch applies)
+    (broken / "conversion").mkdir(parents=True)
+    (broken / "conversion" / "__init__.py").write_text("")
+    (broken / "conversion" / "base.py").write_text("class TextModel:\n    pass\n")
+    (broken / "convert_hf_to_gguf.py").write_text("import sys\nsys.exit('unsupported tensor blk.0.x')\n")
+    monkeypatch.setenv(LLAMA_CPP_DIR, str(broken))
+    run = copy_run(run_dir, tmp_path)
+    before = sorted(run.iterdir())
+    result = runner.invoke(app, ["export", "gguf", "--model", str(run), "--type", "f16"])
+    assert result.exit_code == 1 and "converter failed" in result.output and "unsupported tensor" in result.output
+    assert sorted(run.iterdir()) == before  # no model-f16.gguf, no Modelfile, no scratch folder
+
+
 def test_a_gguf_of_another_task_is_refused_for_serving_and_evaluation(run_dir, tmp_path):
     from {{ cookiecutter.package_name }}.serve.llama_cpp import load_gguf_for_serving
 

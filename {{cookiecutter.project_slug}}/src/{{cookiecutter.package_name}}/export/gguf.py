@@ -86,6 +86,7 @@ def export_gguf(job: Export) -> Path:
     check_architecture(job.source.base_model, llama_dir=llama_dir)
     if job.target.exists() and not job.force:
         raise ExportError(f"{job.target} exists; pass --force to replace it (nothing was written)")
+    created = not job.out_dir.exists()  # a registered version's new folder: removed again if the export fails
     job.out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=job.out_dir))
     try:
@@ -107,6 +108,10 @@ def export_gguf(job: Export) -> Path:
         modelfile.replace(modelfile_path(job.target))
         if job.source.run_dir is None:  # a registered version: its adapter and config beside the file
             copy_run_folder(job.source, job.out_dir)
+    except BaseException:
+        if created:
+            shutil.rmtree(job.out_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return job.target
