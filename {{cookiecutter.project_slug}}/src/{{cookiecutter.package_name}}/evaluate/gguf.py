@@ -5,7 +5,8 @@
 Same rows (eval.split, the run's system prompt), same greedy decoding and stop rules (export/llama.py), same
 scorer. The file's row scores are paired with the fine-tuned adapter's in reports/eval.json for a bootstrap
 interval on the difference, and timed: answer tokens per second, one request at a time, on this machine. The
-adapter is timed the same way once (transformers, merged weights, batch 1). Writes reports/quantization.json.
+adapter is timed the same way once, on its first SPEED_ROWS rows (transformers, merged weights, batch 1).
+Writes reports/quantization.json.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from .bootstrap import paired_intervals
 from .evaluate import rows_digest, score_answers, scored_rows
 
 QUANTIZATION_FILE = "quantization.json"
+# The adapter's speed is timed on the first rows only: one request at a time takes minutes on a CPU, and its
+# answers (and scores) are reports/eval.json's already.
+SPEED_ROWS = 8
 ADAPTER = "adapter"  # the key of the adapter's own line
 
 
@@ -95,7 +99,8 @@ def _adapter_row_scores(config: Config, *, rows: list, gguf: Gguf) -> dict[str, 
 
 
 def _time_adapter(config: Config, *, gguf: Gguf, rows: list) -> dict[str, Any]:
-    """The adapter's answer tokens per second, generated as the GGUF's are: one row at a time, merged weights."""
+    """The adapter's answer tokens per second, generated as the GGUF's are (one row at a time, merged weights), on
+    the first SPEED_ROWS rows."""
     device = resolve_device(config.train.device)
     model = load_finetuned(config.model, adapter_dir=gguf.source.adapter_dir, device=device).merge_and_unload().eval()
     eval_cfg = config.eval.model_copy(update={"batch_size": 1})
@@ -103,7 +108,7 @@ def _time_adapter(config: Config, *, gguf: Gguf, rows: list) -> dict[str, Any]:
     answers = generate_answers(
         model,
         tokenizer=gguf.tokenizer,
-        rows=rows,
+        rows=rows[:SPEED_ROWS],
         eval_cfg=eval_cfg,
         device=device,
         json_answers=task_kind(config.task).json_answers,
