@@ -63,6 +63,13 @@ EXTRA_FILES = {
         "tests/test_cloud_jobs.py",
         "tests/test_cloud_{cloud}.py",
     ],
+    "llama_cpp": [
+        "src/{pkg}/export",
+        "src/{pkg}/evaluate/gguf.py",
+        "src/{pkg}/report/quantization.py",
+        "src/{pkg}/serve/llama_cpp.py",
+        "tests/test_llama_cpp.py",
+    ],
 }
 EXTRAS = tuple(EXTRA_FILES)
 BLOCK = re.compile(r"^[ \t]*# (>>>|<<<) (!?[a-z_]+)[ \t]*$")

@@ -19,7 +19,7 @@ from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 # Every extra on: the template's environment must run the tests of every bake, extras included.
-ALL_EXTRAS = {"preference_tuning": True, "sweeps": True, "multi_gpu": True, "cloud_training": True}
+ALL_EXTRAS = {"preference_tuning": True, "sweeps": True, "multi_gpu": True, "cloud_training": True, "llama_cpp": True}
 
 
 def project_requirements(extras: tuple[str, ...] = ("dev",)) -> list[str]:

@@ -207,6 +207,15 @@ EXTRA_FILES = {
         "tests/test_cloud_jobs.py",
         "tests/test_cloud_{cloud}.py",
     ],
+    "llama_cpp": [
+        "src/{pkg}/evaluate/gguf.py",
+        "src/{pkg}/export/__init__.py",
+        "src/{pkg}/export/gguf.py",
+        "src/{pkg}/export/llama.py",
+        "src/{pkg}/report/quantization.py",
+        "src/{pkg}/serve/llama_cpp.py",
+        "tests/test_llama_cpp.py",
+    ],
 }
 EXTRAS = tuple(EXTRA_FILES)
 

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import CHOICES, TEMPLATE, expected_files, generated_files, run
 
-ALL_EXTRAS = {"preference_tuning": "yes", "sweeps": "yes", "multi_gpu": "yes", "cloud_training": "yes"}
+ALL_EXTRAS = {
+    "preference_tuning": "yes",
+    "sweeps": "yes",
+    "multi_gpu": "yes",
+    "cloud_training": "yes",
+    "llama_cpp": "yes",
+}
 # Every value of every choice option appears in at least one bake; odd but valid names ride along. The default
 # bake is the core (no extras); one bake takes every extra.
 MATRIX = [
@@ -198,6 +204,7 @@ EXTRA_TESTS = [
     "tests/test_cloud_jobs.py",
     "tests/test_cloud_aws.py",
     "tests/test_distributed.py",  # two processes over gloo
+    "tests/test_llama_cpp.py",  # GGUF export of the tiny model once, served and scored with llama.cpp
     "tests/test_prefs.py",
     "tests/test_report_dpo.py",
     "tests/test_sweep.py",  # Optuna trials, each a short training
@@ -264,7 +271,9 @@ def test_bake_own_test_suite_passes(bake, answers, shard):
     before = project_files(project)
     smoke_report = project.parent / "smoke_report.json"  # written by the bake's session smoke run, if it ran
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection]
-    result = run(command, cwd=project, SMOKE_REPORT_COPY=str(smoke_report))
+    # The llama_cpp extra's tests run llama.cpp's converter from the source `make llama-cpp` unpacked (make install).
+    converter = TEMPLATE / ".cache" / "llama.cpp"
+    result = run(command, cwd=project, SMOKE_REPORT_COPY=str(smoke_report), LLAMA_CPP_DIR=str(converter))
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
     # `make test` in a user's project leaves it as it was: no mlruns/, outputs/ or reports/ of the tests'.

@@ -22,6 +22,17 @@ parallel region an idle process's OpenMP threads otherwise spin for ~10-20 ms, a
 cores they steal the cores of the process being measured (on 2 cores that put +10-20 ms on the API's
 p50). Both sides pay the same policy, so the comparison stays fair; absolute times are a little higher
 than with the default.
+{%- if cookiecutter.llama_cpp %}
+
+    python scripts/benchmark_serve.py --against llama.cpp --model latest --gguf outputs/<run>/model-q4_k_m.gguf
+
+`--against llama.cpp` compares three ways instead, on the same model (the run and its GGUF export), prompts and
+machine: bare llama-cpp-python in this process (its Llama object, one request at a time behind a lock, as its own
+server does), this project's server with the llama.cpp backend, and with the transformers backend. It prints
+single-stream tokens/s and latency, 8-concurrent throughput and p50, and the ratios: the llama.cpp backend
+against bare llama-cpp-python (its API's overhead; goal: within 1.2x) and the transformers backend against the
+llama.cpp backend (goal: at least 0.5x single-stream).
+{%- endif %}
 """
 
 from __future__ import annotations
@@ -86,6 +97,10 @@ def main() -> None:
     rows = list(load_splits(config.data)["test"]["messages"])
     prompts = [row[:-1] for row in rows]  # each conversation without its expected answer
     prompts = (prompts * (args.requests // max(len(prompts), 1) + 1))[: args.requests]
+    {%- if cookiecutter.llama_cpp %}
+    if args.against == "llama.cpp":
+        return against_llama_cpp(args, prompts)
+    {%- endif %}
     loaded = load_for_serving(Settings(_env_file=None, model=args.model, request_log=None))
     mlflow_model = args.mlflow_model or f"models:/{config.project}@champion"
     runs: dict[tuple[str, int], list[Run]] = {}
@@ -121,6 +136,10 @@ def _parse_args() -> argparse.Namespace:
         "--mlflow-model", metavar="URI", help="Model for `mlflow models serve` (default: models:/<project>@champion)."
     )
     parser.add_argument("--skip-mlflow", action="store_true", help="Leave out the `mlflow models serve` mode.")
+    {%- if cookiecutter.llama_cpp %}
+    parser.add_argument("--against", choices=["llama.cpp"], help="Compare with llama.cpp instead (see above).")
+    parser.add_argument("--gguf", type=Path, help="The run's GGUF export (default: <run>/model-q4_k_m.gguf).")
+    {%- endif %}
     parser.add_argument(
         "--out",
         type=Path,
@@ -242,18 +261,86 @@ def summarize(mode: str, clients: int, runs: list[Run]) -> Figures:
     )
 
 
+{% if cookiecutter.llama_cpp -%}
+# ---- against llama.cpp ----------------------------------------------------------------------------------
+
+
+def against_llama_cpp(args: argparse.Namespace, prompts: list[Conversation]) -> None:
+    """Bare llama-cpp-python, our llama.cpp backend and our transformers backend, alternated as in main()."""
+    from {{ cookiecutter.package_name }}.registry import resolve_model_source
+
+    source = resolve_model_source(args.model)
+    gguf = args.gguf or source.adapter_dir.parent / "model-q4_k_m.gguf"
+    runs: dict[tuple[str, int], list[Run]] = {}
+    llama_server = running_server(str(gguf), url=None, LLM_BACKEND="llama.cpp")
+    with llama_server as llama_url, running_server(args.model, url=None) as torch_url, ExitStack() as clients:
+        name = httpx.get(f"{torch_url}/v1/models").json()["data"][0]["id"]
+        modes = {
+            "bare": bare_llama_cpp(gguf, args.max_tokens, tokenizer_dir=source.tokenizer_dir),
+            "llama.cpp": api(llama_url, args.max_tokens, clients, model=name),
+            "transformers": api(torch_url, args.max_tokens, clients, model=name),
+        }
+        for mode, run in take_turns(modes, prompts * args.rounds).items():
+            runs[mode, 1] = [run]
+        for _ in range(args.rounds):
+            for mode, answer in modes.items():
+                runs.setdefault((mode, 8), []).append(measure(answer, prompts, clients=8))
+    report_ratios([summarize(mode, clients, done) for (mode, clients), done in runs.items()], out=args.out)
+
+
+def bare_llama_cpp(gguf: Path, max_tokens: int, *, tokenizer_dir: Path) -> Answer:
+    """llama-cpp-python alone: the same prompt token ids (the run's tokenizer), greedy, one call at a time."""
+    import threading
+
+    import llama_cpp
+
+    from {{ cookiecutter.package_name }}.model.load import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=len(os.sched_getaffinity(0)), verbose=False)
+    lock = threading.Lock()  # a Llama object generates one sequence at a time
+
+    def answer(messages: Conversation) -> int:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        with lock:
+            completion = llm.create_completion(list(ids), max_tokens=max_tokens, temperature=0.0)
+        return completion["usage"]["completion_tokens"]
+
+    return answer
+
+
+def report_ratios(results: list[Figures], *, out: Path | None) -> None:
+    report(results, out=None, hardware="", ratios=False)
+    by = {(r.mode, r.clients): asdict(r) for r in results}
+    ratios = {
+        f"{mode} / {base}, {clients} client(s) {label}": by[mode, clients][key] / by[base, clients][key]
+        for mode, base in (("llama.cpp", "bare"), ("transformers", "llama.cpp"))
+        for clients in (1, 8)
+        for key, label in (("tokens_per_s", "tokens/s"), ("p50_ms", "p50 latency"))
+    }
+    print()
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}x")
+    print("goals: llama.cpp backend within 1.2x of bare (tokens/s ratio >= 0.83); transformers >= 0.5x of llama.cpp")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"results": [asdict(r) for r in results], "ratios": ratios}, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
+{% endif -%}
 # ---- the server -----------------------------------------------------------------------------------------
 
 
 @contextmanager
-def running_server(model: str, *, url: str | None) -> Iterator[str]:
-    """`serve` in a subprocess on a free port, or the running server at `url`. Its request log goes to a
-    temp folder: benchmark traffic must not reach the drift check."""
+def running_server(model: str, *, url: str | None, **variables: str) -> Iterator[str]:
+    """`serve` in a subprocess on a free port (with `variables` set: LLM_BACKEND=...), or the running server at
+    `url`. Its request log goes to a temp folder: benchmark traffic must not reach the drift check."""
     if url:
         yield url
         return
     port = _free_port()
-    env = os.environ | {"LLM_REQUEST_LOG": f"{tempfile.mkdtemp(prefix='benchmark-')}/requests.jsonl"}
+    env = os.environ | {"LLM_REQUEST_LOG": f"{tempfile.mkdtemp(prefix='benchmark-')}/requests.jsonl"} | variables
     package = "{{ cookiecutter.package_name }}"
     command = [sys.executable, "-m", package, "serve", "--model", model, "--port", str(port)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -326,13 +413,15 @@ def _wait_ready(
 # ---- report ---------------------------------------------------------------------------------------------
 
 
-def report(results: list[Figures], *, out: Path | None, hardware: str = "") -> None:
-    print(f"{'mode':<8}{'clients':>8}{'requests':>10}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'tokens/s':>10}")
+def report(results: list[Figures], *, out: Path | None, hardware: str = "", ratios: bool = True) -> None:
+    print(f"{'mode':<13}{'clients':>8}{'requests':>10}{'p50 ms':>10}{'p95 ms':>10}{'req/s':>9}{'tokens/s':>10}")
     for r in results:
         print(
-            f"{r.mode:<8}{r.clients:>8}{r.requests:>10}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}"
+            f"{r.mode:<13}{r.clients:>8}{r.requests:>10}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}"
             f"{r.requests_per_s:>9.2f}{r.tokens_per_s:>10.1f}"
         )
+    if not ratios:
+        return
     by = {(r.mode, r.clients): r for r in results}
     overhead = by["api", 1].p50_ms / by["direct", 1].p50_ms - 1
     throughput = by["api", 8].requests_per_s / by["direct", 8].requests_per_s

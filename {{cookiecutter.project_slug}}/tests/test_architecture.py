@@ -89,6 +89,7 @@ STAGES = [
     ("train",),
     ("preference",),  # preference_tuning: pairs from the SFT model, the DPO recipe
     ("sweep",),  # sweeps: trials of train()
+    ("export",),  # llama_cpp: a run's model as a GGUF file, opened with llama.cpp (evaluate and serve use it)
     ("evaluate",),
     ("report",),
     ("publish",),

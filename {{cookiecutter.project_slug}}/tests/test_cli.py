@@ -38,6 +38,10 @@ COMMANDS.add("serve-vllm")
 # >>> preference_tuning
 SUBCOMMANDS["data"].add("prefs")
 # <<< preference_tuning
+# >>> llama_cpp
+COMMANDS.add("export")
+SUBCOMMANDS["export"] = {"gguf"}
+# <<< llama_cpp
 # >>> cloud_training
 SUBCOMMANDS["cloud"] |= {"train", "status", "cancel"}
 # <<< cloud_training

@@ -217,7 +217,11 @@ def test_compose_names_the_services(compose):
     mlflow = compose["services"]["mlflow"]
     assert any(arg.startswith("--backend-store-uri=postgresql://") for arg in mlflow["command"])
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert compose["services"]["app"]["build"] == {"context": ".", "target": "runtime"}
+    build = dict(compose["services"]["app"]["build"])
+    # >>> llama_cpp
+    assert build.pop("args") == {"LLAMA_CPP": "${LLAMA_CPP:-0}"}  # LLAMA_CPP=1 builds the llama.cpp backend in
+    # <<< llama_cpp
+    assert build == {"context": ".", "target": "runtime"}
     mounted = {volume.split(":")[1] for volume in compose["services"]["app"]["volumes"]}
     assert {"/app/outputs", "/app/logs"} <= mounted
 

@@ -412,6 +412,15 @@ def evaluate(
             "metrics go to a new MLflow run tagged evaluation_of=<run>, never over the run's own; no promotion gate.",
         ),
     ] = False,
+    # >>> llama_cpp
+    gguf: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score a GGUF file (`export gguf`) of the evaluated run instead, on the same rows, paired with "
+            "reports/eval.json's adapter scores; adds its line to reports/quantization.json and the README's table."
+        ),
+    ] = None,
+    # <<< llama_cpp
 ) -> None:
     """Score base vs fine-tuned on the held-out split; writes reports/eval.json and reports/eval.md.
     With tracking on, logs the metrics to the model's MLflow run and runs the promotion gate."""
@@ -420,6 +429,10 @@ def evaluate(
     from .registry import ModelSource, resolve_model_source
 
     _show_progress_messages()
+    # >>> llama_cpp
+    if gguf is not None:
+        return _evaluate_gguf(gguf, config=config, overrides=overrides or [])
+    # <<< llama_cpp
     model: str | ModelSource | None = adapter
     if config is None:  # the run's own config: the model is resolved here, once
         model = resolve_model_source(adapter, output_dir=TrainConfig().output_dir, given_as="--adapter")
@@ -438,6 +451,24 @@ def evaluate(
             typer.echo(f"{name:>9}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown if "_accuracy_" not in k))
 
 
+# >>> llama_cpp
+def _evaluate_gguf(path: Path, *, config: Path | None, overrides: list[str]) -> None:
+    from .evaluate.gguf import evaluate_gguf
+    from .registry import resolve_model_source
+    from .report.quantization import update_readme
+    from .tasks.kinds import task_kind
+
+    own = resolve_model_source(path.parent).config_path() if (path.parent / "adapter").is_dir() else None
+    resolved = load_config(config or own or DEFAULT_CONFIG, overrides)
+    report = evaluate_gguf(resolved, path=path)
+    metric = task_kind(resolved.task).headline
+    for name, line in report["lines"].items():
+        typer.echo(f"{name:>8}: {metric} {line['metrics'][metric]['estimate']:.3f}, {line['tokens_per_s']} tokens/s")
+    if update_readme(report, metric=metric):
+        typer.echo("README.md: quantization table updated")
+
+
+# <<< llama_cpp
 @app.command()
 def promote(
     config: ConfigOption = DEFAULT_CONFIG,
@@ -557,6 +588,47 @@ def merge(
     typer.secho(f"merged model: {merged}", fg=typer.colors.GREEN)
 
 
+# >>> llama_cpp
+export_app = typer.Typer(help="Export the fine-tuned model for other runtimes.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("gguf")
+def export_gguf(
+    model: Annotated[
+        str, typer.Option(help="Run or adapter folder, `latest`, or an MLflow model URI (models:/<name>@champion).")
+    ] = "latest",
+    quant: Annotated[str, typer.Option("--type", help="f16 | q8_0 | q4_k_m (llama.cpp's quantization).")] = "q4_k_m",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for model-<type>.gguf; default: the run folder (outputs/<name>-v<version> for a URI)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing model-<type>.gguf.")] = False,
+) -> None:
+    """Merge the adapter into its base, convert it with llama.cpp to GGUF, quantize; an Ollama Modelfile beside it."""
+    from .config import TrainConfig
+    from .export.gguf import Export, export_gguf, log_export
+    from .registry import resolve_model_source
+
+    _show_progress_messages()
+    source = resolve_model_source(model, output_dir=TrainConfig().output_dir)
+    config_file = source.config_path()
+    folder = out or source.run_dir or Path(TrainConfig().output_dir) / f"{source.name}-v{source.version}"
+    job = Export(
+        source=source, config=config_file and load_config(config_file), quant=quant, out_dir=folder, force=force
+    )
+    written = export_gguf(job)
+    typer.secho(
+        f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB) and {written.with_suffix('.Modelfile')}",
+        fg=typer.colors.GREEN,
+    )
+    logged = log_export(source, written)
+    typer.echo(logged)
+
+
+# <<< llama_cpp
 # --- serve -----------------------------------------------------------------------------------
 
 
@@ -578,6 +650,12 @@ def serve(
     host: HostOption = "127.0.0.1",
     port: PortOption = 8000,
     config: ModelConfigOption = None,
+    # >>> llama_cpp
+    backend: Annotated[
+        str | None,
+        typer.Option(help="transformers | llama.cpp (a GGUF file `export gguf` wrote); default: LLM_BACKEND."),
+    ] = None,
+    # <<< llama_cpp
 ) -> None:
     """Serve the model: OpenAI-compatible API, /metrics, demo page at /. Other settings: LLM_* variables."""
     from .monitor.request_log import check_request_log
@@ -585,11 +663,23 @@ def serve(
     from .serve.app import create_app
     from .serve.server import run
 
-    settings = _serve_settings(model=model, config=config)
+    options = {"model": model, "config": config}
+    # >>> llama_cpp
+    options["backend"] = backend
+    # <<< llama_cpp
+    settings = _serve_settings(**options)
     if settings.request_log is not None:
         check_request_log(settings.request_log)  # opened by the app at start-up: refuse it here, not there
     _show_progress_messages()
     # A wrong --model fails here, before the server starts.
+    # >>> llama_cpp
+    if settings.backend == "llama.cpp":
+        from .serve.llama_cpp import gguf_to_serve
+
+        served = gguf_to_serve(settings)  # a missing file or llama.cpp build: refused before the server starts
+        typer.echo(f"serving {served} with llama.cpp at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
+        return run(create_app(settings), host=host, port=port)
+    # <<< llama_cpp
     source = resolve_model_source(settings.model, output_dir=settings.output_dir)
     typer.echo(f"serving {source.adapter_dir} at http://{host}:{port}/ (API under /v1, metrics at /metrics)")
     run(create_app(settings), host=host, port=port)  # uvicorn with the header, connection and shutdown limits
@@ -625,14 +715,15 @@ def serve_vllm(
 
 
 # <<< multi_gpu
-def _serve_settings(*, model: str | None, config: Path | None):  # -> serve.settings.Settings
-    """LLM_* variables (and .env) with the command's options on top; BadInput (exit 2) naming each bad variable."""
+def _serve_settings(**options: str | Path | None):  # -> serve.settings.Settings
+    """LLM_* variables (and .env) with the command's options on top (those given: model, config, ...); BadInput
+    (exit 2) naming each bad variable."""
     from pydantic import ValidationError
 
     from .serve.settings import Settings
 
     try:
-        settings = Settings(**{key: value for key, value in {"model": model, "config": config}.items() if value})
+        settings = Settings(**{key: value for key, value in options.items() if value})
     except ValidationError as err:
         problems = [
             f"LLM_{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']} "

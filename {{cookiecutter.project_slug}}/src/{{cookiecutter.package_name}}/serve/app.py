@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -83,13 +83,14 @@ async def _load(state: ServerState, *, preloaded: LoadedModel | None) -> None:
     """Load the model off the event loop (unless `preloaded`); on failure keep serving and report the error
     on /health (liveness fails: the container gets restarted) and /ready."""
     settings = state.settings
+    load, engine_class = backend(settings)
     try:
-        loaded = preloaded or await asyncio.to_thread(load_for_serving, settings)
+        loaded = preloaded or await asyncio.to_thread(load, settings)
     except Exception as err:  # any failure must reach /ready and the log, not kill the loop silently
         log.exception("loading the model failed")
         state.load_error = f"{type(err).__name__}: {err}"
         return
-    engine = Engine(
+    engine = engine_class(
         loaded.model,
         loaded.tokenizer,
         max_batch_size=settings.max_batch_size,
@@ -101,3 +102,14 @@ async def _load(state: ServerState, *, preloaded: LoadedModel | None) -> None:
     state.metrics.set_model(name=loaded.name, version=loaded.version, base_model=loaded.base_model)
     state.engine, state.loaded, state.loaded_at = engine, loaded, int(time.time())
     log.info("ready: %s (version %s) on %s", loaded.name, loaded.version, loaded.device)
+
+
+def backend(settings: Settings) -> tuple[Callable[[Settings], LoadedModel], type[Engine]]:
+    """The loader and engine of the configured backend."""
+    # >>> llama_cpp
+    if settings.backend == "llama.cpp":
+        from .llama_cpp import LlamaCppEngine, load_gguf_for_serving
+
+        return load_gguf_for_serving, LlamaCppEngine
+    # <<< llama_cpp
+    return load_for_serving, Engine

@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     config: Path | None = None
     """Project config whose `model` section (revision, dtype, trust_remote_code) is used when the adapter
     has no config.yaml beside it (e.g. one downloaded from MLflow). The run's own config.yaml wins."""
+    # >>> llama_cpp
+    backend: Literal["transformers", "llama.cpp"] = "transformers"
+    """What generates: transformers (the adapter on its base) or llama.cpp (a GGUF file `export gguf` wrote;
+    CPU, one request at a time; `model` may then name the .gguf file itself)."""
+    gguf_type: Literal["f16", "q8_0", "q4_k_m"] = "q4_k_m"
+    """With the llama.cpp backend and `model` naming a run: which export it serves, outputs/<run>/model-<type>.gguf."""
+    # <<< llama_cpp
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where the model runs; `auto` picks CUDA, then Apple MPS, then CPU."""
     served_model_name: str | None = None
