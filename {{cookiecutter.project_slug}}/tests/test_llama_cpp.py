@@ -183,12 +183,14 @@ def test_evaluate_gguf_scores_the_same_rows_paired_with_the_adapter(run_dir, ggu
     assert "| q8_0 (llama.cpp) |" in text and "old" not in text and text.endswith(f"{END}\nend\n")
 
 
-def test_the_export_is_logged_to_the_models_mlflow_run(run_dir, gguf_file):
+def test_the_export_is_logged_to_the_models_mlflow_run(run_dir, gguf_file, tmp_path):
     from {{ cookiecutter.package_name }}.export.gguf import log_export
     from {{ cookiecutter.package_name }}.tracking import client
 
     mlflow = client()  # the session's own store (tests/conftest.py sets MLFLOW_TRACKING_URI)
-    run_id = mlflow.create_run(mlflow.create_experiment(f"export-{time.time_ns()}")).info.run_id
+    # Artifacts under tmp_path: MLflow's default is ./mlruns, i.e. inside the project the tests run in.
+    experiment = mlflow.create_experiment(f"export-{time.time_ns()}", artifact_location=tmp_path.as_uri())
+    run_id = mlflow.create_run(experiment).info.run_id
     source = dataclasses.replace(resolve_model_source(str(run_dir)), run_id=run_id)
     assert log_export(source, gguf_file).startswith(f"MLflow: logged to run {run_id}")
     logged = sorted(artifact.path for artifact in mlflow.list_artifacts(run_id, "gguf"))

@@ -210,6 +210,25 @@ def test_unknown_lora_target_module_names_the_key_and_real_modules(smoke_config,
     assert not (tmp_path / "outputs" / "mine").exists()
 
 
+def test_a_sigterm_during_an_mlflow_write_waits_for_the_next_step():
+    # A SIGTERM that cut an MLflow write short left the run RUNNING: ending it KILLED failed afterwards (seen in CI).
+    import os
+    import signal
+
+    from {{ cookiecutter.package_name }}.train.sft import sigterm_as_interrupt
+
+    callbacks = []
+    trainer = types.SimpleNamespace(add_callback=callbacks.append)
+    namespace = {"__name__": "mlflow.store.tracking", "os": os, "signal": signal}  # code that runs as MLflow's
+    exec("def write():\n    os.kill(os.getpid(), signal.SIGTERM)\n    return 'written'", namespace)
+    with sigterm_as_interrupt(trainer):
+        assert namespace["write"]() == "written"  # not interrupted
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            callbacks[0].on_step_end(None, None, None)  # the next step stops the run
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)  # anywhere else: at once
+
+
 @pytest.mark.e2e
 def test_sigterm_during_training_ends_killed_and_resumes(smoke_config, tiny_model, tmp_path):
     """`docker stop` or a spot instance's SIGTERM: the MLflow run ends KILLED with an end time (not RUNNING),

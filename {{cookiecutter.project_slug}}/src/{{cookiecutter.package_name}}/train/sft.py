@@ -57,6 +57,8 @@ from ..tracking import check_tracking_server, log_training_inputs, metrics_callb
 from .lm_head import answer_tokens_only
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from datasets import Dataset, DatasetDict
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -339,14 +341,21 @@ def _removed_on_failure(run_dir: Path) -> Iterator[Callable[[], None]]:
 def sigterm_as_interrupt(trainer: SFTTrainer) -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt as Ctrl-C does, so the MLflow run ends KILLED (not
     RUNNING) and the last checkpoint stays for --resume; the previous handler is restored after. Should a
-    library swallow that exception, a callback raises it again at the next step."""
+    library swallow that exception, or the signal arrive during an MLflow write, a callback raises it at the
+    next step."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set signal handlers
         return
     stop = threading.Event()
 
-    def interrupt(signum: int, frame: object) -> None:
+    def interrupt(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        # Not in the middle of an MLflow write: cut there, the run could not be ended KILLED afterwards (seen
+        # as a run left RUNNING). The callback raises at the next step instead.
+        while frame is not None:
+            if frame.f_globals.get("__name__", "").startswith(("mlflow", "sqlalchemy")):
+                return
+            frame = frame.f_back
         raise KeyboardInterrupt(f"stopped by signal {signum} (SIGTERM)")
 
     trainer.add_callback(_stop_on(stop))
