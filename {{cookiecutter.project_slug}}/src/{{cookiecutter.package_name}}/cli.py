@@ -439,7 +439,11 @@ def evaluate(
         config = model.config_path() or DEFAULT_CONFIG
         typer.echo(f"config: {config}", err=True)
     resolved = load_config(config, overrides or [])
-    report = run_evaluation(resolved, adapter_dir=model, other_data=other_data)
+    _print_scores(run_evaluation(resolved, adapter_dir=model, other_data=other_data))
+
+
+def _print_scores(report: dict) -> None:
+    """One line per column of eval.json: majority, classical, base, few-shot, fine-tuned."""
     baselines = report.get("baselines", {})
     columns = {"majority": baselines.get("majority"), "classical": baselines.get("classical"), "base": report["base"]}
     columns |= {"few_shot": baselines.get("few_shot"), "finetuned": report["finetuned"]}
