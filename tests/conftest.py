@@ -102,6 +102,7 @@ src/{pkg}/serve/app.py
 src/{pkg}/serve/deps.py
 src/{pkg}/serve/engine.py
 src/{pkg}/serve/errors.py
+src/{pkg}/serve/int8.py
 src/{pkg}/serve/loader.py
 src/{pkg}/serve/middleware.py
 src/{pkg}/serve/openapi.py

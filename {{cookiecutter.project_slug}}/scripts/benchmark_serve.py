@@ -22,6 +22,12 @@ parallel region an idle process's OpenMP threads otherwise spin for ~10-20 ms, a
 cores they steal the cores of the process being measured (on 2 cores that put +10-20 ms on the API's
 p50). Both sides pay the same policy, so the comparison stays fair; absolute times are a little higher
 than with the default.
+
+    python scripts/benchmark_serve.py --int8-decode --model latest --requests 60 --rounds 1 --max-tokens 64
+
+`--int8-decode` weighs LLM_INT8_DECODE (serve/int8.py) instead: the model as the server loads it, with and
+without int8 decoding, in this process on the CPU, one request at a time, alternated prompt by prompt. It prints
+each one's latency and tokens/s, their ratio, and how many greedy answers differ (the accuracy cost: read them).
 {%- if cookiecutter.llama_cpp %}
 
     python scripts/benchmark_serve.py --against llama.cpp --model latest --gguf outputs/<run>/model-q4_k_m.gguf
@@ -97,6 +103,8 @@ def main() -> None:
     rows = list(load_splits(config.data)["test"]["messages"])
     prompts = [row[:-1] for row in rows]  # each conversation without its expected answer
     prompts = (prompts * (args.requests // max(len(prompts), 1) + 1))[: args.requests]
+    if args.int8_decode:
+        return against_int8(args, prompts)
     {%- if cookiecutter.llama_cpp %}
     if args.against == "llama.cpp":
         return against_llama_cpp(args, prompts)
@@ -136,6 +144,7 @@ def _parse_args() -> argparse.Namespace:
         "--mlflow-model", metavar="URI", help="Model for `mlflow models serve` (default: models:/<project>@champion)."
     )
     parser.add_argument("--skip-mlflow", action="store_true", help="Leave out the `mlflow models serve` mode.")
+    parser.add_argument("--int8-decode", action="store_true", help="Compare with and without LLM_INT8_DECODE.")
     {%- if cookiecutter.llama_cpp %}
     parser.add_argument("--against", choices=["llama.cpp"], help="Compare with llama.cpp instead (see above).")
     parser.add_argument("--gguf", type=Path, help="The run's GGUF export (default: <run>/model-q4_k_m.gguf).")
@@ -151,8 +160,9 @@ def _parse_args() -> argparse.Namespace:
 # ---- the three ways to get an answer --------------------------------------------------------------------
 
 
-def direct(loaded: LoadedModel, max_tokens: int) -> Answer:
-    """One greedy `generate` per prompt on the merged model, as the server loads it (threads share it)."""
+def direct(loaded: LoadedModel, max_tokens: int, texts: list[str] | None = None) -> Answer:
+    """One greedy `generate` per prompt on the merged model, as the server loads it (threads share it); each
+    answer's text is appended to `texts` when given."""
     import torch
 
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -170,7 +180,10 @@ def direct(loaded: LoadedModel, max_tokens: int) -> Answer:
                 eos_token_id=stop_ids,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        return output.shape[1] - inputs["input_ids"].shape[1]
+        new = output[0, inputs["input_ids"].shape[1] :]
+        if texts is not None:
+            texts.append(tokenizer.decode(new, skip_special_tokens=True))
+        return len(new)
 
     return answer
 
@@ -259,6 +272,29 @@ def summarize(mode: str, clients: int, runs: list[Run]) -> Figures:
         requests_per_s=len(latencies) / wall,
         tokens_per_s=sum(run.tokens for run in runs) / wall,
     )
+
+
+# ---- with and without int8 decoding ---------------------------------------------------------------------
+
+
+def against_int8(args: argparse.Namespace, prompts: list[Conversation]) -> None:
+    """The served model's full weights against LLM_INT8_DECODE, one client, alternated (see the top)."""
+    settings = Settings(_env_file=None, model=args.model, request_log=None, device="cpu")
+    texts: dict[str, list[str]] = {"full": [], "int8": []}
+    loaded = {mode: load_for_serving(settings.model_copy(update={"int8_decode": mode == "int8"})) for mode in texts}
+    modes = {mode: direct(loaded[mode], args.max_tokens, texts[mode]) for mode in texts}
+    results = [summarize(mode, 1, [run]) for mode, run in take_turns(modes, prompts * args.rounds).items()]
+    report(results, out=None, ratios=False)
+    full, int8 = results
+    warm_up = len(texts["full"]) - full.requests  # take_turns' first answers are not timed
+    pairs = list(zip(texts["full"][warm_up:], texts["int8"][warm_up:], strict=True))
+    differ = sum(a != b for a, b in pairs)
+    print(f"\nint8 / full tokens/s, 1 client: {int8.tokens_per_s / full.tokens_per_s:.2f}x")
+    print(f"greedy answers that differ: {differ} of {len(pairs)}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        figures = {"results": [asdict(r) for r in results], "answers_differ": differ, "answers": len(pairs)}
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 {% if cookiecutter.llama_cpp -%}

@@ -867,3 +867,75 @@ def test_a_prompt_with_a_lone_surrogate_still_gets_its_request_log_line(served_a
     records = read_log(tmp_path / "requests.jsonl")
     assert [r["status"] for r in records] == [first.status_code, 200]
     assert records[0]["prompt"] == "order \ud800 B11688"
+
+
+# ---- LLM_INT8_DECODE (serve/int8.py) ---------------------------------------------------------------------
+
+
+def test_int8_layers_read_int8_weights_for_decoding_rows_and_the_models_own_for_prompts():
+    import torch
+
+    from {{ cookiecutter.package_name }}.serve.int8 import DECODE_ROWS, Int8DecodeLinear
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        linear = torch.nn.Linear(64, 96).to(dtype)
+        layer = Int8DecodeLinear(linear)
+        prompt = torch.randn(1, DECODE_ROWS + 1, 64, dtype=dtype)
+        assert torch.equal(layer(prompt), linear(prompt))  # many rows: the original product, bit for bit
+        step = torch.randn(4, 1, 64, dtype=dtype)  # a decoding step of 4 sequences
+        got, full = layer(step), linear(step)
+        assert got.dtype == dtype and got.shape == full.shape
+        assert not torch.equal(got, full)  # computed from the int8 copy...
+        assert (got.float() - full.float()).norm() < 0.02 * full.float().norm()  # ...and close to the original
+        assert set(layer.state_dict()) == {"linear.weight", "linear.bias"}  # the copy is never saved
+
+
+def test_int8_decoding_wraps_only_layers_the_kernel_computes_right(monkeypatch):
+    import torch
+
+    from {{ cookiecutter.package_name }}.serve.int8 import Int8DecodeLinear, use_int8_decoding
+
+    def model() -> torch.nn.Sequential:
+        return torch.nn.Sequential(torch.nn.Linear(32, 24), torch.nn.Linear(24, 32), torch.nn.Linear(32, 8))
+
+    wrapped = model()
+    assert use_int8_decoding(wrapped) == 2  # an input width of 24 (not a multiple of 16) is left as it is
+    assert [type(layer) for layer in wrapped] == [Int8DecodeLinear, torch.nn.Linear, Int8DecodeLinear]
+    # A kernel that computes wrong products (as it did for some widths) is caught by the probe of each layer.
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda rows, weight, scales: torch.zeros(len(rows), len(weight)))
+    untouched = model()
+    assert use_int8_decoding(untouched) == 0
+    assert all(type(layer) is torch.nn.Linear for layer in untouched)
+
+
+def test_int8_decoding_refuses_a_model_that_is_not_on_the_cpu():
+    import torch
+
+    from {{ cookiecutter.package_name }}.errors import BadInput
+    from {{ cookiecutter.package_name }}.serve.int8 import use_int8_decoding
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(32, 32))
+    with pytest.raises(BadInput, match="LLM_INT8_DECODE is for a model on the CPU, but this one is on meta"):
+        use_int8_decoding(model)
+
+
+def test_the_server_with_int8_decoding_decodes_with_int8_layers(served_adapter, served_model, tmp_path, monkeypatch):
+    import torch
+
+    from {{ cookiecutter.package_name }}.serve.int8 import Int8DecodeLinear
+    from {{ cookiecutter.package_name }}.serve.loader import load_for_serving
+
+    linears = sum(isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 for m in served_model.model.modules())
+    loaded = load_for_serving(make_settings(served_adapter, tmp_path, int8_decode=True))
+    assert sum(isinstance(m, Int8DecodeLinear) for m in loaded.model.modules()) == linears > 0
+    int8_products, kernel = [], torch._weight_int8pack_mm
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda *args: int8_products.append(1) or kernel(*args))
+    with serving(served_adapter, tmp_path, loaded=loaded) as client:
+        response = chat(client, max_tokens=6, stop=None)
+    assert response.status_code == 200, response.text
+    # Every layer in each decoding step, plus the output layer in the prompt's pass: generate computes the logits
+    # of the prompt's last position only (1 row). The prompt's other layers used the full weights (many rows).
+    decoding_steps = response.json()["usage"]["completion_tokens"] - 1  # the first token came from the prompt's pass
+    assert len(int8_products) == decoding_steps * linears + 1

@@ -17,6 +17,7 @@ from ..config import Config, ModelConfig, load_config
 from ..model.device import Device, resolve_device
 from ..model.load import load_finetuned, load_tokenizer
 from ..registry import ModelSource, resolve_model_source
+from .int8 import use_int8_decoding
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -52,6 +53,8 @@ def load_for_serving(settings: Settings) -> LoadedModel:
     device = resolve_device(settings.device)
     log.info("loading %s on %s (base model %s)", source.adapter_dir, device, model_cfg.base_model)
     model = load_finetuned(model_cfg, adapter_dir=source.adapter_dir, device=device).merge_and_unload().eval()
+    if settings.int8_decode:
+        log.info("int8 decoding: %d linear layers", use_int8_decoding(model))
     tokenizer = load_tokenizer(source.tokenizer_dir)
     tokenizer.padding_side = "left"  # every prompt of a batch then ends where generation starts
     return LoadedModel(

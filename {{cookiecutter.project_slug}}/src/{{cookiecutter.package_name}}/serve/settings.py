@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # <<< llama_cpp
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where the model runs; `auto` picks CUDA, then Apple MPS, then CPU."""
+    int8_decode: bool = False
+    """On a CPU, decoding steps read int8 copies of the weights (serve/int8.py): faster answers, and a greedy
+    answer may differ a little from the full-precision one (compare before you switch it on). CPU only."""
     served_model_name: str | None = None
     """The name clients put in `model` and /v1/models lists; default: the config's project name."""
     system_prompt: str | None = None
