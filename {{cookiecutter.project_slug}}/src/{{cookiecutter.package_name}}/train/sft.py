@@ -144,6 +144,13 @@ def train(
             _save_adapter(trainer, tokenizer=run.tokenizer, adapter_dir=run.run_dir / "adapter")
             if is_main_process():
                 _record(run, trainer=trainer, runtime_s=runtime_s, run_id=run_id if log_model else None)
+    # >>> multi_gpu
+    if world_size() > 1:  # all ranks wait for rank 0's record, then leave the group together, as torch asks
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+        PartialState().destroy_process_group()
+    # <<< multi_gpu
     return run.run_dir
 
 
