@@ -203,6 +203,7 @@ EXTRA_TESTS = [
     "tests/test_config.py",  # the extras' config sections
     "tests/test_cloud_jobs.py",
     "tests/test_cloud_aws.py",
+    "tests/test_deploy_aws.py",  # make deploy BACKEND=llama.cpp (the default bake runs the rest of it)
     "tests/test_distributed.py",  # two processes over gloo
     "tests/test_llama_cpp.py",  # GGUF export of the tiny model once, served and scored with llama.cpp
     "tests/test_prefs.py",

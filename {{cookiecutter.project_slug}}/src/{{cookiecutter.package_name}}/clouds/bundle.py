@@ -173,7 +173,7 @@ def main(
         # >>> !llama_cpp
         bundle_model(source, out, origin=origin, mount_dir=mount_dir)
         # <<< !llama_cpp
-    except ProjectError as err:  # no model, a bad adapter (exit 1), a missing export (exit 2)
+    except ProjectError as err:  # ends with the error's own exit code (1: no model or a bad adapter)
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(err.exit_code) from None
     version = f" version {source.version}" if source.version else ""
