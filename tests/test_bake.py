@@ -211,6 +211,7 @@ EXTRA_TESTS = [
     "tests/test_sweep.py",  # Optuna trials, each a short training
     "tests/test_train_dpo.py",
     "tests/test_vllm.py",
+    "tests/test_workflows.py",  # the llama_cpp extra's CI steps (make llama-cpp, its cache)
 ]
 # (answers, shard): the default bake twice (its suite in two shards), the others once. `make test` runs two
 # workers with --dist loadgroup: each group below stays on one worker, so the two long shards never queue
