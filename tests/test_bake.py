@@ -203,7 +203,10 @@ EXTRA_TESTS = [
     "tests/test_config.py",  # the extras' config sections
     "tests/test_cloud_jobs.py",
     "tests/test_cloud_aws.py",
-    "tests/test_deploy_aws.py",  # make deploy BACKEND=llama.cpp (the default bake runs the rest of it)
+    # make deploy BACKEND=llama.cpp on AWS (the default bake runs the rest of the file; the other clouds' llama_cpp
+    # tests run where a bake has both, e.g. cloud=gcp llama_cpp=yes)
+    "tests/test_deploy_aws.py::test_llama_cpp_dry_run_bundles_the_export_builds_llama_cpp_in_and_sets_the_backend",
+    "tests/test_deploy_aws.py::test_llama_cpp_deploy_of_a_run_without_its_export_stops_before_docker_and_aws",
     "tests/test_distributed.py",  # two processes over gloo
     "tests/test_llama_cpp.py",  # GGUF export of the tiny model once, served and scored with llama.cpp
     "tests/test_prefs.py",

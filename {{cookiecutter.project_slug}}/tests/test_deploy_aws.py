@@ -145,10 +145,6 @@ def test_dry_run_teardown_names_what_it_deletes():
         ({"AWS_REGION": REGION}, "SAGEMAKER_ROLE_ARN is not set"),
         ({**GOOD, "SAGEMAKER_ROLE_ARN": "arn:aws:iam::<account-id>:role/REPLACE_ME"}, "SAGEMAKER_ROLE_ARN="),
         ({**GOOD, "AWS_REGION": "Ireland"}, "AWS_REGION='Ireland' must be an AWS region name"),
-        # >>> llama_cpp
-        ({**GOOD, "DEPLOY_BACKEND": "vllm"}, "DEPLOY_BACKEND='vllm' must be transformers or llama.cpp"),
-        ({**GOOD, "DEPLOY_GGUF_TYPE": "q2_k"}, "DEPLOY_GGUF_TYPE='q2_k' must be one of f16, q8_0, q4_k_m"),
-        # <<< llama_cpp
     ],
 )
 def test_missing_or_placeholder_settings_stop_the_script_before_any_step(env, named):
@@ -426,6 +422,9 @@ def test_llama_cpp_dry_run_bundles_the_export_builds_llama_cpp_in_and_sets_the_b
     made = make_deploy("BACKEND=llama.cpp", "TYPE=q8_0")  # the Makefile hands both on
     assert made.returncode == 0, made.stderr
     assert steps(made.stdout)[1:] == lines[1:] and steps(made.stdout)[0].endswith("--gguf q8_0")
+    for bad, named in [("DEPLOY_BACKEND", "vllm"), ("DEPLOY_GGUF_TYPE", "q2_k")]:
+        with pytest.raises(DeploySettingsError, match=f"{bad}='{named}' must be"):
+            aws.settings({**GOOD, bad: named}, project=PROJECT)
 
 
 def test_llama_cpp_deploy_of_a_run_without_its_export_stops_before_docker_and_aws(deploy_without_export, tmp_path):

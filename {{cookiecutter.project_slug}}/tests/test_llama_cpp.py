@@ -337,3 +337,25 @@ def test_deploying_a_run_without_its_export_is_refused_before_anything_is_bundle
         Exception, match=r"outputs/shop-v3/model-f16\.gguf: no such file.*--model models:/shop/3 --type f16"
     ):
         exported_gguf(version, "f16")
+
+
+def test_the_champions_export_logged_to_its_mlflow_run_is_fetched_for_the_bundle(run_dir, gguf_file, tmp_path):
+    """`make deploy` bundles models:/<project>@champion: `make export-gguf` of its run logged the file to MLflow."""
+    from {{ cookiecutter.package_name }}.clouds.llama_cpp import exported_gguf
+    from {{ cookiecutter.package_name }}.export.gguf import log_export
+    from {{ cookiecutter.package_name }}.tracking import client
+
+    mlflow = client()
+    experiment = mlflow.create_experiment(f"deploy-{time.time_ns()}", artifact_location=tmp_path.as_uri())
+    source = dataclasses.replace(resolve_model_source(str(run_dir)), run_id=mlflow.create_run(experiment).info.run_id)
+    log_export(source, gguf_file)
+    name = f"shop{time.time_ns()}"
+    champion = dataclasses.replace(source, uri=f"models:/{name}/3", name=name, version="3")  # as fetch_model gives it
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(tmp_path)  # outputs/ of this test, not of the project
+        fetched = exported_gguf(champion, "q8_0")
+        assert fetched == Path(f"outputs/{name}-v3/model-q8_0.gguf")
+        assert fetched.read_bytes() == gguf_file.read_bytes()
+        with pytest.raises(Exception, match=r"model-f16\.gguf: no such file"):  # never exported: nothing fetched
+            exported_gguf(champion, "f16")
+        assert [path.name for path in fetched.parent.iterdir()] == ["model-q8_0.gguf"]

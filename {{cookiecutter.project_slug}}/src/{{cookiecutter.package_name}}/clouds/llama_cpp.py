@@ -12,6 +12,8 @@ to its container's environment.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,8 +49,11 @@ def backend_environment(values: Mapping[str, str]) -> dict[str, str]:
 
 
 def exported_gguf(source: ModelSource, quant: str) -> Path:
-    """The model's model-<quant>.gguf where `export gguf` wrote it; ExportError (exit 2) naming the fix if none."""
+    """The model's model-<quant>.gguf where `export gguf` wrote it (a registered version: else the one logged to its
+    MLflow run, fetched to that place); ExportError (exit 2) naming the fix if there is none."""
     path = export_folder(source) / f"model-{quant}.gguf"
+    if not path.is_file() and source.run_dir is None and source.run_id:
+        _fetch_logged_export(source.run_id, path)
     if not path.is_file():
         fix = (
             f"make export-gguf RUN={source.run_dir} TYPE={quant}"
@@ -60,6 +65,19 @@ def exported_gguf(source: ModelSource, quant: str) -> Path:
             "again (nothing was bundled, built or created)"
         )
     return path
+
+
+def _fetch_logged_export(run_id: str, path: Path) -> None:
+    """`make export-gguf` of the champion's run logs the file to that run (artifacts gguf/): fetch it to `path`."""
+    from ..tracking import client
+
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            fetched = client().download_artifacts(run_id, f"gguf/{path.name}", scratch)
+        except Exception:  # not logged (MLflow raises several types), or no server: the caller says what to do
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(fetched, path)
 
 
 def space_dockerfile(dockerfile: str, values: Mapping[str, str]) -> str:
