@@ -170,8 +170,9 @@ RULES: dict[str, Rule] = {
             "An extra. `yes` adds cheap CPU serving with llama.cpp: `src/<package_name>/export/` (`export gguf`, "
             "`make export-gguf`: the adapter merged, converted with llama.cpp's converter and quantized to f16, q8_0 "
             "or q4_k_m, with an Ollama Modelfile), `evaluate --gguf` (the accuracy cost of each file, paired with the "
-            "adapter's scores; the README's quantization table), `serve --backend llama.cpp` (`make serve-llama-cpp`) "
-            "and `make llama-cpp`, which builds llama-cpp-python for the machine (about 5 minutes). `no` leaves them "
+            "adapter's scores; the README's quantization table), `serve --backend llama.cpp` (`make serve-llama-cpp`), "
+            "`make deploy BACKEND=llama.cpp` (with a cloud: the GGUF export and llama-cpp-python in the image) and "
+            "`make llama-cpp`, which builds llama-cpp-python for the machine (about 5 minutes). `no` leaves them "
             "out. See [Operations](operations.md#serve-on-a-cpu-with-llamacpp)."
         ),
     ),

@@ -68,6 +68,7 @@ EXTRA_FILES = {
         "src/{pkg}/evaluate/gguf.py",
         "src/{pkg}/report/quantization.py",
         "src/{pkg}/serve/llama_cpp.py",
+        "src/{pkg}/clouds/llama_cpp.py",
         "tests/test_llama_cpp.py",
     ],
 }

@@ -209,6 +209,7 @@ EXTRA_FILES = {
         "tests/test_cloud_{cloud}.py",
     ],
     "llama_cpp": [
+        "src/{pkg}/clouds/llama_cpp.py",
         "src/{pkg}/evaluate/gguf.py",
         "src/{pkg}/export/__init__.py",
         "src/{pkg}/export/gguf.py",

@@ -203,6 +203,10 @@ EXTRA_TESTS = [
     "tests/test_config.py",  # the extras' config sections
     "tests/test_cloud_jobs.py",
     "tests/test_cloud_aws.py",
+    # make deploy BACKEND=llama.cpp on AWS (the default bake runs the rest of the file; the other clouds' llama_cpp
+    # tests run where a bake has both, e.g. cloud=gcp llama_cpp=yes)
+    "tests/test_deploy_aws.py::test_llama_cpp_dry_run_bundles_the_export_builds_llama_cpp_in_and_sets_the_backend",
+    "tests/test_deploy_aws.py::test_llama_cpp_deploy_of_a_run_without_its_export_stops_before_docker_and_aws",
     "tests/test_distributed.py",  # two processes over gloo
     "tests/test_llama_cpp.py",  # GGUF export of the tiny model once, served and scored with llama.cpp
     "tests/test_prefs.py",
@@ -210,6 +214,7 @@ EXTRA_TESTS = [
     "tests/test_sweep.py",  # Optuna trials, each a short training
     "tests/test_train_dpo.py",
     "tests/test_vllm.py",
+    "tests/test_workflows.py",  # the llama_cpp extra's CI steps (make llama-cpp, its cache)
 ]
 # (answers, shard): the default bake twice (its suite in two shards), the others once. `make test` runs two
 # workers with --dist loadgroup: each group below stays on one worker, so the two long shards never queue

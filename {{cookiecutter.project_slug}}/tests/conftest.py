@@ -209,3 +209,25 @@ def head_rows_of_one_step() -> Callable:
         return rows, batch, loss
 
     return run
+
+
+# >>> llama_cpp
+
+
+@pytest.fixture
+def deploy_without_export(served_adapter, tmp_path) -> dict[str, str]:
+    """For a deploy script run with DEPLOY_BACKEND=llama.cpp (not a dry run): MODEL, a run holding the served
+    adapter and no GGUF export, and a PATH on which docker and the clouds' CLIs only log their calls to
+    tmp_path/calls.log. The bundle step must refuse the run before any of them is called."""
+    import shutil
+
+    run, tools = tmp_path / "run", tmp_path / "bin"
+    shutil.copytree(served_adapter, run / "adapter")
+    tools.mkdir()
+    for tool in ("docker", "aws", "gcloud", "az"):
+        (tools / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {tmp_path}/calls.log\n', encoding="utf-8")
+        (tools / tool).chmod(0o755)
+    return {"MODEL": str(run), "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
+
+
+# <<< llama_cpp

@@ -107,16 +107,21 @@ def test_dry_run_prints_the_whole_deploy_in_order():
     ]
 
 
-def test_dry_run_of_make_deploy_prints_the_same_sequence():
-    result = subprocess.run(
-        ["make", "--no-print-directory", "deploy", f"VENV={Path(sys.executable).parents[1]}"],
+def make_deploy(*variables: str) -> subprocess.CompletedProcess:
+    """`DRY_RUN=1 make deploy VARIABLES` with GOOD settings, this interpreter's environment as the VENV."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "deploy", f"VENV={Path(sys.executable).parents[1]}", *variables],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_"))}, **GOOD}
+        env={**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_", "DEPLOY_"))}, **GOOD}
         | {"DRY_RUN": "1", "PYTHONPATH": str(ROOT / "src"), "DEPLOY_ENV_FILE": os.devnull},
     )
+
+
+def test_dry_run_of_make_deploy_prints_the_same_sequence():
+    result = make_deploy()
     assert result.returncode == 0, result.stderr
     made, direct = steps(result.stdout), steps(script("deploy.sh", DRY_RUN="1", **GOOD).stdout)
     assert made[0].endswith(direct[0].split(" -m ")[1]) and made[1:] == direct[1:]
@@ -391,3 +396,44 @@ def test_scaling_settings_have_safe_defaults_and_min_above_max_is_refused():
 def test_names_too_long_for_sagemaker_are_refused():
     with pytest.raises(DeploySettingsError, match="SAGEMAKER_ENDPOINT_NAME="):
         aws.settings({**GOOD, "SAGEMAKER_ENDPOINT_NAME": "e" * 48}, project=PROJECT)
+
+
+# >>> llama_cpp
+
+
+# ---- make deploy BACKEND=llama.cpp -------------------------------------------------------------------------
+LLAMA_CPP = {"DEPLOY_BACKEND": "llama.cpp", "DEPLOY_GGUF_TYPE": "q8_0"}
+
+
+def test_llama_cpp_dry_run_bundles_the_export_builds_llama_cpp_in_and_sets_the_backend():
+    result = script("deploy.sh", DRY_RUN="1", **GOOD, **LLAMA_CPP)
+    assert result.returncode == 0, result.stderr
+    lines = steps(result.stdout)
+    assert lines[0].endswith(f"--model models:/{PROJECT}@champion --fallback latest --out build/model --gguf q8_0")
+    assert lines[1] == f"+ docker build --platform linux/amd64 --target bundled --tag {IMAGE} --build-arg LLAMA_CPP=1 ."
+    model_call, model = call(lines[5])
+    assert model_call == "sagemaker.create_model"
+    assert model["PrimaryContainer"]["Environment"] == {
+        "PORT": "8080",
+        "LLM_DEVICE": "cpu",
+        "LLM_BACKEND": "llama.cpp",
+        "LLM_GGUF_TYPE": "q8_0",
+    }
+    made = make_deploy("BACKEND=llama.cpp", "TYPE=q8_0")  # the Makefile hands both on
+    assert made.returncode == 0, made.stderr
+    assert steps(made.stdout)[1:] == lines[1:] and steps(made.stdout)[0].endswith("--gguf q8_0")
+    for bad, named in [("DEPLOY_BACKEND", "vllm"), ("DEPLOY_GGUF_TYPE", "q2_k")]:
+        with pytest.raises(DeploySettingsError, match=f"{bad}='{named}' must be"):
+            aws.settings({**GOOD, bad: named}, project=PROJECT)
+
+
+def test_llama_cpp_deploy_of_a_run_without_its_export_stops_before_docker_and_aws(deploy_without_export, tmp_path):
+    result = script("deploy.sh", **GOOD, **LLAMA_CPP, **deploy_without_export)  # not a dry run
+    assert result.returncode == 2, result.stdout + result.stderr
+    run = deploy_without_export["MODEL"]
+    assert f"{run}/model-q8_0.gguf: no such file" in result.stderr
+    assert f"make export-gguf RUN={run} TYPE=q8_0" in result.stderr
+    assert not (tmp_path / "calls.log").exists() and steps(result.stdout) == []
+
+
+# <<< llama_cpp

@@ -303,3 +303,37 @@ def test_missing_or_placeholder_settings_stop_the_script_before_any_command(env,
     assert result.returncode == 2
     assert named in result.stderr
     assert result.stdout == ""
+
+
+# >>> llama_cpp
+
+
+# ---- make deploy BACKEND=llama.cpp -------------------------------------------------------------------------
+LLAMA_CPP = {"DEPLOY_BACKEND": "llama.cpp", "DEPLOY_GGUF_TYPE": "q8_0"}
+
+
+def test_llama_cpp_dry_run_bundles_the_export_builds_llama_cpp_in_and_the_deployment_sets_the_backend(
+    dry_run_output,
+):
+    result = script("deploy.sh", DRY_RUN="1", **GOOD, **LLAMA_CPP)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert lines[0].endswith(f"--model models:/{PROJECT}@champion --fallback latest --out build/model --gguf q8_0")
+    assert lines[1] == f"+ docker build --platform linux/amd64 --target bundled --tag {IMAGE} --build-arg LLAMA_CPP=1 ."
+    deployment = load_online_deployment(dry_run_output / "deployment.yml")  # what `up` applies
+    assert deployment.environment_variables == {
+        "LLM_DEVICE": "cpu",
+        "LLM_BACKEND": "llama.cpp",
+        "LLM_GGUF_TYPE": "q8_0",
+    }
+
+
+def test_llama_cpp_deploy_of_a_run_without_its_export_stops_before_docker_and_az(deploy_without_export, tmp_path):
+    result = script("deploy.sh", **GOOD, **LLAMA_CPP, **deploy_without_export)  # not a dry run
+    assert result.returncode == 2, result.stdout + result.stderr
+    run = deploy_without_export["MODEL"]
+    assert f"{run}/model-q8_0.gguf: no such file" in result.stderr and "make export-gguf" in result.stderr
+    assert not (tmp_path / "calls.log").exists() and result.stdout == ""
+
+
+# <<< llama_cpp

@@ -164,3 +164,40 @@ def test_missing_or_placeholder_settings_stop_the_script_before_any_command(name
     assert result.returncode == 2
     assert named in result.stderr
     assert steps(result.stdout) == [] and result.stdout == ""
+
+
+# >>> llama_cpp
+
+
+# ---- make deploy BACKEND=llama.cpp -------------------------------------------------------------------------
+LLAMA_CPP = {"DEPLOY_BACKEND": "llama.cpp", "DEPLOY_GGUF_TYPE": "q8_0"}
+
+
+def test_llama_cpp_dry_run_bundles_the_export_builds_llama_cpp_in_and_the_service_sets_the_backend():
+    result = script("deploy.sh", DRY_RUN="1", **GOOD, **LLAMA_CPP)
+    assert result.returncode == 0, result.stderr
+    lines = steps(result.stdout)
+    assert lines[0].endswith(f"--model models:/{PROJECT}@champion --fallback latest --out build/model --gguf q8_0")
+    assert lines[1] == f"docker build --platform linux/amd64 --target bundled --tag {IMAGE} --build-arg LLAMA_CPP=1 ."
+    values = gcp.settings({**GOOD, **LLAMA_CPP}, project=PROJECT, tag="x")
+    [container] = gcp.service_manifest(values)["spec"]["template"]["spec"]["containers"]
+    assert container["env"] == [
+        {"name": "LLM_DEVICE", "value": "cpu"},
+        {"name": "LLM_BACKEND", "value": "llama.cpp"},
+        {"name": "LLM_GGUF_TYPE", "value": "q8_0"},
+    ]
+    [container] = gcp.service_manifest(gcp.settings(GOOD, project=PROJECT, tag="x"))["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert container["env"] == [{"name": "LLM_DEVICE", "value": "cpu"}], "transformers: the image's own default"
+
+
+def test_llama_cpp_deploy_of_a_run_without_its_export_stops_before_docker_and_gcloud(deploy_without_export, tmp_path):
+    result = script("deploy.sh", **GOOD, **LLAMA_CPP, **deploy_without_export)  # not a dry run
+    assert result.returncode == 2, result.stdout + result.stderr
+    run = deploy_without_export["MODEL"]
+    assert f"{run}/model-q8_0.gguf: no such file" in result.stderr and "make export-gguf" in result.stderr
+    assert not (tmp_path / "calls.log").exists() and steps(result.stdout) == []
+
+
+# <<< llama_cpp

@@ -209,3 +209,39 @@ def test_missing_or_placeholder_settings_stop_the_script_before_any_upload(name,
     assert result.returncode == 2
     assert named in result.stderr
     assert result.stdout == "" and "REPLACE_ME" not in result.stderr
+
+
+# >>> llama_cpp
+
+
+# ---- make deploy BACKEND=llama.cpp -------------------------------------------------------------------------
+LLAMA_CPP = {"DEPLOY_BACKEND": "llama.cpp", "DEPLOY_GGUF_TYPE": "q8_0"}
+
+
+def test_llama_cpp_space_builds_llama_cpp_in_and_sets_the_backend(staged, tmp_path):
+    """A Space builds its image with no build arguments: its Dockerfile turns llama-cpp-python on itself."""
+    values = hf_spaces.settings({**GOOD, **LLAMA_CPP}, project=PROJECT)
+    space = hf_spaces.stage_space(ROOT, staged / "build" / "model", tmp_path / "space", project=PROJECT, values=values)
+    dockerfile = (space / "Dockerfile").read_text()
+    assert "ARG LLAMA_CPP=1" in dockerfile and "ARG LLAMA_CPP=0" not in dockerfile
+    last = dockerfile[dockerfile.rindex("FROM bundled AS space") :]
+    assert last.endswith("ENV LLM_BACKEND=llama.cpp LLM_GGUF_TYPE=q8_0\n")
+    assert "ARG LLAMA_CPP=0" in (staged / "Dockerfile").read_text(), "transformers: the Dockerfile as it is"
+
+
+def test_llama_cpp_dry_run_bundles_the_export():
+    result = script("deploy.sh", DRY_RUN="1", **GOOD, **LLAMA_CPP)
+    assert result.returncode == 0, result.stderr
+    first = next(line for line in result.stdout.splitlines() if line.startswith("+ "))
+    assert first.endswith(f"--model models:/{PROJECT}@champion --fallback latest --out build/model --gguf q8_0")
+
+
+def test_llama_cpp_deploy_of_a_run_without_its_export_stops_before_any_upload(deploy_without_export, tmp_path):
+    result = script("deploy.sh", **GOOD, **LLAMA_CPP, **deploy_without_export)  # not a dry run: it would upload
+    assert result.returncode == 2, result.stdout + result.stderr
+    run = deploy_without_export["MODEL"]
+    assert f"{run}/model-q8_0.gguf: no such file" in result.stderr and "make export-gguf" in result.stderr
+    assert result.stdout == "" and not (ROOT / "build" / "space").exists()
+
+
+# <<< llama_cpp

@@ -5,6 +5,7 @@ folder); without them these tests skip, saying so.
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -276,3 +277,85 @@ def test_a_gguf_of_another_task_is_refused_for_serving_and_evaluation(run_dir, t
     result = runner.invoke(app, ["evaluate", "--gguf", str(run / "model-q8_0.gguf")])
     assert result.exit_code == 2 and "exported for another task" in result.output
     assert not (tmp_path / "reports").exists()
+
+
+def test_llama_threads_reach_llama_cpp_and_a_bad_value_is_named(gguf_file):
+    from {{ cookiecutter.package_name }}.serve.llama_cpp import load_gguf_for_serving
+
+    for threads, expected in ((1, 1), (None, len(os.sched_getaffinity(0)))):  # unset: every core it may use
+        llm = load_gguf_for_serving(settings_for(gguf_file, backend="llama.cpp", llama_threads=threads)).model.llm
+        assert (llm.n_threads, llm.n_threads_batch) == (expected, expected)
+        assert (llm.context_params.n_threads, llm.context_params.n_threads_batch) == (expected, expected)
+    result = runner.invoke(
+        app, ["serve", "--model", str(gguf_file), "--backend", "llama.cpp"], env={"LLM_LLAMA_THREADS": "0"}
+    )
+    assert result.exit_code == 2 and "LLM_LLAMA_THREADS: Input should be greater than 0 (got '0')" in result.output
+
+
+# ---- deploying with llama.cpp (make deploy BACKEND=llama.cpp): the bundle; each cloud in tests/test_deploy_*.py ---
+
+
+def bundle(*args: str):
+    """`python -m <package>.clouds.bundle ARGS`, the bundle step of deploy/<cloud>/deploy.sh."""
+    import typer
+
+    from {{ cookiecutter.package_name }}.clouds.bundle import main
+
+    command = typer.Typer()
+    command.command()(main)
+    return runner.invoke(command, list(args))
+
+
+def test_the_deploy_bundle_carries_the_export_and_serves_it_with_llama_cpp(run_dir, gguf_file, tmp_path):
+    from {{ cookiecutter.package_name }}.model.generate import chat_ids
+    from {{ cookiecutter.package_name }}.serve.llama_cpp import load_gguf_for_serving
+
+    out = tmp_path / "model"  # mounted where it was written, as /app/model in the image
+    result = bundle("--model", str(run_dir), "--out", str(out), "--mount-dir", str(out), "--gguf", "q8_0")
+    assert result.exit_code == 0, result.output
+    assert (out / "model-q8_0.gguf").read_bytes() == gguf_file.read_bytes()
+    # The image's LLM_MODEL=/app/model with LLM_BACKEND=llama.cpp, LLM_GGUF_TYPE=q8_0: the bundled file, same answers.
+    bundled = load_gguf_for_serving(settings_for(out, backend="llama.cpp", gguf_type="q8_0"))
+    original = load_gguf_for_serving(settings_for(gguf_file, backend="llama.cpp"))
+    assert bundled.model.path == out / "model-q8_0.gguf" and bundled.name == original.name
+    ids = chat_ids(original.tokenizer, HELLO, add_generation_prompt=True)
+    first = [list(itertools.islice(loaded.model.tokens(ids), 4)) for loaded in (original, bundled)]
+    assert first[0] == first[1]
+
+
+def test_deploying_a_run_without_its_export_is_refused_before_anything_is_bundled(run_dir, tmp_path):
+    from {{ cookiecutter.package_name }}.clouds.llama_cpp import exported_gguf
+
+    out = tmp_path / "model"
+    result = bundle("--model", str(run_dir), "--out", str(out), "--gguf", "q4_k_m")  # only q8_0 was exported
+    assert result.exit_code == 2, result.output
+    assert f"{run_dir}/model-q4_k_m.gguf: no such file" in result.output
+    assert f"make export-gguf RUN={run_dir} TYPE=q4_k_m" in result.output and not out.exists()
+    # A registered version's export is in outputs/<name>-v<version>/ (export gguf --model models:/...).
+    version = dataclasses.replace(resolve_model_source(str(run_dir)), uri="models:/shop/3", name="shop", version="3")
+    with pytest.raises(
+        Exception, match=r"outputs/shop-v3/model-f16\.gguf: no such file.*--model models:/shop/3 --type f16"
+    ):
+        exported_gguf(version, "f16")
+
+
+def test_the_champions_export_logged_to_its_mlflow_run_is_fetched_for_the_bundle(run_dir, gguf_file, tmp_path):
+    """`make deploy` bundles models:/<project>@champion: `make export-gguf` of its run logged the file to MLflow."""
+    from {{ cookiecutter.package_name }}.clouds.llama_cpp import exported_gguf
+    from {{ cookiecutter.package_name }}.export.gguf import log_export
+    from {{ cookiecutter.package_name }}.tracking import client
+
+    mlflow = client()
+    experiment = mlflow.create_experiment(f"deploy-{time.time_ns()}", artifact_location=tmp_path.as_uri())
+    source = dataclasses.replace(resolve_model_source(str(run_dir)), run_id=mlflow.create_run(experiment).info.run_id)
+    log_export(source, gguf_file)
+    name = f"shop{time.time_ns()}"
+    champion = dataclasses.replace(source, uri=f"models:/{name}/3", name=name, version="3")  # as fetch_model gives it
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(tmp_path)  # outputs/ of this test, not of the project
+        fetched = exported_gguf(champion, "q8_0")
+        assert fetched == Path(f"outputs/{name}-v3/model-q8_0.gguf")
+        assert fetched.read_bytes() == gguf_file.read_bytes()
+        with pytest.raises(Exception, match=r"model-f16\.gguf: no such file"):  # never exported: nothing fetched
+            exported_gguf(champion, "f16")
+        assert [path.name for path in fetched.parent.iterdir()] == ["model-q8_0.gguf"]

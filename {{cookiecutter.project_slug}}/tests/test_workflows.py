@@ -136,3 +136,36 @@ def test_actionlint_finds_nothing():
     files = sorted(str(path) for path in WORKFLOWS.glob("*.yml"))
     result = subprocess.run([actionlint, "-no-color", *files], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# >>> llama_cpp
+
+
+def test_ci_builds_llama_cpp_once_per_version_before_the_tests():
+    """tests/test_llama_cpp.py skips without llama-cpp-python and llama.cpp's converter: CI builds both (`make
+    llama-cpp`), cached per llama-cpp-python version, for any AVX2 runner (a wheel for one CPU can crash another)."""
+    test = load("ci.yml")["jobs"]["test"]
+    commands = [step.get("run", "") for step in steps(test)]
+    build = next(i for i, command in enumerate(commands) if command.startswith("make llama-cpp"))
+    assert build < next(i for i, command in enumerate(commands) if command == "python -m pytest")
+    assert "-DGGML_NATIVE=OFF" in commands[build] and "AVX512" not in commands[build]
+    [cache] = [step for step in steps(test) if step.get("uses", "").startswith("actions/cache@")]
+    assert cache["with"]["path"].split() == [".cache/wheels", ".cache/llama.cpp"]
+    assert "steps.llama.outputs.version" in cache["with"]["key"]
+    [version_step] = [step for step in steps(test) if step.get("id") == "llama"]
+    script = version_step["run"].replace('"$GITHUB_OUTPUT"', "/dev/stdout")
+    printed = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    version = re.search(r"^LLAMA_CPP_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M)
+    assert printed == f"version={version.group(1)}\n"
+    assert ".cache/" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines(), "make llama-cpp's output"
+
+
+# <<< llama_cpp
+# >>> !llama_cpp
+
+
+def test_ci_builds_no_llama_cpp_without_the_extra():
+    assert "llama" not in (WORKFLOWS / "ci.yml").read_text(encoding="utf-8")
+
+
+# <<< !llama_cpp

@@ -20,11 +20,19 @@ run() {  # print the command (DRY_RUN=1) or run it
 settings=$(gcp_py settings)  # a plain assignment, so set -e stops here on a bad setting
 eval "$settings"
 
-# 2. The model the image will carry: build/model (adapter + base + config).
-run "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.bundle --model "$MODEL" --fallback latest --out build/model
+# 2. The model the image will carry: build/model (adapter + base + config); the build options of step 3.
+bundle=(--model "$MODEL" --fallback latest --out build/model)
+image=(--platform linux/amd64 --target bundled --tag "$IMAGE_URI")
+# >>> llama_cpp
+if [[ "$DEPLOY_BACKEND" == llama.cpp ]]; then  # make deploy BACKEND=llama.cpp: serve the GGUF export
+    bundle+=(--gguf "$DEPLOY_GGUF_TYPE")  # exit 2 here, before anything is built, when there is none
+    image+=(--build-arg LLAMA_CPP=1)  # llama-cpp-python in the image
+fi
+# <<< llama_cpp
+run "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.bundle "${bundle[@]}"
 
 # 3. The image, with the model, for Cloud Run's x86 instances.
-run docker build --platform linux/amd64 --target bundled --tag "$IMAGE_URI" .
+run docker build "${image[@]}" .
 
 # 4. The Artifact Registry repository (created when missing), docker credentials for it, the push.
 # The label marks it as made here: teardown.sh deletes only a labelled repository, never a shared one.

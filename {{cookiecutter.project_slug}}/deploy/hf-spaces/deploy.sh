@@ -21,7 +21,13 @@ settings=$(space_py settings)  # a plain assignment, so set -e stops here on a b
 eval "$settings"
 
 # 2. The model the image will carry: build/model (adapter + base + config).
-run "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.bundle --model "$MODEL" --fallback latest --out build/model
+bundle=(--model "$MODEL" --fallback latest --out build/model)
+# >>> llama_cpp
+if [[ "$DEPLOY_BACKEND" == llama.cpp ]]; then  # make deploy BACKEND=llama.cpp: serve the GGUF export
+    bundle+=(--gguf "$DEPLOY_GGUF_TYPE")  # exit 2 here, before anything is built, when there is none
+fi
+# <<< llama_cpp
+run "$PYTHON" -m {{ cookiecutter.package_name }}.clouds.bundle "${bundle[@]}"
 
 # 3. The Space: created when missing (Docker SDK), the build context uploaded as one commit.
 space_py up "$([[ "${DRY_RUN:-0}" == 1 ]] && echo --dry-run || echo --no-dry-run)"

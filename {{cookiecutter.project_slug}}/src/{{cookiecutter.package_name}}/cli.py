@@ -613,13 +613,13 @@ def export_gguf(
 ) -> None:
     """Merge the adapter into its base, convert it with llama.cpp to GGUF, quantize; an Ollama Modelfile beside it."""
     from .config import TrainConfig
-    from .export.gguf import Export, export_gguf, log_export
+    from .export.gguf import Export, export_folder, export_gguf, log_export
     from .registry import resolve_model_source
 
     _show_progress_messages()
     source = resolve_model_source(model, output_dir=TrainConfig().output_dir)
     config_file = source.config_path()
-    folder = out or source.run_dir or Path(TrainConfig().output_dir) / f"{source.name}-v{source.version}"
+    folder = out or export_folder(source, TrainConfig().output_dir)
     job = Export(
         source=source, config=config_file and load_config(config_file), quant=quant, out_dir=folder, force=force
     )

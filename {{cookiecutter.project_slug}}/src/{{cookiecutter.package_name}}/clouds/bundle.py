@@ -60,7 +60,16 @@ def choose_source(model: str, *, fallback: str | None, output_dir: Path = Path("
     )
 
 
-def bundle_model(source: ModelSource, out_dir: Path, *, origin: str, mount_dir: str = MOUNT_DIR) -> Path:
+def bundle_model(
+    source: ModelSource,
+    out_dir: Path,
+    *,
+    origin: str,
+    mount_dir: str = MOUNT_DIR,
+    # >>> llama_cpp
+    gguf: Path | None = None,
+    # <<< llama_cpp
+) -> Path:
     """Write the bundle of `source` to `out_dir` (replacing an earlier bundle, never another folder).
     `mount_dir` is where the bundle will be at serving time: the adapter and config point at its base/."""
     out_dir = Path(out_dir)
@@ -77,6 +86,10 @@ def bundle_model(source: ModelSource, out_dir: Path, *, origin: str, mount_dir: 
             _write_config(config, staging / CONFIG_FILE, base_path=base_in_image)
         tracking = {"run_id": source.run_id, "model_version": source.version}
         (staging / TRACKING_FILE).write_text(json.dumps(tracking, indent=2) + "\n", encoding="utf-8")
+        # >>> llama_cpp
+        if gguf is not None:  # the llama.cpp backend's file, where it looks: LLM_MODEL/model-<LLM_GGUF_TYPE>.gguf
+            shutil.copyfile(gguf, staging / gguf.name)
+        # <<< llama_cpp
         manifest = {
             "source": origin,
             "name": source.name,
@@ -141,15 +154,28 @@ def main(
         str | None, typer.Option(help="Used when --model cannot be found, e.g. `latest` (newest outputs/<run>).")
     ] = None,
     mount_dir: Annotated[str, typer.Option(help="Where the bundle is inside the image.")] = MOUNT_DIR,
+    # >>> llama_cpp
+    gguf: Annotated[
+        str | None, typer.Option(help="Also the model's GGUF export of this type (f16, q8_0, q4_k_m), for llama.cpp.")
+    ] = None,
+    # <<< llama_cpp
 ) -> None:
     """Bundle a trained model (adapter + base + config) for a container image."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         origin, source = choose_source(model, fallback=fallback)
+        # >>> llama_cpp
+        from .llama_cpp import exported_gguf
+
+        gguf_file = exported_gguf(source, gguf) if gguf else None  # none: exit 2 before anything is written
+        bundle_model(source, out, origin=origin, mount_dir=mount_dir, gguf=gguf_file)
+        # <<< llama_cpp
+        # >>> !llama_cpp
         bundle_model(source, out, origin=origin, mount_dir=mount_dir)
-    except (BundleError, ModelError) as err:
+        # <<< !llama_cpp
+    except ProjectError as err:  # ends with the error's own exit code (1: no model or a bad adapter)
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(err.exit_code) from None
     version = f" version {source.version}" if source.version else ""
     typer.secho(f"bundled {origin}{version} (base {source.base_model}) into {out}", fg=typer.colors.GREEN)
 

@@ -144,6 +144,12 @@ def copy_run_folder(source: ModelSource, folder: Path) -> Path:
     return folder
 
 
+def export_folder(source: ModelSource, output_dir: str | Path = "outputs") -> Path:
+    """Where `export gguf` writes a model's files: its run folder, or <output_dir>/<name>-v<version> for a
+    registered version (downloaded from MLflow, so it has no run folder here)."""
+    return source.run_dir or Path(output_dir) / f"{source.name}-v{source.version}"
+
+
 def modelfile_path(gguf_file: Path) -> Path:
     return gguf_file.with_suffix(".Modelfile")
 

@@ -50,16 +50,17 @@ class Gguf:
         )
 
 
-def open_gguf(path: Path, *, context: int) -> Gguf:
-    """Open a GGUF file `export gguf` wrote into a run folder; ExportError (exit 2) for anything else."""
+def open_gguf(path: Path, *, context: int, threads: int | None = None) -> Gguf:
+    """Open a GGUF file `export gguf` wrote into a run folder, llama.cpp running `threads` threads (None: all the
+    cores this process may use; llama-cpp-python's default is half of them); ExportError (exit 2) for anything else."""
     llama_cpp = require_bindings()
     if path.suffix != ".gguf" or not path.is_file():
         raise ExportError(f"{path}: no such .gguf file; run `make export-gguf RUN=<run folder>` first")
     if not (path.parent / "adapter").is_dir():
         raise ExportError(f"{path} is not in a run folder: keep it in outputs/<run>/, beside adapter/ (its tokenizer)")
     source = resolve_model_source(path.parent)
-    # All the machine's cores: llama-cpp-python's default is half of them.
-    llm = llama_cpp.Llama(str(path), n_ctx=context, n_threads=len(os.sched_getaffinity(0)), verbose=False)
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    llm = llama_cpp.Llama(str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
     facts = {key.removeprefix(META_PREFIX): value for key, value in llm.metadata.items() if key.startswith(META_PREFIX)}
     tokenizer = load_tokenizer(source.tokenizer_dir)
     return Gguf(

@@ -46,7 +46,8 @@ def gguf_to_serve(settings: Settings) -> Path:
 
 def load_gguf_for_serving(settings: Settings) -> LoadedModel:
     """The GGUF file opened with llama.cpp, named and prompted as the run's config says; refuses another task's file."""
-    gguf = open_gguf(gguf_to_serve(settings), context=settings.max_prompt_tokens + settings.max_tokens)
+    context = settings.max_prompt_tokens + settings.max_tokens
+    gguf = open_gguf(gguf_to_serve(settings), context=context, threads=settings.llama_threads)
     config = training_config(gguf.source, fallback=settings.config)
     check_task(gguf, config)
     return LoadedModel(

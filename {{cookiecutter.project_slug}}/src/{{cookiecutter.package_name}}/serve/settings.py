@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     CPU, one request at a time; `model` may then name the .gguf file itself)."""
     gguf_type: Literal["f16", "q8_0", "q4_k_m"] = "q4_k_m"
     """With the llama.cpp backend and `model` naming a run: which export it serves, outputs/<run>/model-<type>.gguf."""
+    llama_threads: int | None = Field(None, gt=0)
+    """llama.cpp's threads, for generating and for reading the prompt; unset: every core this process may use
+    (llama-cpp-python's own default is half of them for generating). Fewer leave cores to other work."""
     # <<< llama_cpp
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where the model runs; `auto` picks CUDA, then Apple MPS, then CPU."""

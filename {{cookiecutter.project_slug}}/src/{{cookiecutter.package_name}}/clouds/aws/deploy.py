@@ -21,6 +21,9 @@ from typing import Annotated, Any
 import typer
 
 from ..deploy import DryRunOption, ProjectOption, command_group, print_call
+# >>> llama_cpp
+from ..llama_cpp import BACKEND_VARIABLES, backend_environment
+# <<< llama_cpp
 from ..settings import DeploySettingsError, Var, read_environment, resolve
 
 VARIABLES = [
@@ -89,6 +92,9 @@ VARIABLES = [
         pattern=r"[a-z0-9]{1,15}",
         rule="must be 1-15 lower-case letters and digits (no dashes)",
     ),
+    # >>> llama_cpp
+    *BACKEND_VARIABLES,  # DEPLOY_BACKEND, DEPLOY_GGUF_TYPE
+    # <<< llama_cpp
 ]
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -163,7 +169,13 @@ def delete_repository(ecr, name: str) -> bool | None:
 def endpoint_calls(values: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
     """The SageMaker API calls of one deploy, in order: (operation, keyword arguments)."""
     name = f"{values['SAGEMAKER_ENDPOINT_NAME']}-{values['IMAGE_TAG']}"
-    environment = {"PORT": "8080", "LLM_DEVICE": "cpu"}  # SageMaker sends traffic to port 8080
+    environment = {
+        "PORT": "8080",  # SageMaker sends traffic to port 8080
+        "LLM_DEVICE": "cpu",
+        # >>> llama_cpp
+        **backend_environment(values),
+        # <<< llama_cpp
+    }
     return [
         (
             "create_model",

@@ -28,6 +28,9 @@ import typer
 import yaml
 
 from ..deploy import command_group, print_step
+# >>> llama_cpp
+from ..llama_cpp import BACKEND_VARIABLES, backend_environment
+# <<< llama_cpp
 from ..settings import DeploySettingsError, Var, resolve
 
 # The workspace every Azure ML call names: deploying an endpoint and training (clouds/azure/training.py) alike.
@@ -97,6 +100,9 @@ VARIABLES = [
         rule="must be a percentage from 20 to 99",
     ),
     Var("IMAGE_TAG", "the image tag", default="{tag}", pattern=r"[a-z0-9](-?[a-z0-9]){0,62}", rule="bad tag"),
+    # >>> llama_cpp
+    *BACKEND_VARIABLES,  # DEPLOY_BACKEND, DEPLOY_GGUF_TYPE
+    # <<< llama_cpp
 ]
 DEPLOYMENT = "blue"  # the first of a blue/green pair: a new version goes to `green`, then traffic moves
 PORT = 8000  # the image's default port; Azure ML sends traffic to the routes of inference_config
@@ -153,7 +159,12 @@ def build_deployment(values: dict[str, str]):  # -> ManagedOnlineDeployment
         name=DEPLOYMENT,
         endpoint_name=values["AZURE_ENDPOINT_NAME"],
         environment=environment,
-        environment_variables={"LLM_DEVICE": "cpu"},
+        environment_variables={
+            "LLM_DEVICE": "cpu",
+            # >>> llama_cpp
+            **backend_environment(values),
+            # <<< llama_cpp
+        },
         instance_type=values["AZURE_INSTANCE_TYPE"],
         instance_count=int(values["AZURE_INSTANCE_COUNT"]),
         # The only scale type of managed deployments; the autoscale setting of `up` moves instance_count.

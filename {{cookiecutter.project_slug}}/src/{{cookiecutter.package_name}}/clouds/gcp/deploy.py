@@ -18,6 +18,9 @@ import typer
 import yaml
 
 from ..deploy import ProjectOption, command_group
+# >>> llama_cpp
+from ..llama_cpp import BACKEND_VARIABLES, backend_environment
+# <<< llama_cpp
 from ..settings import DeploySettingsError, Var, read_environment, resolve
 
 # Deploying the service and training (clouds/gcp/training.py) alike run in this project.
@@ -76,6 +79,9 @@ VARIABLES = [
         rule="must be true or false",
     ),
     Var("IMAGE_TAG", "the image tag", default="{tag}", pattern=r"[a-z0-9](-?[a-z0-9]){0,62}", rule="bad tag"),
+    # >>> llama_cpp
+    *BACKEND_VARIABLES,  # DEPLOY_BACKEND, DEPLOY_GGUF_TYPE
+    # <<< llama_cpp
 ]
 PORT = 8080  # Cloud Run's default; it sets $PORT to this in the container
 
@@ -125,7 +131,12 @@ def service_manifest(values: dict[str, str]) -> dict[str, Any]:
                         {
                             "image": values["IMAGE_URI"],
                             "ports": [{"name": "http1", "containerPort": PORT}],
-                            "env": [{"name": "LLM_DEVICE", "value": "cpu"}],
+                            "env": [
+                                {"name": "LLM_DEVICE", "value": "cpu"},
+                                # >>> llama_cpp
+                                *({"name": key, "value": value} for key, value in backend_environment(values).items()),
+                                # <<< llama_cpp
+                            ],
                             "resources": {
                                 "limits": {"cpu": values["CLOUD_RUN_CPU"], "memory": values["CLOUD_RUN_MEMORY"]}
                             },

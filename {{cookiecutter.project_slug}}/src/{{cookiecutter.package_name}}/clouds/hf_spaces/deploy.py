@@ -21,6 +21,9 @@ import typer
 import yaml
 
 from ..deploy import command_group, print_step
+# >>> llama_cpp
+from ..llama_cpp import BACKEND_VARIABLES, space_dockerfile
+# <<< llama_cpp
 from ..settings import DeploySettingsError, Var, read_environment, resolve
 
 VARIABLES = [
@@ -51,6 +54,9 @@ VARIABLES = [
         pattern="true|false",
         rule="must be true or false",
     ),
+    # >>> llama_cpp
+    *BACKEND_VARIABLES,  # DEPLOY_BACKEND, DEPLOY_GGUF_TYPE
+    # <<< llama_cpp
 ]
 APP_PORT = 7860  # the port Spaces route to by default (front matter `app_port`)
 # A file only a Space staged by `stage_space` holds (the bundle's manifest): deploy replaces the files of, and
@@ -106,7 +112,11 @@ def stage_space(root: Path, bundle: Path, out: Path, *, project: str, values: di
             shutil.copy2(source, target)
     shutil.copytree(bundle, out / "build" / "model")
     dockerfile = (root / "Dockerfile").read_text(encoding="utf-8")
-    (out / "Dockerfile").write_text(dockerfile.rstrip("\n") + "\n" + SPACE_STAGE, encoding="utf-8")
+    dockerfile = dockerfile.rstrip("\n") + "\n" + SPACE_STAGE
+    # >>> llama_cpp
+    dockerfile = space_dockerfile(dockerfile, values)  # DEPLOY_BACKEND=llama.cpp: llama-cpp-python, LLM_BACKEND
+    # <<< llama_cpp
+    (out / "Dockerfile").write_text(dockerfile, encoding="utf-8")
     card = yaml.safe_dump(front_matter(project=project, values=values), sort_keys=False, allow_unicode=True)
     body = (
         f"# {project}\n\nA LoRA fine-tuned chat model served with an OpenAI-compatible API:\n"
