@@ -32,12 +32,12 @@ each one's latency and tokens/s, their ratio, and how many greedy answers differ
 
     python scripts/benchmark_serve.py --against llama.cpp --model latest --gguf outputs/<run>/model-q4_k_m.gguf
 
-`--against llama.cpp` compares three ways instead, on the same model (the run and its GGUF export), prompts and
+`--against llama.cpp` compares four ways instead, on the same model (the run and its GGUF export), prompts and
 machine: bare llama-cpp-python in this process (its Llama object, one request at a time behind a lock, as its own
-server does), this project's server with the llama.cpp backend, and with the transformers backend. It prints
-single-stream tokens/s and latency, 8-concurrent throughput and p50, and the ratios: the llama.cpp backend
-against bare llama-cpp-python (its API's overhead; goal: within 1.2x) and the transformers backend against the
-llama.cpp backend (goal: at least 0.5x single-stream).
+server does), this project's server with the llama.cpp backend, and with the transformers backend, without and
+with LLM_INT8_DECODE (tf+int8). It prints single-stream tokens/s and latency, 8-concurrent throughput and p50,
+and the ratios: the llama.cpp backend against bare llama-cpp-python (its API's overhead; goal: within 1.2x) and
+each transformers mode against the llama.cpp backend (goal: at least 0.5x single-stream).
 {%- endif %}
 """
 
@@ -302,19 +302,23 @@ def against_int8(args: argparse.Namespace, prompts: list[Conversation]) -> None:
 
 
 def against_llama_cpp(args: argparse.Namespace, prompts: list[Conversation]) -> None:
-    """Bare llama-cpp-python, our llama.cpp backend and our transformers backend, alternated as in main()."""
+    """Bare llama-cpp-python, our llama.cpp backend and our transformers backend (also with LLM_INT8_DECODE),
+    alternated as in main()."""
     from {{ cookiecutter.package_name }}.registry import resolve_model_source
 
     source = resolve_model_source(args.model)
     gguf = args.gguf or source.adapter_dir.parent / "model-q4_k_m.gguf"
     runs: dict[tuple[str, int], list[Run]] = {}
-    llama_server = running_server(str(gguf), url=None, LLM_BACKEND="llama.cpp")
-    with llama_server as llama_url, running_server(args.model, url=None) as torch_url, ExitStack() as clients:
+    with ExitStack() as clients:  # the servers and HTTP clients, all closed on the way out
+        llama_url = clients.enter_context(running_server(str(gguf), url=None, LLM_BACKEND="llama.cpp"))
+        torch_url = clients.enter_context(running_server(args.model, url=None))
+        int8_url = clients.enter_context(running_server(args.model, url=None, LLM_INT8_DECODE="true"))
         name = httpx.get(f"{torch_url}/v1/models").json()["data"][0]["id"]
         modes = {
             "bare": bare_llama_cpp(gguf, args.max_tokens, tokenizer_dir=source.tokenizer_dir),
             "llama.cpp": api(llama_url, args.max_tokens, clients, model=name),
             "transformers": api(torch_url, args.max_tokens, clients, model=name),
+            "tf+int8": api(int8_url, args.max_tokens, clients, model=name),
         }
         for mode, run in take_turns(modes, prompts * args.rounds).items():
             runs[mode, 1] = [run]
@@ -350,7 +354,7 @@ def report_ratios(results: list[Figures], *, out: Path | None) -> None:
     by = {(r.mode, r.clients): asdict(r) for r in results}
     ratios = {
         f"{mode} / {base}, {clients} client(s) {label}": by[mode, clients][key] / by[base, clients][key]
-        for mode, base in (("llama.cpp", "bare"), ("transformers", "llama.cpp"))
+        for mode, base in (("llama.cpp", "bare"), ("transformers", "llama.cpp"), ("tf+int8", "llama.cpp"))
         for clients in (1, 8)
         for key, label in (("tokens_per_s", "tokens/s"), ("p50_ms", "p50 latency"))
     }
