@@ -209,6 +209,7 @@ EXTRA_TESTS = [
     "tests/test_report_dpo.py",
     "tests/test_sweep.py",  # Optuna trials, each a short training
     "tests/test_train_dpo.py",
+    "tests/test_train_grpo.py",
     "tests/test_vllm.py",
 ]
 # (answers, shard): the default bake twice (its suite in two shards), the others once. `make test` runs two
