@@ -327,6 +327,21 @@ class GrpoConfig(_Section):
     the share of fields right; `exact_match`: 1 when the answer equals the reference (trimmed). null: the task's
     own, `fields` for extraction; a generic task must choose exact_match, the only one it can verify."""
 
+    def check_fits(self, *, task_kind: str, batch_size: int) -> None:
+        """ValueError naming the key and the fix when a GRPO run of this task and batch size cannot run."""
+        if task_kind == "generic" and self.reward != "exact_match":
+            raise ValueError(
+                f"grpo.reward={self.reward}: a generic task has no verifiable reward of its own (ROUGE or a judge "
+                "would reward near misses); set grpo.reward=exact_match for answers that must equal the reference, "
+                "or tune with DPO instead"
+            )
+        if batch_size % self.num_generations:  # TRL puts a prompt's whole group of answers in one batch
+            raise ValueError(
+                f"grpo.num_generations={self.num_generations} must divide train.batch_size={batch_size} (answers "
+                f"per step, each prompt's group whole): set train.batch_size to a multiple, e.g. "
+                f"{self.num_generations * 2}"
+            )
+
 
 # <<< preference_tuning
 
@@ -424,7 +439,7 @@ class Config(_Section):
                 f"(outputs/<run>), its adapter folder or a model URI (models:/{self.project}@champion)"
             )
         if self.train.stage == "grpo":
-            self._check_grpo()
+            self.grpo.check_fits(task_kind=self.task.kind, batch_size=self.train.batch_size)
         # <<< preference_tuning
         if self.eval.split == "validation" and self.train.early_stopping_patience:
             # Early stopping selects on validation, so scoring on it would overstate the result.
@@ -436,23 +451,6 @@ class Config(_Section):
                 f"train.eval_steps ({self.train.eval_steps})"
             )
         return self
-
-    # >>> preference_tuning
-    def _check_grpo(self) -> None:
-        grpo, batch = self.grpo, self.train.batch_size
-        if self.task.kind == "generic" and grpo.reward != "exact_match":
-            raise ValueError(
-                f"grpo.reward={grpo.reward}: a generic task has no verifiable reward of its own (ROUGE or a judge "
-                "would reward near misses); set grpo.reward=exact_match for answers that must equal the reference, "
-                "or tune with DPO instead"
-            )
-        if batch % grpo.num_generations:  # TRL puts a prompt's whole group of answers in one batch
-            raise ValueError(
-                f"grpo.num_generations={grpo.num_generations} must divide train.batch_size={batch} (answers per "
-                f"step, each prompt's group whole): set train.batch_size to a multiple, e.g. {grpo.num_generations * 2}"
-            )
-
-    # <<< preference_tuning
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:

@@ -134,7 +134,8 @@ def _change(name: str, difference: float, gain: dict[str, float] | None, *, stag
 
 
 def _stage(facts: RunFacts) -> str:
-    return facts.run_config.train.stage.upper()  # DPO or GRPO
+    """GRPO for a run of train.stage: grpo; DPO for any other run with a parent."""
+    return "GRPO" if facts.run_config.train.stage == "grpo" else "DPO"
 
 
 def _points(share: float) -> str:
