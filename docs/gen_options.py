@@ -130,10 +130,11 @@ RULES: dict[str, Rule] = {
     "preference_tuning": Rule(
         allowed=YES_NO,
         note=(
-            "An extra. `yes` adds DPO after SFT: `src/<package_name>/preference/` (preference pairs from the SFT "
-            "model's own mistakes, the DPO recipe), `configs/dpo.yaml` and the config's `dpo` section, the "
-            '`data prefs` command, `make dpo`, and an "SFT vs SFT+DPO" table in the README and model card. '
-            "`no` leaves all of it out."
+            "An extra. `yes` adds DPO and GRPO after SFT: `src/<package_name>/preference/` (preference pairs from the "
+            "SFT model's own mistakes, the DPO recipe, the GRPO recipe rewarded by the task's own scorer), "
+            "`configs/dpo.yaml`, `configs/grpo.yaml` and the config's `dpo` and `grpo` sections, the "
+            '`data prefs` command, `make dpo` and `make grpo`, and an "SFT vs SFT+DPO" (or +GRPO) table in the '
+            "README and model card. `no` leaves all of it out."
         ),
     ),
     "sweeps": Rule(

@@ -49,8 +49,10 @@ EXTRA_FILES = {
     "preference_tuning": [
         "src/{pkg}/preference",
         "configs/dpo.yaml",
+        "configs/grpo.yaml",
         "tests/test_prefs.py",
         "tests/test_train_dpo.py",
+        "tests/test_train_grpo.py",
         "tests/test_report_dpo.py",
         "src/{pkg}/report/lineage.py",  # a DPO run's SFT parent, read from MLflow
         "src/{pkg}/report/sft_vs_dpo.py",  # the README's SFT vs SFT+DPO table

@@ -179,14 +179,17 @@ CLOUD_FILES = {
 EXTRA_FILES = {
     "preference_tuning": [
         "configs/dpo.yaml",
+        "configs/grpo.yaml",
         "src/{pkg}/preference/__init__.py",
         "src/{pkg}/preference/dpo.py",
+        "src/{pkg}/preference/grpo.py",
         "src/{pkg}/preference/pairs.py",
         "src/{pkg}/report/lineage.py",
         "src/{pkg}/report/sft_vs_dpo.py",
         "tests/test_prefs.py",
         "tests/test_report_dpo.py",
         "tests/test_train_dpo.py",
+        "tests/test_train_grpo.py",
     ],
     "sweeps": ["src/{pkg}/sweep/__init__.py", "src/{pkg}/sweep/sweep.py", "tests/test_sweep.py"],
     "multi_gpu": [

@@ -213,6 +213,7 @@ EXTRA_TESTS = [
     "tests/test_report_dpo.py",
     "tests/test_sweep.py",  # Optuna trials, each a short training
     "tests/test_train_dpo.py",
+    "tests/test_train_grpo.py",
     "tests/test_vllm.py",
     "tests/test_workflows.py",  # the llama_cpp extra's CI steps (make llama-cpp, its cache)
 ]

@@ -264,7 +264,7 @@ def test_pairs_are_keyed_to_their_sft_model_kept_for_it_and_rebuilt_or_refused_f
 def test_a_dpo_config_that_cannot_run_exits_2_before_any_model_loads(served_adapter, smoke_config, tmp_path):
     dpo_parent = _other_sft_run(served_adapter, tmp_path, stage="dpo")
     refused = r"model.adapter='.*other-dpo' is a DPO run \(its config.yaml has train.stage: dpo; its own parent "
-    with pytest.raises(PrefsError, match=refused + r"was '.*untrained'\); DPO starts from an SFT model"):
+    with pytest.raises(PrefsError, match=refused + r"was '.*untrained'\); DPO and GRPO start from an SFT"):
         resolve_sft_adapter(str(dpo_parent))
     out = tmp_path / "prefs"
     config = smoke_config("dpo.prompts=4", "dpo.min_pairs=6", f"dpo.data_path={out}", root=tmp_path)

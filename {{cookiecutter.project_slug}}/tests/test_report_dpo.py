@@ -175,3 +175,20 @@ def test_an_sft_run_has_no_comparison(store, tmp_path, monkeypatch):
     assert "SFT+DPO" not in section and "SFT+DPO" not in card
     assert "LoRA supervised fine-tuning with TRL's `SFTTrainer`" in card and "DPOTrainer" not in card
     assert "| Field accuracy (mean) |" in section  # the ordinary results are there
+
+
+def test_a_grpo_run_is_compared_the_same_way_and_its_card_names_grpo(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parent = evaluated_run(store, tags={"stage": "sft"}, per_row=SFT, loss=0.8)
+    tags = {"stage": "grpo", "parent.run_id": parent, "parent.model_version": "3"}
+    grpo = evaluated_run(store, tags=tags, per_row=DPO, loss=0.75)
+    section, card = report(grpo, tmp_path, "train.stage=grpo", "model.adapter=models:/shop@champion")
+    for text in (section, card):
+        assert "| Metric | SFT (version 3) | SFT+GRPO (version 4) | Change [95% interval] |" in text
+        assert "| Field accuracy: urgency | 50.0% | 90.0% | +40.0 pp [+25.0, +55.0], better with GRPO |" in text
+        assert "after reinforcement learning with GRPO (a verifiable reward)" in text and "DPO" not in text
+    procedure = card.split("## Training procedure")[1].split("\n\n")[1]
+    assert procedure.startswith(
+        "Reinforcement learning with TRL's `GRPOTrainer` (4 sampled answers per training prompt, up to 64 tokens, "
+        "beta 0), rewarded by the task's own scorer (fields), starting from the SFT model (version 3)"
+    )

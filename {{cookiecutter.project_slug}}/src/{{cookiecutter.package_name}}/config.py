@@ -91,7 +91,7 @@ class ModelConfig(_Section):
     """Allow model code from the hub repository to run. Keep false unless the model needs it."""
     # >>> preference_tuning
     adapter: str | None = None
-    """The SFT adapter a `train.stage: dpo` run starts from (and `data prefs` generates with): a run folder
+    """The SFT adapter a `train.stage: dpo` or `grpo` run starts from (and `data prefs` generates with): a run folder
     (`outputs/<run>`), its `adapter/` folder or a model URI (`models:/<project>@champion`). null for SFT."""
     # <<< preference_tuning
 
@@ -158,9 +158,10 @@ class TrainConfig(_Section):
     packing: bool = False
     """Pack several short examples into one sequence: faster on GPUs for short data."""
     # >>> preference_tuning
-    stage: Literal["sft", "dpo"] = "sft"
+    stage: Literal["sft", "dpo", "grpo"] = "sft"
     """`sft`: supervised fine-tuning of a fresh LoRA adapter on `data`; `dpo`: preference tuning (DPO) of the
-    `model.adapter` SFT adapter on the pairs in `dpo.data_path` (the `dpo` section)."""
+    `model.adapter` SFT adapter on the pairs in `dpo.data_path` (the `dpo` section); `grpo`: reinforcement learning
+    of that adapter on the training prompts, rewarded by the task's own scorer (the `grpo` section)."""
     # <<< preference_tuning
 
     @field_validator("run_name")
@@ -305,6 +306,43 @@ class DpoConfig(_Section):
         return self
 
 
+class GrpoConfig(_Section):
+    num_generations: int = Field(4, ge=2)
+    """Answers sampled per training prompt. GRPO scores each against the others of its group (reward minus the
+    group's mean), so it needs at least 2, and a group whose answers all score alike teaches nothing. Must divide
+    train.batch_size, which counts answers: 8 with 4 generations is 2 prompts a step."""
+    max_completion_length: int = Field(64, gt=0)
+    """Tokens a sampled answer may have; longer ones are cut (and score as cut). Keep it near the longest
+    reference answer: sampling is most of a GRPO step's time."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature: the answers of a group must differ for their rewards to differ."""
+    beta: float = Field(0.0, ge=0)
+    """Weight of the KL pull back to the SFT model. 0 (TRL's default): no reference pass, a faster step; above
+    0 the SFT adapter's frozen copy is the reference, as in DPO."""
+    eval_prompts: int = Field(32, gt=0)
+    """Validation prompts sampled at each evaluation (and at the end; their mean reward is `eval_reward`): the first
+    this many of the validation split, as sampling them all would cost more than the training steps."""
+    reward: Literal["fields", "exact_match"] | None = None
+    """The verifiable reward of an answer, 0 to 1. `fields` (extraction task): half for a valid JSON object, half
+    the share of fields right; `exact_match`: 1 when the answer equals the reference (trimmed). null: the task's
+    own, `fields` for extraction; a generic task must choose exact_match, the only one it can verify."""
+
+    def check_fits(self, *, task_kind: str, batch_size: int) -> None:
+        """ValueError naming the key and the fix when a GRPO run of this task and batch size cannot run."""
+        if task_kind == "generic" and self.reward != "exact_match":
+            raise ValueError(
+                f"grpo.reward={self.reward}: a generic task has no verifiable reward of its own (ROUGE or a judge "
+                "would reward near misses); set grpo.reward=exact_match for answers that must equal the reference, "
+                "or tune with DPO instead"
+            )
+        if batch_size % self.num_generations:  # TRL puts a prompt's whole group of answers in one batch
+            raise ValueError(
+                f"grpo.num_generations={self.num_generations} must divide train.batch_size={batch_size} (answers "
+                f"per step, each prompt's group whole): set train.batch_size to a multiple, e.g. "
+                f"{self.num_generations * 2}"
+            )
+
+
 # <<< preference_tuning
 
 
@@ -380,6 +418,7 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # >>> preference_tuning
     dpo: DpoConfig = Field(default_factory=DpoConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     # <<< preference_tuning
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
@@ -394,11 +433,13 @@ class Config(_Section):
         if self.model.load_in_4bit and self.train.device in ("cpu", "mps"):
             raise ValueError("model.load_in_4bit needs CUDA; set train.device=auto or cuda, or load_in_4bit=false")
         # >>> preference_tuning
-        if self.train.stage == "dpo" and not self.model.adapter:
+        if self.train.stage != "sft" and not self.model.adapter:
             raise ValueError(
-                "train.stage=dpo needs model.adapter, the SFT adapter to start from: a run folder (outputs/<run>), "
-                f"its adapter folder or a model URI (models:/{self.project}@champion)"
+                f"train.stage={self.train.stage} needs model.adapter, the SFT adapter to start from: a run folder "
+                f"(outputs/<run>), its adapter folder or a model URI (models:/{self.project}@champion)"
             )
+        if self.train.stage == "grpo":
+            self.grpo.check_fits(task_kind=self.task.kind, batch_size=self.train.batch_size)
         # <<< preference_tuning
         if self.eval.split == "validation" and self.train.early_stopping_patience:
             # Early stopping selects on validation, so scoring on it would overstate the result.

@@ -133,6 +133,10 @@ def recipe_for(config: Config):  # -> train.sft.Recipe | None (None: SFT)
         from ..preference.dpo import DPO
 
         return DPO
+    if config.train.stage == "grpo":
+        from ..preference.grpo import GRPO
+
+        return GRPO
     # <<< preference_tuning
     return None
 

@@ -42,14 +42,18 @@ def load_data(config: Config) -> tuple[Config, DatasetDict, ModelSource]:
     check_pairs_fit(config, parent=parent)
     splits = load_preferences(config.dpo, seed=config.train.seed, system_prompt=config.task.system_prompt)
     config = with_recorded_system_prompt(config, [[*row["prompt"], *row["chosen"]] for row in splits["train"]])
-    model_cfg = config.model.model_copy(update={"base_model": parent.base_model})
-    return config.model_copy(update={"model": model_cfg}), splits, parent
+    return on_parent_base(config, parent), splits, parent
+
+
+def on_parent_base(config: Config, parent: ModelSource) -> Config:
+    """`config` with model.base_model set to the SFT parent's base: the adapter only fits the weights it trained on."""
+    return config.model_copy(update={"model": config.model.model_copy(update={"base_model": parent.base_model})})
 
 
 def load_sft_policy(
     config: Config, splits: DatasetDict, *, device: Device, precision: Precision, parent: ModelSource
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, LossMode]:
-    """The SFT model DPO tunes: the base model once, with the parent's adapter loaded TRAINABLE (peft loads
+    """The SFT model DPO (and GRPO) tunes: the base model once, with the parent's adapter loaded TRAINABLE (peft loads
     adapters frozen by default) and the parent's tokenizer (its chat template). TRL's max_length cuts long pairs."""
     from peft import PeftModel
 

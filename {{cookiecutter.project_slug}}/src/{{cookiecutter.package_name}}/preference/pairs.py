@@ -131,7 +131,7 @@ def build_preferences(
 
 def resolve_sft_adapter(source: str, *, output_dir: str | Path = "outputs") -> ModelSource:
     """The SFT model of `model.adapter` / `--adapter`: any model source (registry.resolve_model_source), refused
-    when it is itself a DPO run (DPO starts from an SFT model; a chain of DPO runs drifts from it unchecked)."""
+    when it is itself a DPO or GRPO run (they start from an SFT model; a chain of them drifts from it unchecked)."""
     from ..model.load import ModelSourceError
     from ..registry import LATEST, is_model_uri, resolve_model_source
 
@@ -145,11 +145,13 @@ def resolve_sft_adapter(source: str, *, output_dir: str | Path = "outputs") -> M
             "adapter folder); train one first (`make train`), or name a model URI like models:/<project>@champion"
         ) from None
     own = _run_settings(parent)
-    if own.get("train", {}).get("stage") == "dpo":
+    stage = own.get("train", {}).get("stage", "sft")
+    if stage != "sft":
         raise PrefsError(
-            f"model.adapter={source!r} is a DPO run (its config.yaml has train.stage: dpo; its own parent was "
-            f"{own.get('model', {}).get('adapter')!r}); DPO starts from an SFT model: set model.adapter (or "
-            "ADAPTER=) to an SFT run folder outputs/<run> or a registered SFT version models:/<project>/<version>"
+            f"model.adapter={source!r} is a {stage.upper()} run (its config.yaml has train.stage: {stage}; its own "
+            f"parent was {own.get('model', {}).get('adapter')!r}); DPO and GRPO start from an SFT model: set "
+            "model.adapter (or ADAPTER=) to an SFT run folder outputs/<run> or a registered SFT version "
+            "models:/<project>/<version>"
         )
     return parent
 

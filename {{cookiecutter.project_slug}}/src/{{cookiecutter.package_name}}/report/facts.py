@@ -47,7 +47,7 @@ class RunFacts:
     train_log: dict[str, Any] = field(default_factory=dict)
     promotion: dict[str, Any] | None = None
     # >>> preference_tuning
-    parent: SftParent | None = None  # a DPO run's SFT model and its evaluation; None for an SFT run
+    parent: SftParent | None = None  # a DPO or GRPO run's SFT model and its evaluation; None for an SFT run
     # <<< preference_tuning
 
     @property

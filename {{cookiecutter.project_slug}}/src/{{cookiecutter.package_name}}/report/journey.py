@@ -26,7 +26,7 @@ from .summary import LABELS, RATES
 log = logging.getLogger(__name__)
 RUN_MARK, DECISION_MARK = "<!-- run: {} -->", re.compile(r"<!-- decision: (\S+ \w+) -->")
 EMPTY_WHY = re.compile(r"^- Why:\s*$", re.M)  # publish counts these
-STAGES = {"sft": "SFT", "dpo": "DPO"}
+STAGES = {"sft": "SFT", "dpo": "DPO", "grpo": "GRPO"}
 SHOWN_CHANGES, VALUE_CHARS = 12, 40  # a long diff or value (a system prompt) must not bury the rest
 UNIQUE_PER_RUN = {"train.run_name"}  # differs in every run: not a change worth a line
 

@@ -1,10 +1,11 @@
-"""The SFT parent of a DPO run and the parent's own evaluation, read from MLflow: what the report's
-"SFT vs SFT+DPO" table (sft_vs_dpo.py) compares the evaluated model with.
+"""The SFT parent of a DPO or GRPO run and the parent's own evaluation, read from MLflow: what the report's
+"SFT vs SFT+DPO" (or +GRPO) table (sft_vs_dpo.py) compares the evaluated model with.
 
-A DPO training run is tagged `stage=dpo` and `parent.run_id` / `parent.model_version` / `parent.source`
-(train/sft.py); `evaluate` of the SFT parent logged `finetuned.<metric>`, the `evaluation.test_digest` tag and
-an `evaluation/eval.json` artifact with per-row scores to the parent's run. When any of that is missing the
-parent is still returned, with `missing` saying why: the report says so in one sentence and never fails.
+A DPO (GRPO) training run is tagged `stage=dpo` (`grpo`) and `parent.run_id` / `parent.model_version` /
+`parent.source` (train/sft.py); `evaluate` of the SFT parent logged `finetuned.<metric>`, the
+`evaluation.test_digest` tag and an `evaluation/eval.json` artifact with per-row scores to the parent's run. When
+any of that is missing the parent is still returned, with `missing` saying why: the report says so in one
+sentence and never fails.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SftParent:
-    """The SFT model a DPO run started from, and its evaluation as its own MLflow run recorded it."""
+    """The SFT model a DPO or GRPO run started from, and its evaluation as its own MLflow run recorded it."""
 
-    source: str | None  # the DPO config's model.adapter (a run folder or a model URI)
+    source: str | None  # the run's model.adapter (a run folder or a model URI)
     version: str | None = None  # its registered model version
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # its fine-tuned metrics by name (`field_accuracy`)
@@ -40,12 +41,12 @@ class SftParent:
 def sft_parent(
     config: Config, *, run_id: str | None, test_digest: str | None, tracking: bool = True
 ) -> SftParent | None:
-    """The parent of the evaluated run when that run is a DPO run (None for an SFT run). `config` is the run's
+    """The parent of the evaluated run when that run is a DPO or GRPO run (None for an SFT run). `config` is the run's
     own config, `run_id` its MLflow run (None with tracking off: `tracking` false), `test_digest` the rows its
     evaluation scored."""
     source = config.model.adapter
     if run_id is None:
-        if config.train.stage != "dpo":
+        if config.train.stage == "sft":
             return None
         why = (
             "tracking is off (`tracking.enabled=false`), so the parent's evaluation cannot be looked up in MLflow"
@@ -59,13 +60,13 @@ def sft_parent(
     try:
         mlflow_client = client()
         tags = mlflow_client.get_run(run_id).data.tags
-        if tags.get("stage", config.train.stage) != "dpo":
+        if tags.get("stage", config.train.stage) == "sft":
             return None
         parent = SftParent(source=tags.get("parent.source") or source, version=tags.get("parent.model_version"))
         return _with_evaluation(mlflow_client, parent, run_id=tags.get("parent.run_id"), test_digest=test_digest)
     except (MlflowException, OSError) as err:  # a tracking hiccup must not stop the report
         log.warning("the SFT parent of run %s could not be read from MLflow: %s", run_id, err)
-        if tags.get("stage", config.train.stage) != "dpo":
+        if tags.get("stage", config.train.stage) == "sft":
             return None
         found = {"source": tags.get("parent.source") or source, "version": tags.get("parent.model_version")}
         return SftParent(**found, missing=f"MLflow could not be read ({err})")

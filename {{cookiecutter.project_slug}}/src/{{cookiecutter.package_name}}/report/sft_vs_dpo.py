@@ -1,6 +1,7 @@
-"""The "SFT vs SFT+DPO" table of a DPO run: shown by the README results section and the model card alike.
+"""The "SFT vs SFT+DPO" table of a DPO run (SFT+GRPO of a GRPO run): shown by the README results section and the
+model card alike.
 
-For each headline metric and each per-field accuracy: the SFT parent's value, the DPO model's, and the
+For each headline metric and each per-field accuracy: the SFT parent's value, the tuned model's, and the
 change with its 95% paired-bootstrap interval, row by row, when both evaluations logged per-row scores of
 the same test rows (else the change alone and why). An interval that holds 0 reads "no significant change":
 a null result is a result. Without a comparable parent evaluation, one sentence says why and how to get one.
@@ -18,12 +19,13 @@ from .summary import LABELS, RATES
 
 COMPARED = ("field_accuracy", "json_valid_rate", "exact_match", "rouge_l", "eval_loss")  # then each field
 FIELD_PREFIX = "field_accuracy_"
+TUNING = {"DPO": "preference tuning with DPO", "GRPO": "reinforcement learning with GRPO (a verifiable reward)"}
 NO_LOSS_INTERVAL = "Loss per answer token is one figure per evaluation, not per row, so its change has no interval."
 
 
 def comparison_lines(facts: RunFacts) -> list[str]:
-    """The section's Markdown lines; [] for a run that is no DPO run."""
-    parent = facts.parent
+    """The section's Markdown lines; [] for an SFT run."""
+    parent, stage = facts.parent, _stage(facts)
     if parent is None:
         return []
     if parent.missing:
@@ -34,18 +36,18 @@ def comparison_lines(facts: RunFacts) -> list[str]:
     gains, no_interval = _intervals(facts)
     rows = [
         (_label(name), _value(name, parent.metrics[name]), _value(name, tuned[name]),
-         _change(name, tuned[name] - parent.metrics[name], gains.get(name)))
+         _change(name, tuned[name] - parent.metrics[name], gains.get(name), stage=stage))
         for name in names
     ]  # fmt: skip
     header = (
         "Metric",
         f"SFT ({_version(parent.version)})",
-        f"SFT+DPO ({_version(facts.run.get('model_version'))})",
+        f"SFT+{stage} ({_version(facts.run.get('model_version'))})",
         "Change [95% interval]",
     )
     run = facts.run
     intro = (
-        f"**SFT vs SFT+DPO**: this model is the SFT model {_parent_name(facts)} after preference tuning with DPO; "
+        f"**SFT vs SFT+{stage}**: this model is the SFT model {_parent_name(facts)} after {TUNING[stage]}; "
         f"both evaluated on the `{run.get('split', 'test')}` split ({run.get('num_examples', '?')} rows)."
     )
     if no_interval:
@@ -53,17 +55,25 @@ def comparison_lines(facts: RunFacts) -> list[str]:
     else:
         intervals = facts.results.get("intervals") or {}
         note = (
-            "[low, high]: 95% paired-bootstrap interval of SFT+DPO minus SFT, row by row over the same test rows "
-            f'({intervals.get("resamples", 1000)} resamples); one that holds 0 reads "no significant change": '
-            "these rows show no effect of DPO there."
+            f"[low, high]: 95% paired-bootstrap interval of SFT+{stage} minus SFT, row by row over the same test "
+            f'rows ({intervals.get("resamples", 1000)} resamples); one that holds 0 reads "no significant change": '
+            f"these rows show no effect of {stage} there."
         )
     return [intro, "", *table(header, rows, align="lrrr"), "", f"{note} {NO_LOSS_INTERVAL}", ""]
 
 
 def procedure_text(facts: RunFacts) -> str | None:
-    """The model card's training procedure for a DPO run (None for an SFT run): DPOTrainer, and its SFT parent."""
+    """The model card's training procedure for a DPO or GRPO run (None for an SFT run): the trainer, its SFT parent."""
     if facts.parent is None:
         return None
+    if _stage(facts) == "GRPO":
+        grpo = facts.run_config.grpo
+        return (
+            f"Reinforcement learning with TRL's `GRPOTrainer` ({grpo.num_generations} sampled answers per training "
+            f"prompt, up to {grpo.max_completion_length} tokens, beta {grpo.beta:g}), rewarded by the task's own "
+            f"scorer ({grpo.reward or 'fields'}), starting from the SFT model {_parent_name(facts)}: a LoRA adapter "
+            "trained with TRL's `SFTTrainer`. The same adapter is tuned further; the settings below are the GRPO run's."
+        )
     dpo = facts.run_config.dpo
     losses = dpo.loss_type if isinstance(dpo.loss_type, list) else [dpo.loss_type]
     weights = f", weights {', '.join(f'{w:g}' for w in dpo.loss_weights)}" if dpo.loss_weights else ""
@@ -78,7 +88,8 @@ def procedure_text(facts: RunFacts) -> str | None:
 def missing_sentence(facts: RunFacts) -> str:
     """Why the parent's evaluation cannot be shown, and the commands that give it."""
     return (
-        f"**SFT vs SFT+DPO**: this DPO model is not compared with its SFT model {_parent_name(facts)}: "
+        f"**SFT vs SFT+{_stage(facts)}**: this {_stage(facts)} model is not compared with its SFT model "
+        f"{_parent_name(facts)}: "
         f"{facts.parent.missing}; to compare them, evaluate the SFT model (`{_evaluate_parent(facts)}`), "
         f"then run `{COMMAND} report` again."
     )
@@ -107,19 +118,24 @@ def _intervals(facts: RunFacts) -> tuple[dict[str, dict[str, float]], str | None
     return result.get("differences", {}).get("dpo_minus_sft", {}), None
 
 
-def _change(name: str, difference: float, gain: dict[str, float] | None) -> str:
+def _change(name: str, difference: float, gain: dict[str, float] | None, *, stage: str) -> str:
     if not _is_rate(name):
         return f"{difference + 0.0:+.3f}"  # + 0.0: no "-0.000"
     text = f"{_points(difference)} pp"
     if gain is None:
         return text
     if excludes_zero(gain):
-        verdict = "better with DPO"
+        verdict = f"better with {stage}"
     elif excludes_zero(gain, direction="minimize"):
-        verdict = "worse with DPO"
+        verdict = f"worse with {stage}"
     else:
         verdict = "no significant change"
     return f"{text} [{_points(gain['low'])}, {_points(gain['high'])}], {verdict}"
+
+
+def _stage(facts: RunFacts) -> str:
+    """GRPO for a run of train.stage: grpo; DPO for any other run with a parent."""
+    return "GRPO" if facts.run_config.train.stage == "grpo" else "DPO"
 
 
 def _points(share: float) -> str:
