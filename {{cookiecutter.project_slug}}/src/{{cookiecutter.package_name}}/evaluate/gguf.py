@@ -38,7 +38,8 @@ def evaluate_gguf(config: Config, *, path: Path) -> dict[str, Any]:
     gguf = open_gguf(path, context=_context(config))
     check_task(gguf, config)
     rows = scored_rows(config, system_prompt=config.task.system_prompt)
-    adapter_rows = _adapter_row_scores(config, rows=rows, gguf=gguf)
+    digest = rows_digest(rows)
+    adapter_rows = _adapter_row_scores(config, digest=digest, gguf=gguf)
     kind = task_kind(config.task)
     started = time.perf_counter()
     answers = greedy_answers(gguf, rows=rows, max_new_tokens=config.eval.max_new_tokens, json_answers=kind.json_answers)
@@ -50,9 +51,9 @@ def evaluate_gguf(config: Config, *, path: Path) -> dict[str, Any]:
         seed=config.train.seed,
     )
     report = _read(config)
-    if ADAPTER not in report.get("lines", {}) or report.get("test_digest") != rows_digest(rows):
+    if ADAPTER not in report.get("lines", {}) or report.get("test_digest") != digest:
         report = {
-            "test_digest": rows_digest(rows),
+            "test_digest": digest,
             "run": gguf.source.name,
             "lines": {ADAPTER: _time_adapter(config, gguf=gguf, rows=rows)},
         }
@@ -82,7 +83,7 @@ def _read(config: Config) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _adapter_row_scores(config: Config, *, rows: list, gguf: Gguf) -> dict[str, list[float]]:
+def _adapter_row_scores(config: Config, *, digest: str, gguf: Gguf) -> dict[str, list[float]]:
     """The fine-tuned adapter's row scores from reports/eval.json: of this run, on these very rows."""
     eval_file = Path(config.eval.report_dir) / "eval.json"
     report = json.loads(eval_file.read_text(encoding="utf-8")) if eval_file.is_file() else {}
@@ -91,7 +92,7 @@ def _adapter_row_scores(config: Config, *, rows: list, gguf: Gguf) -> dict[str, 
         raise ExportError(
             f"{eval_file} does not score {gguf.source.adapter_dir}: run `make evaluate` for that run first"
         )
-    if run.get("test_digest") != rows_digest(rows):
+    if run.get("test_digest") != digest:
         raise ExportError(
             f"{eval_file} scored other rows than --config's {config.eval.split} split: evaluate the run again"
         )

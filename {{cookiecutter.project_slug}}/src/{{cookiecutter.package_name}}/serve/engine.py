@@ -248,7 +248,7 @@ class Engine:
         return batch
 
     def _generate(self, jobs: list[Job]) -> None:
-        rows = [_Row(job, decoder=self._decoder, end_ids=self.end_ids) for job in jobs]
+        rows = [Row(job, decoder=self._decoder, end_ids=self.end_ids) for job in jobs]
         input_ids, attention_mask = self._left_pad([job.prompt_ids for job in jobs])
         sampler = [_RowSampler(rows)] if any(row.samples for row in rows) else []
         if self.on_batch:
@@ -275,7 +275,7 @@ class Engine:
         return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
 
 
-class _Row:
+class Row:
     """One job's state inside a batch: tokens so far, text sent, and whether it has ended."""
 
     def __init__(self, job: Job, *, decoder: PreTrainedTokenizerBase, end_ids: list[int]) -> None:
@@ -396,7 +396,7 @@ def _kmp_fallbacks(stop: str) -> list[int]:
 class _BatchTracker(StoppingCriteria):
     """Feeds each step's tokens to the rows; a row that has ended is done for `generate` too."""
 
-    def __init__(self, rows: list[_Row]) -> None:
+    def __init__(self, rows: list[Row]) -> None:
         self.rows = rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None, **kwargs) -> torch.BoolTensor:
@@ -409,7 +409,7 @@ class _RowSampler(LogitsProcessor):
     """Each sampling row draws its token at its own temperature / top_p (and seed); greedy rows keep their
     argmax. Only the chosen token stays possible, so the greedy `generate` takes exactly that one."""
 
-    def __init__(self, rows: list[_Row]) -> None:
+    def __init__(self, rows: list[Row]) -> None:
         self.rows = rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -421,7 +421,7 @@ class _RowSampler(LogitsProcessor):
         return only.scatter_(1, choice[:, None], 0.0)
 
     @staticmethod
-    def _sample(logits: torch.Tensor, row: _Row) -> torch.Tensor:
+    def _sample(logits: torch.Tensor, row: Row) -> torch.Tensor:
         if row.generator is None:
             row.generator = torch.Generator(device=logits.device)
             if row.params.seed is None:

@@ -5,7 +5,7 @@
 
 Everything but generation is the same server: API, auth, limits, metrics, request log, demo page, the model id
 and system prompt of the run's config, the prompt token ids (the run's tokenizer applies the chat template;
-llama.cpp gets the ids) and the stop rules (the engine's `_Row`: end-of-turn ids, stop sequences, max_tokens).
+llama.cpp gets the ids) and the stop rules (the engine's `Row`: end-of-turn ids, stop sequences, max_tokens).
 llama.cpp generates one sequence at a time: requests that arrive together are answered one after the other.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..export.llama import Gguf, check_task, open_gguf
 from ..registry import resolve_model_source
-from .engine import Engine, Job, _Row
+from .engine import Engine, Job, Row
 from .loader import LoadedModel, served_model_name, training_config
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class LlamaCppEngine(Engine):
         for job in jobs:
             if self.on_batch:
                 self.on_batch(1)
-            row = _Row(job, decoder=self._decoder, end_ids=self.end_ids)
+            row = Row(job, decoder=self._decoder, end_ids=self.end_ids)
             if row.samples:  # a fixed seed gives the same answer again; none, a fresh one
                 self.gguf.llm.set_seed(job.params.seed if job.params.seed is not None else random.getrandbits(31))
             tokens = self.gguf.tokens(job.prompt_ids, temperature=job.params.temperature, top_p=job.params.top_p)
