@@ -26,7 +26,8 @@ def test_dpo_stage_without_an_adapter_is_refused(smoke_config):
 
 def test_shipped_dpo_config_is_a_dpo_stage_on_the_smoke_data():
     dpo, smoke = load_config(CONFIGS / "dpo.yaml"), load_config(CONFIGS / "smoke.yaml")
-    assert (dpo.train.stage, dpo.dpo.loss_type, dpo.dpo.beta) == ("dpo", "sigmoid", 0.1)
+    losses = (dpo.dpo.loss_type, dpo.dpo.loss_weights)
+    assert (dpo.train.stage, losses, dpo.dpo.beta) == ("dpo", (["sigmoid", "sft"], [1.0, 1.0]), 0.1)
     assert dpo.model.adapter.startswith("models:/") and dpo.model.adapter.endswith("@champion")  # never @candidate
     # evaluate compares a run with the SFT one on the same rows: the task and data must not differ
     assert (dpo.task, dpo.data, dpo.eval) == (smoke.task, smoke.data, smoke.eval)
@@ -38,7 +39,8 @@ def test_combined_loss_reaches_trls_dpo_config_and_mismatched_weights_are_refuse
     config = smoke_config("dpo.loss_type=[sigmoid, sft]", "dpo.loss_weights=[1.0, 0.5]")
     args = dpo_config(config, output_dir=tmp_path, device="cpu", precision="fp32")
     assert (args.loss_type, args.loss_weights, args.beta) == (["sigmoid", "sft"], [1.0, 0.5], 0.1)
-    assert dpo_config(smoke_config(), output_dir=tmp_path, device="cpu", precision="fp32").loss_type == ["sigmoid"]
+    default = dpo_config(smoke_config(), output_dir=tmp_path, device="cpu", precision="fp32")
+    assert default.loss_type == ["sigmoid", "sft"]  # the measured least harmful (configs/dpo.yaml's header)
     with pytest.raises(ConfigError, match=r"dpo.loss_weights has 1 weight\(s\) for 2 loss\(es\) .* \[1.0, 1.0\]"):
         smoke_config("dpo.loss_type=[sigmoid, sft]", "dpo.loss_weights=[1.0]")
 

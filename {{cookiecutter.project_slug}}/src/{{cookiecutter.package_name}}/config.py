@@ -278,12 +278,12 @@ class DpoConfig(_Section):
     """Strength of the pull back to the reference (the SFT model): the loss scores beta x (log-ratio policy /
     reference of chosen minus that of rejected). Small (0.01-0.05): the model may move far from SFT to fit the
     pairs (and forget); large (0.5): it stays close and learns little. 0.1 is the usual start."""
-    loss_type: DpoLoss | list[DpoLoss] = "sigmoid"
+    loss_type: DpoLoss | list[DpoLoss] = Field(default_factory=lambda: ["sigmoid", "sft"])
     """`sigmoid`: the DPO paper's loss; `ipo`: a squared loss whose margin stops growing (suits near-certain
     preferences such as rule-made pairs); `hinge`: SLiC's margin loss; `robust`: tolerates mislabelled pairs;
     `apo_zero`: pushes the chosen answers' likelihood up, the rejected down; `sft`: cross-entropy on the chosen
     answer. A list sums its losses, weighted by `loss_weights`: ["sigmoid", "sft"] keeps the chosen answers likely
-    while DPO separates pairs that differ in one or two tokens (plain DPO lowers both)."""
+    while DPO separates pairs that differ in one or two tokens (plain DPO lowers both), hence the default."""
     loss_weights: list[float] | None = None
     """One weight per entry of a `loss_type` list (default: 1.0 each), e.g. [1.0, 0.5]."""
     prompts: int = Field(256, gt=0)
