@@ -122,8 +122,8 @@ def test_a_dpo_run_shows_its_sft_parent_beside_it_with_paired_intervals(store, t
         assert "its change has no interval." in text
     procedure = card.split("## Training procedure")[1].split("\n\n")[1]
     assert procedure.startswith(
-        "Preference tuning with TRL's `DPOTrainer` (loss sigmoid + sft; beta 0.1) on chosen/rejected answer pairs, starting "
-        "from the SFT model (version 3): a LoRA adapter trained with TRL's `SFTTrainer`"
+        "Preference tuning with TRL's `DPOTrainer` (loss sigmoid + sft; beta 0.1) on chosen/rejected answer pairs, "
+        "starting from the SFT model (version 3): a LoRA adapter trained with TRL's `SFTTrainer`"
     )
     # The comparison sits in the card's evaluation section, before the usage example.
     assert card.index("| Field accuracy: intent |") < card.index("## How to use")
