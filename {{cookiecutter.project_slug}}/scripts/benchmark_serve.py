@@ -334,10 +334,12 @@ def bare_llama_cpp(gguf: Path, max_tokens: int, *, tokenizer_dir: Path) -> Answe
 
     import llama_cpp
 
+    from {{ cookiecutter.package_name }}.model.device import usable_cores
     from {{ cookiecutter.package_name }}.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
-    llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=len(os.sched_getaffinity(0)), verbose=False)
+    cores = usable_cores()  # as the server's llama.cpp backend (LLM_LLAMA_THREADS unset)
+    llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=cores, n_threads_batch=cores, verbose=False)
     lock = threading.Lock()  # a Llama object generates one sequence at a time
 
     def answer(messages: Conversation) -> int:

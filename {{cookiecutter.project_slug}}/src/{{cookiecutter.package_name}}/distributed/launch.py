@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import BadInput
-from ..model.device import active_strategy, world_size
+from ..model.device import active_strategy, usable_cores, world_size
 
 Strategy = Literal["ddp", "fsdp", "deepspeed"]
 # One accelerate config file per strategy, shipped in configs/accelerate/ (each explains when to use it).
@@ -122,7 +122,7 @@ def devices_available(device: str) -> int:
         return torch.cuda.device_count()
     if device == "mps":
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def _installed(package: str) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..config import Config, ModelConfig
 from ..errors import BadInput, ProjectError, first_line
+from ..model.device import usable_cores
 from ..model.load import check_model_source, is_tiny_model, load_tokenizer, merge_adapter
 from ..registry import COMMAND, ModelSource
 
@@ -272,7 +273,7 @@ def quantize(source: Path, out: Path, *, quant: str) -> None:
     llama_cpp = require_bindings()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[quant]
-    params.nthread = os.cpu_count() or 1
+    params.nthread = usable_cores()
     log.info("quantizing to %s", quant)
     if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
         raise ProjectError(f"llama.cpp could not quantize {source.name} to {quant}")

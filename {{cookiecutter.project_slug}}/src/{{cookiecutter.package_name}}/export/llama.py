@@ -10,7 +10,6 @@ at the ids `model.load.end_token_ids` names, or (JSON tasks) once a complete JSO
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
+from ..model.device import usable_cores
 from ..model.load import end_token_ids, load_tokenizer
 from ..registry import ModelSource, resolve_model_source
 from ..tasks.answers import holds_complete_object
@@ -59,7 +59,7 @@ def open_gguf(path: Path, *, context: int, threads: int | None = None) -> Gguf:
     if not (path.parent / "adapter").is_dir():
         raise ExportError(f"{path} is not in a run folder: keep it in outputs/<run>/, beside adapter/ (its tokenizer)")
     source = resolve_model_source(path.parent)
-    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = threads or usable_cores()
     llm = llama_cpp.Llama(str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
     facts = {key.removeprefix(META_PREFIX): value for key, value in llm.metadata.items() if key.startswith(META_PREFIX)}
     tokenizer = load_tokenizer(source.tokenizer_dir)

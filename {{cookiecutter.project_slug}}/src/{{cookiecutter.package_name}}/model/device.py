@@ -135,6 +135,11 @@ def quantization_config(*, device: Device) -> BitsAndBytesConfig:
 # ---- inside a launched process (several only with the multi_gpu extra) --------------------------------
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. a container's share; os.cpu_count() elsewhere)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def world_size() -> int:
     """Processes in the whole job (torchrun's WORLD_SIZE); 1 when not launched."""
     return int(os.environ.get("WORLD_SIZE", "1"))

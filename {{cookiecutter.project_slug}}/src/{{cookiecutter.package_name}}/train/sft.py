@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
 import shutil
 import signal
@@ -38,6 +37,7 @@ from ..model.device import (
     local_main_process_first,
     resolve_device,
     resolve_precision,
+    usable_cores,
     world_size,
 )
 from ..model.load import (
@@ -617,8 +617,7 @@ def describe_hardware(device: Device) -> str:
         return f"{torch.cuda.device_count()}x {props.name} ({props.total_memory / 2**30:.0f} GB)"
     if device == "mps":
         return f"Apple GPU (MPS) on {platform.machine()}"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU: {_cpu_name()} ({cores} cores)"
+    return f"CPU: {_cpu_name()} ({usable_cores()} cores)"
 
 
 def _cpu_name() -> str:

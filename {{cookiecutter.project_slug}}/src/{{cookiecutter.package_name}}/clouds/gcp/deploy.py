@@ -18,8 +18,10 @@ import typer
 import yaml
 
 from ..deploy import ProjectOption, command_group
+
 # >>> llama_cpp
 from ..llama_cpp import BACKEND_VARIABLES, backend_environment
+
 # <<< llama_cpp
 from ..settings import DeploySettingsError, Var, read_environment, resolve
 
@@ -127,38 +129,39 @@ def service_manifest(values: dict[str, str]) -> dict[str, Any]:
                     # so Cloud Run starts another instance (up to maxScale) when all are this busy.
                     "containerConcurrency": int(values["CLOUD_RUN_CONCURRENCY"]),
                     "timeoutSeconds": 300,
-                    "containers": [
-                        {
-                            "image": values["IMAGE_URI"],
-                            "ports": [{"name": "http1", "containerPort": PORT}],
-                            "env": [
-                                {"name": "LLM_DEVICE", "value": "cpu"},
-                                # >>> llama_cpp
-                                *({"name": key, "value": value} for key, value in backend_environment(values).items()),
-                                # <<< llama_cpp
-                            ],
-                            "resources": {
-                                "limits": {"cpu": values["CLOUD_RUN_CPU"], "memory": values["CLOUD_RUN_MEMORY"]}
-                            },
-                            # Traffic only once the model is loaded (/ready), not merely once the server
-                            # answers (/health): the first requests would get 503 otherwise. 10 s x 30 = 5 min.
-                            "startupProbe": {
-                                "httpGet": {"path": "/ready", "port": PORT},
-                                "periodSeconds": 10,
-                                "timeoutSeconds": 5,
-                                "failureThreshold": 30,
-                            },
-                            # /health turns 503 when the model failed to load: Cloud Run restarts it.
-                            "livenessProbe": {
-                                "httpGet": {"path": "/health", "port": PORT},
-                                "periodSeconds": 30,
-                                "timeoutSeconds": 5,
-                            },
-                        }
-                    ],
+                    "containers": [_container(values)],
                 },
             },
             "traffic": [{"percent": 100, "latestRevision": True}],
+        },
+    }
+
+
+def _container(values: dict[str, str]) -> dict[str, Any]:
+    """The service's one container: the image, its resources and environment, and the probes."""
+    return {
+        "image": values["IMAGE_URI"],
+        "ports": [{"name": "http1", "containerPort": PORT}],
+        "env": [
+            {"name": "LLM_DEVICE", "value": "cpu"},
+            # >>> llama_cpp
+            *({"name": key, "value": value} for key, value in backend_environment(values).items()),
+            # <<< llama_cpp
+        ],
+        "resources": {"limits": {"cpu": values["CLOUD_RUN_CPU"], "memory": values["CLOUD_RUN_MEMORY"]}},
+        # Traffic only once the model is loaded (/ready), not merely once the server
+        # answers (/health): the first requests would get 503 otherwise. 10 s x 30 = 5 min.
+        "startupProbe": {
+            "httpGet": {"path": "/ready", "port": PORT},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 30,
+        },
+        # /health turns 503 when the model failed to load: Cloud Run restarts it.
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": PORT},
+            "periodSeconds": 30,
+            "timeoutSeconds": 5,
         },
     }
 
