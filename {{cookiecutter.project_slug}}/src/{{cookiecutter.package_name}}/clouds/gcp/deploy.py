@@ -18,10 +18,8 @@ import typer
 import yaml
 
 from ..deploy import ProjectOption, command_group
-
 # >>> llama_cpp
 from ..llama_cpp import BACKEND_VARIABLES, backend_environment
-
 # <<< llama_cpp
 from ..settings import DeploySettingsError, Var, read_environment, resolve
 
