@@ -61,7 +61,7 @@ from .markdown import answer_cell, shown_source, table
 
 if TYPE_CHECKING:
     from peft import PeftModel
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 Conversation = list[dict[str, str]]
@@ -242,7 +242,8 @@ def _score_columns(
     device: Device,
 ) -> tuple[dict[str, Scored], dict[str, dict[str, Any]]]:
     """Every column on the same rows: `majority` and `classical` (no language model), then one model load for
-    `base` and `few_shot` (the adapter switched off) and `finetuned`. Returns the columns and the baselines'
+    `base` and `few_shot` (the adapter switched off) and `finetuned` (the adapter merged into the weights, as
+    `serve` runs it). Returns the columns and the baselines'
     settings (classical; few_shot unless eval.few_shot is 0). A few-shot setting that cannot work is refused
     before anything is generated."""
     k, kind = config.eval.few_shot, task_kind(config.task)
@@ -262,7 +263,9 @@ def _score_columns(
         columns["base"] = score(model, rows=rows, **scoring)
         if k:
             columns["few_shot"] = score(model, rows=shot_rows, **scoring)
-    columns["finetuned"] = score(model, rows=rows, **scoring)
+    # Merged as `serve` merges it: scores what is served, and decodes ~1.4x faster on a CPU than the adapter's
+    # two extra products in every layer. Last, because merging changes the base weights in place.
+    columns["finetuned"] = score(model.merge_and_unload(), rows=rows, **scoring)
     if k:
         # Recorded so that anyone can check that no scored row was shown as an example.
         few_shot = {"k": k, "prompt_tokens": prompt_token_stats(prompt_tokens), "seed": config.train.seed}
@@ -426,7 +429,7 @@ def _example_rows(rows: list[Conversation], *, base: Scored, finetuned: Scored) 
 
 
 def score(
-    model: PeftModel,
+    model: PeftModel | PreTrainedModel,
     *,
     tokenizer: PreTrainedTokenizerBase,
     rows: list[Conversation],
@@ -454,7 +457,12 @@ def score_answers(answers: list[str], *, rows: list[Conversation], kind: TaskKin
 
 
 def answer_loss(
-    model: PeftModel, *, tokenizer: PreTrainedTokenizerBase, rows: list[Conversation], batch_size: int, device: Device
+    model: PeftModel | PreTrainedModel,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[Conversation],
+    batch_size: int,
+    device: Device,
 ) -> float:
     """Mean cross-entropy per answer token: the final assistant reply and its end-of-turn, not the prompt. The LM
     head runs on the answer positions only: a few-shot prompt's full logits (40 rows x 700 tokens x a 49k
