@@ -36,7 +36,7 @@ print(json.dumps(outputs))
 TITLES = ("Data Engineer", "Nurse", "Chef", "Welder", "Teacher")
 CITIES = ("Berlin", "Lyon", "Oslo", "Porto")
 # The template's own measurements and the example task's texts: none may reach a README about another task.
-TEMPLATE_FIGURES = ("1.2x", "7.5 s", "0.975", "0.978", "0.014", "571 s", "231 tokens/s")
+TEMPLATE_FIGURES = ("1.2x", "7.5 s", "0.975", "0.978", "0.925", "571 s", "231 tokens/s")
 EXAMPLE_TEXTS = ("shop", "B11688", "customer message", "order id")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
