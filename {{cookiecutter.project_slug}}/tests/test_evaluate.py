@@ -451,6 +451,30 @@ def test_generation_stops_once_the_answer_holds_a_whole_json_object(tiny_model, 
     assert stop(torch.tensor([prompt + answer_ids]), scores=None).tolist() == [complete]
 
 
+@pytest.mark.e2e
+def test_the_fine_tuned_column_scores_the_merged_model_that_serve_runs(smoke_config, smoke_run, tmp_path, monkeypatch):
+    """Base and few-shot score the adapter switched off; the fine-tuned column scores the adapter merged into the
+    weights (a plain model, no LoRA layers left), as `serve` loads it."""
+    import importlib
+
+    from peft import PeftModel
+
+    evaluation = importlib.import_module("{{ cookiecutter.package_name }}.evaluate.evaluate")
+    scored = []
+    real_score = evaluation.score
+
+    def recording_score(model, **kwargs):
+        lora = any("lora_" in name for name, _ in model.named_parameters())
+        scored.append((isinstance(model, PeftModel), lora))
+        return real_score(model, **kwargs)
+
+    monkeypatch.setattr(evaluation, "score", recording_score)
+    config = smoke_config("eval.max_samples=2", "eval.few_shot=1", root=tmp_path)
+    report = evaluate(config, adapter_dir=smoke_run / "adapter", other_data=True)
+    assert scored == [(True, True), (True, True), (False, False)]  # base, few_shot, finetuned
+    assert report["run"]["num_examples"] == 2
+
+
 def test_stopping_at_the_json_end_keeps_every_score_of_the_fine_tuned_model(smoke_config, smoke_run):
     config = smoke_config("eval.max_new_tokens=64")
     tokenizer = load_tokenizer(smoke_run / "adapter")
