@@ -243,9 +243,8 @@ def _score_columns(
 ) -> tuple[dict[str, Scored], dict[str, dict[str, Any]]]:
     """Every column on the same rows: `majority` and `classical` (no language model), then one model load for
     `base` and `few_shot` (the adapter switched off) and `finetuned` (the adapter merged into the weights, as
-    `serve` runs it). Returns the columns and the baselines'
-    settings (classical; few_shot unless eval.few_shot is 0). A few-shot setting that cannot work is refused
-    before anything is generated."""
+    `serve` runs it). Returns the columns and the baselines' settings (classical; few_shot unless eval.few_shot
+    is 0). A few-shot setting that cannot work is refused before anything is generated."""
     k, kind = config.eval.few_shot, task_kind(config.task)
     examples = pick_examples(train_rows, k=k, seed=config.train.seed, scored_rows=rows) if k else []
     tokenizer = load_tokenizer(source.tokenizer_dir)  # carries the chat template training used
